@@ -1,0 +1,104 @@
+/* abi.h - the one contract between the BPF programs and Python.
+ *
+ * Owns: every struct a map holds or an event carries, the enums, the drop reasons and the map
+ * sizes. datapath/abi.py mirrors all of it; tests/bpf/test_abi.py checks every size, field offset
+ * and constant against what BCC compiled from this file. No bitfields: each field has an offset.
+ */
+#ifndef DP_ABI_H
+#define DP_ABI_H
+
+/* ---- map sizes (override with -D) ---- */
+#ifndef ENDPOINTS_MAP_SIZE
+#define ENDPOINTS_MAP_SIZE 65535
+#endif
+#ifndef METRICS_MAP_SIZE
+#define METRICS_MAP_SIZE 1024
+#endif
+
+/* ---- tc verdicts as the kernel numbers them (TC_ACT_*) ---- */
+#define CTX_ACT_OK        0
+#define CTX_ACT_DROP      2
+#define CTX_ACT_REDIRECT  7
+
+/* ---- metric directions (Cilium's metricsmap dir values) ---- */
+#define METRIC_DIR_UNKNOWN 0
+#define METRIC_INGRESS     1
+#define METRIC_EGRESS      2
+#define METRIC_SERVICE     3
+
+/* ---- reasons: 0 is forwarded; drops are Cilium's numbers (>= 130). Datapath functions return
+ * them negated (-DROP_*); only the entry point turns them into a verdict and counts them. ---- */
+#define REASON_FORWARDED        0
+#define DROP_INVALID_SIP        132
+#define DROP_POLICY             133
+#define DROP_INVALID            134
+#define DROP_CT_INVALID_HDR     135
+#define DROP_FRAG_NEEDED        136
+#define DROP_CT_UNKNOWN_PROTO   137
+#define DROP_UNKNOWN_L3         139
+#define DROP_MISSED_TAIL_CALL   140
+#define DROP_WRITE_ERROR        141
+#define DROP_UNKNOWN_L4         142
+#define DROP_UNROUTABLE         151
+#define DROP_CSUM_L3            153
+#define DROP_CSUM_L4            154
+#define DROP_CT_CREATE_FAILED   155
+#define DROP_FRAG_NOSUPPORT     157
+#define DROP_NO_SERVICE         158
+#define DROP_NO_TUNNEL_ENDPOINT 160
+#define DROP_UNKNOWN_CT         163
+#define DROP_NO_CONFIG          165
+#define DROP_UNSUPPORTED_L2     166
+#define DROP_NAT_NO_MAPPING     167
+#define DROP_NAT_UNSUPP_PROTO   168
+#define DROP_NO_FIB             169
+#define DROP_INVALID_IDENTITY   171
+#define DROP_UNKNOWN_SENDER     172
+#define DROP_IS_CLUSTER_IP      174
+#define DROP_TTL_EXCEEDED       196
+
+/* ---- endpoint key families (Cilium's ENDPOINT_KEY_*) ---- */
+#define ENDPOINT_KEY_IPV4 1
+#define ENDPOINT_KEY_IPV6 2
+
+/* ---- endpoint_info.flags ---- */
+#define ENDPOINT_F_HOST 1
+
+/* cilium_lxc key: one local endpoint address */
+struct endpoint_key {
+	__be32 ip4;
+	__u8   family;          /* ENDPOINT_KEY_IPV4 */
+	__u8   pad[3];
+};
+
+/* cilium_lxc value: how to deliver to a local endpoint */
+struct endpoint_info {
+	__u32  ifindex;         /* host-side veth (lxc...) in the node's netns */
+	__u16  lxc_id;          /* endpoint id */
+	__u16  flags;           /* ENDPOINT_F_* */
+	__u8   mac[6];          /* the pod's MAC (destination on delivery) */
+	__u8   node_mac[6];     /* the lxc MAC (source on delivery, answer in ARP replies) */
+	__u32  sec_id;          /* security identity of the endpoint */
+	__be32 ip4;             /* the endpoint's address */
+};
+
+/* dp_ep_ifindex key: the host-side ifindex a from-container program runs on */
+struct ep_ifindex_key {
+	__u32 ifindex;
+};
+
+/* cilium_metrics key: one verdict reason in one direction */
+struct metrics_key {
+	__u8  reason;           /* REASON_FORWARDED or DROP_* */
+	__u8  dir;              /* METRIC_* */
+	__u16 pad1;
+	__u32 pad2;
+};
+
+/* cilium_metrics value (per CPU): packets and bytes counted for a key */
+struct metrics_value {
+	__u64 count;
+	__u64 bytes;
+};
+
+#endif /* DP_ABI_H */

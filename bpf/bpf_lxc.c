@@ -1,0 +1,60 @@
+/* bpf_lxc.c - programs on the host side of a pod's veth (lxc...).
+ *
+ * cil_from_container (tc ingress): everything the pod sends. ARP for its gateway is answered
+ * here; IPv4 must carry the endpoint's own source address; a destination that is a local endpoint
+ * is delivered straight into that pod's netns; anything else continues to the node's stack.
+ * One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS (leaving the pod).
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/metrics.h"
+#include "lib/eth.h"
+#include "lib/arp.h"
+#include "lib/local_delivery.h"
+
+static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const struct endpoint_info *self)
+{
+	struct endpoint_info *dst;
+	struct iphdr *ip;
+	int ret = parse_ipv4(skb, &ip);
+
+	if (ret < 0)
+		return ret;
+	if (ip->saddr != self->ip4)
+		return -DROP_INVALID_SIP;
+	dst = lookup_ip4_endpoint(ip->daddr);
+	if (dst && !(dst->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(skb, dst);
+	return CTX_ACT_OK;
+}
+
+static __always_inline int handle_from_container(struct __sk_buff *skb)
+{
+	struct endpoint_info *self;
+	__u16 proto;
+	int ret = parse_eth(skb, &proto);
+
+	if (ret < 0)
+		return ret;
+	if (proto != ETH_P_IP && proto != ETH_P_ARP)
+		return CTX_ACT_OK;      /* IPv6 and the rest: the node's stack decides, for now */
+	self = lookup_ifindex_endpoint(skb->ifindex);
+	if (!self)
+		return -DROP_UNKNOWN_SENDER;
+	if (proto == ETH_P_ARP)
+		return arp_respond(skb, self);
+	return handle_ipv4_from_lxc(skb, self);
+}
+
+int cil_from_container(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+	int ret = handle_from_container(skb);
+
+	if (ret < 0) {
+		update_metrics(len, METRIC_EGRESS, (__u8)-ret);
+		return CTX_ACT_DROP;
+	}
+	update_metrics(len, METRIC_EGRESS, REASON_FORWARDED);
+	return ret;
+}

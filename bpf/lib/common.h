@@ -1,0 +1,46 @@
+/* lib/common.h - kernel includes, map declaration macro and small packet helpers shared by every
+ * program. Owns: DP_MAP (pinned under -DDP_PIN_DIR when given), ctx_load_ptrs, ctx_pull.
+ *
+ * API:
+ *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
+ *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
+ */
+#ifndef DP_LIB_COMMON_H
+#define DP_LIB_COMMON_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_arp.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bcc/proto.h>
+
+#include "../abi.h"
+
+#ifdef DP_PIN_DIR
+#define DP_MAP(type, k, v, name, max) \
+	BPF_TABLE_PINNED(type, k, v, name, max, DP_PIN_DIR "/" #name)
+#define DP_MAP_F(type, k, v, name, max, flags) \
+	BPF_TABLE_PINNED(type, k, v, name, max, DP_PIN_DIR "/" #name, flags)
+#else
+#define DP_MAP(type, k, v, name, max) BPF_TABLE(type, k, v, name, max)
+#define DP_MAP_F(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
+#endif
+
+/* Make sure [data, data + len) is linear and inside the packet.
+ * Returns 0, or -DROP_INVALID when the packet is shorter than len. */
+static __always_inline int ctx_pull(struct __sk_buff *skb, __u32 len)
+{
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	if (skb->len < len)
+		return -DROP_INVALID;
+	if (bpf_skb_pull_data(skb, len) < 0)
+		return -DROP_INVALID;
+	if ((void *)(long)skb->data + len > (void *)(long)skb->data_end)
+		return -DROP_INVALID;
+	return 0;
+}
+
+#endif /* DP_LIB_COMMON_H */

@@ -1,0 +1,46 @@
+/* lib/local_delivery.h - endpoint lookups and delivery straight into a local pod's netns.
+ *
+ * API:
+ *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
+ *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth, or NULL
+ *   ipv4_local_delivery(skb, ep)      TTL - 1, MACs set to lxc -> pod, bpf_redirect_peer into
+ *                                     the pod; returns CTX_ACT_REDIRECT or a negative DROP_*
+ */
+#ifndef DP_LIB_LOCAL_DELIVERY_H
+#define DP_LIB_LOCAL_DELIVERY_H
+
+#include "maps.h"
+#include "eth.h"
+
+static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
+{
+	struct endpoint_key key = {};
+
+	key.ip4 = ip4;
+	key.family = ENDPOINT_KEY_IPV4;
+	return cilium_lxc.lookup(&key);
+}
+
+static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifindex)
+{
+	struct ep_ifindex_key ikey = { .ifindex = ifindex };
+	struct endpoint_key *key = dp_ep_ifindex.lookup(&ikey);
+
+	if (!key)
+		return NULL;
+	return cilium_lxc.lookup(key);
+}
+
+static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	int ret = ipv4_dec_ttl(skb);
+
+	if (ret < 0)
+		return ret;
+	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
+	if (ret < 0)
+		return ret;
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+#endif /* DP_LIB_LOCAL_DELIVERY_H */

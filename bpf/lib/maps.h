@@ -1,0 +1,18 @@
+/* lib/maps.h - every map the programs share, declared once. Sizes come from abi.h (-D to change).
+ * Pinned under DP_PIN_DIR when the agent builds for a node, so state survives agent restarts.
+ */
+#ifndef DP_LIB_MAPS_H
+#define DP_LIB_MAPS_H
+
+#include "common.h"
+
+/* cilium_lxc: local endpoint address -> delivery info (veth ifindex, MACs, identity) */
+DP_MAP("hash", struct endpoint_key, struct endpoint_info, cilium_lxc, ENDPOINTS_MAP_SIZE);
+
+/* dp_ep_ifindex: host-side veth ifindex -> the endpoint behind it (from-container's own config) */
+DP_MAP("hash", struct ep_ifindex_key, struct endpoint_key, dp_ep_ifindex, ENDPOINTS_MAP_SIZE);
+
+/* cilium_metrics: per-CPU packets and bytes for every {reason, direction} verdict */
+DP_MAP("percpu_hash", struct metrics_key, struct metrics_value, cilium_metrics, METRICS_MAP_SIZE);
+
+#endif /* DP_LIB_MAPS_H */

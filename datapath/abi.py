@@ -1,0 +1,203 @@
+"""Python mirrors of bpf/abi.h: structs (ctypes, same field order and types), constants, and
+Cilium's drop-reason strings. tests/bpf/test_abi.py checks every size, offset and constant here
+against what BCC compiled, so this file and abi.h cannot drift apart silently."""
+from __future__ import annotations
+
+import ctypes
+import socket
+from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
+
+# ---- map sizes (defaults; the agent may override with -D) ----
+ENDPOINTS_MAP_SIZE = 65535
+METRICS_MAP_SIZE = 1024
+
+# ---- tc verdicts ----
+CTX_ACT_OK = 0
+CTX_ACT_DROP = 2
+CTX_ACT_REDIRECT = 7
+VERDICT_NAMES = {CTX_ACT_OK: "OK", CTX_ACT_DROP: "DROP", CTX_ACT_REDIRECT: "REDIRECT"}
+
+# ---- metric directions (Cilium's metricsmap) ----
+METRIC_DIR_UNKNOWN = 0
+METRIC_INGRESS = 1
+METRIC_EGRESS = 2
+METRIC_SERVICE = 3
+DIRECTION_NAMES = {METRIC_DIR_UNKNOWN: "UNKNOWN", METRIC_INGRESS: "INGRESS",
+                   METRIC_EGRESS: "EGRESS", METRIC_SERVICE: "SERVICE"}
+
+# ---- reasons (Cilium's numbers; the strings are pkg/monitor/api/drop.go's) ----
+REASON_FORWARDED = 0
+DROP_INVALID_SIP = 132
+DROP_POLICY = 133
+DROP_INVALID = 134
+DROP_CT_INVALID_HDR = 135
+DROP_FRAG_NEEDED = 136
+DROP_CT_UNKNOWN_PROTO = 137
+DROP_UNKNOWN_L3 = 139
+DROP_MISSED_TAIL_CALL = 140
+DROP_WRITE_ERROR = 141
+DROP_UNKNOWN_L4 = 142
+DROP_UNROUTABLE = 151
+DROP_CSUM_L3 = 153
+DROP_CSUM_L4 = 154
+DROP_CT_CREATE_FAILED = 155
+DROP_FRAG_NOSUPPORT = 157
+DROP_NO_SERVICE = 158
+DROP_NO_TUNNEL_ENDPOINT = 160
+DROP_UNKNOWN_CT = 163
+DROP_NO_CONFIG = 165
+DROP_UNSUPPORTED_L2 = 166
+DROP_NAT_NO_MAPPING = 167
+DROP_NAT_UNSUPP_PROTO = 168
+DROP_NO_FIB = 169
+DROP_INVALID_IDENTITY = 171
+DROP_UNKNOWN_SENDER = 172
+DROP_IS_CLUSTER_IP = 174
+DROP_TTL_EXCEEDED = 196
+
+# Every reason string a metric may carry (Cilium's, verbatim). Keys not in abi.h are reasons
+# Cilium has that our programs do not produce yet; they keep their numbers reserved.
+REASON_STRINGS: dict[int, str] = {
+    0: "Success", 2: "Invalid packet", 3: "Interface", 4: "Interface Decrypted",
+    5: "LB, sock cgroup: No backend slot entry found", 6: "LB, sock cgroup: No backend entry found",
+    7: "LB, sock cgroup: Reverse entry update failed", 8: "LB, sock cgroup: Reverse entry stale",
+    9: "Fragmented packet", 10: "Fragmented packet entry update failed",
+    11: "Missed tail call to custom program",
+    132: "Invalid source ip", 133: "Policy denied", 134: "Invalid packet",
+    135: "CT: Truncated or invalid header", 136: "Fragmentation needed",
+    137: "CT: Unknown L4 protocol", 139: "Unsupported L3 protocol", 140: "Missed tail call",
+    141: "Error writing to packet", 142: "Unknown L4 protocol", 143: "Unknown ICMPv4 code",
+    144: "Unknown ICMPv4 type", 145: "Unknown ICMPv6 code", 146: "Unknown ICMPv6 type",
+    147: "Error retrieving tunnel key", 150: "Unknown L3 target address",
+    151: "Stale or unroutable IP", 153: "Error while correcting L3 checksum",
+    154: "Error while correcting L4 checksum", 155: "CT: Map insertion failed",
+    156: "Invalid IPv6 extension header", 157: "IP fragmentation not supported",
+    158: "Service backend not found",
+    160: "No tunnel/encapsulation endpoint (datapath BUG!)", 161: "NAT 46/64 not enabled",
+    162: "Reached EDT rate-limiting drop horizon", 163: "Unknown connection tracking state",
+    164: "Local host is unreachable", 165: "No configuration available to perform policy decision",
+    166: "Unsupported L2 protocol", 167: "No mapping for NAT masquerade",
+    168: "Unsupported protocol for NAT masquerade", 169: "FIB lookup failed",
+    170: "Encapsulation traffic is prohibited", 171: "Invalid identity", 172: "Unknown sender",
+    173: "NAT not needed", 174: "Is a ClusterIP", 175: "First logical datagram fragment not found",
+    176: "Forbidden ICMPv6 message", 177: "Denied by LB src range check",
+    178: "Socket lookup failed", 179: "Socket assign failed",
+    180: "Proxy redirection not supported for protocol", 181: "Policy denied by denylist",
+    182: "VLAN traffic disallowed by VLAN filter", 183: "Incorrect VNI from VTEP",
+    184: "Failed to update or lookup TC buffer", 185: "No SID was found for the IP address",
+    186: "SRv6 state was removed during tail call",
+    187: "L3 translation from IPv4 to IPv6 failed (NAT46)",
+    188: "L3 translation from IPv6 to IPv4 failed (NAT64)", 189: "Authentication required",
+    190: "No conntrack map found", 191: "No nat map found", 192: "Invalid ClusterID",
+    193: "Unsupported packet protocol for DSR encapsulation", 194: "No egress gateway found",
+    195: "Traffic is unencrypted", 196: "TTL exceeded", 197: "No node ID found",
+    198: "Rate limited",
+}
+
+
+def reason_string(code: int) -> str:
+    """Cilium's human string for a reason code; unknown codes keep a stable, readable label."""
+    return REASON_STRINGS.get(code, f"Unknown reason ({code})")
+
+
+def is_drop(reason: int) -> bool:
+    """Cilium's metricsmap rule: reason 2 or >= 130 is a drop."""
+    return reason == 2 or reason >= 130
+
+
+# ---- endpoint keys and flags ----
+ENDPOINT_KEY_IPV4 = 1
+ENDPOINT_KEY_IPV6 = 2
+ENDPOINT_F_HOST = 1
+
+# Every #define in abi.h that Python mirrors (checked by the constants test).
+CONSTANTS = {k: v for k, v in dict(globals()).items()
+             if k.isupper() and isinstance(v, int) and not k.startswith("_")}
+
+Mac = c_uint8 * 6
+
+
+class _Struct(ctypes.Structure):
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        return cls.from_buffer_copy(bytes(data)[: ctypes.sizeof(cls)])
+
+    def __eq__(self, other):
+        return type(self) is type(other) and bytes(self) == bytes(other)
+
+    def __repr__(self):
+        fields = ", ".join(f"{n}={_fmt(getattr(self, n))}" for n, *_ in self._fields_
+                           if not n.startswith("pad"))
+        return f"{type(self).__name__}({fields})"
+
+
+def _fmt(v):
+    if isinstance(v, ctypes.Array):
+        return ":".join(f"{b:02x}" for b in v)
+    return v
+
+
+class EndpointKey(_Struct):
+    """cilium_lxc key: one local endpoint address."""
+    c_name = "endpoint_key"
+    _fields_ = [("ip4", c_uint32), ("family", c_uint8), ("pad", c_uint8 * 3)]
+
+
+class EndpointInfo(_Struct):
+    """cilium_lxc value: how to deliver to a local endpoint."""
+    c_name = "endpoint_info"
+    _fields_ = [("ifindex", c_uint32), ("lxc_id", c_uint16), ("flags", c_uint16),
+                ("mac", Mac), ("node_mac", Mac), ("sec_id", c_uint32), ("ip4", c_uint32)]
+
+
+class EpIfindexKey(_Struct):
+    """dp_ep_ifindex key: the host-side veth ifindex."""
+    c_name = "ep_ifindex_key"
+    _fields_ = [("ifindex", c_uint32)]
+
+
+class MetricsKey(_Struct):
+    """cilium_metrics key: one verdict reason in one direction."""
+    c_name = "metrics_key"
+    _fields_ = [("reason", c_uint8), ("dir", c_uint8), ("pad1", c_uint16), ("pad2", c_uint32)]
+
+
+class MetricsValue(_Struct):
+    """cilium_metrics value (per CPU)."""
+    c_name = "metrics_value"
+    _fields_ = [("count", c_uint64), ("bytes", c_uint64)]
+
+
+STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
+                                      MetricsValue)
+
+
+# ---- codecs ----
+def ip4_to_be32(ip: str) -> int:
+    """Dotted quad -> the native integer whose memory is the address in network order."""
+    return int.from_bytes(socket.inet_aton(ip), "little")
+
+
+def be32_to_ip4(v: int) -> str:
+    return socket.inet_ntoa(int(v).to_bytes(4, "little"))
+
+
+def mac_to_bytes(mac: str):
+    return Mac(*bytes.fromhex(mac.replace(":", "")))
+
+
+def bytes_to_mac(m) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(m))
+
+
+def endpoint_key(ip: str) -> EndpointKey:
+    return EndpointKey(ip4=ip4_to_be32(ip), family=ENDPOINT_KEY_IPV4)
+
+
+def endpoint_info(*, ifindex: int, lxc_id: int, mac: str, node_mac: str, sec_id: int, ip: str,
+                  flags: int = 0) -> EndpointInfo:
+    return EndpointInfo(ifindex=ifindex, lxc_id=lxc_id, flags=flags, mac=mac_to_bytes(mac),
+                        node_mac=mac_to_bytes(node_mac), sec_id=sec_id, ip4=ip4_to_be32(ip))

@@ -1,0 +1,63 @@
+"""Named packets for the test-run fixtures: one node, pod A (172.20.0.10) and pod B (.11)."""
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Ether
+
+POD_A_IP, POD_B_IP, GATEWAY_IP = "172.20.0.10", "172.20.0.11", "172.20.0.1"
+POD_A_MAC, LXC_A_MAC = "02:00:00:00:00:0a", "02:00:00:00:01:0a"
+POD_B_MAC, LXC_B_MAC = "02:00:00:00:00:0b", "02:00:00:00:01:0b"
+LXC_A_IFINDEX = 1        # lo: BPF_PROG_TEST_RUN needs an ifindex that exists in the test's netns
+LXC_B_IFINDEX = 42
+OUTSIDE_IP = "192.0.2.7"
+
+POD_A_TO_POD_B_TCP_SYN = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                          / IP(src=POD_A_IP, dst=POD_B_IP, ttl=64, id=1)
+                          / TCP(sport=40000, dport=80, flags="S", seq=1000))
+POD_A_TO_POD_B_UDP = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                      / IP(src=POD_A_IP, dst=POD_B_IP, ttl=64, id=2)
+                      / UDP(sport=40001, dport=53) / b"query")
+POD_A_TO_OUTSIDE_ICMP = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                         / IP(src=POD_A_IP, dst=OUTSIDE_IP, ttl=64, id=3) / ICMP(id=7, seq=1))
+SPOOFED_SRC_TO_POD_B = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                        / IP(src="172.20.0.99", dst=POD_B_IP, ttl=64, id=4) / TCP(dport=80))
+POD_A_TO_POD_B_TTL1 = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                       / IP(src=POD_A_IP, dst=POD_B_IP, ttl=1, id=5) / TCP(dport=80))
+ARP_WHO_HAS_GATEWAY = (Ether(src=POD_A_MAC, dst="ff:ff:ff:ff:ff:ff")
+                       / ARP(op="who-has", hwsrc=POD_A_MAC, psrc=POD_A_IP,
+                             hwdst="00:00:00:00:00:00", pdst=GATEWAY_IP))
+ARP_REPLY_FROM_GATEWAY = (Ether(src=LXC_A_MAC, dst=POD_A_MAC)
+                          / ARP(op="is-at", hwsrc=LXC_A_MAC, psrc=GATEWAY_IP,
+                                hwdst=POD_A_MAC, pdst=POD_A_IP))
+ARP_PROBE_OWN_IP = (Ether(src=POD_A_MAC, dst="ff:ff:ff:ff:ff:ff")
+                    / ARP(op="who-has", hwsrc=POD_A_MAC, psrc="0.0.0.0", pdst=POD_A_IP))
+IPV6_FROM_POD_A = (Ether(src=POD_A_MAC, dst="33:33:00:00:00:02")
+                   / IPv6(src="fe80::a", dst="ff02::2") / b"\x85\x00")
+
+
+def truncated_ip_total_length() -> bytes:
+    """IPv4 header whose total length claims 20 bytes more than the frame carries."""
+    raw = bytearray(bytes(POD_A_TO_POD_B_TCP_SYN))
+    return bytes(raw[:14 + 20 + 6])          # TCP header cut after 6 bytes; tot_len says 40
+
+
+def truncated_ip_options() -> bytes:
+    """IPv4 header with ihl = 15 (60-byte header) in a 34-byte frame."""
+    raw = bytearray(bytes(POD_A_TO_POD_B_TCP_SYN)[:34])
+    raw[14] = 0x4F
+    return bytes(raw)
+
+
+def truncated_arp() -> bytes:
+    """An ARP request cut in the middle of its body."""
+    return bytes(ARP_WHO_HAS_GATEWAY)[:14 + 8 + 6]
+
+
+def routed(pkt, *, src_mac: str, dst_mac: str):
+    """The packet as delivered one hop later: new MACs, TTL - 1, IP checksum recomputed."""
+    out = pkt.copy()
+    out[Ether].src, out[Ether].dst = src_mac, dst_mac
+    out[IP].ttl -= 1
+    del out[IP].chksum
+    return Ether(bytes(out))

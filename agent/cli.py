@@ -1,0 +1,196 @@
+"""The `datapath` command: the daemon, thin read commands over the agent API, cleanup, the lab.
+
+Every read command takes -o json. The API socket comes from --socket or DATAPATH_SOCKET. An error
+prints one line on stderr and exits non-zero.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from datapath.errors import DatapathError
+
+from . import api
+
+
+def _out(data, output: str, render) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        render(data)
+
+
+output_opt = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                          help="Output format.")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DatapathError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--socket", "socket_path", envvar="DATAPATH_SOCKET", default=None,
+              help="Agent API socket (default: $DATAPATH_SOCKET or /var/run/datapath/datapath.sock).")
+@click.pass_context
+def cli(ctx, socket_path):
+    """datapath: an eBPF datapath for Kubernetes-style networking."""
+    ctx.obj = {"socket": socket_path}
+
+
+def _client(ctx) -> api.Client:
+    return api.Client(ctx.obj["socket"])
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path(),
+              help="Agent config file (YAML, Cilium Helm value names).")
+@click.option("--debug", is_flag=True, help="Debug logging.")
+def agent(config_path, debug):
+    """Run the agent daemon for this node (foreground)."""
+    from .daemon import Agent
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Agent(config_path).run()
+
+
+@cli.command()
+@output_opt
+@click.pass_context
+def status(ctx, output):
+    """Show the agent's status."""
+    st = _client(ctx).get("/v1/status")
+
+    def render(s):
+        eps = s["endpoints"]
+        ready = eps.get("ready", 0)
+        other = ", ".join(f"{n} {k}" for k, n in sorted(eps.items()) if k != "ready")
+        cfg = s["config"]
+        rows = [
+            ("Node", s["nodeName"]),
+            ("KVStore", s["kvstore"]),
+            ("Kubernetes", f"Ok (manifests: {s['kubernetes']['manifests'] or 'none'}, "
+                           f"{s['kubernetes']['pods']} pods, {s['kubernetes']['namespaces']} "
+                           "namespaces)"),
+            ("KubeProxyReplacement", "True" if s["kubeProxyReplacement"] else "False"),
+            ("Routing", f"Network: {s['routing']['mode'].capitalize()}"
+                        + (f" [{s['routing']['tunnelProtocol']}]"
+                           if s["routing"]["mode"] == "tunnel" else "") + "   Host: BPF"),
+            ("Masquerading", "BPF" if s["masquerading"]["enabled"] else "Disabled"),
+            ("IPAM", f"IPv4: {s['ipam']['allocated']}/{s['ipam']['capacity']} allocated from "
+                     f"{s['ipam']['podCIDR']}"),
+            ("Endpoints", f"{ready} ready" + (f", {other}" if other else "")),
+            ("Identities", f"{s['identities'].get('cluster_local', 0)} cluster-local, "
+                           f"{s['identities'].get('reserved', 0)} reserved"),
+            ("Datapath", ", ".join(f"{k} (tag {v})" for k, v in s["datapath"]["programs"].items())
+                         + f"; maps pinned in {s['datapath']['pinDir']}"),
+            ("Config", "OK" if not cfg["lastError"] else f"Error: {cfg['lastError']}"),
+            ("Prometheus", s["prometheus"] or "Disabled"),
+        ]
+        for k, v in rows:
+            click.echo(f"{k + ':':<24}{v}")
+
+    _out(st, output, render)
+
+
+@cli.group()
+def endpoint():
+    """Endpoints on this node."""
+
+
+@endpoint.command("list")
+@output_opt
+@click.pass_context
+def endpoint_list(ctx, output):
+    """List endpoints (columns as `cilium endpoint list`)."""
+    eps = _client(ctx).get("/v1/endpoint")
+
+    def render(items):
+        hdr = ("ENDPOINT", "POLICY (ingress)", "POLICY (egress)", "IDENTITY",
+               "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS")
+        fmt = "{:<10}{:<18}{:<17}{:<10}{:<58}{:<6}{:<16}{}"
+        click.echo(fmt.format(*hdr))
+        click.echo(fmt.format("", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", ""))
+        for ep in items:
+            labels = [lbl for lbl in ep["labels"] if not lbl.startswith(
+                ("k8s:io.cilium.k8s.policy.", "k8s:io.cilium.k8s.namespace.labels."))] or [""]
+            click.echo(fmt.format(ep["id"], "Disabled", "Disabled", ep["identity"], labels[0],
+                                  "", ep["ip"], ep["state"]).rstrip())
+            for lbl in labels[1:]:
+                click.echo(fmt.format("", "", "", "", lbl, "", "", "").rstrip())
+
+    _out(eps, output, render)
+
+
+@endpoint.command("get")
+@click.argument("endpoint_id")
+@output_opt
+@click.pass_context
+def endpoint_get(ctx, endpoint_id, output):
+    """Show one endpoint by id or container id."""
+    ep = _client(ctx).get(f"/v1/endpoint/{endpoint_id}")
+    _out(ep, output, lambda e: [click.echo(f"{k + ':':<16}{v}") for k, v in e.items()])
+
+
+@cli.group()
+def identity():
+    """Security identities."""
+
+
+@identity.command("list")
+@output_opt
+@click.pass_context
+def identity_list(ctx, output):
+    """List identities (reserved and allocated)."""
+    ids = _client(ctx).get("/v1/identity")
+
+    def render(items):
+        click.echo(f"{'ID':<8}LABELS")
+        for i in items:
+            click.echo(f"{i['id']:<8}{i['labels'][0] if i['labels'] else ''}")
+            for lbl in i["labels"][1:]:
+                click.echo(f"{'':<8}{lbl}")
+
+    _out(ids, output, render)
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, type=click.Path())
+@click.option("--force", is_flag=True, help="Also when the agent still answers.")
+def cleanup(config_path, force):
+    """Remove everything the agent installed: our tc/XDP programs, pinned maps, state."""
+    from .cleanup import cleanup as do_cleanup
+    for line in do_cleanup(config_path, force=force):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--port", default=80, show_default=True)
+def whoami(port):
+    """Serve the lab pods' HTTP answer (hostname, IPs, client address)."""
+    from .whoami import serve
+    serve(port)
+
+
+def _register_lab():
+    from .lab import lab
+    cli.add_command(lab)
+
+
+_register_lab()
+
+
+def main() -> None:
+    cli(prog_name="datapath")
+
+
+if __name__ == "__main__":
+    main()

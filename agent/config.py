@@ -1,0 +1,335 @@
+"""Agent configuration: the one place that reads, validates and diffs the agent's YAML config.
+
+The file uses Cilium's Helm value names (nested mappings such as `ipam.podCIDR`, `bpf.root`).
+`load_config` turns it into an immutable `Config` with every default applied, or raises
+`ConfigError(file, key, reason)` for the first problem found (key is the dotted path).
+`changed_keys` tells a reload which effective values differ; `RESTART_KEYS` says which of
+those cannot be applied without restarting the agent.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import yaml
+
+from datapath.errors import ConfigError
+
+__all__ = ["Config", "RESTART_KEYS", "load_config", "parse_config", "changed_keys"]
+
+# dotted YAML key -> Config attribute; also the complete set of accepted keys
+_FIELDS: dict[str, str] = {
+    "nodeName": "nodeName",
+    "devices": "devices",
+    "ipam.podCIDR": "podCIDR",
+    "ipam.mode": "ipamMode",
+    "routingMode": "routingMode",
+    "tunnelProtocol": "tunnelProtocol",
+    "ipv4NativeRoutingCIDR": "ipv4NativeRoutingCIDR",
+    "autoDirectNodeRoutes": "autoDirectNodeRoutes",
+    "kubeProxyReplacement": "kubeProxyReplacement",
+    "bpf.masquerade": "bpfMasquerade",
+    "bpf.root": "bpfRoot",
+    "loadBalancer.algorithm": "lbAlgorithm",
+    "loadBalancer.acceleration": "lbAcceleration",
+    "policyEnforcementMode": "policyEnforcementMode",
+    "prometheus.enabled": "prometheusEnabled",
+    "prometheus.port": "prometheusPort",
+    "apiSocket": "apiSocket",
+    "stateDir": "stateDir",
+    "manifests": "manifests",
+    "MTU": "mtu",
+    "debug.enabled": "debug",
+}
+
+RESTART_KEYS: frozenset[str] = frozenset({
+    "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
+    "prometheus.port", "prometheus.enabled", "devices",
+})
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MISSING = object()
+
+
+def _tree(keys: list[str]) -> dict[str, Any]:
+    """Nested dict of accepted keys: leaves are None, sections are dicts."""
+    tree: dict[str, Any] = {}
+    for dotted in keys:
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = None
+    return tree
+
+
+_SCHEMA = _tree(list(_FIELDS))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    nodeName: str
+    devices: tuple[str, ...]
+    podCIDR: str
+    ipamMode: str
+    routingMode: str
+    tunnelProtocol: str
+    ipv4NativeRoutingCIDR: str | None
+    autoDirectNodeRoutes: bool
+    kubeProxyReplacement: bool
+    bpfMasquerade: bool
+    bpfRoot: str
+    lbAlgorithm: str
+    lbAcceleration: str
+    policyEnforcementMode: str
+    prometheusEnabled: bool
+    prometheusPort: int
+    apiSocket: str
+    stateDir: str
+    manifests: str | None
+    mtu: int
+    debug: bool
+    # the parsed mapping as given; not part of equality (two spellings of one config are equal)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def pin_dir(self) -> str:
+        return f"{self.bpfRoot}/datapath/{self.nodeName}"
+
+    def gateway_ip(self) -> str:
+        net = ipaddress.IPv4Network(self.podCIDR)
+        return str(net.network_address + 1)
+
+
+def _show(v: object) -> str:
+    """How a bad value is quoted in a reason."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return type(v).__name__
+
+
+class _Reader:
+    """Typed access to the parsed mapping by dotted key; every failure is a ConfigError."""
+
+    def __init__(self, data: dict, file: str):
+        self.data, self.file = data, file
+
+    def fail(self, key: str, reason: str) -> NoReturn:
+        raise ConfigError(self.file, key, reason)
+
+    def get(self, key: str, default: object = _MISSING) -> object:
+        node: object = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    self.fail(key, "required key is missing")
+                return default
+            node = node[part]
+        return node
+
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self.get(key, default)
+        if not isinstance(v, bool):
+            self.fail(key, f"expected a boolean (true or false), got {_show(v)}")
+        return v
+
+    def enum(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        v = self.get(key, default)
+        if not isinstance(v, str) or v not in choices:
+            want = ", ".join(repr(c) for c in choices)
+            self.fail(key, f"expected one of {want}, got {_show(v)}")
+        return v
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        v = self.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            self.fail(key, f"expected an integer from {lo} to {hi}, got {_show(v)}")
+        return v
+
+    def abspath(self, key: str, default: str) -> str:
+        v = self.get(key, default)
+        if not isinstance(v, str) or not os.path.isabs(v):
+            self.fail(key, f"expected an absolute path, got {_show(v)}")
+        return os.path.normpath(v)
+
+    def cidr(self, key: str, default: object = _MISSING) -> ipaddress.IPv4Network | None:
+        v = self.get(key, default)
+        if (v is None or v == "") and default is not _MISSING:
+            return None  # optional CIDR left unset (Helm's values.yaml writes "")
+        bad = f"expected an IPv4 CIDR like 10.0.0.0/24, got {_show(v)}"
+        if not isinstance(v, str) or "/" not in v:
+            self.fail(key, bad)
+        try:
+            return ipaddress.IPv4Network(v)
+        except ValueError:
+            pass
+        try:
+            loose = ipaddress.IPv4Network(v, strict=False)
+        except ValueError:
+            self.fail(key, bad)
+        self.fail(key, f"host bits set, did you mean {loose}?")
+
+
+def _check_keys(data: dict, schema: dict[str, Any], r: _Reader, prefix: str = "") -> None:
+    """Reject unknown keys and sections that are not mappings, in document order."""
+    for k, v in data.items():
+        dotted = f"{prefix}{k}"
+        if k not in schema:
+            reason = "unknown key"
+            if isinstance(k, str):
+                # case-insensitive so 'mtu' suggests 'MTU' and 'podCidr' suggests 'podCIDR'
+                lower = {s.lower(): s for s in schema}
+                close = difflib.get_close_matches(k.lower(), list(lower), n=1)
+                if close:
+                    reason += f", did you mean '{lower[close[0]]}'?"
+            r.fail(dotted, reason)
+        sub = schema[k]
+        if sub is not None:
+            if not isinstance(v, dict):
+                r.fail(dotted, f"expected a mapping, got {_show(v)}")
+            _check_keys(v, sub, r, dotted + ".")
+
+
+def _devices(r: _Reader) -> tuple[str, ...]:
+    v = r.get("devices", [])
+    if isinstance(v, str):
+        names = [n for n in re.split(r"[\s,]+", v) if n]
+    elif isinstance(v, list):
+        names = v
+    else:
+        r.fail("devices", f"expected a list of interface names or a string, got {_show(v)}")
+    seen: list[str] = []
+    for n in names:
+        if not isinstance(n, str) or not 1 <= len(n) <= 15 or "/" in n or re.search(r"\s", n):
+            r.fail("devices", "expected interface names of 1 to 15 characters without '/' "
+                              f"or whitespace, got {_show(n)}")
+        if n in seen:
+            r.fail("devices", f"device {n!r} is listed twice")
+        seen.append(n)
+    return tuple(seen)
+
+
+def _kube_proxy_replacement(r: _Reader) -> bool:
+    v = r.get("kubeProxyReplacement", False)
+    if isinstance(v, bool):
+        return v
+    if v in ("true", "false"):
+        return v == "true"
+    if v in ("strict", "partial", "disabled"):
+        r.fail("kubeProxyReplacement",
+               f"{v!r} was removed in Cilium 1.14; use true or false")
+    r.fail("kubeProxyReplacement", f"expected true or false, got {_show(v)}")
+
+
+def parse_config(data: object, path: str) -> Config:
+    """Validate an already-parsed YAML object; `path` is the file it came from."""
+    path = os.path.abspath(path)
+    if data is None:
+        raise ConfigError(path, "<file>", "file is empty; expected a mapping with at least "
+                                          "nodeName and ipam.podCIDR")
+    if not isinstance(data, dict):
+        raise ConfigError(path, "<top-level>", f"expected a mapping, got {_show(data)}")
+    r = _Reader(data, path)
+    _check_keys(data, _SCHEMA, r)
+
+    node = r.get("nodeName")
+    if not isinstance(node, str) or len(node) > 63 or not _DNS_LABEL.match(node):
+        r.fail("nodeName", "expected a DNS-1123 label (lowercase letters, digits and '-', "
+                           f"at most 63, starting and ending with a letter or digit), got {_show(node)}")
+
+    pod_cidr = r.cidr("ipam.podCIDR")
+    assert pod_cidr is not None
+    if not 8 <= pod_cidr.prefixlen <= 30:
+        r.fail("ipam.podCIDR", f"prefix length must be between /8 and /30, got /{pod_cidr.prefixlen}")
+
+    tunnel = r.enum("tunnelProtocol", ("vxlan", "geneve"), "vxlan")
+    if tunnel == "geneve":
+        r.fail("tunnelProtocol", "geneve is not available on this kernel; use vxlan")
+
+    native = r.cidr("ipv4NativeRoutingCIDR", None)
+
+    manifests = r.get("manifests", None)
+    if manifests is not None and not isinstance(manifests, str):
+        r.fail("manifests", f"expected a path, got {_show(manifests)}")
+    if manifests:
+        manifests = os.path.normpath(os.path.join(os.path.dirname(path), manifests))
+    else:
+        manifests = None
+
+    mtu = r.get("MTU", 0)
+    if type(mtu) is not int or not (mtu == 0 or 576 <= mtu <= 9000):
+        r.fail("MTU", f"expected 0 (auto) or an integer from 576 to 9000, got {_show(mtu)}")
+    mtu = mtu or 1500  # 0 = auto
+
+    return Config(
+        path=path,
+        nodeName=node,
+        devices=_devices(r),
+        podCIDR=str(pod_cidr),
+        ipamMode=r.enum("ipam.mode", ("kubernetes", "cluster-pool"), "kubernetes"),
+        routingMode=r.enum("routingMode", ("native", "tunnel"), "tunnel"),
+        tunnelProtocol=tunnel,
+        ipv4NativeRoutingCIDR=str(native) if native else None,
+        autoDirectNodeRoutes=r.boolean("autoDirectNodeRoutes", False),
+        kubeProxyReplacement=_kube_proxy_replacement(r),
+        bpfMasquerade=r.boolean("bpf.masquerade", False),
+        bpfRoot=r.abspath("bpf.root", "/sys/fs/bpf"),
+        lbAlgorithm=r.enum("loadBalancer.algorithm", ("random", "maglev"), "random"),
+        lbAcceleration=r.enum("loadBalancer.acceleration",
+                              ("disabled", "native", "best-effort"), "disabled"),
+        policyEnforcementMode=r.enum("policyEnforcementMode",
+                                     ("default", "always", "never"), "default"),
+        prometheusEnabled=r.boolean("prometheus.enabled", True),
+        prometheusPort=r.integer("prometheus.port", 9962, 1, 65535),
+        apiSocket=r.abspath("apiSocket", "/var/run/datapath/datapath.sock"),
+        stateDir=r.abspath("stateDir", "/var/run/datapath/state"),
+        manifests=manifests,
+        mtu=mtu,
+        debug=r.boolean("debug.enabled", False),
+        raw=copy.deepcopy(data),
+    )
+
+
+def load_config(path: str) -> Config:
+    """Read, parse and validate the config file at `path`."""
+    apath = os.path.abspath(path)
+    try:
+        with open(apath, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(apath, "<file>", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(apath, "<file>", "is a directory, expected a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(apath, "<file>", "not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(apath, "<file>", (e.strerror or str(e)).lower()) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(apath, "<yaml>", f"{where}{e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(apath, "<yaml>", str(e)) from None
+    return parse_config(data, apath)
+
+
+def changed_keys(old: Config, new: Config) -> set[str]:
+    """Dotted keys whose effective value differs between two configs."""
+    return {k for k, attr in _FIELDS.items() if getattr(old, attr) != getattr(new, attr)}

@@ -1,0 +1,417 @@
+"""The agent daemon: owns one node's datapath.
+
+It loads the config and manifests, keeps endpoints, identities and IP allocations as state,
+turns them into the desired datapath (agent/reconcile.py) and applies only the differences. It
+watches the config file and the manifests directory: a bad change is rejected whole (logged,
+shown in `status`, counted in cilium_errors_warnings_total) and the last good state stays.
+SIGTERM stops the agent but leaves programs attached and maps pinned; the next agent adopts them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import start_http_server
+
+from datapath.errors import APIError, ConfigError, DatapathError
+from datapath.loader import NodeDatapath
+
+from . import api
+from .config import RESTART_KEYS, changed_keys, load_config
+from .endpoint import Endpoint
+from .identity import RESERVED, LocalIdentityStore, security_labels
+from .ipam import HostIPAM
+from .manifests import ManifestSet, load_manifests
+from .metrics import AgentMetrics
+from .reconcile import DatapathState, apply, plan, read_actual
+from .state import StateFile
+
+log = logging.getLogger("datapath.agent")
+log_ep = logging.getLogger("datapath.endpoint")
+log_cfg = logging.getLogger("datapath.config")
+log_rec = logging.getLogger("datapath.reconcile")
+
+RESYNC_SECONDS = 10.0
+
+
+def _fingerprint(path: str | None) -> str:
+    """Content hash of a file, or of every file directly in a directory."""
+    if not path:
+        return ""
+    h = hashlib.sha256()
+    p = Path(path)
+    try:
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    except OSError as e:
+        h.update(str(e).encode())
+    return h.hexdigest()
+
+
+def _empty_manifests() -> ManifestSet:
+    return ManifestSet(namespaces={}, pods={}, ignored=[])
+
+
+class Agent:
+    def __init__(self, config_path: str):
+        self.config_path = os.path.abspath(config_path)
+        self.cfg = load_config(self.config_path)
+        self.manifests = load_manifests(self.cfg.manifests) if self.cfg.manifests \
+            else _empty_manifests()
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.started = time.time()
+        self.last_error: str | None = None
+        self.last_reload = time.time()
+        self.metrics = AgentMetrics()
+        logging.getLogger("datapath").addHandler(self.metrics.log_handler())
+        self.state_file = StateFile(self.cfg.stateDir)
+        self.state = self.state_file.load()
+        self.identities = LocalIdentityStore(self.state["identities"])
+        self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
+        self.endpoints: dict[str, Endpoint] = {
+            cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
+        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op)
+        self.metrics.bind(self)
+        self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
+        self._api = None
+        self._metrics_srv = None
+
+    # ---- state ----
+    def save(self) -> None:
+        self.state["endpoints"] = {cid: ep.to_dict() for cid, ep in self.endpoints.items()}
+        self.state_file.save(self.state)
+
+    def endpoint_state_counts(self) -> dict[str, int]:
+        with self.lock:
+            out: dict[str, int] = {}
+            for ep in self.endpoints.values():
+                out[ep.state] = out.get(ep.state, 0) + 1
+            return out
+
+    def identity_counts(self) -> dict[str, int]:
+        return {"reserved": len(RESERVED), "cluster_local": len(self.identities.table)}
+
+    # ---- identities ----
+    def _resolve_identity(self, ep: Endpoint) -> None:
+        pod = self.manifests.pods.get(ep.pod_key)
+        if pod is not None:
+            labels = security_labels(ep.namespace, pod.label_dict,
+                                     self.manifests.namespace_labels(ep.namespace),
+                                     pod.serviceAccountName)
+            ep.from_manifest = True
+        else:
+            labels = security_labels(ep.namespace, ep.pod_labels,
+                                     self.manifests.namespace_labels(ep.namespace))
+        ident, created = self.identities.allocate(labels)
+        if created:
+            log_ep.info("allocated identity %d for %s", ident, ";".join(labels))
+        if (ident, list(labels)) != (ep.identity, ep.labels):
+            if ep.identity:
+                log_ep.info("endpoint %d (%s) moves from identity %d to %d", ep.id, ep.pod_key,
+                            ep.identity, ident)
+            ep.identity, ep.labels = ident, list(labels)
+            ep.state = "regenerating"
+
+    # ---- reconcile ----
+    def desired_state(self) -> DatapathState:
+        st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}})
+        _, tag = self.dp.program("from-container")
+        for ep in self.endpoints.values():
+            if not ep.identity or ep.state in ("disconnecting", "disconnected"):
+                continue
+            for m, (k, v) in ep.map_entries().items():
+                st.maps[m][k] = v
+            st.tc[(ep.host_ifname, "ingress")] = ("from-container", tag)
+        return st
+
+    def reconcile(self, reason: str) -> int:
+        """Bring the datapath to the desired state; returns how many operations failed."""
+        with self.lock:
+            desired = self.desired_state()
+            ifaces = {ep.host_ifname for ep in self.endpoints.values()}
+            actual = read_actual(self.dp, ifaces)
+            ops = plan(desired, actual)
+            failed_targets: set = set()
+
+            def on_error(op, e):
+                failed_targets.update({op.target, op.key})
+                log_rec.error("%s failed: %s", op, e)
+
+            failed = apply(ops, self.dp, on_error) if ops else 0
+            if ops:
+                log_rec.info("reconcile (%s): %d ops, %d failed", reason, len(ops), failed)
+            for ep in self.endpoints.values():
+                if ep.state not in ("regenerating", "restoring", "not-ready"):
+                    continue
+                mine = {ep.host_ifname} | {k for k, _ in ep.map_entries().values()}
+                if mine & failed_targets:
+                    ep.state = "not-ready"
+                    self.metrics.regenerations.labels("fail").inc()
+                else:
+                    ep.state = "ready"
+                    self.metrics.regenerations.labels("success").inc()
+            self.save()
+            return failed
+
+    # ---- endpoints ----
+    def create_endpoint(self, cid: str, body: dict) -> dict:
+        req = ("ifname", "host_ifname", "ip", "mac", "host_mac", "netns", "namespace", "pod")
+        missing = [k for k in req if not body.get(k)]
+        if missing:
+            raise APIError(f"endpoint {cid}: missing fields {', '.join(missing)}", 400)
+        with self.lock:
+            owner = self.ipam.owner_of(body["ip"])
+            if owner != cid:
+                raise APIError(f"endpoint {cid}: {body['ip']} is not allocated to this "
+                               f"container (owner {owner})", 409)
+            try:
+                ifindex = socket.if_nametoindex(body["host_ifname"])
+            except OSError:
+                raise APIError(f"endpoint {cid}: no interface {body['host_ifname']} on this "
+                               "node", 400) from None
+            ep = self.endpoints.get(cid)
+            if ep is None:
+                ep = Endpoint(id=self.state["next_endpoint_id"], container_id=cid,
+                              namespace=body["namespace"], pod=body["pod"],
+                              ifname=body["ifname"], host_ifname=body["host_ifname"],
+                              host_ifindex=ifindex, ip=body["ip"], mac=body["mac"],
+                              host_mac=body["host_mac"], netns=body["netns"],
+                              pod_labels=dict(body.get("labels") or {}))
+                self.state["next_endpoint_id"] += 1
+                self.endpoints[cid] = ep
+                log_ep.info("endpoint %d created for %s (%s on %s)", ep.id, ep.pod_key, ep.ip,
+                            ep.host_ifname)
+            else:
+                ep.host_ifname, ep.host_ifindex = body["host_ifname"], ifindex
+                ep.mac, ep.host_mac, ep.netns = body["mac"], body["host_mac"], body["netns"]
+                ep.state = "regenerating"
+            self._resolve_identity(ep)
+            ep.state = "regenerating"
+            self.reconcile(f"endpoint {ep.id} created")
+            return ep.to_dict()
+
+    def remove_endpoint(self, cid: str, why: str) -> bool:
+        with self.lock:
+            ep = self.endpoints.get(cid)
+            if ep is None:
+                self.ipam.release(cid)
+                self.save()
+                return False
+            ep.state = "disconnecting"
+            self.reconcile(f"endpoint {ep.id} removed: {why}")
+            if _iface_exists(ep.host_ifname):
+                subprocess.run(["ip", "link", "del", ep.host_ifname], capture_output=True)
+            self.ipam.release(cid)
+            ep.state = "disconnected"
+            del self.endpoints[cid]
+            log_ep.info("endpoint %d (%s) removed: %s", ep.id, ep.pod_key, why)
+            self.save()
+            return True
+
+    def _drop_vanished(self) -> None:
+        for cid, ep in list(self.endpoints.items()):
+            if not _iface_exists(ep.host_ifname):
+                self.remove_endpoint(cid, f"interface {ep.host_ifname} is gone")
+
+    def sync_manifests(self) -> None:
+        """Apply manifest changes to endpoints: deleted pods go, label changes re-identify."""
+        with self.lock:
+            for cid, ep in list(self.endpoints.items()):
+                if ep.from_manifest and ep.pod_key not in self.manifests.pods:
+                    self.remove_endpoint(cid, "pod deleted from manifests")
+                    continue
+                self._resolve_identity(ep)
+
+    # ---- config and manifests ----
+    def reload(self) -> bool:
+        """Re-read config and manifests; all or nothing. Returns True when applied."""
+        try:
+            cfg = load_config(self.config_path)
+            restart = changed_keys(self.cfg, cfg) & RESTART_KEYS
+            if restart:
+                raise ConfigError(self.config_path, sorted(restart)[0],
+                                  "changing this key needs an agent restart")
+            manifests = load_manifests(cfg.manifests) if cfg.manifests else _empty_manifests()
+        except DatapathError as e:
+            with self.lock:
+                self.last_error = str(e)
+            log_cfg.error("change rejected, keeping the last good state: %s", e)
+            return False
+        with self.lock:
+            self.cfg, self.manifests = cfg, manifests
+            self.last_error = None
+            self.last_reload = time.time()
+            log_cfg.info("config and manifests reloaded")
+            self.sync_manifests()
+            self.reconcile("config or manifests changed")
+        return True
+
+    def _sources_changed(self) -> bool:
+        fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
+        if fp != self._fp:
+            self._fp = fp
+            return True
+        return False
+
+    # ---- API ----
+    def routes(self):
+        def status(_p, _b):
+            return self.status()
+
+        def ep_list(_p, _b):
+            with self.lock:
+                return [ep.to_dict() for ep in sorted(self.endpoints.values(), key=lambda e: e.id)]
+
+        def ep_get(p, _b):
+            with self.lock:
+                for ep in self.endpoints.values():
+                    if str(ep.id) == p["id"] or ep.container_id == p["id"]:
+                        return ep.to_dict()
+            raise APIError(f"endpoint {p['id']} not found", 404)
+
+        def ep_put(p, b):
+            return self.create_endpoint(p["container_id"], b or {})
+
+        def ep_delete(p, _b):
+            return {"deleted": self.remove_endpoint(p["container_id"], "deleted through the API")}
+
+        def ipam_post(_p, b):
+            owner = (b or {}).get("owner")
+            if not owner:
+                raise APIError("ipam: missing owner", 400)
+            with self.lock:
+                ip = self.ipam.allocate(owner)
+                self.save()
+                return {"ip": ip, "gateway": self.ipam.gateway, "cidr": self.cfg.podCIDR,
+                        "mtu": self.cfg.mtu}
+
+        def ipam_delete(p, _b):
+            with self.lock:
+                released = self.ipam.release(p["owner"])
+                self.save()
+                return {"released": released}
+
+        def identities(_p, _b):
+            out = [{"id": n, "labels": [f"reserved:{name}"], "type": "reserved"}
+                   for name, n in RESERVED.items()]
+            with self.lock:
+                out += [{"id": n, "labels": list(lbl), "type": "cluster_local"}
+                        for n, lbl in self.identities.items()]
+            return out
+
+        return {("GET", "/v1/healthz"): lambda p, b: {"ok": True},
+                ("GET", "/v1/status"): status,
+                ("GET", "/v1/endpoint"): ep_list,
+                ("GET", "/v1/endpoint/{id}"): ep_get,
+                ("PUT", "/v1/endpoint/{container_id}"): ep_put,
+                ("DELETE", "/v1/endpoint/{container_id}"): ep_delete,
+                ("POST", "/v1/ipam"): ipam_post,
+                ("DELETE", "/v1/ipam/{owner}"): ipam_delete,
+                ("GET", "/v1/identity"): identities}
+
+    def status(self) -> dict:
+        with self.lock:
+            cfg = self.cfg
+            return {
+                "nodeName": cfg.nodeName,
+                "uptimeSeconds": round(time.time() - self.started, 1),
+                "kvstore": "Disabled",
+                "kubernetes": {"manifests": cfg.manifests, "pods": len(self.manifests.pods),
+                               "namespaces": len(self.manifests.namespaces)},
+                "kubeProxyReplacement": cfg.kubeProxyReplacement,
+                "routing": {"mode": cfg.routingMode, "tunnelProtocol": cfg.tunnelProtocol},
+                "masquerading": {"enabled": cfg.bpfMasquerade, "mode": "BPF"},
+                "ipam": {"podCIDR": cfg.podCIDR, "allocated": len(self.ipam.allocations),
+                         "capacity": self.ipam.net.num_addresses - 3},
+                "endpoints": self.endpoint_state_counts(),
+                "identities": self.identity_counts(),
+                "datapath": {"pinDir": cfg.pin_dir(),
+                             "programs": {"from-container": self.dp.program("from-container")[1]}},
+                "config": {"path": self.config_path, "lastError": self.last_error,
+                           "lastReload": self.last_reload},
+                "prometheus": (f"http://{_node_ip(cfg)}:{cfg.prometheusPort}/metrics"
+                               if cfg.prometheusEnabled else None),
+                "apiSocket": cfg.apiSocket,
+            }
+
+    # ---- lifecycle ----
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._fp_reset())
+        with self.lock:
+            for ep in self.endpoints.values():
+                ep.state = "restoring"
+            self._drop_vanished()
+            for ep in self.endpoints.values():
+                self._resolve_identity(ep)
+                ep.state = "restoring"
+            self.reconcile("startup")
+        self._api = api.serve(self.cfg.apiSocket, self.routes())
+        if self.cfg.prometheusEnabled:
+            self._metrics_srv = start_http_server(self.cfg.prometheusPort,
+                                                  registry=self.metrics.registry)
+        log.info("agent for node %s ready: %d endpoints, API %s", self.cfg.nodeName,
+                 len(self.endpoints), self.cfg.apiSocket)
+        next_resync = time.time() + RESYNC_SECONDS
+        while not self.stop_event.wait(1.0):
+            try:
+                if self._sources_changed():
+                    self.reload()
+                if time.time() >= next_resync:
+                    next_resync = time.time() + RESYNC_SECONDS
+                    with self.lock:
+                        self._drop_vanished()
+                        self.reconcile("periodic resync")
+            except Exception:  # keep the agent alive; the error is logged and counted
+                log.exception("agent loop error")
+        self.shutdown()
+
+    def _fp_reset(self):
+        self._fp = ("", "")
+
+    def shutdown(self) -> None:
+        log.info("stopping; programs stay attached and maps pinned under %s", self.cfg.pin_dir())
+        if self._api:
+            self._api.shutdown()
+            self._api.server_close()
+            try:
+                os.unlink(self.cfg.apiSocket)
+            except FileNotFoundError:
+                pass
+        if self._metrics_srv:
+            srv = self._metrics_srv[0] if isinstance(self._metrics_srv, tuple) else None
+            if srv:
+                srv.shutdown()
+        with self.lock:
+            self.save()
+
+
+def _iface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+def _node_ip(cfg) -> str:
+    """The first IPv4 address on the first configured device, else the node's hostname."""
+    for dev in cfg.devices:
+        p = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True,
+                           text=True)
+        for line in p.stdout.splitlines():
+            parts = line.split()
+            if "inet" in parts:
+                return parts[parts.index("inet") + 1].split("/")[0]
+    return "127.0.0.1"

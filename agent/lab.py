@@ -1,0 +1,367 @@
+"""`datapath lab`: a Kubernetes-like lab built from network namespaces on one machine.
+
+A segment namespace holds a bridge (the node network 192.168.10.0/24); each node is a namespace
+joined to it by a veth (`eth1` inside the node) and runs its own agent (own config, state dir,
+API socket, metrics port) with maps pinned in a bpffs instance mounted for this lab only. Every
+Pod scheduled on a node gets a namespace created through `datapath-cni`, called as a container
+runtime calls it, and its command runs inside that namespace.
+
+Names: the default lab uses the seed names (node namespace `k8s-ctr`); `--name X` prefixes every
+namespace with `X-` so tests can run labs side by side. `up` is idempotent; `down` leaves no
+namespace, link, pin, mount or process behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from datapath import netns
+from datapath.errors import DatapathError, LabError
+
+from .api import Client
+from .manifests import load_manifests
+
+LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
+DEFAULT_NODES = [{"name": "k8s-ctr", "ip": "192.168.10.100", "podCIDR": "172.20.0.0/24"}]
+SEGMENT_PREFIX = 24
+BRIDGE = "br0"
+
+
+def _bin(name: str) -> list[str]:
+    """A console script of ours next to this interpreter, else the module behind it."""
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return [str(cand)]
+    mod = {"datapath": "agent.cli", "datapath-cni": "agent.cni"}[name]
+    return [sys.executable, "-m", mod]
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:   # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _kill(pid: int | None, timeout: float = 10) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class Lab:
+    def __init__(self, name: str = "default"):
+        if not name.replace("-", "").isalnum() or len(name) > 12:
+            raise LabError(f"lab name {name!r}: use up to 12 letters, digits or '-'")
+        self.name = name
+        self.prefix = "" if name == "default" else f"{name}-"
+        self.dir = LAB_ROOT / name
+        self.state_path = self.dir / "lab.json"
+        self.bpffs = self.dir / "bpffs"
+        self.segment_ns = f"{self.prefix}lab-net"
+
+    # ---- state ----
+    def load(self) -> dict:
+        if self.state_path.exists():
+            return json.loads(self.state_path.read_text())
+        return {"name": self.name, "nodes": {}, "pods": {}, "manifests": None}
+
+    def save(self, st: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st, indent=1, sort_keys=True))
+        os.replace(tmp, self.state_path)
+
+    def node_ns(self, node: str) -> str:
+        return f"{self.prefix}{node}"
+
+    def pod_ns(self, namespace: str, pod: str) -> str:
+        return f"{self.prefix}pod-{namespace}-{pod}"
+
+    def container_id(self, namespace: str, pod: str) -> str:
+        return hashlib.sha256(f"{self.name}/{namespace}/{pod}".encode()).hexdigest()
+
+    # ---- up ----
+    def up(self, manifests: str | None = None, nodes: list[dict] | None = None) -> dict:
+        st = self.load()
+        manifests = os.path.abspath(manifests or st.get("manifests") or str(EXAMPLES))
+        mset = load_manifests(manifests)      # fail before building anything
+        st["manifests"] = manifests
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.bpffs.mkdir(exist_ok=True)
+        if not os.path.ismount(self.bpffs):
+            subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
+        self._segment()
+        for spec in nodes or DEFAULT_NODES:
+            st["nodes"][spec["name"]] = self._node(spec, manifests, st["nodes"].get(spec["name"]))
+            self.save(st)
+        wanted = {}
+        for node in st["nodes"]:
+            for pod in mset.pods_on(node):
+                wanted[pod.key] = (node, pod)
+        for key in sorted(set(st["pods"]) - set(wanted)):
+            self._pod_down(st["pods"].pop(key), st)
+            self.save(st)
+        for key, (node, pod) in sorted(wanted.items()):
+            st["pods"][key] = self._pod(node, pod, st, st["pods"].get(key))
+            self.save(st)
+        return st
+
+    def _segment(self) -> None:
+        netns.add(self.segment_ns)
+        netns.ip(self.segment_ns, "link", "set", "lo", "up")
+        if netns.ip(self.segment_ns, "link", "show", BRIDGE, check=False).returncode != 0:
+            netns.ip(self.segment_ns, "link", "add", BRIDGE, "type", "bridge")
+        netns.ip(self.segment_ns, "link", "set", BRIDGE, "up")
+
+    def _node(self, spec: dict, manifests: str, have: dict | None) -> dict:
+        name, ns = spec["name"], self.node_ns(spec["name"])
+        ndir = self.dir / name
+        ndir.mkdir(parents=True, exist_ok=True)
+        netns.add(ns)
+        netns.ip(ns, "link", "set", "lo", "up")
+        seg_if = f"v-{name}"[:15]
+        if netns.ip(ns, "link", "show", "eth1", check=False).returncode != 0:
+            netns.ip(self.segment_ns, "link", "add", seg_if, "type", "veth", "peer", "name",
+                     "eth1", "netns", ns)
+            netns.ip(self.segment_ns, "link", "set", seg_if, "master", BRIDGE, "up")
+            netns.ip(ns, "addr", "add", f"{spec['ip']}/{SEGMENT_PREFIX}", "dev", "eth1")
+            netns.ip(ns, "link", "set", "eth1", "up")
+            netns.run(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        cfg = {
+            "nodeName": name, "devices": ["eth1"],
+            "ipam": {"podCIDR": spec["podCIDR"]},
+            "routingMode": "native", "ipv4NativeRoutingCIDR": "172.20.0.0/16",
+            "autoDirectNodeRoutes": True,
+            "bpf": {"root": str(self.bpffs)},
+            "prometheus": {"port": 9962},
+            "apiSocket": str(ndir / "datapath.sock"),
+            "stateDir": str(ndir / "state"),
+            "manifests": manifests,
+        }
+        cfg_path = ndir / "config.yaml"
+        if not cfg_path.exists():
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        rec = dict(have or {})
+        rec.update({"netns": ns, "ip": spec["ip"], "podCIDR": spec["podCIDR"],
+                    "config": str(cfg_path), "socket": cfg["apiSocket"],
+                    "log": str(ndir / "agent.log")})
+        if not _alive(rec.get("agent_pid")):
+            rec["agent_pid"] = self.start_agent(rec)
+        return rec
+
+    def start_agent(self, rec: dict) -> int:
+        log = open(rec["log"], "ab")
+        p = subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent", "--config",
+                                       rec["config"]),
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if p.poll() is not None:
+                raise LabError(f"agent for {rec['netns']} exited ({p.returncode}); "
+                               f"see {rec['log']}")
+            try:
+                Client(rec["socket"], timeout=2).get("/v1/healthz")
+                return p.pid
+            except DatapathError:
+                time.sleep(0.2)
+        _kill(p.pid)
+        raise LabError(f"agent for {rec['netns']} did not answer within 90 s; see {rec['log']}")
+
+    def _cni(self, node_rec: dict, command: str, cid: str, pod_netns: str, namespace: str,
+             pod: str) -> dict | None:
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+               "CNI_NETNS": netns.path(pod_netns), "CNI_IFNAME": "eth0",
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}",
+               "CNI_PATH": str(Path(sys.executable).parent)}
+        conf = json.dumps({"cniVersion": "1.0.0", "name": "datapath", "type": "datapath-cni",
+                           "apiSocket": node_rec["socket"]})
+        p = subprocess.run(netns.cmd(node_rec["netns"], *_bin("datapath-cni")), input=conf,
+                           capture_output=True, text=True, env=env, timeout=60)
+        out = json.loads(p.stdout) if p.stdout.strip() else None
+        if p.returncode != 0:
+            raise LabError(f"CNI {command} for {namespace}/{pod} failed: "
+                           f"{(out or {}).get('msg')}: {(out or {}).get('details') or p.stderr}")
+        return out
+
+    def _pod(self, node: str, pod, st: dict, have: dict | None) -> dict:
+        node_rec = st["nodes"][node]
+        ns = self.pod_ns(pod.namespace, pod.name)
+        cid = self.container_id(pod.namespace, pod.name)
+        rec = dict(have or {})
+        rec.update({"node": node, "netns": ns, "container_id": cid,
+                    "log": str(self.dir / node / f"pod-{pod.namespace}-{pod.name}.log")})
+        netns.add(ns)
+        healthy = False
+        if rec.get("ip"):
+            try:
+                self._cni(node_rec, "CHECK", cid, ns, pod.namespace, pod.name)
+                healthy = True
+            except LabError:
+                healthy = False
+        if not healthy:
+            res = self._cni(node_rec, "ADD", cid, ns, pod.namespace, pod.name)
+            rec["ip"] = res["ips"][0]["address"].split("/")[0]
+        if not _alive(rec.get("pid")):
+            rec["pid"] = self._start_pod_process(ns, pod, rec["log"])
+        return rec
+
+    def _start_pod_process(self, ns: str, pod, log_path: str) -> int:
+        c = pod.containers[0]
+        argv = list(c.command) + list(c.args) or ["sleep", "infinity"]
+        env = {**os.environ, "HOSTNAME": pod.name, "POD_NAME": pod.name,
+               "POD_NAMESPACE": pod.namespace,
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        log = open(log_path, "ab")
+        p = subprocess.Popen(netns.cmd(ns, *argv), stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return p.pid
+
+    def _pod_down(self, rec: dict, st: dict, cni_del: bool = True) -> None:
+        _kill(rec.get("pid"))
+        node_rec = st["nodes"].get(rec["node"])
+        if cni_del and node_rec and netns.exists(node_rec["netns"]):
+            ns_name, pod = rec["netns"], rec["container_id"]
+            try:
+                self._cni(node_rec, "DEL", pod, ns_name, "", "")
+            except LabError:
+                pass
+        netns.delete(rec["netns"])
+
+    # ---- down / status / exec ----
+    def down(self) -> list[str]:
+        st = self.load()
+        done = []
+        for key, rec in sorted(st["pods"].items()):
+            self._pod_down(rec, st, cni_del=False)
+            done.append(f"pod {key} removed")
+        for name, rec in sorted(st["nodes"].items()):
+            _kill(rec.get("agent_pid"))
+            netns.delete(rec["netns"])
+            done.append(f"node {name} removed")
+        # namespaces of a lab whose state file was lost
+        for ns in netns.list_names():
+            if ns == self.segment_ns or (self.prefix and ns.startswith(self.prefix)) or \
+                    (not self.prefix and (ns.startswith("pod-") or ns in
+                                          {n["name"] for n in DEFAULT_NODES})):
+                netns.delete(ns)
+        if os.path.ismount(self.bpffs):
+            subprocess.run(["umount", str(self.bpffs)], check=False)
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        return done or ["nothing to remove"]
+
+    def status(self) -> dict:
+        st = self.load()
+        out = {"name": self.name, "manifests": st.get("manifests"), "nodes": [], "pods": []}
+        for name, rec in sorted(st["nodes"].items()):
+            out["nodes"].append({"name": name, "netns": rec["netns"], "ip": rec["ip"],
+                                 "podCIDR": rec["podCIDR"], "socket": rec["socket"],
+                                 "agent": "running" if _alive(rec.get("agent_pid")) else "stopped",
+                                 "metrics": f"http://{rec['ip']}:9962/metrics"})
+        for key, rec in sorted(st["pods"].items()):
+            out["pods"].append({"name": key, "node": rec["node"], "netns": rec["netns"],
+                                "ip": rec.get("ip"),
+                                "process": "running" if _alive(rec.get("pid")) else "stopped"})
+        return out
+
+    def resolve(self, target: str) -> tuple[str, str]:
+        """A node name or pod (ns/name, or name in default) -> (netns, that node's socket)."""
+        st = self.load()
+        if target in st["nodes"]:
+            rec = st["nodes"][target]
+            return rec["netns"], rec["socket"]
+        key = target if "/" in target else f"default/{target}"
+        if key in st["pods"]:
+            rec = st["pods"][key]
+            return rec["netns"], st["nodes"][rec["node"]]["socket"]
+        raise LabError(f"no node or pod {target!r} in lab {self.name} "
+                       f"(nodes: {', '.join(sorted(st['nodes'])) or 'none'})")
+
+
+name_opt = click.option("--name", "lab_name", default="default", show_default=True,
+                        help="Lab name; other than 'default' it prefixes every namespace.")
+
+
+@click.group()
+def lab():
+    """A multi-namespace lab: nodes, agents and pods on this machine."""
+
+
+@lab.command()
+@name_opt
+@click.option("--manifests", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Directory of Pod/Namespace manifests (default: examples/lab).")
+def up(lab_name, manifests):
+    """Build the lab (idempotent)."""
+    st = Lab(lab_name).up(manifests)
+    click.echo(f"lab {lab_name}: {len(st['nodes'])} node(s), {len(st['pods'])} pod(s) up")
+
+
+@lab.command()
+@name_opt
+def down(lab_name):
+    """Tear the lab down completely (idempotent)."""
+    for line in Lab(lab_name).down():
+        click.echo(line)
+
+
+@lab.command("status")
+@name_opt
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def lab_status(lab_name, output):
+    """Show nodes and pods."""
+    s = Lab(lab_name).status()
+    if output == "json":
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"{'NODE':<12}{'NETNS':<20}{'IP':<17}{'POD CIDR':<17}{'AGENT':<9}METRICS")
+    for n in s["nodes"]:
+        click.echo(f"{n['name']:<12}{n['netns']:<20}{n['ip']:<17}{n['podCIDR']:<17}"
+                   f"{n['agent']:<9}{n['metrics']}")
+    click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")
+    for p in s["pods"]:
+        click.echo(f"{p['name']:<24}{p['node']:<12}{p['ip'] or '-':<16}{p['process']}")
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@name_opt
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def lab_exec(lab_name, target, command):
+    """Run COMMAND in a node's or a pod's network namespace."""
+    ns, sock = Lab(lab_name).resolve(target)
+    env = {**os.environ, "DATAPATH_SOCKET": sock,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    argv = netns.cmd(ns, *command)
+    os.execvpe(argv[0], argv, env)

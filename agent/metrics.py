@@ -1,0 +1,117 @@
+"""Prometheus metrics with Cilium's names and labels.
+
+Datapath counters are read from cilium_metrics at scrape time (summed over CPUs); agent-side
+counters live in this registry. Served on prometheus.port by prometheus_client's HTTP server.
+
+    cilium_forward_count_total / cilium_forward_bytes_total {direction}
+    cilium_drop_count_total / cilium_drop_bytes_total {reason, direction}
+    cilium_endpoint_state {endpoint_state}          cilium_endpoint
+    cilium_endpoint_regenerations_total {outcome}
+    cilium_bpf_map_ops_total {map_name, operation, outcome}
+    cilium_errors_warnings_total {level, subsystem}
+    cilium_identity {type}
+"""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from datapath import abi
+from datapath.maps import metrics_totals
+
+ENDPOINT_STATES = ("waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
+                   "restoring", "ready", "disconnecting", "disconnected", "invalid")
+
+
+class AgentMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.regenerations = Counter("cilium_endpoint_regenerations", "Count of all endpoint "
+                                     "regenerations that have completed, tagged by outcome",
+                                     ["outcome"], registry=self.registry)
+        self.map_ops = Counter("cilium_bpf_map_ops", "Total operations on map, tagged by map "
+                               "name", ["map_name", "operation", "outcome"],
+                               registry=self.registry)
+        self.errors_warnings = Counter("cilium_errors_warnings", "Number of total errors in "
+                                       "cilium-agent instances", ["level", "subsystem"],
+                                       registry=self.registry)
+        for outcome in ("success", "fail"):
+            self.regenerations.labels(outcome)
+        self._agent = None
+
+    def bind(self, agent) -> None:
+        """Attach the running agent whose maps and endpoints the collector reads."""
+        self._agent = agent
+        self.registry.register(_ScrapeCollector(agent))
+
+    def map_op(self, map_name: str, operation: str, outcome: str) -> None:
+        self.map_ops.labels(map_name, operation, outcome).inc()
+
+    def log_handler(self) -> logging.Handler:
+        return _ErrorsWarningsHandler(self.errors_warnings)
+
+
+class _ErrorsWarningsHandler(logging.Handler):
+    """Counts every warning and error log record by level and subsystem (logger name tail)."""
+
+    def __init__(self, counter):
+        super().__init__(level=logging.WARNING)
+        self.counter = counter
+
+    def emit(self, record):
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        self.counter.labels(level, record.name.rsplit(".", 1)[-1]).inc()
+
+
+class _ScrapeCollector:
+    def __init__(self, agent):
+        self.agent = agent
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fwd_c = CounterMetricFamily("cilium_forward_count", "Total forwarded packets, tagged by "
+                                    "ingress/egress direction", labels=["direction"])
+        fwd_b = CounterMetricFamily("cilium_forward_bytes", "Total forwarded bytes, tagged by "
+                                    "ingress/egress direction", labels=["direction"])
+        drop_c = CounterMetricFamily("cilium_drop_count", "Total dropped packets, tagged by "
+                                     "drop reason and ingress/egress direction",
+                                     labels=["reason", "direction"])
+        drop_b = CounterMetricFamily("cilium_drop_bytes", "Total dropped bytes, tagged by drop "
+                                     "reason and ingress/egress direction",
+                                     labels=["reason", "direction"])
+        fwd: dict[str, list[int]] = {}
+        drops: dict[tuple[str, str], list[int]] = {}
+        for (reason, direction), (pkts, nbytes) in metrics_totals(
+                self.agent.dp.maps["cilium_metrics"]).items():
+            d = abi.DIRECTION_NAMES.get(direction, "UNKNOWN")
+            if abi.is_drop(reason):
+                acc = drops.setdefault((abi.reason_string(reason), d), [0, 0])
+            else:
+                acc = fwd.setdefault(d, [0, 0])
+            acc[0] += pkts
+            acc[1] += nbytes
+        for d, (p, b) in sorted(fwd.items()):
+            fwd_c.add_metric([d], p)
+            fwd_b.add_metric([d], b)
+        for (r, d), (p, b) in sorted(drops.items()):
+            drop_c.add_metric([r, d], p)
+            drop_b.add_metric([r, d], b)
+        yield from (fwd_c, fwd_b, drop_c, drop_b)
+
+        states = GaugeMetricFamily("cilium_endpoint_state", "Count of all endpoints, tagged by "
+                                   "different endpoint states", labels=["endpoint_state"])
+        counts = self.agent.endpoint_state_counts()
+        for s in ENDPOINT_STATES:
+            states.add_metric([s], counts.get(s, 0))
+        yield states
+        yield GaugeMetricFamily("cilium_endpoint", "Number of endpoints managed by this agent",
+                                value=sum(counts.values()))
+        ident = GaugeMetricFamily("cilium_identity", "Number of identities currently allocated",
+                                  labels=["type"])
+        for t, n in sorted(self.agent.identity_counts().items()):
+            ident.add_metric([t], n)
+        yield ident

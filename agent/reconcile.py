@@ -1,0 +1,93 @@
+"""Reconcile: a pure plan from desired and actual datapath state to ordered operations, and an
+apply step that executes them against a NodeDatapath.
+
+Both states have the same shape:
+    DatapathState(maps={map_name: {key_bytes: value_bytes}},
+                  tc={(ifname, direction): (program_name, tag)})
+plan() emits only differences, in an order that never shows a program a half-built world:
+detach first, then map writes, then attaches, then map deletes. Applying the same desired state
+twice yields no operations the second time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from datapath import attach
+from datapath.loader import PROGRAMS
+
+
+@dataclass
+class DatapathState:
+    maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    tc: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str            # tc_detach | map_update | tc_attach | map_delete
+    target: str          # map name or interface
+    key: bytes | str = b""
+    value: bytes | str = b""
+
+    def __str__(self):
+        if self.kind.startswith("map"):
+            return f"{self.kind} {self.target} {self.key.hex()}"
+        return f"{self.kind} {self.target} {self.key} {self.value}"
+
+
+_ORDER = {"tc_detach": 0, "map_update": 1, "tc_attach": 2, "map_delete": 3}
+
+
+def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
+    ops: list[Op] = []
+    for name in sorted(set(desired.maps) | set(actual.maps)):
+        want, have = desired.maps.get(name, {}), actual.maps.get(name, {})
+        for k in sorted(want):
+            if have.get(k) != want[k]:
+                ops.append(Op("map_update", name, k, want[k]))
+        for k in sorted(set(have) - set(want)):
+            ops.append(Op("map_delete", name, k))
+    for (ifname, direction) in sorted(set(desired.tc) | set(actual.tc)):
+        want = desired.tc.get((ifname, direction))
+        have = actual.tc.get((ifname, direction))
+        if want and have != want:
+            ops.append(Op("tc_attach", ifname, direction, want[0]))
+        elif have and not want:
+            ops.append(Op("tc_detach", ifname, direction))
+    return sorted(ops, key=lambda o: _ORDER[o.kind])   # stable: keeps per-kind order
+
+
+def read_actual(dp, interfaces: set[str], maps=("cilium_lxc", "dp_ep_ifindex")) -> DatapathState:
+    """What the datapath holds now: managed map contents and our filters on `interfaces`."""
+    st = DatapathState(maps={m: dp.read_map(m) for m in maps})
+    for ifname in sorted(interfaces):
+        for prog_name, spec in PROGRAMS.items():
+            got = attach.tc_query(ifname, spec.direction)
+            if got is not None:
+                st.tc[(ifname, spec.direction)] = (got.name.removeprefix(attach.OWNER_PREFIX),
+                                                   got.tag)
+    return st
+
+
+def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = None) -> int:
+    """Execute ops in order; returns how many failed (each reported to on_error)."""
+    failed = 0
+    for op in ops:
+        try:
+            if op.kind == "map_update":
+                m = dp.maps[op.target]
+                m.update(m.spec.key.from_bytes(op.key), m.spec.value.from_bytes(op.value))
+            elif op.kind == "map_delete":
+                m = dp.maps[op.target]
+                m.delete(m.spec.key.from_bytes(op.key))
+            elif op.kind == "tc_attach":
+                fd, _ = dp.program(op.value)
+                attach.tc_attach(op.target, fd, op.key, op.value)
+            elif op.kind == "tc_detach":
+                attach.tc_detach(op.target, op.key)
+        except Exception as e:  # one failed op must not stop the rest; the caller counts it
+            failed += 1
+            if on_error:
+                on_error(op, e)
+    return failed

@@ -349,6 +349,7 @@ class Agent:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self._fp_reset())
+        log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         with self.lock:
             for ep in self.endpoints.values():
                 ep.state = "restoring"

@@ -234,7 +234,25 @@ class Lab:
             rec["ip"] = res["ips"][0]["address"].split("/")[0]
         if not _alive(rec.get("pid")):
             rec["pid"] = self._start_pod_process(ns, pod, rec["log"])
+        self._wait_ready(ns, pod, rec)
         return rec
+
+    def _wait_ready(self, ns: str, pod, rec: dict, timeout: float = 20) -> None:
+        """Readiness: every declared TCP containerPort is listening in the pod's netns."""
+        ports = {p.containerPort for c in pod.containers for p in c.ports if p.protocol == "TCP"}
+        deadline = time.time() + timeout
+        while ports and time.time() < deadline:
+            out = netns.run(ns, "ss", "-Htln", check=False).stdout
+            listening = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()
+                         if len(line.split()) > 3}
+            if ports <= listening:
+                return
+            if not _alive(rec.get("pid")):
+                raise LabError(f"pod {pod.key} exited; see {rec['log']}")
+            time.sleep(0.1)
+        if ports:
+            raise LabError(f"pod {pod.key} not listening on {sorted(ports)} after {timeout}s; "
+                           f"see {rec['log']}")
 
     def _start_pod_process(self, ns: str, pod, log_path: str) -> int:
         c = pod.containers[0]

@@ -1,0 +1,67 @@
+"""A lab per test session, uniquely named, torn down even when tests fail."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.api import Client
+from agent.lab import EXAMPLES, Lab
+from datapath import netns
+
+
+class LabHandle:
+    def __init__(self, lab: Lab, manifests: Path):
+        self.lab, self.manifests = lab, manifests
+
+    def ns(self, target: str) -> str:
+        return self.lab.resolve(target)[0]
+
+    def run(self, target: str, *argv: str, check: bool = True, timeout: float = 30):
+        return netns.run(self.ns(target), *argv, check=check, timeout=timeout)
+
+    def py(self, target: str, code: str, *args: str, check: bool = True, timeout: float = 30):
+        return self.run(target, sys.executable, "-c", code, *args, check=check, timeout=timeout)
+
+    def client(self, node: str = "k8s-ctr") -> Client:
+        return Client(self.lab.resolve(node)[1], timeout=10)
+
+    def pod_ip(self, pod: str) -> str:
+        return self.lab.load()["pods"][f"default/{pod}"]["ip"]
+
+    def node(self, node: str = "k8s-ctr") -> dict:
+        return self.lab.load()["nodes"][node]
+
+    def metrics(self, node: str = "k8s-ctr") -> str:
+        ip = self.node(node)["ip"]
+        return self.run(node, "curl", "-s", "-m", "5", f"http://{ip}:9962/metrics").stdout
+
+
+def wait_for(fn, timeout: float = 15, interval: float = 0.2, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def lab(privileged, tmp_path_factory):
+    name = f"t{os.getpid() % 100000}"
+    mdir = tmp_path_factory.mktemp("manifests")
+    for f in EXAMPLES.glob("*.yaml"):
+        shutil.copy(f, mdir / f.name)
+    lab = Lab(name)
+    lab.down()
+    try:
+        lab.up(str(mdir))
+        yield LabHandle(lab, mdir)
+    finally:
+        lab.down()

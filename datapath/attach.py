@@ -124,7 +124,7 @@ def tc_detach(ifname: str, direction: str) -> bool:
     return True
 
 
-XDP_MODES = {"native": "xdpdrv", "generic": "xdpgeneric"}
+XDP_MODES = {"native": 1 << 2, "generic": 1 << 1}     # XDP_FLAGS_DRV_MODE / SKB_MODE
 
 
 def xdp_query(ifname: str) -> dict | None:
@@ -138,14 +138,17 @@ def xdp_query(ifname: str) -> dict | None:
             "mode": xdp.get("mode")}
 
 
+def _set_xdp(ifname: str, fd: int, flags: int) -> int:
+    from bcc.libbcc import lib     # netlink IFLA_XDP: one request, so a replace is atomic
+    return lib.bpf_attach_xdp(ifname.encode(), fd, flags)
+
+
 def xdp_attach(ifname: str, fd: int, mode: str = "native") -> dict:
     """Attach (or atomically replace) the XDP program on ifname."""
     if mode not in XDP_MODES:
         raise AttachError(f"XDP mode must be one of {sorted(XDP_MODES)}, not {mode!r}")
-    p = subprocess.run(["ip", "link", "set", "dev", ifname, XDP_MODES[mode], "fd", str(fd)],
-                       capture_output=True, text=True, pass_fds=(fd,))
-    if p.returncode != 0:
-        raise AttachError(f"{ifname}: XDP attach failed: {p.stderr.strip()}")
+    if _set_xdp(ifname, fd, XDP_MODES[mode]) < 0:
+        raise AttachError(f"{ifname}: XDP attach ({mode}) failed")
     got = xdp_query(ifname)
     if not got:
         raise AttachError(f"{ifname}: XDP attached but not found afterwards")
@@ -157,6 +160,6 @@ def xdp_detach(ifname: str, names: set[str]) -> bool:
     cur = xdp_query(ifname)
     if not cur or cur["name"] not in names:
         return False
-    for mode in XDP_MODES.values():
-        subprocess.run(["ip", "link", "set", "dev", ifname, mode, "off"], capture_output=True)
-    return True
+    for flags in XDP_MODES.values():
+        _set_xdp(ifname, -1, flags)
+    return xdp_query(ifname) is None

@@ -1,0 +1,50 @@
+"""The reconcile plan is pure: differences only, in a safe order, and idempotent."""
+from __future__ import annotations
+
+from agent.reconcile import DatapathState, Op, plan
+
+
+def st(lxc=None, tc=None):
+    return DatapathState(maps={"cilium_lxc": dict(lxc or {}), "dp_ep_ifindex": {}},
+                         tc=dict(tc or {}))
+
+
+def test_identical_states_need_no_ops():
+    s = st({b"a": b"1"}, {("lxc1", "ingress"): ("from-container", "t1")})
+    assert plan(s, st({b"a": b"1"}, {("lxc1", "ingress"): ("from-container", "t1")})) == []
+
+
+def test_new_endpoint_writes_maps_before_attaching():
+    ops = plan(st({b"a": b"1"}, {("lxc1", "ingress"): ("from-container", "t1")}), st())
+    assert [o.kind for o in ops] == ["map_update", "tc_attach"]
+    assert ops[1] == Op("tc_attach", "lxc1", "ingress", "from-container")
+
+
+def test_removed_endpoint_detaches_before_deleting_map_entries():
+    ops = plan(st(), st({b"a": b"1"}, {("lxc1", "ingress"): ("from-container", "t1")}))
+    assert [o.kind for o in ops] == ["tc_detach", "map_delete"]
+
+
+def test_changed_value_updates_in_place_and_unchanged_rows_are_left_alone():
+    ops = plan(st({b"a": b"2", b"b": b"1"}), st({b"a": b"1", b"b": b"1"}))
+    assert ops == [Op("map_update", "cilium_lxc", b"a", b"2")]
+
+
+def test_stale_program_tag_is_replaced_atomically_not_detached():
+    ops = plan(st(tc={("lxc1", "ingress"): ("from-container", "new")}),
+               st(tc={("lxc1", "ingress"): ("from-container", "old")}))
+    assert [o.kind for o in ops] == ["tc_attach"]
+
+
+def test_applying_the_plan_converges():
+    desired = st({b"a": b"1", b"c": b"3"}, {("lxc1", "ingress"): ("from-container", "t")})
+    actual = st({b"a": b"0", b"b": b"2"})
+    for op in plan(desired, actual):       # a model of apply() on the actual state
+        if op.kind == "map_update":
+            actual.maps[op.target][op.key] = op.value
+        elif op.kind == "map_delete":
+            del actual.maps[op.target][op.key]
+        elif op.kind == "tc_attach":
+            actual.tc[(op.target, op.key)] = desired.tc[(op.target, op.key)]
+    assert actual == desired
+    assert plan(desired, actual) == []

@@ -118,7 +118,7 @@ def endpoint_list(ctx, output):
                "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS")
         fmt = "{:<10}{:<18}{:<17}{:<10}{:<58}{:<6}{:<16}{}"
         click.echo(fmt.format(*hdr))
-        click.echo(fmt.format("", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", ""))
+        click.echo(fmt.format("", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", "").rstrip())
         for ep in items:
             labels = [lbl for lbl in ep["labels"] if not lbl.startswith(
                 ("k8s:io.cilium.k8s.policy.", "k8s:io.cilium.k8s.namespace.labels."))] or [""]

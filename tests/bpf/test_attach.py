@@ -29,26 +29,31 @@ def _tc_cycle(fd):
     again = attach.tc_attach("lxct0", fd, "ingress", "from-container")    # replace in place
     out = subprocess.run(["tc", "filter", "show", "dev", "lxct0", "ingress"],
                          capture_output=True, text=True).stdout
-    foreign = subprocess.run(["tc", "filter", "add", "dev", "lxct0", "egress", "pref", "9",
-                              "protocol", "all", "matchall", "action", "pass"],
-                             capture_output=True, text=True)
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:          # another tool's filter: a bpf filter not named by us
+        idx = ipr.link_lookup(ifname="lxct0")[0]
+        ipr.tc("add-filter", "bpf", idx, ":1", fd=fd, name="other-tool", parent="ffff:fff3",
+               classid=1, direct_action=True, prio=9)
+    foreign_ours = attach.tc_query("lxct0", "egress")
     removed = attach.tc_detach("lxct0", "ingress")
     after = attach.tc_query("lxct0", "ingress")
     egress_left = subprocess.run(["tc", "filter", "show", "dev", "lxct0", "egress"],
                                  capture_output=True, text=True).stdout
     return (first, again, out.count("datapath:from-container"), removed, after,
-            attach.tc_detach("lxct0", "ingress"), foreign.returncode, egress_left)
+            attach.tc_detach("lxct0", "ingress"), foreign_ours, egress_left,
+            attach.tc_detach("lxct0", "egress"))
 
 
 def test_tc_attach_replace_and_detach_only_ours(ns, lxc_obj):
     fn = build.load(lxc_obj, "cil_from_container", "tc")
-    first, again, count, removed, after, twice, foreign_rc, egress_left = \
+    first, again, count, removed, after, twice, foreign_ours, egress_left, detach_foreign = \
         run_in_netns(ns, _tc_cycle, fn.fd)
     assert first.name == "datapath:from-container" and first.tag == attach.prog_tag(fn.fd)
     assert count == 1 and again.tag == first.tag
     assert removed and after is None and twice is False
-    if foreign_rc == 0:      # another tool's filter survives our detach
-        assert "matchall" in egress_left
+    # another tool's filter is neither reported as ours nor removed, and keeps its clsact
+    assert foreign_ours is None and detach_foreign is False
+    assert "other-tool" in egress_left
 
 
 def _xdp_cycle(fd):

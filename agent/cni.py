@@ -81,6 +81,8 @@ def cmd_add(conf: dict) -> dict:
         netns.run(ns_path, "ip", "link", "set", "lo", "up")
         netns.run(ns_path, "ip", "link", "set", ifname, "mtu", str(mtu), "up")
         netns.run(ns_path, "ip", "addr", "replace", f"{ip}/32", "dev", ifname)
+        for stale in _ipv4_addrs(ns_path, ifname) - {f"{ip}/32"}:   # a re-ADD with a new address
+            netns.run(ns_path, "ip", "addr", "del", stale, "dev", ifname)
         netns.run(ns_path, "ip", "route", "replace", gw, "dev", ifname, "scope", "link")
         netns.run(ns_path, "ip", "route", "replace", "default", "via", gw, "dev", ifname)
         netns.ip(None, "link", "set", host, "up")
@@ -106,6 +108,11 @@ def cmd_add(conf: dict) -> dict:
         "routes": [{"dst": "0.0.0.0/0", "gw": gw}],
         "dns": {},
     }
+
+
+def _ipv4_addrs(ns_path: str, ifname: str) -> set[str]:
+    out = netns.run(ns_path, "ip", "-4", "-o", "addr", "show", "dev", ifname).stdout
+    return {line.split()[3] for line in out.splitlines() if " inet " in line}
 
 
 def _move_to_netns(ifname: str, ns_path: str) -> None:

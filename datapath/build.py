@@ -49,7 +49,7 @@ def amalgamate(path: Path, _seen: set[Path] | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def check_toolchain() -> None:
+def check_toolchain(headers: Path | None = None) -> None:
     """Raise MissingDependency naming the fix when BCC or the kernel headers are absent."""
     try:
         import bcc  # noqa: F401
@@ -57,7 +57,7 @@ def check_toolchain() -> None:
         raise MissingDependency(
             f"BCC is not importable ({e}): install Debian's python3-bpfcc and use a venv made with "
             "`/usr/bin/python3 -m venv --system-site-packages` (scripts/setup.sh does both)") from e
-    build = Path(f"/lib/modules/{os.uname().release}/build")
+    build = headers or Path(f"/lib/modules/{os.uname().release}/build")
     if not (build / "Makefile").exists():
         raise MissingDependency(
             f"kernel headers missing at {build}: install linux-headers for this kernel, or link "

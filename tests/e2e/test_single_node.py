@@ -291,6 +291,33 @@ def test_deleting_pod_manifest_removes_endpoint_and_veth(lab):
     assert "Hostname: webpod-3" in curl(lab, "curl-pod", lab.pod_ip("webpod-3")).stdout
 
 
+def test_cleanup_removes_what_we_installed_and_agent_rebuilds(lab):
+    node = lab.node()
+    eps = lab.client().get("/v1/endpoint")
+    pin_dir = lab.client().get("/v1/status")["datapath"]["pinDir"]
+    assert os.listdir(pin_dir)
+    refused = subprocess.run(netns.cmd(node["netns"], sys.executable, "-m", "agent.cli",
+                                       "cleanup", "--config", node["config"]),
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "stop it first" in refused.stderr
+    os.kill(node["agent_pid"], 15)
+    wait_for(lambda: not _alive(node["agent_pid"]), what="agent to stop")
+    out = subprocess.run(netns.cmd(node["netns"], sys.executable, "-m", "agent.cli", "cleanup",
+                                   "--config", node["config"]), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("detached tc ingress program") == len(eps)
+    assert not os.path.exists(pin_dir)
+    state_dir = os.path.join(os.path.dirname(node["config"]), "state")
+    assert not os.path.exists(state_dir)
+    for ep in eps:
+        assert "datapath:" not in netns.run(node["netns"], "tc", "filter", "show", "dev",
+                                            ep["host_ifname"], "ingress").stdout
+    # the next `lab up` starts a fresh agent and re-creates the pods' endpoints through CNI
+    lab.lab.up()
+    assert len(lab.client().get("/v1/endpoint")) == len(eps)
+    assert "Hostname: webpod-1" in curl(lab, "curl-pod", lab.pod_ip("webpod-1")).stdout
+
+
 def test_lab_down_leaves_nothing(lab):
     st = lab.lab.load()
     pids = [n["agent_pid"] for n in st["nodes"].values()] + [p["pid"] for p in st["pods"].values()]

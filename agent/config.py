@@ -106,8 +106,8 @@ class Config:
         return str(net.network_address + 1)
 
 
-def _show(v: object) -> str:
-    """How a bad value is quoted in a reason."""
+def describe(v: object) -> str:
+    """How a bad YAML value is quoted in an error reason (config and manifests)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -145,33 +145,33 @@ class _Reader:
     def boolean(self, key: str, default: bool) -> bool:
         v = self.get(key, default)
         if not isinstance(v, bool):
-            self.fail(key, f"expected a boolean (true or false), got {_show(v)}")
+            self.fail(key, f"expected a boolean (true or false), got {describe(v)}")
         return v
 
     def enum(self, key: str, choices: tuple[str, ...], default: str) -> str:
         v = self.get(key, default)
         if not isinstance(v, str) or v not in choices:
             want = ", ".join(repr(c) for c in choices)
-            self.fail(key, f"expected one of {want}, got {_show(v)}")
+            self.fail(key, f"expected one of {want}, got {describe(v)}")
         return v
 
     def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         v = self.get(key, default)
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            self.fail(key, f"expected an integer from {lo} to {hi}, got {_show(v)}")
+            self.fail(key, f"expected an integer from {lo} to {hi}, got {describe(v)}")
         return v
 
     def abspath(self, key: str, default: str) -> str:
         v = self.get(key, default)
         if not isinstance(v, str) or not os.path.isabs(v):
-            self.fail(key, f"expected an absolute path, got {_show(v)}")
+            self.fail(key, f"expected an absolute path, got {describe(v)}")
         return os.path.normpath(v)
 
     def cidr(self, key: str, default: object = _MISSING) -> ipaddress.IPv4Network | None:
         v = self.get(key, default)
         if (v is None or v == "") and default is not _MISSING:
             return None  # optional CIDR left unset (Helm's values.yaml writes "")
-        bad = f"expected an IPv4 CIDR like 10.0.0.0/24, got {_show(v)}"
+        bad = f"expected an IPv4 CIDR like 10.0.0.0/24, got {describe(v)}"
         if not isinstance(v, str) or "/" not in v:
             self.fail(key, bad)
         try:
@@ -201,7 +201,7 @@ def _check_keys(data: dict, schema: dict[str, Any], r: _Reader, prefix: str = ""
         sub = schema[k]
         if sub is not None:
             if not isinstance(v, dict):
-                r.fail(dotted, f"expected a mapping, got {_show(v)}")
+                r.fail(dotted, f"expected a mapping, got {describe(v)}")
             _check_keys(v, sub, r, dotted + ".")
 
 
@@ -212,12 +212,12 @@ def _devices(r: _Reader) -> tuple[str, ...]:
     elif isinstance(v, list):
         names = v
     else:
-        r.fail("devices", f"expected a list of interface names or a string, got {_show(v)}")
+        r.fail("devices", f"expected a list of interface names or a string, got {describe(v)}")
     seen: list[str] = []
     for n in names:
         if not isinstance(n, str) or not 1 <= len(n) <= 15 or "/" in n or re.search(r"\s", n):
             r.fail("devices", "expected interface names of 1 to 15 characters without '/' "
-                              f"or whitespace, got {_show(n)}")
+                              f"or whitespace, got {describe(n)}")
         if n in seen:
             r.fail("devices", f"device {n!r} is listed twice")
         seen.append(n)
@@ -233,7 +233,7 @@ def _kube_proxy_replacement(r: _Reader) -> bool:
     if v in ("strict", "partial", "disabled"):
         r.fail("kubeProxyReplacement",
                f"{v!r} was removed in Cilium 1.14; use true or false")
-    r.fail("kubeProxyReplacement", f"expected true or false, got {_show(v)}")
+    r.fail("kubeProxyReplacement", f"expected true or false, got {describe(v)}")
 
 
 def parse_config(data: object, path: str) -> Config:
@@ -243,14 +243,14 @@ def parse_config(data: object, path: str) -> Config:
         raise ConfigError(path, "<file>", "file is empty; expected a mapping with at least "
                                           "nodeName and ipam.podCIDR")
     if not isinstance(data, dict):
-        raise ConfigError(path, "<top-level>", f"expected a mapping, got {_show(data)}")
+        raise ConfigError(path, "<top-level>", f"expected a mapping, got {describe(data)}")
     r = _Reader(data, path)
     _check_keys(data, _SCHEMA, r)
 
     node = r.get("nodeName")
     if not isinstance(node, str) or len(node) > 63 or not _DNS_LABEL.match(node):
         r.fail("nodeName", "expected a DNS-1123 label (lowercase letters, digits and '-', "
-                           f"at most 63, starting and ending with a letter or digit), got {_show(node)}")
+                           f"at most 63, starting and ending with a letter or digit), got {describe(node)}")
 
     pod_cidr = r.cidr("ipam.podCIDR")
     assert pod_cidr is not None
@@ -265,7 +265,7 @@ def parse_config(data: object, path: str) -> Config:
 
     manifests = r.get("manifests", None)
     if manifests is not None and not isinstance(manifests, str):
-        r.fail("manifests", f"expected a path, got {_show(manifests)}")
+        r.fail("manifests", f"expected a path, got {describe(manifests)}")
     if manifests:
         manifests = os.path.normpath(os.path.join(os.path.dirname(path), manifests))
     else:
@@ -273,7 +273,7 @@ def parse_config(data: object, path: str) -> Config:
 
     mtu = r.get("MTU", 0)
     if type(mtu) is not int or not (mtu == 0 or 576 <= mtu <= 9000):
-        r.fail("MTU", f"expected 0 (auto) or an integer from 576 to 9000, got {_show(mtu)}")
+        r.fail("MTU", f"expected 0 (auto) or an integer from 576 to 9000, got {describe(mtu)}")
     mtu = mtu or 1500  # 0 = auto
 
     return Config(

@@ -17,6 +17,8 @@ import yaml
 
 from datapath.errors import ManifestError
 
+from .config import describe
+
 __all__ = ["ContainerPort", "Container", "Pod", "Namespace", "ManifestSet", "load_manifests"]
 
 _SUFFIXES = (".yaml", ".yml", ".json")
@@ -90,20 +92,6 @@ class ManifestSet:
         return n.label_dict if n else {}
 
 
-def _show(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return repr(v)
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    return str(v)
-
-
 class _Obj:
     """Error context for one object: the file and how the object is named."""
 
@@ -118,17 +106,17 @@ class _Obj:
             return {}
         if not isinstance(v, dict):
             self.fail(path, "required field is missing" if v is None
-                      else f"expected a mapping, got {_show(v)}")
+                      else f"expected a mapping, got {describe(v)}")
         return v
 
     def strings(self, v: object, path: str) -> tuple[str, ...]:
         if v is None:
             return ()
         if not isinstance(v, list):
-            self.fail(path, f"expected a list of strings, got {_show(v)}")
+            self.fail(path, f"expected a list of strings, got {describe(v)}")
         for i, s in enumerate(v):
             if not isinstance(s, str):
-                self.fail(f"{path}[{i}]", f"expected a string, got {_show(s)} (quote it)")
+                self.fail(f"{path}[{i}]", f"expected a string, got {describe(s)} (quote it)")
         return tuple(v)
 
     def dns_name(self, v: object, path: str, label: bool) -> str:
@@ -140,7 +128,7 @@ class _Obj:
             self.fail(path, "required field is missing")
         if not isinstance(v, str) or len(v) > limit or not rx.match(v):
             self.fail(path, f"expected a {what} (lowercase letters, digits, {chars}, at most "
-                            f"{limit}, starting and ending with a letter or digit), got {_show(v)}")
+                            f"{limit}, starting and ending with a letter or digit), got {describe(v)}")
         return v
 
 
@@ -149,7 +137,7 @@ def _labels(o: _Obj, v: object) -> tuple[tuple[str, str], ...]:
     for k, val in o.mapping(v, "metadata.labels").items():
         path = f"metadata.labels[{k}]"
         if not isinstance(k, str):
-            o.fail("metadata.labels", f"label keys must be strings, got {_show(k)}")
+            o.fail("metadata.labels", f"label keys must be strings, got {describe(k)}")
         prefix, _, name = k.rpartition("/")
         if "/" in k and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
             o.fail(path, f"label key prefix must be a DNS-1123 subdomain, got {prefix!r}")
@@ -157,7 +145,7 @@ def _labels(o: _Obj, v: object) -> tuple[tuple[str, str], ...]:
             o.fail(path, "label key name must be at most 63 letters, digits, '-', '_' or '.', "
                          f"starting and ending with a letter or digit, got {name!r}")
         if not isinstance(val, str):
-            o.fail(path, f"label values must be strings (quote it), got {_show(val)}")
+            o.fail(path, f"label values must be strings (quote it), got {describe(val)}")
         if val and (len(val) > 63 or not _QUALIFIED_NAME.match(val)):
             o.fail(path, "label value must be empty or at most 63 letters, digits, '-', '_' "
                          f"or '.', starting and ending with a letter or digit, got {val!r}")
@@ -171,16 +159,16 @@ def _port(o: _Obj, v: object, path: str) -> ContainerPort:
     if num is None:
         o.fail(f"{path}.containerPort", "required field is missing")
     if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= 65535:
-        o.fail(f"{path}.containerPort", f"expected an integer from 1 to 65535, got {_show(num)}")
+        o.fail(f"{path}.containerPort", f"expected an integer from 1 to 65535, got {describe(num)}")
     proto = p.get("protocol", "TCP")
     if proto not in _PROTOCOLS or not isinstance(proto, str):
-        o.fail(f"{path}.protocol", f"expected one of TCP, UDP, SCTP, got {_show(proto)}")
+        o.fail(f"{path}.protocol", f"expected one of TCP, UDP, SCTP, got {describe(proto)}")
     name = p.get("name")
     if name is not None and not (
             isinstance(name, str) and len(name) <= 15 and _PORT_NAME.match(name)
             and "--" not in name and re.search(r"[a-z]", name)):
         o.fail(f"{path}.name", "expected an IANA service name (at most 15 lowercase letters, "
-                               f"digits and '-', with at least one letter), got {_show(name)}")
+                               f"digits and '-', with at least one letter), got {describe(name)}")
     return ContainerPort(containerPort=num, name=name, protocol=proto)
 
 
@@ -189,10 +177,10 @@ def _container(o: _Obj, v: object, path: str) -> Container:
     name = o.dns_name(c.get("name"), f"{path}.name", label=True)
     image = c.get("image")
     if image is not None and not isinstance(image, str):
-        o.fail(f"{path}.image", f"expected a string, got {_show(image)}")
+        o.fail(f"{path}.image", f"expected a string, got {describe(image)}")
     ports = c.get("ports")
     if ports is not None and not isinstance(ports, list):
-        o.fail(f"{path}.ports", f"expected a list, got {_show(ports)}")
+        o.fail(f"{path}.ports", f"expected a list, got {describe(ports)}")
     return Container(
         name=name,
         image=image,
@@ -213,7 +201,7 @@ def _pod(o: _Obj, doc: dict, ns: str, name: str, file: str) -> Pod:
     cs = spec.get("containers")
     if not isinstance(cs, list) or not cs:
         o.fail("spec.containers", "required field is missing" if cs is None
-               else f"expected a non-empty list of containers, got {_show(cs)}")
+               else f"expected a non-empty list of containers, got {describe(cs)}")
     containers = tuple(_container(o, c, f"spec.containers[{i}]") for i, c in enumerate(cs))
     seen: set[str] = set()
     for i, c in enumerate(containers):
@@ -232,15 +220,15 @@ class _Loader:
     def document(self, doc: object, file: str, where: str) -> None:
         o = _Obj(file, f"<{where}>")
         if not isinstance(doc, dict):
-            o.fail("<document>", f"expected a mapping (a Kubernetes object), got {_show(doc)}")
+            o.fail("<document>", f"expected a mapping (a Kubernetes object), got {describe(doc)}")
         kind = doc.get("kind")
         if not isinstance(kind, str) or not kind:
             o.fail("kind", "required field is missing" if kind is None
-                   else f"expected a string, got {_show(kind)}")
+                   else f"expected a string, got {describe(kind)}")
         if kind == "List":
             items = doc.get("items") or []
             if not isinstance(items, list):
-                o.fail("items", f"expected a list, got {_show(items)}")
+                o.fail("items", f"expected a list, got {describe(items)}")
             for i, item in enumerate(items):
                 self.document(item, file, f"{where} items[{i}]")
             return
@@ -273,7 +261,7 @@ class _Loader:
         if doc.get("apiVersion") != "v1":
             v = doc.get("apiVersion")
             o.fail("apiVersion", "required field is missing (expected 'v1')" if v is None
-                   else f"expected 'v1' for {kind}, got {_show(v)}")
+                   else f"expected 'v1' for {kind}, got {describe(v)}")
 
         ident = (kind, ns, name)
         if ident in self.seen:

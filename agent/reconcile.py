@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from datapath import attach
-from datapath.loader import PROGRAMS
+from datapath.loader import MANAGED_MAPS, PROGRAMS
 
 
 @dataclass
@@ -58,15 +58,16 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
     return sorted(ops, key=lambda o: _ORDER[o.kind])   # stable: keeps per-kind order
 
 
-def read_actual(dp, interfaces: set[str], maps=("cilium_lxc", "dp_ep_ifindex")) -> DatapathState:
+def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS) -> DatapathState:
     """What the datapath holds now: managed map contents and our filters on `interfaces`."""
     st = DatapathState(maps={m: dp.read_map(m) for m in maps})
+    directions = {spec.direction for spec in PROGRAMS.values() if spec.prog_type == "tc"}
     for ifname in sorted(interfaces):
-        for prog_name, spec in PROGRAMS.items():
-            got = attach.tc_query(ifname, spec.direction)
+        for direction in sorted(directions):
+            got = attach.tc_query(ifname, direction)
             if got is not None:
-                st.tc[(ifname, spec.direction)] = (got.name.removeprefix(attach.OWNER_PREFIX),
-                                                   got.tag)
+                st.tc[(ifname, direction)] = (got.name.removeprefix(attach.OWNER_PREFIX),
+                                              got.tag)
     return st
 
 

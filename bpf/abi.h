@@ -14,6 +14,9 @@
 #ifndef METRICS_MAP_SIZE
 #define METRICS_MAP_SIZE 1024
 #endif
+#ifndef IPCACHE_MAP_SIZE
+#define IPCACHE_MAP_SIZE 512000
+#endif
 
 /* ---- tc verdicts as the kernel numbers them (TC_ACT_*) ---- */
 #define CTX_ACT_OK        0
@@ -56,6 +59,25 @@
 #define DROP_UNKNOWN_SENDER     172
 #define DROP_IS_CLUSTER_IP      174
 #define DROP_TTL_EXCEEDED       196
+#define DROP_NO_TUNNEL_KEY      147
+
+/* ---- reserved security identities (Cilium's numbers) ---- */
+#define IDENTITY_HOST           1
+#define IDENTITY_WORLD          2
+#define IDENTITY_UNMANAGED      3
+#define IDENTITY_HEALTH         4
+#define IDENTITY_INIT           5
+#define IDENTITY_REMOTE_NODE    6
+#define IDENTITY_KUBE_APISERVER 7
+#define IDENTITY_INGRESS        8
+
+/* ---- node_config.flags ---- */
+#define NODE_CFG_F_TUNNEL       1   /* routingMode tunnel: remote pods through the VXLAN device */
+#define NODE_CFG_F_HOST_ROUTING 2   /* native: remote pods via bpf_fib_lookup + redirect */
+
+/* ---- ipcache key: prefixlen counts the 32 bits before the address (as Cilium's) ---- */
+#define IPCACHE_PREFIX_BASE     32
+#define TUNNEL_PORT             8472
 
 /* ---- endpoint key families (Cilium's ENDPOINT_KEY_*) ---- */
 #define ENDPOINT_KEY_IPV4 1
@@ -99,6 +121,32 @@ struct metrics_key {
 struct metrics_value {
 	__u64 count;
 	__u64 bytes;
+};
+
+/* cilium_ipcache key (LPM): an IPv4 prefix; lpm_key_prefixlen = IPCACHE_PREFIX_BASE + bits */
+struct ipcache_key {
+	__u32  lpm_key_prefixlen;
+	__u16  cluster_id;
+	__u8   pad1;
+	__u8   family;          /* ENDPOINT_KEY_IPV4 */
+	__be32 ip4;
+};
+
+/* cilium_ipcache value: who an address is and which node holds it */
+struct remote_endpoint_info {
+	__u32  sec_identity;
+	__be32 tunnel_endpoint; /* node IP hosting the address, 0 when not a cluster pod */
+	__u16  node_id;
+	__u8   key;
+	__u8   flags;
+};
+
+/* dp_node_config value (array, index 0): this node's runtime settings */
+struct node_config {
+	__u32  flags;           /* NODE_CFG_F_* */
+	__u32  tunnel_ifindex;  /* the collect-metadata VXLAN device */
+	__be32 node_ip;         /* this node's IP on the native device */
+	__u32  pad;
 };
 
 #endif /* DP_ABI_H */

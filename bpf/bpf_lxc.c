@@ -2,7 +2,8 @@
  *
  * cil_from_container (tc ingress): everything the pod sends. ARP for its gateway is answered
  * here; IPv4 must carry the endpoint's own source address; a destination that is a local endpoint
- * is delivered straight into that pod's netns; anything else continues to the node's stack.
+ * is delivered straight into that pod's netns; a pod on another node is sent there (VXLAN in
+ * tunnel mode, FIB redirect in native mode); anything else continues to the node's stack.
  * One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS (leaving the pod).
  */
 #include "lib/common.h"
@@ -11,6 +12,7 @@
 #include "lib/eth.h"
 #include "lib/arp.h"
 #include "lib/local_delivery.h"
+#include "lib/routing.h"
 
 static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const struct endpoint_info *self)
 {
@@ -25,7 +27,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 	dst = lookup_ip4_endpoint(ip->daddr);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, dst);
-	return CTX_ACT_OK;
+	return ipv4_forward_remote(skb, ip->daddr, self->sec_id);
 }
 
 static __always_inline int handle_from_container(struct __sk_buff *skb)

@@ -10,6 +10,7 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 # ---- map sizes (defaults; the agent may override with -D) ----
 ENDPOINTS_MAP_SIZE = 65535
 METRICS_MAP_SIZE = 1024
+IPCACHE_MAP_SIZE = 512000
 
 # ---- tc verdicts ----
 CTX_ACT_OK = 0
@@ -54,6 +55,23 @@ DROP_INVALID_IDENTITY = 171
 DROP_UNKNOWN_SENDER = 172
 DROP_IS_CLUSTER_IP = 174
 DROP_TTL_EXCEEDED = 196
+DROP_NO_TUNNEL_KEY = 147
+
+# ---- reserved identities (Cilium's numbers) ----
+IDENTITY_HOST = 1
+IDENTITY_WORLD = 2
+IDENTITY_UNMANAGED = 3
+IDENTITY_HEALTH = 4
+IDENTITY_INIT = 5
+IDENTITY_REMOTE_NODE = 6
+IDENTITY_KUBE_APISERVER = 7
+IDENTITY_INGRESS = 8
+
+# ---- node_config.flags, ipcache prefix base, tunnel port ----
+NODE_CFG_F_TUNNEL = 1
+NODE_CFG_F_HOST_ROUTING = 2
+IPCACHE_PREFIX_BASE = 32
+TUNNEL_PORT = 8472
 
 # Every reason string a metric may carry (Cilium's, verbatim). Keys not in abi.h are reasons
 # Cilium has that our programs do not produce yet; they keep their numbers reserved.
@@ -171,8 +189,35 @@ class MetricsValue(_Struct):
     _fields_ = [("count", c_uint64), ("bytes", c_uint64)]
 
 
+class IpcacheKey(_Struct):
+    """cilium_ipcache key (LPM): prefixlen = IPCACHE_PREFIX_BASE + address bits."""
+    c_name = "ipcache_key"
+    _fields_ = [("lpm_key_prefixlen", c_uint32), ("cluster_id", c_uint16), ("pad1", c_uint8),
+                ("family", c_uint8), ("ip4", c_uint32)]
+
+
+class RemoteEndpointInfo(_Struct):
+    """cilium_ipcache value: identity and hosting node of an address."""
+    c_name = "remote_endpoint_info"
+    _fields_ = [("sec_identity", c_uint32), ("tunnel_endpoint", c_uint32), ("node_id", c_uint16),
+                ("key", c_uint8), ("flags", c_uint8)]
+
+
+class NodeConfig(_Struct):
+    """dp_node_config value (index 0): this node's runtime settings."""
+    c_name = "node_config"
+    _fields_ = [("flags", c_uint32), ("tunnel_ifindex", c_uint32), ("node_ip", c_uint32),
+                ("pad", c_uint32)]
+
+
+class U32Key(_Struct):
+    """The u32 index of an array map (not a struct in abi.h)."""
+    c_name = None
+    _fields_ = [("index", c_uint32)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
-                                      MetricsValue)
+                                      MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig)
 
 
 # ---- codecs ----
@@ -195,6 +240,18 @@ def bytes_to_mac(m) -> str:
 
 def endpoint_key(ip: str) -> EndpointKey:
     return EndpointKey(ip4=ip4_to_be32(ip), family=ENDPOINT_KEY_IPV4)
+
+
+def ipcache_key(cidr: str) -> IpcacheKey:
+    """'10.0.0.0/8' or '10.1.2.3' -> the LPM key."""
+    ip, _, bits = cidr.partition("/")
+    return IpcacheKey(lpm_key_prefixlen=IPCACHE_PREFIX_BASE + int(bits or 32),
+                      family=ENDPOINT_KEY_IPV4, ip4=ip4_to_be32(ip))
+
+
+def remote_endpoint_info(identity: int, tunnel_endpoint: str | None = None) -> RemoteEndpointInfo:
+    return RemoteEndpointInfo(sec_identity=identity,
+                              tunnel_endpoint=ip4_to_be32(tunnel_endpoint) if tunnel_endpoint else 0)
 
 
 def endpoint_info(*, ifindex: int, lxc_id: int, mac: str, node_mac: str, sec_id: int, ip: str,

@@ -27,8 +27,10 @@ class ProgramSpec:
 
 PROGRAMS = {
     "from-container": ProgramSpec("bpf_lxc.c", "cil_from_container", "tc", "ingress"),
+    "from-netdev": ProgramSpec("bpf_host.c", "cil_from_netdev", "tc", "ingress"),
+    "from-overlay": ProgramSpec("bpf_overlay.c", "cil_from_overlay", "tc", "ingress"),
 }
-MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex")    # maps reconcile owns entry by entry
+MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config")
 
 
 class NodeDatapath:

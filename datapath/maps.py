@@ -26,6 +26,8 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_lxc", abi.EndpointKey, abi.EndpointInfo),
     MapSpec("dp_ep_ifindex", abi.EpIfindexKey, abi.EndpointKey),
     MapSpec("cilium_metrics", abi.MetricsKey, abi.MetricsValue, percpu=True),
+    MapSpec("cilium_ipcache", abi.IpcacheKey, abi.RemoteEndpointInfo),
+    MapSpec("dp_node_config", abi.U32Key, abi.NodeConfig),
 )}
 
 

@@ -15,4 +15,11 @@ DP_MAP("hash", struct ep_ifindex_key, struct endpoint_key, dp_ep_ifindex, ENDPOI
 /* cilium_metrics: per-CPU packets and bytes for every {reason, direction} verdict */
 DP_MAP("percpu_hash", struct metrics_key, struct metrics_value, cilium_metrics, METRICS_MAP_SIZE);
 
+/* cilium_ipcache: IPv4 prefix -> identity and hosting node (LPM trie) */
+DP_MAP_F("lpm_trie", struct ipcache_key, struct remote_endpoint_info, cilium_ipcache,
+	 IPCACHE_MAP_SIZE, BPF_F_NO_PREALLOC);
+
+/* dp_node_config: one entry (index 0) of this node's runtime settings */
+DP_MAP("array", __u32, struct node_config, dp_node_config, 1);
+
 #endif /* DP_LIB_MAPS_H */

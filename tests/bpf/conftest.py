@@ -6,6 +6,13 @@ import pytest
 
 from datapath import build
 
+MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_node_config")
+
+
+def _clear(obj):
+    for name in MAPS:
+        obj[name].clear()
+
 
 @pytest.fixture(scope="session")
 def lxc_obj(privileged):
@@ -20,8 +27,40 @@ def from_container(lxc_obj):
 @pytest.fixture
 def lxc(lxc_obj, from_container):
     """The compiled bpf_lxc object with empty maps."""
-    for name in ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics"):
-        lxc_obj[name].clear()
+    _clear(lxc_obj)
     yield lxc_obj
-    for name in ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics"):
-        lxc_obj[name].clear()
+    _clear(lxc_obj)
+
+
+@pytest.fixture(scope="session")
+def host_obj(privileged):
+    return build.compile_program("bpf_host.c")
+
+
+@pytest.fixture(scope="session")
+def from_netdev(host_obj):
+    return build.load(host_obj, "cil_from_netdev", "tc")
+
+
+@pytest.fixture
+def host(host_obj, from_netdev):
+    _clear(host_obj)
+    yield host_obj
+    _clear(host_obj)
+
+
+@pytest.fixture(scope="session")
+def overlay_obj(privileged):
+    return build.compile_program("bpf_overlay.c")
+
+
+@pytest.fixture(scope="session")
+def from_overlay(overlay_obj):
+    return build.load(overlay_obj, "cil_from_overlay", "tc")
+
+
+@pytest.fixture
+def overlay(overlay_obj, from_overlay):
+    _clear(overlay_obj)
+    yield overlay_obj
+    _clear(overlay_obj)

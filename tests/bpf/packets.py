@@ -61,3 +61,17 @@ def routed(pkt, *, src_mac: str, dst_mac: str):
     out[IP].ttl -= 1
     del out[IP].chksum
     return Ether(bytes(out))
+
+# ---- multi-node: pod C (172.20.1.20) lives on node k8s-w1 (192.168.10.101) ----
+NODE_CTR_IP, NODE_W1_IP = "192.168.10.100", "192.168.10.101"
+NODE_CTR_MAC, NODE_W1_MAC = "02:00:00:00:aa:00", "02:00:00:00:aa:01"
+POD_C_IP = "172.20.1.20"
+POD_A_TO_REMOTE_POD_C = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                         / IP(src=POD_A_IP, dst=POD_C_IP, ttl=64, id=6)
+                         / TCP(sport=40002, dport=80, flags="S"))
+# as it arrives on eth1 of k8s-ctr from k8s-w1 (native routing): for local pod B
+REMOTE_POD_C_TO_POD_B = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
+                         / IP(src=POD_C_IP, dst=POD_B_IP, ttl=63, id=7)
+                         / TCP(sport=80, dport=40002, flags="SA"))
+OUTSIDE_TO_NODE = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
+                   / IP(src=NODE_W1_IP, dst=NODE_CTR_IP, ttl=64, id=8) / UDP(sport=1, dport=8472))

@@ -1,0 +1,52 @@
+/* bpf_overlay.c - programs on the collect-metadata VXLAN device (cilium_vxlan).
+ *
+ * cil_from_overlay (tc ingress): a decapsulated packet. The VNI is the sender's security
+ * identity; a packet for a local pod is delivered straight into its netns; the rest continues
+ * to the stack. One exit: every verdict counted under METRIC_INGRESS.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/metrics.h"
+#include "lib/eth.h"
+#include "lib/encap.h"
+#include "lib/local_delivery.h"
+
+static __always_inline int handle_from_overlay(struct __sk_buff *skb)
+{
+	struct endpoint_info *dst;
+	struct iphdr *ip;
+	__u32 src_identity = 0;
+	__u16 proto;
+	int ret = parse_eth(skb, &proto);
+
+	if (ret < 0)
+		return ret;
+	if (proto != ETH_P_IP)
+		return CTX_ACT_OK;
+	ret = tunnel_src_identity(skb, &src_identity);
+	if (ret < 0)
+		return ret;
+	if (src_identity == 0)
+		return -DROP_INVALID_IDENTITY;
+	skb->cb[0] = src_identity;      /* the source identity travels with the packet (policy) */
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	dst = lookup_ip4_endpoint(ip->daddr);
+	if (dst && !(dst->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(skb, dst);
+	return CTX_ACT_OK;
+}
+
+int cil_from_overlay(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+	int ret = handle_from_overlay(skb);
+
+	if (ret < 0) {
+		update_metrics(len, METRIC_INGRESS, (__u8)-ret);
+		return CTX_ACT_DROP;
+	}
+	update_metrics(len, METRIC_INGRESS, REASON_FORWARDED);
+	return ret;
+}

@@ -83,7 +83,7 @@ def status(ctx, output):
             ("KubeProxyReplacement", "True" if s["kubeProxyReplacement"] else "False"),
             ("Routing", f"Network: {s['routing']['mode'].capitalize()}"
                         + (f" [{s['routing']['tunnelProtocol']}]"
-                           if s["routing"]["mode"] == "tunnel" else "") + "   Host: BPF"),
+                           if s["routing"]["mode"] == "tunnel" else "") + "   Host: Legacy"),
             ("Masquerading", "BPF" if s["masquerading"]["enabled"] else "Disabled"),
             ("IPAM", f"IPv4: {s['ipam']['allocated']}/{s['ipam']['capacity']} allocated from "
                      f"{s['ipam']['podCIDR']}"),
@@ -120,8 +120,7 @@ def endpoint_list(ctx, output):
         click.echo(fmt.format(*hdr))
         click.echo(fmt.format("", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", "").rstrip())
         for ep in items:
-            labels = [lbl for lbl in ep["labels"] if not lbl.startswith(
-                ("k8s:io.cilium.k8s.policy.", "k8s:io.cilium.k8s.namespace.labels."))] or [""]
+            labels = ep["labels"] or [""]
             click.echo(fmt.format(ep["id"], "Disabled", "Disabled", ep["identity"], labels[0],
                                   "", ep["ip"], ep["state"]).rstrip())
             for lbl in labels[1:]:

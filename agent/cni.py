@@ -22,7 +22,7 @@ from datapath.errors import AgentUnreachable, APIError, CNIError, DatapathError
 
 from .api import Client
 
-SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+SUPPORTED = ["1.0.0"]      # results are built in the 1.0.0 shape only
 
 
 def host_ifname(container_id: str) -> str:
@@ -177,6 +177,8 @@ def main() -> int:
         err = {"code": CNIError.TRY_LATER, "msg": "agent unreachable", "details": str(e)}
     except DatapathError as e:
         err = {"code": 999, "msg": type(e).__name__, "details": str(e)}
+    except Exception as e:  # the runtime must always get an error object, never a traceback
+        err = {"code": 999, "msg": "internal error", "details": f"{type(e).__name__}: {e}"}
     print(json.dumps({"cniVersion": conf.get("cniVersion", "1.0.0"), **err}))
     return 1
 

@@ -45,11 +45,19 @@ _FIELDS: dict[str, str] = {
     "manifests": "manifests",
     "MTU": "mtu",
     "debug.enabled": "debug",
+    "cluster.name": "clusterName",
+    "kvstore": "kvstore",
+    "kvstoreOpt": "kvstoreEndpoints",     # a leaf: its keys are Cilium's dotted option names
+    "kvstoreLeaseTTL": "kvstoreLeaseTTL",
 }
+
+# kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
+KVSTORE_OPTS = ("etcd.config", "etcd.endpoints")
 
 RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
-    "prometheus.port", "prometheus.enabled", "devices",
+    "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
+    "kvstoreLeaseTTL",
 })
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -95,6 +103,10 @@ class Config:
     manifests: str | None
     mtu: int
     debug: bool
+    clusterName: str = "default"
+    kvstore: str | None = None                  # "etcd" or None (embedded local store)
+    kvstoreEndpoints: tuple[str, ...] = ()      # from kvstoreOpt
+    kvstoreLeaseTTL: int = 900                  # seconds; a dead node's entries expire after it
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -236,6 +248,47 @@ def _kube_proxy_replacement(r: _Reader) -> bool:
     r.fail("kubeProxyReplacement", f"expected true or false, got {describe(v)}")
 
 
+def _cluster_name(r: _Reader) -> str:
+    v = r.get("cluster.name", "default")
+    if not isinstance(v, str) or len(v) > 32 or not _DNS_LABEL.match(v):
+        r.fail("cluster.name", f"expected a DNS-1123 label of at most 32 characters, got {describe(v)}")
+    return v
+
+
+def _kvstore(r: _Reader, path: str) -> tuple[str | None, tuple[str, ...]]:
+    kind = r.get("kvstore", None)
+    if kind in (None, ""):
+        kind = None
+    elif kind != "etcd":
+        r.fail("kvstore", f"expected etcd (or empty for the embedded store), got {describe(kind)}")
+    opts = r.get("kvstoreOpt", {})
+    if opts is None:
+        opts = {}
+    if not isinstance(opts, dict):
+        r.fail("kvstoreOpt", f"expected a mapping, got {describe(opts)}")
+    for k in opts:
+        if k not in KVSTORE_OPTS:
+            r.fail(f"kvstoreOpt.{k}", f"unknown option; expected one of {', '.join(KVSTORE_OPTS)}")
+    endpoints: list = []
+    if "etcd.endpoints" in opts:
+        v = opts["etcd.endpoints"]
+        endpoints = [e for e in re.split(r"[,\s]+", v) if e] if isinstance(v, str) else v
+    elif "etcd.config" in opts:
+        cfg_file = os.path.join(os.path.dirname(path), str(opts["etcd.config"]))
+        try:
+            with open(cfg_file, encoding="utf-8") as f:
+                endpoints = (yaml.safe_load(f) or {}).get("endpoints") or []
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            r.fail("kvstoreOpt.etcd.config", f"cannot read endpoints from {cfg_file}: {e}")
+    if not isinstance(endpoints, list) or not all(
+            isinstance(e, str) and re.match(r"^https?://[^/\s]+$", e) for e in endpoints):
+        r.fail("kvstoreOpt", f"expected etcd endpoint URLs like http://10.0.0.1:2379, "
+                             f"got {describe(endpoints)}")
+    if kind and not endpoints:
+        r.fail("kvstoreOpt", "kvstore etcd needs etcd.endpoints or etcd.config")
+    return kind, tuple(endpoints)
+
+
 def parse_config(data: object, path: str) -> Config:
     """Validate an already-parsed YAML object; `path` is the file it came from."""
     path = os.path.abspath(path)
@@ -275,6 +328,7 @@ def parse_config(data: object, path: str) -> Config:
     if type(mtu) is not int or not (mtu == 0 or 576 <= mtu <= 9000):
         r.fail("MTU", f"expected 0 (auto) or an integer from 576 to 9000, got {describe(mtu)}")
     mtu = mtu or 1500  # 0 = auto
+    kvstore, kv_endpoints = _kvstore(r, path)
 
     return Config(
         path=path,
@@ -301,6 +355,10 @@ def parse_config(data: object, path: str) -> Config:
         manifests=manifests,
         mtu=mtu,
         debug=r.boolean("debug.enabled", False),
+        clusterName=_cluster_name(r),
+        kvstore=kvstore,
+        kvstoreEndpoints=kv_endpoints,
+        kvstoreLeaseTTL=r.integer("kvstoreLeaseTTL", 900, 5, 86400),
         raw=copy.deepcopy(data),
     )
 

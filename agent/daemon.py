@@ -20,14 +20,19 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+import ipaddress
+
+from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath.loader import NodeDatapath
 
 from . import api
+from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint
 from .identity import RESERVED, LocalIdentityStore, security_labels
 from .ipam import HostIPAM
+from .kvstore import EtcdClient, EtcdIdentityStore
 from .manifests import ManifestSet, load_manifests
 from .metrics import AgentMetrics
 from .reconcile import DatapathState, apply, plan, read_actual
@@ -39,6 +44,8 @@ log_cfg = logging.getLogger("datapath.config")
 log_rec = logging.getLogger("datapath.reconcile")
 
 RESYNC_SECONDS = 10.0
+VXLAN_DEVICE = "cilium_vxlan"
+TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
 
 
 def _fingerprint(path: str | None) -> str:
@@ -76,7 +83,17 @@ class Agent:
         logging.getLogger("datapath").addHandler(self.metrics.log_handler())
         self.state_file = StateFile(self.cfg.stateDir)
         self.state = self.state_file.load()
-        self.identities = LocalIdentityStore(self.state["identities"])
+        self.cluster: ClusterSync | None = None
+        if self.cfg.kvstore == "etcd":
+            client = EtcdClient(self.cfg.kvstoreEndpoints)
+            self.identities = EtcdIdentityStore(client)
+            self.cluster = ClusterSync(client, self.cfg.clusterName, self.cfg.nodeName,
+                                       self.cfg.kvstoreLeaseTTL, self._on_cluster_change)
+        else:
+            self.identities = LocalIdentityStore(self.state["identities"])
+        self.remote_nodes: dict[str, dict] = {}      # name -> {ip, podCIDR}
+        self.remote_endpoints: dict[str, dict] = {}  # ip -> {identity, hostIP, node, ...}
+        self.node_ip = _node_ip(self.cfg)
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
@@ -101,6 +118,29 @@ class Agent:
     def identity_counts(self) -> dict[str, int]:
         return {"reserved": len(RESERVED), "cluster_local": len(self.identities.table)}
 
+    @property
+    def pod_mtu(self) -> int:
+        return self.cfg.mtu - (TUNNEL_OVERHEAD if self.cfg.routingMode == "tunnel" else 0)
+
+    # ---- cluster (kvstore) ----
+    def _on_cluster_change(self, nodes: dict, endpoints: dict) -> None:
+        with self.lock:
+            self.remote_nodes = {n: v for n, v in nodes.items() if n != self.cfg.nodeName}
+            self.remote_endpoints = {ip: v for ip, v in endpoints.items()
+                                     if v.get("node") != self.cfg.nodeName}
+            self.reconcile("cluster changed")
+
+    def _publish(self) -> None:
+        """Hand the cluster sync this node's record and its ready endpoints."""
+        if not self.cluster:
+            return
+        node = {"name": self.cfg.nodeName, "ip": self.node_ip, "podCIDR": self.cfg.podCIDR,
+                "cluster": self.cfg.clusterName}
+        eps = {ep.ip: {"ip": ep.ip, "identity": ep.identity, "hostIP": self.node_ip,
+                       "node": self.cfg.nodeName, "namespace": ep.namespace, "pod": ep.pod}
+               for ep in self.endpoints.values() if ep.identity and ep.state == "ready"}
+        self.cluster.set_local(node, eps)
+
     # ---- identities ----
     def _resolve_identity(self, ep: Endpoint) -> None:
         pod = self.manifests.pods.get(ep.pod_key)
@@ -112,7 +152,14 @@ class Agent:
         else:
             labels = security_labels(ep.namespace, ep.pod_labels,
                                      self.manifests.namespace_labels(ep.namespace))
-        ident, created = self.identities.allocate(labels)
+        try:
+            ident, created = self.identities.allocate(labels)
+        except DatapathError as e:      # kvstore unreachable: keep what we have, retry later
+            log_ep.warning("identity for endpoint %d (%s) not resolved yet: %s", ep.id,
+                           ep.pod_key, e)
+            if not ep.identity:
+                ep.state = "waiting-for-identity"
+            return
         if created:
             log_ep.info("allocated identity %d for %s", ident, ";".join(labels))
         if (ident, list(labels)) != (ep.identity, ep.labels):
@@ -124,22 +171,68 @@ class Agent:
 
     # ---- reconcile ----
     def desired_state(self) -> DatapathState:
-        st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}})
-        _, tag = self.dp.program("from-container")
+        cfg = self.cfg
+        st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}, "cilium_ipcache": {},
+                                 "dp_node_config": {}})
+        tags = {name: self.dp.program(name)[1] for name in
+                ("from-container", "from-netdev", "from-overlay")}
+        ipc = st.maps["cilium_ipcache"]
+
+        def ipcache(cidr, identity, tunnel=None):
+            ipc[bytes(abi.ipcache_key(cidr))] = bytes(abi.remote_endpoint_info(identity, tunnel))
+
+        ipcache("0.0.0.0/0", abi.IDENTITY_WORLD)
+        if self.node_ip != "127.0.0.1":
+            ipcache(f"{self.node_ip}/32", abi.IDENTITY_HOST)
         for ep in self.endpoints.values():
             if not ep.identity or ep.state in ("disconnecting", "disconnected"):
                 continue
             for m, (k, v) in ep.map_entries().items():
                 st.maps[m][k] = v
-            st.tc[(ep.host_ifname, "ingress")] = ("from-container", tag)
+            ipcache(f"{ep.ip}/32", ep.identity)
+            st.tc[(ep.host_ifname, "ingress")] = ("from-container", tags["from-container"])
+        for node in self.remote_nodes.values():
+            ipcache(f"{node['ip']}/32", abi.IDENTITY_REMOTE_NODE)
+        for ip, rec in self.remote_endpoints.items():
+            ipcache(f"{ip}/32", int(rec["identity"]), rec["hostIP"])
+
+        tunnel = cfg.routingMode == "tunnel"
+        flags = abi.NODE_CFG_F_TUNNEL if tunnel else abi.NODE_CFG_F_HOST_ROUTING
+        node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=_ifindex(VXLAN_DEVICE) if tunnel else 0,
+                                  node_ip=abi.ip4_to_be32(self.node_ip))
+        st.maps["dp_node_config"][bytes(abi.U32Key(0))] = bytes(node_cfg)
+        for dev in cfg.devices:
+            if _iface_exists(dev):
+                st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
+        if tunnel:
+            st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
+        elif cfg.autoDirectNodeRoutes:
+            st.routes = self._direct_routes()
         return st
+
+    def _direct_routes(self) -> dict[str, tuple[str, str]]:
+        """Routes to each peer's pod CIDR via its node IP, for peers on a device's own subnet."""
+        subnets = {dev: _device_subnets(dev) for dev in self.cfg.devices}
+        out = {}
+        for node in self.remote_nodes.values():
+            ip = ipaddress.ip_address(node["ip"])
+            for dev, nets in subnets.items():
+                if any(ip in net for net in nets):
+                    out[str(ipaddress.ip_network(node["podCIDR"]))] = (node["ip"], dev)
+                    break
+        return out
+
+    def _interfaces(self) -> set[str]:
+        out = {ep.host_ifname for ep in self.endpoints.values()} | set(self.cfg.devices)
+        if _iface_exists(VXLAN_DEVICE):
+            out.add(VXLAN_DEVICE)
+        return {i for i in out if _iface_exists(i)}
 
     def reconcile(self, reason: str) -> int:
         """Bring the datapath to the desired state; returns how many operations failed."""
         with self.lock:
             desired = self.desired_state()
-            ifaces = {ep.host_ifname for ep in self.endpoints.values()}
-            actual = read_actual(self.dp, ifaces)
+            actual = read_actual(self.dp, self._interfaces())
             ops = plan(desired, actual)
             failed_targets: set = set()
 
@@ -161,6 +254,7 @@ class Agent:
                     ep.state = "ready"
                     self.metrics.regenerations.labels("success").inc()
             self.save()
+            self._publish()
             return failed
 
     # ---- endpoints ----
@@ -191,12 +285,13 @@ class Agent:
                 self.endpoints[cid] = ep
                 log_ep.info("endpoint %d created for %s (%s on %s)", ep.id, ep.pod_key, ep.ip,
                             ep.host_ifname)
-            else:
+            else:    # a re-ADD: the runtime's view wins
                 ep.host_ifname, ep.host_ifindex = body["host_ifname"], ifindex
                 ep.mac, ep.host_mac, ep.netns = body["mac"], body["host_mac"], body["netns"]
-                ep.state = "regenerating"
-            self._resolve_identity(ep)
+                ep.ip, ep.ifname = body["ip"], body["ifname"]
+                ep.namespace, ep.pod = body["namespace"], body["pod"]
             ep.state = "regenerating"
+            self._resolve_identity(ep)
             self.reconcile(f"endpoint {ep.id} created")
             return ep.to_dict()
 
@@ -293,7 +388,7 @@ class Agent:
                 ip = self.ipam.allocate(owner)
                 self.save()
                 return {"ip": ip, "gateway": self.ipam.gateway, "cidr": self.cfg.podCIDR,
-                        "mtu": self.cfg.mtu}
+                        "mtu": self.pod_mtu}
 
         def ipam_delete(p, _b):
             with self.lock:
@@ -325,7 +420,12 @@ class Agent:
             return {
                 "nodeName": cfg.nodeName,
                 "uptimeSeconds": round(time.time() - self.started, 1),
-                "kvstore": "Disabled",
+                "kvstore": ({"type": "etcd", "endpoints": list(cfg.kvstoreEndpoints),
+                             "connected": self.cluster.connected,
+                             "error": self.cluster.last_error,
+                             "leaseTTL": cfg.kvstoreLeaseTTL} if self.cluster else "Disabled"),
+                "nodes": sorted([cfg.nodeName] + list(self.remote_nodes)),
+                "nodeIP": self.node_ip,
                 "kubernetes": {"manifests": cfg.manifests, "pods": len(self.manifests.pods),
                                "namespaces": len(self.manifests.namespaces)},
                 "kubeProxyReplacement": cfg.kubeProxyReplacement,
@@ -350,6 +450,8 @@ class Agent:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self._fp_reset())
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
+        if self.cfg.routingMode == "tunnel":
+            _ensure_vxlan(VXLAN_DEVICE)
         with self.lock:
             for ep in self.endpoints.values():
                 ep.state = "restoring"
@@ -359,6 +461,8 @@ class Agent:
                 ep.state = "restoring"
             self.reconcile("startup")
         self._api = api.serve(self.cfg.apiSocket, self.routes())
+        if self.cluster:
+            self.cluster.start(self.stop_event)
         if self.cfg.prometheusEnabled:
             self._metrics_srv = start_http_server(self.cfg.prometheusPort,
                                                   registry=self.metrics.registry)
@@ -373,6 +477,9 @@ class Agent:
                     next_resync = time.time() + RESYNC_SECONDS
                     with self.lock:
                         self._drop_vanished()
+                        for ep in self.endpoints.values():
+                            if ep.state == "waiting-for-identity":
+                                self._resolve_identity(ep)
                         self.reconcile("periodic resync")
             except Exception:  # keep the agent alive; the error is logged and counted
                 log.exception("agent loop error")
@@ -404,6 +511,28 @@ def _iface_exists(name: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
+
+
+def _device_subnets(dev: str) -> list:
+    p = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True,
+                       text=True)
+    return [ipaddress.ip_interface(line.split()[3]).network for line in p.stdout.splitlines()
+            if " inet " in line]
+
+
+def _ensure_vxlan(name: str) -> None:
+    """The collect-metadata VXLAN device on Cilium's port; created once, kept across restarts."""
+    if not _iface_exists(name):
+        subprocess.run(["ip", "link", "add", name, "type", "vxlan", "external", "dstport",
+                        str(abi.TUNNEL_PORT)], check=True, capture_output=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True, capture_output=True)
 
 
 def _node_ip(cfg) -> str:

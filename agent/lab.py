@@ -47,31 +47,45 @@ def _bin(name: str) -> list[str]:
     return [sys.executable, "-m", mod]
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of pid (field 22 of /proc/pid/stat), None if it is gone or a zombie."""
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:   # a zombie is not alive
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def proc_ref(pid: int) -> str:
+    """A reference to a process that a reused PID cannot match: 'pid:starttime'."""
+    return f"{pid}:{_start_time(pid)}"
+
+
+def _alive(ref: str | int | None) -> bool:
+    if not ref:
         return False
+    pid, _, started = str(ref).partition(":")
+    now = _start_time(int(pid))
+    return now is not None and (not started or now == started)
 
 
-def _kill(pid: int | None, timeout: float = 10) -> None:
-    if not _alive(pid):
+def _pid(ref: str | int) -> int:
+    return int(str(ref).partition(":")[0])
+
+
+def _kill(ref: str | int | None, timeout: float = 10) -> None:
+    if not _alive(ref):
         return
+    pid = _pid(ref)
     try:
         os.killpg(pid, signal.SIGTERM)
     except OSError:
         os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while time.time() < deadline and _alive(pid):
+    while time.time() < deadline and _alive(ref):
         time.sleep(0.1)
-    if _alive(pid):
+    if _alive(ref):
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
@@ -169,8 +183,9 @@ class Lab:
             "manifests": manifests,
         }
         cfg_path = ndir / "config.yaml"
-        if not cfg_path.exists():
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        text = yaml.safe_dump(cfg, sort_keys=False)
+        if not cfg_path.exists() or cfg_path.read_text() != text:
+            cfg_path.write_text(text)
         rec = dict(have or {})
         rec.update({"netns": ns, "ip": spec["ip"], "podCIDR": spec["podCIDR"],
                     "config": str(cfg_path), "socket": cfg["apiSocket"],
@@ -179,12 +194,12 @@ class Lab:
             rec["agent_pid"] = self.start_agent(rec)
         return rec
 
-    def start_agent(self, rec: dict) -> int:
-        log = open(rec["log"], "ab")
-        p = subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent", "--config",
-                                       rec["config"]),
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+    def start_agent(self, rec: dict) -> str:
+        with open(rec["log"], "ab") as log:
+            p = subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent", "--config",
+                                           rec["config"]),
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
         deadline = time.time() + 90
         while time.time() < deadline:
             if p.poll() is not None:
@@ -192,11 +207,15 @@ class Lab:
                                f"see {rec['log']}")
             try:
                 Client(rec["socket"], timeout=2).get("/v1/healthz")
-                return p.pid
+                return proc_ref(p.pid)
             except DatapathError:
                 time.sleep(0.2)
-        _kill(p.pid)
+        _kill(proc_ref(p.pid))
         raise LabError(f"agent for {rec['netns']} did not answer within 90 s; see {rec['log']}")
+
+    def stop_agent(self, node: str) -> None:
+        """SIGTERM a node's agent and wait for it (the datapath stays, as in production)."""
+        _kill(self.load()["nodes"][node].get("agent_pid"), timeout=30)
 
     def _cni(self, node_rec: dict, command: str, cid: str, pod_netns: str, namespace: str,
              pod: str) -> dict | None:
@@ -254,16 +273,16 @@ class Lab:
             raise LabError(f"pod {pod.key} not listening on {sorted(ports)} after {timeout}s; "
                            f"see {rec['log']}")
 
-    def _start_pod_process(self, ns: str, pod, log_path: str) -> int:
+    def _start_pod_process(self, ns: str, pod, log_path: str) -> str:
         c = pod.containers[0]
         argv = list(c.command) + list(c.args) or ["sleep", "infinity"]
         env = {**os.environ, "HOSTNAME": pod.name, "POD_NAME": pod.name,
                "POD_NAMESPACE": pod.namespace,
                "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        log = open(log_path, "ab")
-        p = subprocess.Popen(netns.cmd(ns, *argv), stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        return p.pid
+        with open(log_path, "ab") as log:
+            p = subprocess.Popen(netns.cmd(ns, *argv), stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return proc_ref(p.pid)
 
     def _pod_down(self, rec: dict, st: dict, cni_del: bool = True) -> None:
         _kill(rec.get("pid"))

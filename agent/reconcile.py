@@ -3,13 +3,16 @@ apply step that executes them against a NodeDatapath.
 
 Both states have the same shape:
     DatapathState(maps={map_name: {key_bytes: value_bytes}},
-                  tc={(ifname, direction): (program_name, tag)})
+                  tc={(ifname, direction): (program_name, tag)},
+                  routes={dst_cidr: (via, dev)})           # routes carry proto ROUTE_PROTO
 plan() emits only differences, in an order that never shows a program a half-built world:
-detach first, then map writes, then attaches, then map deletes. Applying the same desired state
-twice yields no operations the second time.
+detach first, then map writes, then attaches, then routes, then map deletes. Applying the same
+desired state twice yields no operations the second time.
 """
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,15 +20,19 @@ from datapath import attach
 from datapath.loader import MANAGED_MAPS, PROGRAMS
 
 
+ROUTE_PROTO = "202"     # the rtnetlink protocol our routes carry, so we touch only ours
+
+
 @dataclass
 class DatapathState:
     maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     tc: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    routes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Op:
-    kind: str            # tc_detach | map_update | tc_attach | map_delete
+    kind: str            # tc_detach | map_update | tc_attach | route_replace | route_del | map_delete
     target: str          # map name or interface
     key: bytes | str = b""
     value: bytes | str = b""
@@ -36,7 +43,8 @@ class Op:
         return f"{self.kind} {self.target} {self.key} {self.value}"
 
 
-_ORDER = {"tc_detach": 0, "map_update": 1, "tc_attach": 2, "map_delete": 3}
+_ORDER = {"tc_detach": 0, "map_update": 1, "tc_attach": 2, "route_replace": 3, "route_del": 4,
+          "map_delete": 5}
 
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
@@ -55,12 +63,25 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
             ops.append(Op("tc_attach", ifname, direction, want[0]))
         elif have and not want:
             ops.append(Op("tc_detach", ifname, direction))
+    for dst in sorted(set(desired.routes) | set(actual.routes)):
+        want, have = desired.routes.get(dst), actual.routes.get(dst)
+        if want and have != want:
+            ops.append(Op("route_replace", dst, want[0], want[1]))
+        elif have and not want:
+            ops.append(Op("route_del", dst, have[0], have[1]))
     return sorted(ops, key=lambda o: _ORDER[o.kind])   # stable: keeps per-kind order
 
 
+def read_routes() -> dict[str, tuple[str, str]]:
+    out = subprocess.run(["ip", "-j", "-4", "route", "show", "proto", ROUTE_PROTO],
+                         capture_output=True, text=True)
+    return {r["dst"]: (r.get("gateway", ""), r.get("dev", ""))
+            for r in json.loads(out.stdout or "[]")}
+
+
 def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS) -> DatapathState:
-    """What the datapath holds now: managed map contents and our filters on `interfaces`."""
-    st = DatapathState(maps={m: dp.read_map(m) for m in maps})
+    """What the datapath holds now: managed maps, our filters on `interfaces`, our routes."""
+    st = DatapathState(maps={m: dp.read_map(m) for m in maps}, routes=read_routes())
     directions = {spec.direction for spec in PROGRAMS.values() if spec.prog_type == "tc"}
     for ifname in sorted(interfaces):
         for direction in sorted(directions):
@@ -87,6 +108,13 @@ def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = 
                 attach.tc_attach(op.target, fd, op.key, op.value)
             elif op.kind == "tc_detach":
                 attach.tc_detach(op.target, op.key)
+            elif op.kind in ("route_replace", "route_del"):
+                verb = "replace" if op.kind == "route_replace" else "del"
+                args = ["ip", "route", verb, op.target] + (["via", op.key] if op.key else []) \
+                    + ["dev", op.value, "proto", ROUTE_PROTO]
+                p = subprocess.run(args, capture_output=True, text=True)
+                if p.returncode != 0:
+                    raise RuntimeError(f"{' '.join(args)}: {p.stderr.strip()}")
         except Exception as e:  # one failed op must not stop the rest; the caller counts it
             failed += 1
             if on_error:

@@ -32,6 +32,8 @@ class TcProg:
     name: str          # filter name (ours start with OWNER_PREFIX)
     prog_id: int
     tag: str
+    pref: int = _PRIO
+    handle: int = _HANDLE
 
 
 def _ipr():
@@ -62,20 +64,29 @@ def prog_tag(fd: int) -> str:
     raise AttachError(f"fd {fd} is not a BPF program")
 
 
-def tc_query(ifname: str, direction: str) -> TcProg | None:
-    """Our filter on ifname/direction, or None (another tool's filters are not reported)."""
+def _filters(ifname: str, direction: str) -> list[dict]:
     try:
-        filters = _run_json(["tc", "-j", "filter", "show", "dev", ifname, direction])
+        return [f for f in _run_json(["tc", "-j", "filter", "show", "dev", ifname, direction])
+                if f.get("options")]
     except AttachError as e:
         if "Cannot find device" in str(e):
-            return None
+            return []
         raise
-    for f in filters:
-        opts = f.get("options") or {}
-        name = opts.get("bpf_name", "")
-        if f.get("kind") == "bpf" and name.startswith(OWNER_PREFIX):
+
+
+def _is_ours(f: dict) -> bool:
+    return f.get("kind") == "bpf" and f["options"].get("bpf_name", "").startswith(OWNER_PREFIX)
+
+
+def tc_query(ifname: str, direction: str) -> TcProg | None:
+    """Our filter on ifname/direction, or None (another tool's filters are not reported)."""
+    for f in _filters(ifname, direction):
+        if _is_ours(f):
+            opts = f["options"]
             prog = opts.get("prog") or {}
-            return TcProg(ifname, direction, name, int(prog.get("id", 0)), prog.get("tag", ""))
+            return TcProg(ifname, direction, opts["bpf_name"], int(prog.get("id", 0)),
+                          prog.get("tag", ""), int(f.get("pref", _PRIO)),
+                          int(str(opts.get("handle", _HANDLE)), 0))
     return None
 
 
@@ -85,6 +96,11 @@ def tc_attach(ifname: str, fd: int, direction: str, name: str) -> TcProg:
         raise AttachError(f"direction must be ingress or egress, not {direction!r}")
     if not name.startswith(OWNER_PREFIX):
         name = OWNER_PREFIX + name
+    for f in _filters(ifname, direction):
+        if int(f.get("pref", 0)) == _PRIO and not _is_ours(f):
+            raise AttachError(f"{ifname} {direction}: tc priority {_PRIO} is held by another "
+                              f"tool's filter ({f.get('kind')} "
+                              f"{f['options'].get('bpf_name', '')}); not replacing it")
     with _ipr() as ipr:
         idx = _ifindex(ipr, ifname)
         try:
@@ -105,12 +121,14 @@ def tc_attach(ifname: str, fd: int, direction: str, name: str) -> TcProg:
 
 def tc_detach(ifname: str, direction: str) -> bool:
     """Remove our filter from ifname/direction; drop clsact when no filter is left on it."""
-    if tc_query(ifname, direction) is None:
+    ours = tc_query(ifname, direction)
+    if ours is None:
         return False
     with _ipr() as ipr:
         idx = _ifindex(ipr, ifname)
         try:
-            ipr.tc("del-filter", "bpf", idx, f":{_HANDLE}", parent=PARENTS[direction], prio=_PRIO)
+            ipr.tc("del-filter", "bpf", idx, f":{ours.handle:x}", parent=PARENTS[direction],
+                   prio=ours.pref)
         except Exception as e:
             raise AttachError(f"{ifname} {direction}: detach failed: {e}") from e
         left = [f for d in PARENTS.values()

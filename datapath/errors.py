@@ -8,6 +8,7 @@
     ├── ConfigError           a config file is invalid (names file, key and reason)
     ├── ManifestError         a manifest is invalid (names file, object and field)
     ├── StateError            persisted agent state is unreadable or inconsistent
+    ├── KVStoreError          the kvstore (etcd) refused or could not be reached
     ├── APIError              the agent API refused or could not be reached
     │   └── AgentUnreachable
     ├── CNIError              carries a CNI error code
@@ -49,6 +50,10 @@ class ManifestError(DatapathError):
 
 
 class StateError(DatapathError):
+    pass
+
+
+class KVStoreError(DatapathError):
     pass
 
 

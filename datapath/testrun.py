@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import abi
 from .errors import DatapathError
 
-_NR_BPF = 321  # x86_64
+_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine, 321)
 _BPF_PROG_TEST_RUN = 10
 _libc = ctypes.CDLL(None, use_errno=True)
 

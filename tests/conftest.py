@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-CI = os.environ.get("CI", "").lower() == "true"
+CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def _privileged_reason() -> str | None:

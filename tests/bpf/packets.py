@@ -32,10 +32,14 @@ ARP_REPLY_FROM_GATEWAY = (Ether(src=LXC_A_MAC, dst=POD_A_MAC)
                                 hwdst=POD_A_MAC, pdst=POD_A_IP))
 ARP_PROBE_OWN_IP = (Ether(src=POD_A_MAC, dst="ff:ff:ff:ff:ff:ff")
                     / ARP(op="who-has", hwsrc=POD_A_MAC, psrc="0.0.0.0", pdst=POD_A_IP))
+LLDP_FROM_POD_A = (Ether(src=POD_A_MAC, dst="01:80:c2:00:00:0e", type=0x88CC)
+                   / bytes.fromhex("020707" "0102030405060403050170" "0000"))
 IPV6_FROM_POD_A = (Ether(src=POD_A_MAC, dst="33:33:00:00:00:02")
                    / IPv6(src="fe80::a", dst="ff02::2") / b"\x85\x00")
 
 
+# BPF_PROG_TEST_RUN refuses (EINVAL) an IPv4-typed frame shorter than Ethernet + 20 bytes, so the
+# truncation cases below are frames whose IPv4 header promises more than the frame holds.
 def truncated_ip_total_length() -> bytes:
     """IPv4 header whose total length claims 20 bytes more than the frame carries."""
     raw = bytearray(bytes(POD_A_TO_POD_B_TCP_SYN))

@@ -44,6 +44,7 @@ def probe(privileged):
     for s in abi.STRUCTS:
         exprs.append(f"sizeof(struct {s.c_name})")
         exprs += [f"offsetof(struct {s.c_name}, {f})" for f, *_ in s._fields_]
+        exprs += [f"sizeof(((struct {s.c_name} *)0)->{f})" for f, *_ in s._fields_]
     consts = [k for k, v in c_defines().items() if v.isdigit()]
     exprs += consts
     body = "\n".join(f"  i = {n}; v = (u64)({e}); out.update(&i, &v);" for n, e in enumerate(exprs))
@@ -61,6 +62,7 @@ def test_struct_layout_matches_compiled(probe, struct):
     assert ctypes.sizeof(struct) == probe[f"sizeof(struct {struct.c_name})"]
     for field, *_ in struct._fields_:
         assert getattr(struct, field).offset == probe[f"offsetof(struct {struct.c_name}, {field})"], field
+        assert getattr(struct, field).size == probe[f"sizeof(((struct {struct.c_name} *)0)->{field})"], field
 
 
 def test_constants_match_compiled(probe):

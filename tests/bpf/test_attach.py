@@ -35,25 +35,34 @@ def _tc_cycle(fd):
         ipr.tc("add-filter", "bpf", idx, ":1", fd=fd, name="other-tool", parent="ffff:fff3",
                classid=1, direct_action=True, prio=9)
     foreign_ours = attach.tc_query("lxct0", "egress")
+    with IPRoute() as ipr:          # another tool holding our slot on egress: we refuse to replace
+        ipr.tc("add-filter", "bpf", idx, ":1", fd=fd, name="slot-holder", parent="ffff:fff3",
+               classid=1, direct_action=True, prio=1)
+    try:
+        attach.tc_attach("lxct0", fd, "egress", "from-container")
+        slot_refused = False
+    except Exception as e:
+        slot_refused = "held by another tool" in str(e)
     removed = attach.tc_detach("lxct0", "ingress")
     after = attach.tc_query("lxct0", "ingress")
     egress_left = subprocess.run(["tc", "filter", "show", "dev", "lxct0", "egress"],
                                  capture_output=True, text=True).stdout
     return (first, again, out.count("datapath:from-container"), removed, after,
             attach.tc_detach("lxct0", "ingress"), foreign_ours, egress_left,
-            attach.tc_detach("lxct0", "egress"))
+            attach.tc_detach("lxct0", "egress"), slot_refused)
 
 
 def test_tc_attach_replace_and_detach_only_ours(ns, lxc_obj):
     fn = build.load(lxc_obj, "cil_from_container", "tc")
-    first, again, count, removed, after, twice, foreign_ours, egress_left, detach_foreign = \
-        run_in_netns(ns, _tc_cycle, fn.fd)
+    (first, again, count, removed, after, twice, foreign_ours, egress_left, detach_foreign,
+     slot_refused) = run_in_netns(ns, _tc_cycle, fn.fd)
+    assert slot_refused
     assert first.name == "datapath:from-container" and first.tag == attach.prog_tag(fn.fd)
     assert count == 1 and again.tag == first.tag
     assert removed and after is None and twice is False
     # another tool's filter is neither reported as ours nor removed, and keeps its clsact
     assert foreign_ours is None and detach_foreign is False
-    assert "other-tool" in egress_left
+    assert "other-tool" in egress_left and "slot-holder" in egress_left
 
 
 def _xdp_cycle(fd):

@@ -71,10 +71,11 @@ def test_truncated_headers_dropped_as_invalid(node, from_container, frame):
     assert counted(node, abi.DROP_INVALID) == (1, len(data))
 
 
-def test_non_ip_traffic_passed_unchanged(node, from_container):
-    res = run(from_container, P.IPV6_FROM_POD_A)
+@pytest.mark.parametrize("pkt", [P.LLDP_FROM_POD_A, P.IPV6_FROM_POD_A], ids=["lldp", "ipv6"])
+def test_non_ipv4_traffic_passed_unchanged(node, from_container, pkt):
+    res = run(from_container, pkt)
     assert res.retval == abi.CTX_ACT_OK
-    testrun.assert_packet(P.IPV6_FROM_POD_A, res.data)
+    testrun.assert_packet(pkt, res.data)
     assert counted(node, abi.REASON_FORWARDED)[0] == 1
 
 

@@ -36,6 +36,14 @@ class LabHandle:
     def node(self, node: str = "k8s-ctr") -> dict:
         return self.lab.load()["nodes"][node]
 
+    def pinned_map(self, name: str, node: str = "k8s-ctr") -> dict[bytes, bytes]:
+        """A map's contents read from its bpffs pin (not through the agent)."""
+        from datapath import build
+        from datapath.maps import open_maps
+        pin_dir = f"{self.lab.bpffs}/datapath/{node}"
+        obj = build.compile_program("bpf_lxc.c", {"DP_PIN_DIR": pin_dir})
+        return {bytes(k): bytes(v) for k, v in open_maps(obj)[name].items()}
+
     def metrics(self, node: str = "k8s-ctr") -> str:
         ip = self.node(node)["ip"]
         return self.run(node, "curl", "-s", "-m", "5", f"http://{ip}:9962/metrics").stdout

@@ -124,13 +124,17 @@ def _forwarded(lab) -> float:
     return _metric(lab.metrics(), "cilium_forward_count_total", direction="EGRESS")
 
 
-def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
-    text = lab.metrics()
+def _promtool_clean(text: str, tmp_path) -> None:
     f = tmp_path / "metrics.txt"
     f.write_text(text)
     p = subprocess.run(f"promtool check metrics < {f}", shell=True, capture_output=True,
                        text=True)
     assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
+
+
+def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
+    text = lab.metrics()
+    _promtool_clean(text, tmp_path)
     for name in ("cilium_forward_count_total", "cilium_forward_bytes_total",
                  "cilium_endpoint_state", "cilium_endpoint_regenerations_total",
                  "cilium_bpf_map_ops_total", "cilium_identity"):
@@ -154,6 +158,7 @@ def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
     assert _metric(text, "cilium_drop_bytes_total", reason="Invalid source ip",
                    direction="EGRESS") > 0
     assert _metric(text, "cilium_endpoint_state", endpoint_state="ready") == 4
+    _promtool_clean(text, tmp_path)          # again, now that drop series exist
 
 
 def test_lab_up_twice_is_a_no_op(lab):
@@ -183,8 +188,8 @@ def test_restart_keeps_established_tcp_and_adopts_state(lab):
 
         assert say("before") == "before"
         assert srv.stdout.readline().split() == ["peer", lab.pod_ip("curl-pod")]
-        os.kill(node["agent_pid"], 15)
-        wait_for(lambda: not _alive(node["agent_pid"]), what="agent to stop")
+        lab.lab.stop_agent("k8s-ctr")
+        assert not _alive(node["agent_pid"])
         # agent gone: programs stay attached, maps pinned, traffic flows
         host_if = eps_before[0]["host_ifname"]
         assert netns.run(node["netns"], "tc", "filter", "show", "dev", host_if,
@@ -211,15 +216,13 @@ def test_restart_keeps_established_tcp_and_adopts_state(lab):
         srv.wait(timeout=10)
 
 
-def _lxc_map(lab):
-    return lab.client().get("/v1/endpoint")
-
-
 def test_bad_config_is_rejected_and_datapath_unchanged(lab):
     node = lab.node()
     cfg_path = node["config"]
     good = open(cfg_path).read()
-    eps = _lxc_map(lab)
+    eps = lab.client().get("/v1/endpoint")
+    lxc_before = lab.pinned_map("cilium_lxc")
+    assert len(lxc_before) == len(eps)
     tc_before = netns.run(node["netns"], "tc", "filter", "show", "dev", eps[0]["host_ifname"],
                           "ingress").stdout
     errors = _metric(lab.metrics(), "cilium_errors_warnings_total", level="error",
@@ -237,7 +240,8 @@ def test_bad_config_is_rejected_and_datapath_unchanged(lab):
             out = subprocess.run([sys.executable, "-m", "agent.cli", "--socket", node["socket"],
                                   "status"], capture_output=True, text=True).stdout
             assert "Config:" in out and "Error:" in out and key in out
-            assert _lxc_map(lab) == eps
+            assert lab.pinned_map("cilium_lxc") == lxc_before
+            assert lab.client().get("/v1/endpoint") == eps
             assert netns.run(node["netns"], "tc", "filter", "show", "dev", eps[0]["host_ifname"],
                              "ingress").stdout == tc_before
             assert "Hostname: webpod-2" in curl(lab, "curl-pod", lab.pod_ip("webpod-2")).stdout
@@ -300,12 +304,12 @@ def test_cleanup_removes_what_we_installed_and_agent_rebuilds(lab):
                                        "cleanup", "--config", node["config"]),
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "stop it first" in refused.stderr
-    os.kill(node["agent_pid"], 15)
-    wait_for(lambda: not _alive(node["agent_pid"]), what="agent to stop")
+    lab.lab.stop_agent("k8s-ctr")
     out = subprocess.run(netns.cmd(node["netns"], sys.executable, "-m", "agent.cli", "cleanup",
                                    "--config", node["config"]), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("detached tc ingress program") == len(eps)
+    assert out.stdout.count("detached tc ingress program") == len(eps) + 1     # + eth1
+    assert "detached tc ingress program from eth1" in out.stdout
     assert not os.path.exists(pin_dir)
     state_dir = os.path.join(os.path.dirname(node["config"]), "state")
     assert not os.path.exists(state_dir)

@@ -397,7 +397,8 @@ def test_changed_keys_dotted(tmp_path: Path) -> None:
 
 def test_restart_keys() -> None:
     assert RESTART_KEYS == {"nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
-                            "prometheus.port", "prometheus.enabled", "devices"}
+                            "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
+                            "kvstore", "kvstoreOpt", "kvstoreLeaseTTL"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 
@@ -414,3 +415,41 @@ def test_raw_is_a_copy(tmp_path: Path) -> None:
     data["ipam"]["podCIDR"] = "changed"
     assert c.raw["ipam"]["podCIDR"] == "172.20.0.0/24"
     assert os.path.isabs(c.path)
+
+
+# ---- kvstore ----
+def _kv(tmp_path, extra: str):
+    p = tmp_path / "kv.yaml"
+    p.write_text("nodeName: n1\nipam: {podCIDR: 10.0.0.0/24}\n" + extra)
+    return p
+
+
+def test_kvstore_defaults_to_embedded_store(tmp_path):
+    c = load_config(str(_kv(tmp_path, "")))
+    assert (c.kvstore, c.kvstoreEndpoints, c.kvstoreLeaseTTL, c.clusterName) == \
+        (None, (), 900, "default")
+
+
+def test_kvstore_etcd_endpoints_and_config_file(tmp_path):
+    c = load_config(str(_kv(tmp_path, "kvstore: etcd\nkvstoreOpt: {etcd.endpoints: "
+                                      "'http://10.0.0.1:2379, http://10.0.0.2:2379'}\n"
+                                      "kvstoreLeaseTTL: 10\n")))
+    assert c.kvstoreEndpoints == ("http://10.0.0.1:2379", "http://10.0.0.2:2379")
+    assert c.kvstoreLeaseTTL == 10
+    (tmp_path / "etcd.yaml").write_text("endpoints:\n- http://10.9.9.9:2379\n")
+    c = load_config(str(_kv(tmp_path, "kvstore: etcd\nkvstoreOpt: {etcd.config: etcd.yaml}\n")))
+    assert c.kvstoreEndpoints == ("http://10.9.9.9:2379",)
+
+
+@pytest.mark.parametrize("extra,key,reason", [
+    ("kvstore: consul\n", "kvstore", "expected etcd"),
+    ("kvstore: etcd\n", "kvstoreOpt", "needs etcd.endpoints"),
+    ("kvstoreOpt: {etcd.qps: 3}\n", "kvstoreOpt.etcd.qps", "unknown option"),
+    ("kvstore: etcd\nkvstoreOpt: {etcd.endpoints: 'ftp://x'}\n", "kvstoreOpt", "endpoint URLs"),
+    ("kvstoreLeaseTTL: 1\n", "kvstoreLeaseTTL", ""),
+    ("cluster: {name: Bad_Name}\n", "cluster.name", "DNS-1123"),
+])
+def test_kvstore_errors_name_the_key(tmp_path, extra, key, reason):
+    with pytest.raises(ConfigError) as e:
+        load_config(str(_kv(tmp_path, extra)))
+    assert e.value.key == key and reason in e.value.reason

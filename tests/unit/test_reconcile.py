@@ -48,3 +48,13 @@ def test_applying_the_plan_converges():
             actual.tc[(op.target, op.key)] = desired.tc[(op.target, op.key)]
     assert actual == desired
     assert plan(desired, actual) == []
+
+
+def test_routes_are_diffed_and_come_after_attaches():
+    want = DatapathState(routes={"172.20.1.0/24": ("192.168.10.101", "eth1")},
+                         tc={("eth1", "ingress"): ("from-netdev", "t")})
+    have = DatapathState(routes={"172.20.9.0/24": ("192.168.10.109", "eth1")})
+    ops = plan(want, have)
+    assert [o.kind for o in ops] == ["tc_attach", "route_replace", "route_del"]
+    assert ops[1] == Op("route_replace", "172.20.1.0/24", "192.168.10.101", "eth1")
+    assert plan(want, DatapathState(routes=dict(want.routes), tc=dict(want.tc))) == []

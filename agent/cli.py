@@ -76,7 +76,8 @@ def status(ctx, output):
         cfg = s["config"]
         rows = [
             ("Node", s["nodeName"]),
-            ("KVStore", s["kvstore"]),
+            ("KVStore", _kvstore_line(s["kvstore"])),
+            ("Cluster nodes", f"{len(s.get('nodes', []))}: {', '.join(s.get('nodes', []))}"),
             ("Kubernetes", f"Ok (manifests: {s['kubernetes']['manifests'] or 'none'}, "
                            f"{s['kubernetes']['pods']} pods, {s['kubernetes']['namespaces']} "
                            "namespaces)"),
@@ -99,6 +100,13 @@ def status(ctx, output):
             click.echo(f"{k + ':':<24}{v}")
 
     _out(st, output, render)
+
+
+def _kvstore_line(kv) -> str:
+    if not isinstance(kv, dict):
+        return kv
+    state = "Ok" if kv["connected"] else f"Failure   {kv['error']}"
+    return f"{state}   etcd: {', '.join(kv['endpoints'])} (lease TTL {kv['leaseTTL']}s)"
 
 
 @cli.group()

@@ -436,7 +436,8 @@ class Agent:
                 "endpoints": self.endpoint_state_counts(),
                 "identities": self.identity_counts(),
                 "datapath": {"pinDir": cfg.pin_dir(),
-                             "programs": {"from-container": self.dp.program("from-container")[1]}},
+                             "programs": {n: self.dp.program(n)[1] for n in
+                                          ("from-container", "from-netdev", "from-overlay")}},
                 "config": {"path": self.config_path, "lastError": self.last_error,
                            "lastReload": self.last_reload},
                 "prometheus": (f"http://{_node_ip(cfg)}:{cfg.prometheusPort}/metrics"

@@ -1,10 +1,12 @@
 """`datapath lab`: a Kubernetes-like lab built from network namespaces on one machine.
 
-A segment namespace holds a bridge (the node network 192.168.10.0/24); each node is a namespace
-joined to it by a veth (`eth1` inside the node) and runs its own agent (own config, state dir,
-API socket, metrics port) with maps pinned in a bpffs instance mounted for this lab only. Every
-Pod scheduled on a node gets a namespace created through `datapath-cni`, called as a container
-runtime calls it, and its command runs inside that namespace.
+A topology (agent/topology.py; default examples/topologies/default.yaml) names segments, nodes,
+a router and external hosts. One namespace holds a bridge per segment; every node, the router
+and each host is a namespace joined to its segment by a veth (`eth1` in nodes and hosts). etcd
+runs on the topology's etcd node; each node runs its own agent (own config, state dir, API
+socket, metrics on <node IP>:9962) with maps pinned in a bpffs instance mounted for this lab
+only. Every Pod scheduled on a node gets a namespace created through `datapath-cni`, called as a
+container runtime calls it, and its command runs inside that namespace.
 
 Names: the default lab uses the seed names (node namespace `k8s-ctr`); `--name X` prefixes every
 namespace with `X-` so tests can run labs side by side. `up` is idempotent; `down` leaves no
@@ -30,12 +32,11 @@ from datapath.errors import DatapathError, LabError
 
 from .api import Client
 from .manifests import load_manifests
+from .topology import Topology, load_topology
 
 LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
-DEFAULT_NODES = [{"name": "k8s-ctr", "ip": "192.168.10.100", "podCIDR": "172.20.0.0/24"}]
-SEGMENT_PREFIX = 24
-BRIDGE = "br0"
+ETCD_PORT = 2379
 
 
 def _bin(name: str) -> list[str]:
@@ -125,18 +126,36 @@ class Lab:
         return hashlib.sha256(f"{self.name}/{namespace}/{pod}".encode()).hexdigest()
 
     # ---- up ----
-    def up(self, manifests: str | None = None, nodes: list[dict] | None = None) -> dict:
+    def up(self, manifests: str | None = None, topology: str | None = None,
+           routing_mode: str | None = None) -> dict:
         st = self.load()
+        if st.get("topology") and topology and os.path.abspath(topology) != st["topology"]:
+            raise LabError(f"lab {self.name} is up with {st['topology']}; run `lab down` first")
+        topo = load_topology(topology or st.get("topology"),
+                             routing_mode or st.get("routingMode"))
         manifests = os.path.abspath(manifests or st.get("manifests") or str(EXAMPLES))
         mset = load_manifests(manifests)      # fail before building anything
-        st["manifests"] = manifests
+        st.update({"manifests": manifests, "topology": topo.path,
+                   "routingMode": topo.routingMode})
+        st.setdefault("others", {})
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bpffs.mkdir(exist_ok=True)
         if not os.path.ismount(self.bpffs):
             subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
-        self._segment()
-        for spec in nodes or DEFAULT_NODES:
-            st["nodes"][spec["name"]] = self._node(spec, manifests, st["nodes"].get(spec["name"]))
+        self.save(st)
+        self._segments(topo)
+        if topo.router:
+            st["others"][topo.router] = self._router(topo)
+        for h in topo.hosts:
+            st["others"][h.name] = self._host(topo, h)
+        self.save(st)
+        for node in topo.nodes:
+            self._node_net(topo, node)
+        if topo.etcd:
+            st["etcd"] = self._etcd(topo, st.get("etcd"))
+            self.save(st)
+        for node in topo.nodes:
+            st["nodes"][node.name] = self._node(topo, node, manifests, st["nodes"].get(node.name))
             self.save(st)
         wanted = {}
         for node in st["nodes"]:
@@ -150,31 +169,89 @@ class Lab:
             self.save(st)
         return st
 
-    def _segment(self) -> None:
+    def _segments(self, topo: Topology) -> None:
         netns.add(self.segment_ns)
         netns.ip(self.segment_ns, "link", "set", "lo", "up")
-        if netns.ip(self.segment_ns, "link", "show", BRIDGE, check=False).returncode != 0:
-            netns.ip(self.segment_ns, "link", "add", BRIDGE, "type", "bridge")
-        netns.ip(self.segment_ns, "link", "set", BRIDGE, "up")
+        for seg in topo.segments:
+            br = f"br-{seg}"[:15]
+            if not netns.link_exists(self.segment_ns, br):
+                netns.ip(self.segment_ns, "link", "add", br, "type", "bridge")
+            netns.ip(self.segment_ns, "link", "set", br, "up")
 
-    def _node(self, spec: dict, manifests: str, have: dict | None) -> dict:
-        name, ns = spec["name"], self.node_ns(spec["name"])
-        ndir = self.dir / name
-        ndir.mkdir(parents=True, exist_ok=True)
+    def _plug(self, topo: Topology, ns: str, who: str, seg: str, ifname: str, ip: str) -> None:
+        """Join namespace `ns` to segment `seg` with interface `ifname` holding `ip`."""
         netns.add(ns)
         netns.ip(ns, "link", "set", "lo", "up")
-        seg_if = f"v-{name}"[:15]
-        if netns.ip(ns, "link", "show", "eth1", check=False).returncode != 0:
-            netns.ip(self.segment_ns, "link", "add", seg_if, "type", "veth", "peer", "name",
-                     "eth1", "netns", ns)
-            netns.ip(self.segment_ns, "link", "set", seg_if, "master", BRIDGE, "up")
-            netns.ip(ns, "addr", "add", f"{spec['ip']}/{SEGMENT_PREFIX}", "dev", "eth1")
-            netns.ip(ns, "link", "set", "eth1", "up")
-            netns.run(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if netns.link_exists(ns, ifname):
+            return
+        outer = "v" + hashlib.sha256(f"{self.name}/{who}/{seg}".encode()).hexdigest()[:12]
+        netns.ip(self.segment_ns, "link", "add", outer, "type", "veth", "peer", "name", ifname,
+                 "netns", ns)
+        netns.ip(self.segment_ns, "link", "set", outer, "master", f"br-{seg}"[:15], "up")
+        netns.ip(ns, "addr", "add", f"{ip}/{topo.prefix(seg)}", "dev", ifname)
+        netns.ip(ns, "link", "set", ifname, "up")
+
+    def _router(self, topo: Topology) -> dict:
+        ns = f"{self.prefix}{topo.router}"
+        for i, (seg, ip) in enumerate(sorted(topo.router_addresses.items()), start=1):
+            self._plug(topo, ns, topo.router, seg, f"eth{i}", ip)
+        netns.run(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        return {"netns": ns, "role": "router", "addresses": topo.router_addresses}
+
+    def _host(self, topo: Topology, h) -> dict:
+        ns = f"{self.prefix}{h.name}"
+        self._plug(topo, ns, h.name, h.segment, "eth1", h.ip)
+        gw = topo.gateway(h.segment)
+        if gw:
+            netns.ip(ns, "route", "replace", "default", "via", gw)
+        return {"netns": ns, "role": "host", "ip": h.ip}
+
+    def _node_net(self, topo: Topology, node) -> None:
+        ns = self.node_ns(node.name)
+        self._plug(topo, ns, node.name, node.segment, "eth1", node.ip)
+        netns.run(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        gw = topo.gateway(node.segment)
+        if gw:
+            netns.ip(ns, "route", "replace", "default", "via", gw)
+
+    def _etcd(self, topo: Topology, have: dict | None) -> dict:
+        node = next(n for n in topo.nodes if n.name == topo.etcd)
+        ns = self.node_ns(node.name)
+        rec = dict(have or {})
+        url = f"http://{node.ip}:{ETCD_PORT}"
+        rec.update({"node": node.name, "url": url, "log": str(self.dir / "etcd.log"),
+                    "data": str(self.dir / "etcd")})
+        if not _alive(rec.get("pid")):
+            peer = "http://127.0.0.1:2380"
+            with open(rec["log"], "ab") as log:
+                p = subprocess.Popen(netns.cmd(
+                    ns, "etcd", "--name", node.name, "--data-dir", rec["data"],
+                    "--listen-client-urls", f"{url},http://127.0.0.1:{ETCD_PORT}",
+                    "--advertise-client-urls", url, "--listen-peer-urls", peer,
+                    "--initial-advertise-peer-urls", peer,
+                    "--initial-cluster", f"{node.name}={peer}"),
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+            rec["pid"] = proc_ref(p.pid)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if netns.run(ns, "curl", "-sf", "-m", "2", f"{url}/health",
+                         check=False).returncode == 0:
+                return rec
+            if not _alive(rec["pid"]):
+                break
+            time.sleep(0.2)
+        raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
+
+    def _node(self, topo: Topology, node, manifests: str, have: dict | None) -> dict:
+        name, ns = node.name, self.node_ns(node.name)
+        ndir = self.dir / name
+        ndir.mkdir(parents=True, exist_ok=True)
         cfg = {
             "nodeName": name, "devices": ["eth1"],
-            "ipam": {"podCIDR": spec["podCIDR"]},
-            "routingMode": "native", "ipv4NativeRoutingCIDR": "172.20.0.0/16",
+            "ipam": {"podCIDR": node.podCIDR},
+            "routingMode": topo.routingMode, "tunnelProtocol": "vxlan",
+            "ipv4NativeRoutingCIDR": "172.20.0.0/16",
             "autoDirectNodeRoutes": True,
             "bpf": {"root": str(self.bpffs)},
             "prometheus": {"port": 9962},
@@ -182,12 +259,18 @@ class Lab:
             "stateDir": str(ndir / "state"),
             "manifests": manifests,
         }
+        if topo.etcd:
+            etcd_ip = next(n.ip for n in topo.nodes if n.name == topo.etcd)
+            cfg.update({"kvstore": "etcd",
+                        "kvstoreOpt": {"etcd.endpoints": f"http://{etcd_ip}:{ETCD_PORT}"},
+                        "kvstoreLeaseTTL": topo.kvstoreLeaseTTL,
+                        "cluster": {"name": "default"}})
         cfg_path = ndir / "config.yaml"
         text = yaml.safe_dump(cfg, sort_keys=False)
         if not cfg_path.exists() or cfg_path.read_text() != text:
             cfg_path.write_text(text)
         rec = dict(have or {})
-        rec.update({"netns": ns, "ip": spec["ip"], "podCIDR": spec["podCIDR"],
+        rec.update({"netns": ns, "ip": node.ip, "podCIDR": node.podCIDR,
                     "config": str(cfg_path), "socket": cfg["apiSocket"],
                     "log": str(ndir / "agent.log")})
         if not _alive(rec.get("agent_pid")):
@@ -306,11 +389,22 @@ class Lab:
             _kill(rec.get("agent_pid"))
             netns.delete(rec["netns"])
             done.append(f"node {name} removed")
+        if st.get("etcd"):
+            _kill(st["etcd"].get("pid"))
+            done.append("etcd removed")
+        for name, rec in sorted(st.get("others", {}).items()):
+            netns.delete(rec["netns"])
+            done.append(f"{rec['role']} {name} removed")
         # namespaces of a lab whose state file was lost
+        known = set()
+        try:
+            topo = load_topology(st.get("topology"))
+            known = {m.name for m in topo.nodes + topo.hosts} | {topo.router or ""}
+        except LabError:
+            pass
         for ns in netns.list_names():
             if ns == self.segment_ns or (self.prefix and ns.startswith(self.prefix)) or \
-                    (not self.prefix and (ns.startswith("pod-") or ns in
-                                          {n["name"] for n in DEFAULT_NODES})):
+                    (not self.prefix and (ns.startswith("pod-") or ns in known)):
                 netns.delete(ns)
         if os.path.ismount(self.bpffs):
             subprocess.run(["umount", str(self.bpffs)], check=False)
@@ -320,7 +414,12 @@ class Lab:
 
     def status(self) -> dict:
         st = self.load()
-        out = {"name": self.name, "manifests": st.get("manifests"), "nodes": [], "pods": []}
+        out = {"name": self.name, "manifests": st.get("manifests"),
+               "topology": st.get("topology"), "routingMode": st.get("routingMode"),
+               "etcd": (st["etcd"]["url"] if st.get("etcd") else None),
+               "nodes": [], "pods": [],
+               "others": [{"name": n, "netns": r["netns"], "role": r["role"]}
+                          for n, r in sorted(st.get("others", {}).items())]}
         for name, rec in sorted(st["nodes"].items()):
             out["nodes"].append({"name": name, "netns": rec["netns"], "ip": rec["ip"],
                                  "podCIDR": rec["podCIDR"], "socket": rec["socket"],
@@ -338,6 +437,9 @@ class Lab:
         if target in st["nodes"]:
             rec = st["nodes"][target]
             return rec["netns"], rec["socket"]
+        if target in st.get("others", {}):
+            first = next(iter(st["nodes"].values()), None)
+            return st["others"][target]["netns"], first["socket"] if first else ""
         key = target if "/" in target else f"default/{target}"
         if key in st["pods"]:
             rec = st["pods"][key]
@@ -359,10 +461,15 @@ def lab():
 @name_opt
 @click.option("--manifests", type=click.Path(exists=True, file_okay=False), default=None,
               help="Directory of Pod/Namespace manifests (default: examples/lab).")
-def up(lab_name, manifests):
+@click.option("--topology", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Topology YAML (default: examples/topologies/default.yaml).")
+@click.option("--routing-mode", type=click.Choice(["native", "tunnel"]), default=None,
+              help="Override the topology's routingMode.")
+def up(lab_name, manifests, topology, routing_mode):
     """Build the lab (idempotent)."""
-    st = Lab(lab_name).up(manifests)
-    click.echo(f"lab {lab_name}: {len(st['nodes'])} node(s), {len(st['pods'])} pod(s) up")
+    st = Lab(lab_name).up(manifests, topology, routing_mode)
+    click.echo(f"lab {lab_name}: {len(st['nodes'])} node(s), {len(st['pods'])} pod(s) up "
+               f"({st['routingMode']} routing)")
 
 
 @lab.command()
@@ -386,6 +493,9 @@ def lab_status(lab_name, output):
     for n in s["nodes"]:
         click.echo(f"{n['name']:<12}{n['netns']:<20}{n['ip']:<17}{n['podCIDR']:<17}"
                    f"{n['agent']:<9}{n['metrics']}")
+    for o in s["others"]:
+        click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
+    click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
     click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")
     for p in s["pods"]:
         click.echo(f"{p['name']:<24}{p['node']:<12}{p['ip'] or '-':<16}{p['process']}")

@@ -425,6 +425,7 @@ class Agent:
                              "error": self.cluster.last_error,
                              "leaseTTL": cfg.kvstoreLeaseTTL} if self.cluster else "Disabled"),
                 "nodes": sorted([cfg.nodeName] + list(self.remote_nodes)),
+                "remoteEndpoints": len(self.remote_endpoints),
                 "nodeIP": self.node_ip,
                 "kubernetes": {"manifests": cfg.manifests, "pods": len(self.manifests.pods),
                                "namespaces": len(self.manifests.namespaces)},

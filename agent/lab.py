@@ -167,7 +167,32 @@ class Lab:
         for key, (node, pod) in sorted(wanted.items()):
             st["pods"][key] = self._pod(node, pod, st, st["pods"].get(key))
             self.save(st)
+        if topo.etcd:
+            self._wait_converged(st)
         return st
+
+    def _wait_converged(self, st: dict, timeout: float = 30) -> None:
+        """Every agent knows every node and every other node's pods (through etcd)."""
+        per_node = {n: sum(1 for p in st["pods"].values() if p["node"] == n) for n in st["nodes"]}
+        total = sum(per_node.values())
+        deadline = time.time() + timeout
+        lagging = list(st["nodes"])
+        while time.time() < deadline:
+            lagging = []
+            for name, rec in st["nodes"].items():
+                try:
+                    s = Client(rec["socket"], timeout=5).get("/v1/status")
+                except DatapathError:
+                    lagging.append(name)
+                    continue
+                if len(s.get("nodes", [])) != len(st["nodes"]) or \
+                        s.get("remoteEndpoints", 0) != total - per_node[name]:
+                    lagging.append(name)
+            if not lagging:
+                return
+            time.sleep(0.2)
+        raise LabError(f"cluster state did not converge within {timeout}s on "
+                       f"{', '.join(lagging)}; see their agent.log")
 
     def _segments(self, topo: Topology) -> None:
         netns.add(self.segment_ns)

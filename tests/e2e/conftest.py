@@ -1,8 +1,8 @@
 """A lab per test session, uniquely named, torn down even when tests fail."""
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -11,6 +11,7 @@ import pytest
 
 from agent.api import Client
 from agent.lab import EXAMPLES, Lab
+from agent.topology import TOPOLOGIES
 from datapath import netns
 
 
@@ -60,16 +61,32 @@ def wait_for(fn, timeout: float = 15, interval: float = 0.2, what: str = "condit
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-@pytest.fixture(scope="session")
-def lab(privileged, tmp_path_factory):
-    name = f"t{os.getpid() % 100000}"
-    mdir = tmp_path_factory.mktemp("manifests")
+def copy_manifests(dst: Path, node: str | None = None) -> Path:
+    """The example manifests, every Pod moved to `node` when given."""
     for f in EXAMPLES.glob("*.yaml"):
-        shutil.copy(f, mdir / f.name)
+        text = f.read_text()
+        if node:
+            text = "\n".join(f"  nodeName: {node}" if line.startswith("  nodeName:") else line
+                             for line in text.splitlines()) + "\n"
+        (dst / f.name).write_text(text)
+    return dst
+
+
+@contextlib.contextmanager
+def built_lab(name: str, manifests: Path, topology: str, routing_mode: str | None = None):
     lab = Lab(name)
     lab.down()
     try:
-        lab.up(str(mdir))
-        yield LabHandle(lab, mdir)
+        lab.up(str(manifests), topology, routing_mode)
+        yield LabHandle(lab, manifests)
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(privileged, tmp_path_factory):
+    """The foundation's lab: one node, every pod on it, no kvstore."""
+    mdir = copy_manifests(tmp_path_factory.mktemp("manifests"), node="k8s-ctr")
+    with built_lab(f"t{os.getpid() % 100000}", mdir,
+                   str(TOPOLOGIES / "single-node.yaml")) as handle:
+        yield handle

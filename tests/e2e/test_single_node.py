@@ -16,57 +16,7 @@ from agent.lab import _alive
 from datapath import attach, netns
 
 from .conftest import wait_for
-
-UDP_ECHO = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(15)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-data, addr = s.recvfrom(2048)
-s.sendto(("%s:%d " % addr).encode() + data, addr)
-"""
-UDP_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
-for _ in range(10):
-    s.sendto(b"hello-udp", (sys.argv[1], int(sys.argv[2])))
-    try:
-        print(s.recvfrom(2048)[0].decode()); break
-    except socket.timeout:
-        continue
-"""
-TCP_ECHO = """
-import socket, sys
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen(1); srv.settimeout(60)
-c, addr = srv.accept(); c.settimeout(120)
-print("peer", addr[0], flush=True)
-while True:
-    d = c.recv(1024)
-    if not d: break
-    c.sendall(d)
-"""
-TCP_CLIENT = """
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-for line in sys.stdin:
-    c.sendall(line.encode()); print(c.recv(1024).decode().strip(), flush=True)
-"""
-
-
-def curl(lab, src, ip):
-    return lab.run(src, "curl", "-s", "-m", "5", f"http://{ip}/", check=False)
-
-
-def udp_roundtrip(lab, server, client, port=5353):
-    srv = subprocess.Popen(netns.cmd(lab.ns(server), sys.executable, "-c", UDP_ECHO, str(port)),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.5)
-        out = lab.py(client, UDP_CLIENT, lab.pod_ip(server), str(port)).stdout.strip()
-    finally:
-        srv.wait(timeout=20)
-    return out
-
+from .traffic import TCP_CLIENT, TCP_ECHO, curl, udp_roundtrip
 
 def test_pods_exchange_ping_tcp_udp(lab):
     pods = ["webpod-1", "webpod-2", "webpod-3"]

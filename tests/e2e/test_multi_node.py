@@ -1,0 +1,233 @@
+"""Multi-node lab end to end: three nodes sharing state through etcd, pods talking across nodes
+in both routing modes, VXLAN carrying the sender's identity, the cross-subnet topology, a node
+agent stopping and coming back, cluster-wide identity allocation under a race, and teardown."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from scapy.all import IP, UDP, VXLAN, bind_layers, rdpcap
+
+from agent.lab import _alive
+from agent.topology import TOPOLOGIES
+from datapath import netns
+
+from .conftest import built_lab, copy_manifests, wait_for
+from .traffic import curl, udp_roundtrip
+
+PODS = {"curl-pod": "k8s-ctr", "webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
+WEB = ["webpod-1", "webpod-2", "webpod-3"]
+
+
+def _name(tag: str) -> str:
+    return f"m{os.getpid() % 10000}{tag}"
+
+
+@pytest.fixture(scope="module")
+def native(privileged, tmp_path_factory):
+    mdir = copy_manifests(tmp_path_factory.mktemp("m-native"))
+    with built_lab(_name("n"), mdir, str(TOPOLOGIES / "default.yaml"), "native") as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def tunnel(privileged, tmp_path_factory):
+    mdir = copy_manifests(tmp_path_factory.mktemp("m-tunnel"))
+    with built_lab(_name("t"), mdir, str(TOPOLOGIES / "default.yaml"), "tunnel") as h:
+        yield h
+
+
+@pytest.fixture(params=["native", "tunnel"])
+def cluster(request):
+    return request.getfixturevalue(request.param)
+
+
+def identity_of(lab, pod: str) -> int:
+    node = PODS[pod]
+    for ep in lab.client(node).get("/v1/endpoint"):
+        if ep["pod"] == pod:
+            return ep["identity"]
+    raise AssertionError(f"no endpoint for {pod} on {node}")
+
+
+def test_pods_on_all_nodes_reach_each_other(cluster):
+    assert {p["name"].split("/")[1]: p["node"] for p in cluster.lab.status()["pods"]} == PODS
+    for src in PODS:
+        for dst in WEB:
+            if src == dst:
+                continue
+            ping = cluster.run(src, "ping", "-c", "1", "-W", "2", cluster.pod_ip(dst), check=False)
+            assert ping.returncode == 0, f"ping {src} -> {dst}: {ping.stdout}"
+            http = curl(cluster, src, cluster.pod_ip(dst)).stdout
+            assert f"Hostname: {dst}" in http, f"{src} -> {dst}: {http!r}"
+            assert f"RemoteAddr: {cluster.pod_ip(src)}:" in http      # never NATed
+    for server, client in (("webpod-2", "curl-pod"), ("webpod-3", "webpod-2")):
+        out = udp_roundtrip(cluster, server, client)
+        assert out.startswith(f"{cluster.pod_ip(client)}:") and out.endswith("hello-udp"), out
+
+
+def test_same_labels_same_identity_on_every_node(cluster):
+    ids = {p: identity_of(cluster, p) for p in PODS}
+    assert ids["webpod-1"] == ids["webpod-2"] == ids["webpod-3"] >= 256
+    assert ids["curl-pod"] != ids["webpod-1"]
+
+
+def test_native_routes_and_delivery_without_stack_forwarding(native):
+    routes = native.run("k8s-ctr", "ip", "route", "show", "proto", "202").stdout
+    assert "172.20.1.0/24 via 192.168.10.101 dev eth1" in routes
+    assert "172.20.2.0/24 via 192.168.10.102 dev eth1" in routes
+    # on k8s-w1: packets arriving on eth1 may not be forwarded by the stack, and the node has no
+    # route to its own pods; from-netdev delivers them anyway
+    w1 = "k8s-w1"
+    pod_routes = [r for r in native.run(w1, "ip", "-4", "route").stdout.splitlines()
+                  if r.startswith("172.20.1.")]
+    native.run(w1, "sysctl", "-qw", "net.ipv4.conf.eth1.forwarding=0")
+    try:
+        for r in pod_routes:
+            native.run(w1, "ip", "route", "del", *r.split())
+        assert "Hostname: webpod-2" in curl(native, "curl-pod", native.pod_ip("webpod-2")).stdout
+        assert native.run("webpod-3", "ping", "-c", "2", "-W", "2", native.pod_ip("webpod-2"),
+                          check=False).returncode == 0
+    finally:
+        native.run(w1, "sysctl", "-qw", "net.ipv4.conf.eth1.forwarding=1")
+        for r in pod_routes:
+            native.run(w1, "ip", "route", "replace", *r.split(), check=False)
+
+
+def test_tunnel_carries_sender_identity_in_vni(tunnel, tmp_path):
+    pcap = tmp_path / "vxlan.pcap"
+    cap = subprocess.Popen(netns.cmd(tunnel.ns("k8s-ctr"), "tcpdump", "-i", "eth1", "-U", "-c",
+                                     "4", "-w", str(pcap), "udp", "port", "8472"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        tunnel.run("curl-pod", "ping", "-c", "2", "-W", "2", tunnel.pod_ip("webpod-2"))
+        cap.wait(timeout=15)
+    finally:
+        if cap.poll() is None:
+            cap.kill()
+    bind_layers(UDP, VXLAN, dport=8472)
+    pkts = [p for p in rdpcap(str(pcap)) if VXLAN in p]
+    assert len(pkts) >= 4
+    ids = {"192.168.10.100": identity_of(tunnel, "curl-pod"),
+           "192.168.10.101": identity_of(tunnel, "webpod-2")}
+    for p in pkts:
+        outer, inner = p[IP], p[VXLAN][IP]
+        assert {outer.src, outer.dst} == {"192.168.10.100", "192.168.10.101"}
+        assert p[UDP].dport == 8472
+        assert p[VXLAN].vni == ids[outer.src], (outer.src, p[VXLAN].vni, ids)
+        assert inner.src in (tunnel.pod_ip("curl-pod"), tunnel.pod_ip("webpod-2"))
+
+
+ETCD_KEYS = """
+import json, sys
+from agent.kvstore import EtcdClient
+c = EtcdClient([sys.argv[1]])
+print(json.dumps(sorted(c.get_prefix("cilium/state/").keys())))
+"""
+
+
+def etcd_keys(lab) -> list[str]:
+    import json
+    url = lab.lab.load()["etcd"]["url"]
+    return json.loads(lab.py("k8s-ctr", ETCD_KEYS, url).stdout)
+
+
+def test_stopped_agent_keeps_datapath_entries_expire_and_restart_restores(native):
+    before = etcd_keys(native)
+    ids_before = [k for k in before if "/identities/" in k]
+    assert "cilium/state/nodes/v1/default/k8s-w1" in before
+    assert f"cilium/state/ip/v1/default/{native.pod_ip('webpod-2')}" in before
+    ident = identity_of(native, "webpod-2")
+    native.lab.stop_agent("k8s-w1")
+    # the pinned datapath keeps working without its agent
+    assert "Hostname: webpod-2" in curl(native, "curl-pod", native.pod_ip("webpod-2")).stdout
+    assert native.run("webpod-2", "ping", "-c", "1", "-W", "2", native.pod_ip("webpod-3"),
+                      check=False).returncode == 0
+    # its entries expire with its lease (TTL 10 s in the default topology)
+    wait_for(lambda: "cilium/state/nodes/v1/default/k8s-w1" not in etcd_keys(native),
+             timeout=30, what="k8s-w1's lease to expire")
+    after = etcd_keys(native)
+    assert f"cilium/state/ip/v1/default/{native.pod_ip('webpod-2')}" not in after
+    assert [k for k in after if "/identities/" in k] == ids_before     # identities persist
+    native.lab.up()                                                    # restarts the agent
+    wait_for(lambda: "cilium/state/nodes/v1/default/k8s-w1" in etcd_keys(native),
+             what="k8s-w1 to register again")
+    assert identity_of(native, "webpod-2") == ident
+    assert [k for k in etcd_keys(native) if "/identities/" in k] == ids_before
+    wait_for(lambda: "Hostname: webpod-2" in curl(native, "curl-pod",
+                                                  native.pod_ip("webpod-2")).stdout,
+             what="cross-node traffic to k8s-w1 again")
+
+
+RACE = """
+import json, multiprocessing as mp, sys
+from agent.kvstore import EtcdClient, EtcdIdentityStore
+
+def alloc(url, labels, barrier, q):
+    store = EtcdIdentityStore(EtcdClient([url]))
+    barrier.wait()
+    q.put((labels, store.allocate(labels)[0]))
+
+url, tag = sys.argv[1], sys.argv[2]
+sets = [("k8s:app=race-" + tag,)] * 4 + [("k8s:app=race-%s-%d" % (tag, i),) for i in range(6)]
+barrier, q = mp.Barrier(len(sets)), mp.Queue()
+procs = [mp.Process(target=alloc, args=(url, s, barrier, q)) for s in sets]
+[p.start() for p in procs]
+out = [q.get(timeout=60) for _ in procs]
+[p.join() for p in procs]
+print(json.dumps(out))
+"""
+
+
+def test_concurrent_identity_allocation_is_race_free(native):
+    import json
+    url = native.lab.load()["etcd"]["url"]
+    out = json.loads(native.py("k8s-ctr", RACE, url, str(os.getpid()), timeout=120).stdout)
+    same = {ident for labels, ident in out if len(labels[0].split("-")) == 2}
+    assert len(same) == 1, out                       # one label set, four racers, one number
+    distinct = [ident for labels, ident in out if len(labels[0].split("-")) == 3]
+    assert len(set(distinct)) == len(distinct) == 6  # different sets never share a number
+    assert not same & set(distinct)
+
+
+def test_lab_up_twice_is_a_no_op(tunnel):
+    before = tunnel.lab.load()
+    tunnel.lab.up()
+    assert tunnel.lab.load() == before
+
+
+def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
+    mdir = copy_manifests(tmp_path)
+    (mdir / "webpod-0.yaml").write_text((mdir / "webpod-2.yaml").read_text()
+                                        .replace("webpod-2", "webpod-0")
+                                        .replace("nodeName: k8s-w1", "nodeName: k8s-w0"))
+    topo = str(TOPOLOGIES / "cross-subnet.yaml")
+    with built_lab(_name("x"), mdir, topo, "native") as lab:
+        assert "Hostname: webpod-2" in curl(lab, "curl-pod", lab.pod_ip("webpod-2")).stdout
+        # no route to k8s-w0's pod CIDR: the router gets the packets and knows no pod network
+        assert "172.20.3.0/24" not in lab.run("k8s-ctr", "ip", "route").stdout
+        assert curl(lab, "curl-pod", lab.pod_ip("webpod-0")).returncode != 0
+        assert lab.run("webpod-0", "ping", "-c", "1", "-W", "1", lab.pod_ip("webpod-1"),
+                       check=False).returncode != 0
+    with built_lab(_name("y"), mdir, topo, "tunnel") as lab:
+        assert "Hostname: webpod-0" in curl(lab, "curl-pod", lab.pod_ip("webpod-0")).stdout
+        assert f"RemoteAddr: {lab.pod_ip('webpod-0')}:" in curl(lab, "webpod-0",
+                                                                  lab.pod_ip("webpod-1")).stdout
+
+
+def test_lab_down_leaves_nothing(tunnel):
+    st = tunnel.lab.load()
+    procs = [n["agent_pid"] for n in st["nodes"].values()] + \
+        [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"]]
+    names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
+             + list(st["others"].values())] + [tunnel.lab.segment_ns]
+    etcd_data = st["etcd"]["data"]
+    tunnel.lab.down()
+    assert not any(_alive(p) for p in procs)
+    assert not set(names) & set(netns.list_names())
+    assert not os.path.exists(etcd_data) and not tunnel.lab.dir.exists()
+    assert str(tunnel.lab.bpffs) not in open("/proc/mounts").read()

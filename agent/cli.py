@@ -187,6 +187,25 @@ def whoami(port):
     serve(port)
 
 
+@cli.group()
+def runtime():
+    """Pods on this host without a kubelet: netns + datapath-cni + the pod's command."""
+
+
+@runtime.command("sync")
+@click.option("--manifests", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--node", default=None, help="Node name (default: the agent's nodeName).")
+@click.option("--state", "state_path", default="/var/run/datapath/runtime/pods.json",
+              show_default=True)
+@click.pass_context
+def runtime_sync(ctx, manifests, node, state_path):
+    """Create, repair or remove this node's pods to match the manifests (idempotent)."""
+    from .runtime import sync
+    from .api import socket_path
+    for line in sync(manifests, socket_path(ctx.obj["socket"]), state_path, node):
+        click.echo(line)
+
+
 def _register_lab():
     from .lab import lab
     cli.add_command(lab)

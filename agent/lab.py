@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,65 +31,12 @@ from datapath.errors import DatapathError, LabError
 
 from .api import Client
 from .manifests import load_manifests
+from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref
 from .topology import Topology, load_topology
 
 LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
 ETCD_PORT = 2379
-
-
-def _bin(name: str) -> list[str]:
-    """A console script of ours next to this interpreter, else the module behind it."""
-    cand = Path(sys.executable).parent / name
-    if cand.exists():
-        return [str(cand)]
-    mod = {"datapath": "agent.cli", "datapath-cni": "agent.cni"}[name]
-    return [sys.executable, "-m", mod]
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of pid (field 22 of /proc/pid/stat), None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def proc_ref(pid: int) -> str:
-    """A reference to a process that a reused PID cannot match: 'pid:starttime'."""
-    return f"{pid}:{_start_time(pid)}"
-
-
-def _alive(ref: str | int | None) -> bool:
-    if not ref:
-        return False
-    pid, _, started = str(ref).partition(":")
-    now = _start_time(int(pid))
-    return now is not None and (not started or now == started)
-
-
-def _pid(ref: str | int) -> int:
-    return int(str(ref).partition(":")[0])
-
-
-def _kill(ref: str | int | None, timeout: float = 10) -> None:
-    if not _alive(ref):
-        return
-    pid = _pid(ref)
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + timeout
-    while time.time() < deadline and _alive(ref):
-        time.sleep(0.1)
-    if _alive(ref):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 class Lab:
@@ -118,12 +64,6 @@ class Lab:
 
     def node_ns(self, node: str) -> str:
         return f"{self.prefix}{node}"
-
-    def pod_ns(self, namespace: str, pod: str) -> str:
-        return f"{self.prefix}pod-{namespace}-{pod}"
-
-    def container_id(self, namespace: str, pod: str) -> str:
-        return hashlib.sha256(f"{self.name}/{namespace}/{pod}".encode()).hexdigest()
 
     # ---- up ----
     def up(self, manifests: str | None = None, topology: str | None = None,
@@ -325,83 +265,22 @@ class Lab:
         """SIGTERM a node's agent and wait for it (the datapath stays, as in production)."""
         _kill(self.load()["nodes"][node].get("agent_pid"), timeout=30)
 
-    def _cni(self, node_rec: dict, command: str, cid: str, pod_netns: str, namespace: str,
-             pod: str) -> dict | None:
-        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
-               "CNI_NETNS": netns.path(pod_netns), "CNI_IFNAME": "eth0",
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}",
-               "CNI_PATH": str(Path(sys.executable).parent)}
-        conf = json.dumps({"cniVersion": "1.0.0", "name": "datapath", "type": "datapath-cni",
-                           "apiSocket": node_rec["socket"]})
-        p = subprocess.run(netns.cmd(node_rec["netns"], *_bin("datapath-cni")), input=conf,
-                           capture_output=True, text=True, env=env, timeout=60)
-        out = json.loads(p.stdout) if p.stdout.strip() else None
-        if p.returncode != 0:
-            raise LabError(f"CNI {command} for {namespace}/{pod} failed: "
-                           f"{(out or {}).get('msg')}: {(out or {}).get('details') or p.stderr}")
-        return out
+    def runtime(self, st: dict, node: str) -> PodRuntime:
+        rec = st["nodes"][node]
+        return PodRuntime(rec["netns"], rec["socket"], self.dir / node, self.prefix, self.name)
 
     def _pod(self, node: str, pod, st: dict, have: dict | None) -> dict:
-        node_rec = st["nodes"][node]
-        ns = self.pod_ns(pod.namespace, pod.name)
-        cid = self.container_id(pod.namespace, pod.name)
-        rec = dict(have or {})
-        rec.update({"node": node, "netns": ns, "container_id": cid,
-                    "log": str(self.dir / node / f"pod-{pod.namespace}-{pod.name}.log")})
-        netns.add(ns)
-        healthy = False
-        if rec.get("ip"):
-            try:
-                self._cni(node_rec, "CHECK", cid, ns, pod.namespace, pod.name)
-                healthy = True
-            except LabError:
-                healthy = False
-        if not healthy:
-            res = self._cni(node_rec, "ADD", cid, ns, pod.namespace, pod.name)
-            rec["ip"] = res["ips"][0]["address"].split("/")[0]
-        if not _alive(rec.get("pid")):
-            rec["pid"] = self._start_pod_process(ns, pod, rec["log"])
-        self._wait_ready(ns, pod, rec)
+        rec = self.runtime(st, node).ensure(pod, have)
+        rec["node"] = node
         return rec
 
-    def _wait_ready(self, ns: str, pod, rec: dict, timeout: float = 20) -> None:
-        """Readiness: every declared TCP containerPort is listening in the pod's netns."""
-        ports = {p.containerPort for c in pod.containers for p in c.ports if p.protocol == "TCP"}
-        deadline = time.time() + timeout
-        while ports and time.time() < deadline:
-            out = netns.run(ns, "ss", "-Htln", check=False).stdout
-            listening = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()
-                         if len(line.split()) > 3}
-            if ports <= listening:
-                return
-            if not _alive(rec.get("pid")):
-                raise LabError(f"pod {pod.key} exited; see {rec['log']}")
-            time.sleep(0.1)
-        if ports:
-            raise LabError(f"pod {pod.key} not listening on {sorted(ports)} after {timeout}s; "
-                           f"see {rec['log']}")
-
-    def _start_pod_process(self, ns: str, pod, log_path: str) -> str:
-        c = pod.containers[0]
-        argv = list(c.command) + list(c.args) or ["sleep", "infinity"]
-        env = {**os.environ, "HOSTNAME": pod.name, "POD_NAME": pod.name,
-               "POD_NAMESPACE": pod.namespace,
-               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-        with open(log_path, "ab") as log:
-            p = subprocess.Popen(netns.cmd(ns, *argv), stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        return proc_ref(p.pid)
-
     def _pod_down(self, rec: dict, st: dict, cni_del: bool = True) -> None:
-        _kill(rec.get("pid"))
         node_rec = st["nodes"].get(rec["node"])
-        if cni_del and node_rec and netns.exists(node_rec["netns"]):
-            ns_name, pod = rec["netns"], rec["container_id"]
-            try:
-                self._cni(node_rec, "DEL", pod, ns_name, "", "")
-            except LabError:
-                pass
-        netns.delete(rec["netns"])
+        if node_rec and netns.exists(node_rec["netns"]):
+            self.runtime(st, rec["node"]).remove(rec, cni_del)
+        else:
+            _kill(rec.get("pid"))
+            netns.delete(rec["netns"])
 
     # ---- down / status / exec ----
     def down(self) -> list[str]:

@@ -83,10 +83,11 @@ def built_lab(name: str, manifests: Path, topology: str, routing_mode: str | Non
         lab.down()
 
 
-@pytest.fixture(scope="session")
-def lab(privileged, tmp_path_factory):
-    """The foundation's lab: one node, every pod on it, no kvstore."""
+@pytest.fixture(scope="module")
+def lab(privileged, tmp_path_factory, request):
+    """The foundation's lab (one per test module): one node, every pod on it, no kvstore."""
     mdir = copy_manifests(tmp_path_factory.mktemp("manifests"), node="k8s-ctr")
-    with built_lab(f"t{os.getpid() % 100000}", mdir,
+    tag = abs(hash(request.module.__name__)) % 100
+    with built_lab(f"t{os.getpid() % 10000}{tag}", mdir,
                    str(TOPOLOGIES / "single-node.yaml")) as handle:
         yield handle

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# `make demo`: bring up the lab (node k8s-ctr, webpod-1..3 and curl-pod), send a pod-to-pod
-# request through the datapath, and show what the agent reports.
+# `make demo`: bring up the lab (nodes k8s-ctr, k8s-w1, k8s-w2 with etcd, a router and an external
+# host; webpod-1..3 spread over the nodes and curl-pod on k8s-ctr), send pod-to-pod requests
+# through the datapath (same node and across nodes), and show what the agents report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=.venv/bin/datapath
 $D lab up
 echo
 $D lab status
-web=$($D lab status -o json | .venv/bin/python -c 'import json,sys; print([p["ip"] for p in json.load(sys.stdin)["pods"] if p["name"]=="default/webpod-1"][0])')
+ip_of() { $D lab status -o json | .venv/bin/python -c 'import json,sys; print([p["ip"] for p in json.load(sys.stdin)["pods"] if p["name"]=="default/"+sys.argv[1]][0])' "$1"; }
+web1=$(ip_of webpod-1); web2=$(ip_of webpod-2)
 echo
-echo "\$ datapath lab exec curl-pod -- curl -s http://$web/   (pod to pod, straight veth to veth)"
-$D lab exec curl-pod -- curl -s -m 5 "http://$web/"
+echo "\$ datapath lab exec curl-pod -- curl -s http://$web1/   (same node: veth to veth)"
+$D lab exec curl-pod -- curl -s -m 5 "http://$web1/"
+echo
+echo "\$ datapath lab exec curl-pod -- curl -s http://$web2/   (k8s-ctr -> k8s-w1, native routing)"
+$D lab exec curl-pod -- curl -s -m 5 "http://$web2/"
 echo
 echo "\$ datapath status"
 $D lab exec k8s-ctr -- datapath status
@@ -22,4 +27,5 @@ echo "Metrics: http://192.168.10.100:9962/metrics (inside the lab network; e.g."
 echo "  .venv/bin/datapath lab exec k8s-ctr -- curl -s http://192.168.10.100:9962/metrics)"
 $D lab exec k8s-ctr -- curl -s http://192.168.10.100:9962/metrics | grep -E '^cilium_(forward|drop)_count_total' || true
 echo
+echo "Tunnel mode: .venv/bin/datapath lab down && .venv/bin/datapath lab up --routing-mode tunnel"
 echo "Tear down with: .venv/bin/datapath lab down"

@@ -146,6 +146,9 @@ class _Struct(ctypes.Structure):
     def __eq__(self, other):
         return type(self) is type(other) and bytes(self) == bytes(other)
 
+    def __hash__(self):
+        return hash((type(self).__name__, bytes(self)))
+
     def __repr__(self):
         fields = ", ".join(f"{n}={_fmt(getattr(self, n))}" for n, *_ in self._fields_
                            if not n.startswith("pad"))

@@ -42,7 +42,7 @@ class LabHandle:
         from datapath import build
         from datapath.maps import open_maps
         pin_dir = f"{self.lab.bpffs}/datapath/{node}"
-        obj = build.compile_program("bpf_lxc.c", {"DP_PIN_DIR": pin_dir})
+        obj = build.compile_program("bpf_lxc.c", {"DP_PIN_DIR": pin_dir})   # opens the pins
         return {bytes(k): bytes(v) for k, v in open_maps(obj)[name].items()}
 
     def metrics(self, node: str = "k8s-ctr") -> str:

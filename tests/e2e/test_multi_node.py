@@ -231,3 +231,25 @@ def test_lab_down_leaves_nothing(tunnel):
     assert not set(names) & set(netns.list_names())
     assert not os.path.exists(etcd_data) and not tunnel.lab.dir.exists()
     assert str(tunnel.lab.bpffs) not in open("/proc/mounts").read()
+
+
+def test_ipcache_filled_from_kvstore_and_router_ext_reachable(native):
+    from datapath import abi
+    ipc = {abi.IpcacheKey.from_bytes(k): abi.RemoteEndpointInfo.from_bytes(v)
+           for k, v in native.pinned_map("cilium_ipcache", "k8s-ctr").items()}
+    by_ip = {(abi.be32_to_ip4(k.ip4), k.lpm_key_prefixlen - abi.IPCACHE_PREFIX_BASE): v
+             for k, v in ipc.items()}
+    remote = by_ip[(native.pod_ip("webpod-2"), 32)]
+    assert remote.sec_identity == identity_of(native, "webpod-2")
+    assert abi.be32_to_ip4(remote.tunnel_endpoint) == "192.168.10.101"
+    local = by_ip[(native.pod_ip("curl-pod"), 32)]
+    assert local.sec_identity == identity_of(native, "curl-pod") and local.tunnel_endpoint == 0
+    assert by_ip[("192.168.10.102", 32)].sec_identity == abi.IDENTITY_REMOTE_NODE
+    assert by_ip[("192.168.10.100", 32)].sec_identity == abi.IDENTITY_HOST
+    assert by_ip[("0.0.0.0", 0)].sec_identity == abi.IDENTITY_WORLD
+    # the router and the external host are lab members too
+    assert "172.20." not in native.run("k8s-rtr", "ip", "route").stdout   # knows no pod CIDR
+    assert native.run("ext", "ping", "-c", "1", "-W", "2", "192.168.10.101",
+                      check=False).returncode == 0
+    metrics = native.run("ext", "curl", "-s", "-m", "5", "http://192.168.10.102:9962/metrics")
+    assert "cilium_forward_count_total" in metrics.stdout                 # <node IP>:9962

@@ -57,7 +57,7 @@ KVSTORE_OPTS = ("etcd.config", "etcd.endpoints")
 RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
-    "kvstoreLeaseTTL",
+    "kvstoreLeaseTTL", "routingMode", "tunnelProtocol",
 })
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

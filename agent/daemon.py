@@ -42,6 +42,7 @@ log = logging.getLogger("datapath.agent")
 log_ep = logging.getLogger("datapath.endpoint")
 log_cfg = logging.getLogger("datapath.config")
 log_rec = logging.getLogger("datapath.reconcile")
+log_cl = logging.getLogger("datapath.kvstore")
 
 RESYNC_SECONDS = 10.0
 VXLAN_DEVICE = "cilium_vxlan"
@@ -91,8 +92,11 @@ class Agent:
                                        self.cfg.kvstoreLeaseTTL, self._on_cluster_change)
         else:
             self.identities = LocalIdentityStore(self.state["identities"])
-        self.remote_nodes: dict[str, dict] = {}      # name -> {ip, podCIDR}
-        self.remote_endpoints: dict[str, dict] = {}  # ip -> {identity, hostIP, node, ...}
+        # the last cluster view, kept in the state file so a restarted agent adopts the routes
+        # and ipcache entries it finds instead of deleting them before its first kvstore sync
+        view = self.state.get("cluster") or {}
+        self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
+        self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
         self.node_ip = _node_ip(self.cfg)
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
@@ -102,6 +106,7 @@ class Agent:
         self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
         self._api = None
         self._metrics_srv = None
+        self._cluster_thread = None
 
     # ---- state ----
     def save(self) -> None:
@@ -124,10 +129,29 @@ class Agent:
 
     # ---- cluster (kvstore) ----
     def _on_cluster_change(self, nodes: dict, endpoints: dict) -> None:
+        good_nodes, good_eps = {}, {}
+        for name, rec in nodes.items():
+            if name == self.cfg.nodeName:
+                continue
+            try:
+                ipaddress.IPv4Address(rec["ip"])
+                ipaddress.IPv4Network(rec["podCIDR"])
+                good_nodes[name] = {"ip": rec["ip"], "podCIDR": rec["podCIDR"]}
+            except (KeyError, TypeError, ValueError) as e:
+                log_cl.warning("ignoring malformed node record %s: %s", name, e)
+        for ip, rec in endpoints.items():
+            if rec.get("node") == self.cfg.nodeName:
+                continue
+            try:
+                ipaddress.IPv4Address(ip)
+                ipaddress.IPv4Address(rec["hostIP"])
+                good_eps[ip] = {"identity": int(rec["identity"]), "hostIP": rec["hostIP"],
+                                "node": str(rec.get("node", ""))}
+            except (KeyError, TypeError, ValueError) as e:
+                log_cl.warning("ignoring malformed endpoint record %s: %s", ip, e)
         with self.lock:
-            self.remote_nodes = {n: v for n, v in nodes.items() if n != self.cfg.nodeName}
-            self.remote_endpoints = {ip: v for ip, v in endpoints.items()
-                                     if v.get("node") != self.cfg.nodeName}
+            self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
+            self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
             self.reconcile("cluster changed")
 
     def _publish(self) -> None:
@@ -464,7 +488,7 @@ class Agent:
             self.reconcile("startup")
         self._api = api.serve(self.cfg.apiSocket, self.routes())
         if self.cluster:
-            self.cluster.start(self.stop_event)
+            self._cluster_thread = self.cluster.start(self.stop_event)
         if self.cfg.prometheusEnabled:
             self._metrics_srv = start_http_server(self.cfg.prometheusPort,
                                                   registry=self.metrics.registry)
@@ -492,6 +516,8 @@ class Agent:
 
     def shutdown(self) -> None:
         log.info("stopping; programs stay attached and maps pinned under %s", self.cfg.pin_dir())
+        if self._cluster_thread:
+            self._cluster_thread.join(timeout=10)
         if self._api:
             self._api.shutdown()
             self._api.server_close()

@@ -123,6 +123,8 @@ class EtcdIdentityStore:
 
     def allocate(self, labels: Iterable[str]) -> tuple[int, bool]:
         key = label_key(labels)
+        if key in self.table:               # identities persist: a known label set is settled
+            return self.table[key], False
         vkey = IDENTITY_PREFIX + "value/" + key
         for _ in range(self.retries):
             have = self.client.get(vkey)

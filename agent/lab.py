@@ -71,6 +71,9 @@ class Lab:
         st = self.load()
         if st.get("topology") and topology and os.path.abspath(topology) != st["topology"]:
             raise LabError(f"lab {self.name} is up with {st['topology']}; run `lab down` first")
+        if st.get("routingMode") and routing_mode and routing_mode != st["routingMode"]:
+            raise LabError(f"lab {self.name} is up in {st['routingMode']} mode; run `lab down` "
+                           "first to change the routing mode")
         topo = load_topology(topology or st.get("topology"),
                              routing_mode or st.get("routingMode"))
         manifests = os.path.abspath(manifests or st.get("manifests") or str(EXAMPLES))
@@ -206,6 +209,7 @@ class Lab:
             if not _alive(rec["pid"]):
                 break
             time.sleep(0.2)
+        _kill(rec["pid"])
         raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
 
     def _node(self, topo: Topology, node, manifests: str, have: dict | None) -> dict:

@@ -127,7 +127,11 @@ class PodRuntime:
             rec["ip"] = res["ips"][0]["address"].split("/")[0]
         if not _alive(rec.get("pid")):
             rec["pid"] = self._start(ns, pod, rec["log"])
-        self._wait_ready(ns, pod, rec)
+        try:
+            self._wait_ready(ns, pod, rec)
+        except LabError:
+            _kill(rec["pid"])
+            raise
         return rec
 
     def _wait_ready(self, ns: str, pod, rec: dict, timeout: float = 20) -> None:

@@ -22,6 +22,12 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  # packages we install only for their tools must not leave services running on this host
+  if [ -d /run/systemd/system ]; then
+    for svc in etcd prometheus prometheus-node-exporter; do
+      case " $missing " in *" ${svc%%-*}"*) systemctl disable --now "$svc" >/dev/null 2>&1 || true ;; esac
+    done
+  fi
 fi
 
 # BCC compiles against /lib/modules/$(uname -r)/build. Prefer the running kernel's own headers;

@@ -24,12 +24,16 @@ ETCD_ADVERTISE_CLIENT_URLS=http://$ETCD_IP:2379
 ETCD
   systemctl enable etcd >/dev/null 2>&1 || true
   systemctl restart etcd
+elif systemctl list-unit-files etcd.service >/dev/null 2>&1; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true    # setup.sh's etcd-server: not here
 fi
 
 # the interface that holds this node's lab address is the agent's native device
 DEV=$(ip -o -4 addr show | awk -v ip="$NODE_IP" '$4 ~ "^"ip"/" {print $2; exit}')
 [ -n "$DEV" ] || { echo "no interface holds $NODE_IP" >&2; exit 1; }
-[ -n "$ROUTER_IP" ] && ip route replace 203.0.113.0/24 via "$ROUTER_IP" dev "$DEV"
+# forwarding must survive reboots: bpf_fib_lookup refuses to route for a device without it
+echo "net.ipv4.ip_forward=1" > /etc/sysctl.d/90-datapath.conf
+sysctl -q -p /etc/sysctl.d/90-datapath.conf
 
 mkdir -p /etc/datapath/manifests
 cp "$SRC"/examples/lab/*.yaml /etc/datapath/manifests/
@@ -49,8 +53,6 @@ apiSocket: /var/run/datapath/datapath.sock
 stateDir: /var/lib/datapath
 manifests: /etc/datapath/manifests
 CFG
-sysctl -qw net.ipv4.ip_forward=1
-
 install -m 0644 "$SRC"/vagrant/datapath-agent.service /etc/systemd/system/datapath-agent.service
 install -m 0644 "$SRC"/vagrant/datapath-pods.service /etc/systemd/system/datapath-pods.service
 systemctl daemon-reload

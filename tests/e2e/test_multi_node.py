@@ -150,6 +150,13 @@ def test_stopped_agent_keeps_datapath_entries_expire_and_restart_restores(native
     # its entries expire with its lease (TTL 10 s in the default topology)
     wait_for(lambda: "cilium/state/nodes/v1/default/k8s-w1" not in etcd_keys(native),
              timeout=30, what="k8s-w1's lease to expire")
+    # ...and the other nodes drop it, as Cilium drops a deleted node: no route, no ipcache entry
+    wait_for(lambda: "172.20.1.0/24" not in native.run("k8s-ctr", "ip", "route").stdout,
+             what="k8s-ctr to drop k8s-w1's pod route")
+    assert curl(native, "curl-pod", native.pod_ip("webpod-2")).returncode != 0
+    # pods on the stopped node still talk among themselves and to their node
+    assert native.run("webpod-2", "ping", "-c", "1", "-W", "2", "192.168.10.101",
+                      check=False).returncode == 0
     after = etcd_keys(native)
     assert f"cilium/state/ip/v1/default/{native.pod_ip('webpod-2')}" not in after
     assert [k for k in after if "/identities/" in k] == ids_before     # identities persist
@@ -194,10 +201,40 @@ def test_concurrent_identity_allocation_is_race_free(native):
     assert not same & set(distinct)
 
 
+def _agent_logs(lab) -> dict[str, str]:
+    return {n: open(r["log"]).read() for n, r in lab.lab.load()["nodes"].items()}
+
+
 def test_lab_up_twice_is_a_no_op(tunnel):
-    before = tunnel.lab.load()
+    before, logs = tunnel.lab.load(), _agent_logs(tunnel)
     tunnel.lab.up()
     assert tunnel.lab.load() == before
+    for node, text in _agent_logs(tunnel).items():
+        new = text[len(logs[node]):]
+        assert "created for" not in new and "ops," not in new, (node, new)   # no CNI re-ADD
+
+
+def test_restarted_agent_adopts_cluster_state_without_changes(tunnel):
+    """Restart k8s-w2 within its lease: the startup reconcile finds routes, ipcache and
+    programs as they should be (the last cluster view is in its state file) and does nothing."""
+    log = tunnel.lab.load()["nodes"]["k8s-w2"]["log"]
+    tunnel.lab.stop_agent("k8s-w2")
+    tunnel.lab.up()
+    run = open(log).read().split("starting agent for node")[-1].split("ready:")[0]
+    assert "reconcile (startup)" not in run, run
+    assert "Hostname: webpod-3" in curl(tunnel, "curl-pod", tunnel.pod_ip("webpod-3")).stdout
+
+
+def test_tunnel_pod_mtu_leaves_room_for_vxlan(tunnel):
+    link = tunnel.run("curl-pod", "ip", "-o", "link", "show", "eth0").stdout
+    assert " mtu 1450 " in link
+    dst = tunnel.pod_ip("webpod-3")                 # across nodes, through VXLAN
+    full = tunnel.run("curl-pod", "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", dst,
+                      check=False)
+    assert full.returncode == 0, full.stdout + full.stderr            # 1450-byte packets pass
+    over = tunnel.run("curl-pod", "ping", "-c", "1", "-W", "1", "-M", "do", "-s", "1423", dst,
+                      check=False)
+    assert over.returncode != 0
 
 
 def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
@@ -208,6 +245,8 @@ def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
     topo = str(TOPOLOGIES / "cross-subnet.yaml")
     with built_lab(_name("x"), mdir, topo, "native") as lab:
         assert "Hostname: webpod-2" in curl(lab, "curl-pod", lab.pod_ip("webpod-2")).stdout
+        # positive control: webpod-0 itself is fine, its own node reaches it
+        assert "Hostname: webpod-0" in curl(lab, "k8s-w0", lab.pod_ip("webpod-0")).stdout
         # no route to k8s-w0's pod CIDR: the router gets the packets and knows no pod network
         assert "172.20.3.0/24" not in lab.run("k8s-ctr", "ip", "route").stdout
         assert curl(lab, "curl-pod", lab.pod_ip("webpod-0")).returncode != 0

@@ -398,7 +398,8 @@ def test_changed_keys_dotted(tmp_path: Path) -> None:
 def test_restart_keys() -> None:
     assert RESTART_KEYS == {"nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
-                            "kvstore", "kvstoreOpt", "kvstoreLeaseTTL"}
+                            "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
+                            "tunnelProtocol"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 

@@ -26,9 +26,10 @@ def need(tool: str) -> str:
     return path
 
 
-def test_vagrantfile_validates():
+def test_vagrantfile_validates(tmp_path):
     vagrant = need("vagrant")
-    p = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=VAGRANT,
+    env = {**__import__("os").environ, "VAGRANT_DOTFILE_PATH": str(tmp_path / ".vagrant")}
+    p = subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=VAGRANT, env=env,
                        capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "validated successfully" in p.stdout
@@ -60,6 +61,8 @@ def test_systemd_units_verify(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert not [line for line in (p.stdout + p.stderr).splitlines()
                 if "datapath-" in line], p.stdout + p.stderr
+    pods = (VAGRANT / "datapath-pods.service").read_text()
+    assert "Requires=" not in pods        # restarting the agent must not stop the pods
 
 
 def test_provisioning_scripts_parse_and_config_is_valid(tmp_path):

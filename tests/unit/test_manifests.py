@@ -147,12 +147,11 @@ def test_namespace_labels(tmp_path: Path) -> None:
 
 
 def test_ignored_kinds(tmp_path: Path) -> None:
-    svc = {"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": "web", "namespace": "prod"}, "spec": {"ports": [{"port": 80}]}}
+    eps = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web", "namespace": "prod"}}
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
-    path = write(tmp_path, "other.yaml", svc, pod("a"), dep)
+    path = write(tmp_path, "other.yaml", eps, pod("a"), dep)
     ms = load_manifests(str(tmp_path))
-    assert ms.ignored == [f"{path}: Service prod/web", f"{path}: Deployment default/web"]
+    assert ms.ignored == [f"{path}: Endpoints prod/web", f"{path}: Deployment default/web"]
     assert list(ms.pods) == ["default/a"]
 
 

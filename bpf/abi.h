@@ -17,6 +17,35 @@
 #ifndef IPCACHE_MAP_SIZE
 #define IPCACHE_MAP_SIZE 512000
 #endif
+#ifndef LB_SERVICE_MAP_MAX_ENTRIES
+#define LB_SERVICE_MAP_MAX_ENTRIES 65536
+#endif
+#ifndef LB_BACKENDS_MAP_MAX_ENTRIES
+#define LB_BACKENDS_MAP_MAX_ENTRIES 65536
+#endif
+#ifndef LB_REV_NAT_MAP_MAX_ENTRIES
+#define LB_REV_NAT_MAP_MAX_ENTRIES 65536
+#endif
+#ifndef CT_MAP_SIZE_TCP
+#define CT_MAP_SIZE_TCP 524288
+#endif
+#ifndef CT_MAP_SIZE_ANY
+#define CT_MAP_SIZE_ANY 262144
+#endif
+
+/* ---- conntrack lifetimes in seconds (Cilium's current defaults; -D to change) ---- */
+#ifndef CT_SYN_TIMEOUT
+#define CT_SYN_TIMEOUT 60
+#endif
+#ifndef CT_CONNECTION_LIFETIME_TCP
+#define CT_CONNECTION_LIFETIME_TCP 8000
+#endif
+#ifndef CT_CLOSE_TIMEOUT
+#define CT_CLOSE_TIMEOUT 10
+#endif
+#ifndef CT_CONNECTION_LIFETIME_NONTCP
+#define CT_CONNECTION_LIFETIME_NONTCP 60
+#endif
 
 /* ---- tc verdicts as the kernel numbers them (TC_ACT_*) ---- */
 #define CTX_ACT_OK        0
@@ -78,6 +107,27 @@
 /* ---- ipcache key: prefixlen counts the 32 bits before the address (as Cilium's) ---- */
 #define IPCACHE_PREFIX_BASE     32
 #define TUNNEL_PORT             8472
+
+/* ---- conntrack tuple flags (Cilium's TUPLE_F_*) and entry flags ---- */
+#define TUPLE_F_OUT             0
+#define TUPLE_F_IN              1
+#define TUPLE_F_RELATED         2
+#define TUPLE_F_SERVICE         4
+#define CT_F_RX_CLOSING         1
+#define CT_F_TX_CLOSING         2
+#define CT_F_SEEN_NON_SYN       4
+
+/* ---- load balancer: service flags (lb4_service.flags, Cilium's) and backend states ---- */
+#define SVC_FLAG_EXTERNAL_IP    1
+#define SVC_FLAG_NODEPORT       2
+#define SVC_FLAG_EXT_LOCAL_SCOPE 4
+#define SVC_FLAG_AFFINITY       16
+#define SVC_FLAG_LOADBALANCER   32
+#define SVC_FLAG_ROUTABLE       64
+#define BE_STATE_ACTIVE         0
+#define BE_STATE_TERMINATING    1
+#define BE_STATE_QUARANTINED    2
+#define BE_STATE_MAINTENANCE    3
 
 /* ---- endpoint key families (Cilium's ENDPOINT_KEY_*) ---- */
 #define ENDPOINT_KEY_IPV4 1
@@ -147,6 +197,78 @@ struct node_config {
 	__u32  tunnel_ifindex;  /* the collect-metadata VXLAN device */
 	__be32 node_ip;         /* this node's IP on the native device */
 	__u32  pad;
+};
+
+/* cilium_lb4_services_v2 key: a frontend (slot 0) or one of its backend slots (1..count) */
+struct lb4_key {
+	__be32 address;         /* service IP */
+	__be16 dport;           /* service port */
+	__u16  backend_slot;    /* 0 = the frontend entry */
+	__u8   proto;           /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8   scope;           /* 0 external, 1 internal */
+	__u8   pad[2];
+};
+
+/* cilium_lb4_services_v2 value: slot 0 holds count/rev_nat/flags, slots 1.. hold backend ids */
+struct lb4_service {
+	__u32  backend_id;      /* backend slots; affinity timeout on the frontend slot */
+	__u16  count;           /* number of backends (frontend slot) */
+	__u16  rev_nat_index;   /* service id, key of cilium_lb4_reverse_nat */
+	__u8   flags;           /* SVC_FLAG_* */
+	__u8   flags2;
+	__u16  qcount;          /* terminating backends kept after the active ones */
+};
+
+/* cilium_lb4_backends_v3 value: where a backend id points */
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8   proto;
+	__u8   flags;           /* BE_STATE_* */
+	__u16  cluster_id;
+	__u8   zone;
+	__u8   pad;
+};
+
+/* cilium_lb4_backends_v3 key */
+struct lb4_backend_key {
+	__u32 backend_id;
+};
+
+/* cilium_lb4_reverse_nat key */
+struct lb4_reverse_nat_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+};
+
+/* cilium_lb4_reverse_nat value: the frontend replies are rewritten back to */
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+	__u16  pad;
+};
+
+/* cilium_ct4_global / cilium_ct_any4_global key: a flow in one orientation */
+struct ipv4_ct_tuple {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 dport;
+	__be16 sport;
+	__u8   nexthdr;
+	__u8   flags;           /* TUPLE_F_* */
+	__u16  pad;
+};
+
+/* conntrack value */
+struct ct_entry {
+	__u64 backend_id;       /* service entries: the chosen backend */
+	__u64 packets;
+	__u64 bytes;
+	__u32 lifetime;         /* expiry, in seconds of bpf_ktime_get_ns() (monotonic) */
+	__u16 rev_nat_index;    /* reply entries: the service to translate back to */
+	__u16 flags;            /* CT_F_* */
+	__u32 src_sec_id;
+	__u32 pad;
 };
 
 #endif /* DP_ABI_H */

@@ -1,7 +1,8 @@
 /* bpf_lxc.c - programs on the host side of a pod's veth (lxc...).
  *
  * cil_from_container (tc ingress): everything the pod sends. ARP for its gateway is answered
- * here; IPv4 must carry the endpoint's own source address; a destination that is a local endpoint
+ * here; IPv4 must carry the endpoint's own source address; a service frontend is translated to
+ * one of its backends (lib/lb.h); then a destination that is a local endpoint
  * is delivered straight into that pod's netns; a pod on another node is sent there (VXLAN in
  * tunnel mode, FIB redirect in native mode); anything else continues to the node's stack.
  * One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS (leaving the pod).
@@ -11,6 +12,7 @@
 #include "lib/metrics.h"
 #include "lib/eth.h"
 #include "lib/arp.h"
+#include "lib/lb.h"
 #include "lib/local_delivery.h"
 #include "lib/routing.h"
 
@@ -24,6 +26,12 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 		return ret;
 	if (ip->saddr != self->ip4)
 		return -DROP_INVALID_SIP;
+	ret = lb4_xlate(skb, self->sec_id);
+	if (ret < 0)
+		return ret;
+	ret = parse_ipv4(skb, &ip);     /* the header may have been rewritten: look again */
+	if (ret < 0)
+		return ret;
 	dst = lookup_ip4_endpoint(ip->daddr);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, dst);

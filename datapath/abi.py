@@ -11,6 +11,38 @@ from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 ENDPOINTS_MAP_SIZE = 65535
 METRICS_MAP_SIZE = 1024
 IPCACHE_MAP_SIZE = 512000
+LB_SERVICE_MAP_MAX_ENTRIES = 65536
+LB_BACKENDS_MAP_MAX_ENTRIES = 65536
+LB_REV_NAT_MAP_MAX_ENTRIES = 65536
+CT_MAP_SIZE_TCP = 524288
+CT_MAP_SIZE_ANY = 262144
+
+# ---- conntrack lifetimes (seconds) ----
+CT_SYN_TIMEOUT = 60
+CT_CONNECTION_LIFETIME_TCP = 8000
+CT_CLOSE_TIMEOUT = 10
+CT_CONNECTION_LIFETIME_NONTCP = 60
+
+# ---- conntrack tuple and entry flags ----
+TUPLE_F_OUT = 0
+TUPLE_F_IN = 1
+TUPLE_F_RELATED = 2
+TUPLE_F_SERVICE = 4
+CT_F_RX_CLOSING = 1
+CT_F_TX_CLOSING = 2
+CT_F_SEEN_NON_SYN = 4
+
+# ---- load balancer service flags and backend states ----
+SVC_FLAG_EXTERNAL_IP = 1
+SVC_FLAG_NODEPORT = 2
+SVC_FLAG_EXT_LOCAL_SCOPE = 4
+SVC_FLAG_AFFINITY = 16
+SVC_FLAG_LOADBALANCER = 32
+SVC_FLAG_ROUTABLE = 64
+BE_STATE_ACTIVE = 0
+BE_STATE_TERMINATING = 1
+BE_STATE_QUARANTINED = 2
+BE_STATE_MAINTENANCE = 3
 
 # ---- tc verdicts ----
 CTX_ACT_OK = 0
@@ -213,6 +245,60 @@ class NodeConfig(_Struct):
                 ("pad", c_uint32)]
 
 
+class Lb4Key(_Struct):
+    """cilium_lb4_services_v2 key: a frontend (slot 0) or a backend slot."""
+    c_name = "lb4_key"
+    _fields_ = [("address", c_uint32), ("dport", c_uint16), ("backend_slot", c_uint16),
+                ("proto", c_uint8), ("scope", c_uint8), ("pad", c_uint8 * 2)]
+
+
+class Lb4Service(_Struct):
+    """cilium_lb4_services_v2 value."""
+    c_name = "lb4_service"
+    _fields_ = [("backend_id", c_uint32), ("count", c_uint16), ("rev_nat_index", c_uint16),
+                ("flags", c_uint8), ("flags2", c_uint8), ("qcount", c_uint16)]
+
+
+class Lb4Backend(_Struct):
+    """cilium_lb4_backends_v3 value."""
+    c_name = "lb4_backend"
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("proto", c_uint8), ("flags", c_uint8),
+                ("cluster_id", c_uint16), ("zone", c_uint8), ("pad", c_uint8)]
+
+
+class Lb4BackendKey(_Struct):
+    """cilium_lb4_backends_v3 key."""
+    c_name = "lb4_backend_key"
+    _fields_ = [("backend_id", c_uint32)]
+
+
+class Lb4ReverseNatKey(_Struct):
+    """cilium_lb4_reverse_nat key."""
+    c_name = "lb4_reverse_nat_key"
+    _fields_ = [("rev_nat_index", c_uint16), ("pad", c_uint16)]
+
+
+class Lb4ReverseNat(_Struct):
+    """cilium_lb4_reverse_nat value."""
+    c_name = "lb4_reverse_nat"
+    _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
+
+
+class Ipv4CtTuple(_Struct):
+    """conntrack key: a flow in one orientation."""
+    c_name = "ipv4_ct_tuple"
+    _fields_ = [("daddr", c_uint32), ("saddr", c_uint32), ("dport", c_uint16),
+                ("sport", c_uint16), ("nexthdr", c_uint8), ("flags", c_uint8), ("pad", c_uint16)]
+
+
+class CtEntry(_Struct):
+    """conntrack value."""
+    c_name = "ct_entry"
+    _fields_ = [("backend_id", c_uint64), ("packets", c_uint64), ("bytes", c_uint64),
+                ("lifetime", c_uint32), ("rev_nat_index", c_uint16), ("flags", c_uint16),
+                ("src_sec_id", c_uint32), ("pad", c_uint32)]
+
+
 class U32Key(_Struct):
     """The u32 index of an array map (not a struct in abi.h)."""
     c_name = None
@@ -220,7 +306,9 @@ class U32Key(_Struct):
 
 
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
-                                      MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig)
+                                      MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
+                                      Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
+                                      Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry)
 
 
 # ---- codecs ----
@@ -243,6 +331,11 @@ def bytes_to_mac(m) -> str:
 
 def endpoint_key(ip: str) -> EndpointKey:
     return EndpointKey(ip4=ip4_to_be32(ip), family=ENDPOINT_KEY_IPV4)
+
+
+def be16(port: int) -> int:
+    """A port as the native integer whose memory is the port in network order."""
+    return int.from_bytes(int(port).to_bytes(2, "big"), "little")
 
 
 def ipcache_key(cidr: str) -> IpcacheKey:

@@ -28,6 +28,11 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_metrics", abi.MetricsKey, abi.MetricsValue, percpu=True),
     MapSpec("cilium_ipcache", abi.IpcacheKey, abi.RemoteEndpointInfo),
     MapSpec("dp_node_config", abi.U32Key, abi.NodeConfig),
+    MapSpec("cilium_lb4_services_v2", abi.Lb4Key, abi.Lb4Service),
+    MapSpec("cilium_lb4_backends_v3", abi.Lb4BackendKey, abi.Lb4Backend),
+    MapSpec("cilium_lb4_reverse_nat", abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
+    MapSpec("cilium_ct4_global", abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_ct_any4_global", abi.Ipv4CtTuple, abi.CtEntry),
 )}
 
 

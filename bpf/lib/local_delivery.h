@@ -3,14 +3,17 @@
  * API:
  *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
  *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth, or NULL
- *   ipv4_local_delivery(skb, ep)      TTL - 1, MACs set to lxc -> pod, bpf_redirect_peer into
- *                                     the pod; returns CTX_ACT_REDIRECT or a negative DROP_*
+ *   ipv4_local_delivery(skb, ep)      replies of a load-balanced flow get their frontend back
+ *                                     (lb4_rev_nat), TTL - 1, MACs set to lxc -> pod,
+ *                                     bpf_redirect_peer into the pod; returns CTX_ACT_REDIRECT
+ *                                     or a negative DROP_*
  */
 #ifndef DP_LIB_LOCAL_DELIVERY_H
 #define DP_LIB_LOCAL_DELIVERY_H
 
 #include "maps.h"
 #include "eth.h"
+#include "lb.h"
 
 static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
 {
@@ -33,8 +36,11 @@ static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifind
 
 static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	int ret = ipv4_dec_ttl(skb);
+	int ret = lb4_rev_nat(skb);
 
+	if (ret < 0)
+		return ret;
+	ret = ipv4_dec_ttl(skb);
 	if (ret < 0)
 		return ret;
 	ret = eth_rewrite(skb, ep->node_mac, ep->mac);

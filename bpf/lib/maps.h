@@ -22,4 +22,21 @@ DP_MAP_F("lpm_trie", struct ipcache_key, struct remote_endpoint_info, cilium_ipc
 /* dp_node_config: one entry (index 0) of this node's runtime settings */
 DP_MAP("array", __u32, struct node_config, dp_node_config, 1);
 
+/* cilium_lb4_services_v2: frontend and backend slots of every service */
+DP_MAP("hash", struct lb4_key, struct lb4_service, cilium_lb4_services_v2, LB_SERVICE_MAP_MAX_ENTRIES);
+
+/* cilium_lb4_backends_v3: backend id -> address, port, state */
+DP_MAP("hash", struct lb4_backend_key, struct lb4_backend, cilium_lb4_backends_v3,
+       LB_BACKENDS_MAP_MAX_ENTRIES);
+
+/* cilium_lb4_reverse_nat: service id -> frontend, for replies */
+DP_MAP("hash", struct lb4_reverse_nat_key, struct lb4_reverse_nat, cilium_lb4_reverse_nat,
+       LB_REV_NAT_MAP_MAX_ENTRIES);
+
+/* cilium_ct4_global: TCP conntrack (LRU) */
+DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct4_global, CT_MAP_SIZE_TCP);
+
+/* cilium_ct_any4_global: non-TCP conntrack (LRU) */
+DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct_any4_global, CT_MAP_SIZE_ANY);
+
 #endif /* DP_LIB_MAPS_H */

@@ -1,0 +1,70 @@
+/* lib/conntrack.h - connection tracking for load-balanced flows, with Cilium's lifetimes.
+ *
+ * Entries live in cilium_ct4_global (TCP) or cilium_ct_any4_global (everything else), keyed by
+ * a tuple in one orientation. A packet refreshes its entry: non-TCP lives
+ * CT_CONNECTION_LIFETIME_NONTCP; TCP lives CT_SYN_TIMEOUT until a packet without SYN is seen,
+ * then CT_CONNECTION_LIFETIME_TCP; a FIN or RST closes the entry (CT_CLOSE_TIMEOUT). The agent
+ * deletes expired entries (its GC); LRU eviction is the backstop.
+ *
+ * API:
+ *   ct_now()                      seconds of the monotonic clock (bpf_ktime_get_ns)
+ *   ct_lookup(tuple)              the entry, or NULL
+ *   ct_create(tuple, entry)       returns 0 or -DROP_CT_CREATE_FAILED
+ *   ct_refresh(entry, tcp_flags, is_tcp, bytes)   account a packet and extend the lifetime
+ */
+#ifndef DP_LIB_CONNTRACK_H
+#define DP_LIB_CONNTRACK_H
+
+#include "maps.h"
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+
+static __always_inline __u32 ct_now(void)
+{
+	return bpf_ktime_get_ns() / 1000000000ULL;
+}
+
+static __always_inline struct ct_entry *ct_lookup(struct ipv4_ct_tuple *tuple)
+{
+	if (tuple->nexthdr == IPPROTO_TCP)
+		return cilium_ct4_global.lookup(tuple);
+	return cilium_ct_any4_global.lookup(tuple);
+}
+
+static __always_inline int ct_create(struct ipv4_ct_tuple *tuple, struct ct_entry *entry)
+{
+	int ret;
+
+	if (tuple->nexthdr == IPPROTO_TCP)
+		ret = cilium_ct4_global.update(tuple, entry);
+	else
+		ret = cilium_ct_any4_global.update(tuple, entry);
+	return ret < 0 ? -DROP_CT_CREATE_FAILED : 0;
+}
+
+static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
+				       __u32 bytes)
+{
+	__u32 life = CT_CONNECTION_LIFETIME_NONTCP;
+
+	if (is_tcp) {
+		if (!(tcp_flags & TCP_FLAG_SYN))
+			entry->flags |= CT_F_SEEN_NON_SYN;
+		if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			entry->flags |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
+		if ((entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
+		    (CT_F_RX_CLOSING | CT_F_TX_CLOSING))
+			life = CT_CLOSE_TIMEOUT;
+		else if (entry->flags & CT_F_SEEN_NON_SYN)
+			life = CT_CONNECTION_LIFETIME_TCP;
+		else
+			life = CT_SYN_TIMEOUT;
+	}
+	entry->lifetime = ct_now() + life;
+	entry->packets += 1;
+	entry->bytes += bytes;
+}
+
+#endif /* DP_LIB_CONNTRACK_H */

@@ -1,0 +1,217 @@
+/* lib/lb.h - the service load balancer on the packet path (kube-proxy replacement).
+ *
+ * A TCP/UDP packet to a service frontend (cilium_lb4_services_v2 slot 0) gets a backend: the one
+ * its conntrack entry remembers while that backend still exists (terminating backends finish
+ * their flows), else a random active slot 1..count. The packet is DNATed to the backend with
+ * L3/L4 checksums fixed incrementally, and a reply entry is created so the client's node turns
+ * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery).
+ *
+ * API:
+ *   lb4_xlate(skb, src_identity)   returns 0 (translated or not a service), -DROP_NO_SERVICE
+ *                                  (no backend), or another negative DROP_*
+ *   lb4_rev_nat(skb)               returns 0 (translated or not a reply of a service flow) or a
+ *                                  negative DROP_*
+ */
+#ifndef DP_LIB_LB_H
+#define DP_LIB_LB_H
+
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "maps.h"
+#include "conntrack.h"
+
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define IP_SADDR_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+
+/* The L4 view of an IPv4 packet that load balancing needs. */
+struct lb4_pkt {
+	__u32  l4_off;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8   proto;
+	__u8   tcp_flags;
+	__u32  len;
+};
+
+/* Returns 1 when the packet is TCP/UDP and not a fragment (pkt filled), 0 when load balancing
+ * does not apply, or -DROP_INVALID / -DROP_CT_INVALID_HDR. */
+static __always_inline int lb4_parse(struct __sk_buff *skb, struct lb4_pkt *pkt)
+{
+	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	__be16 ports[2];
+
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+		return -DROP_INVALID;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	if (ip->frag_off & bpf_htons(0x3FFF))
+		return 0;               /* fragments are not load-balanced */
+	pkt->l4_off = ETH_HLEN + ip->ihl * 4;
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = ip->protocol;
+	pkt->len = skb->len;
+	pkt->tcp_flags = 0;
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, ports, sizeof(ports)) < 0)
+		return -DROP_CT_INVALID_HDR;
+	pkt->sport = ports[0];
+	pkt->dport = ports[1];
+	if (pkt->proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, pkt->l4_off + 13, &pkt->tcp_flags, 1) < 0)
+		return -DROP_CT_INVALID_HDR;
+	return 1;
+}
+
+/* Rewrite one address (at addr_off) and one port (at l4_off + port_off) with checksums. */
+static __always_inline int lb4_rewrite(struct __sk_buff *skb, const struct lb4_pkt *pkt,
+				       __u32 addr_off, __be32 old_addr, __be32 new_addr,
+				       __u32 port_off, __be16 old_port, __be16 new_port)
+{
+	__u32 csum_off = pkt->l4_off + (pkt->proto == IPPROTO_TCP ?
+					offsetof(struct tcphdr, check) :
+					offsetof(struct udphdr, check));
+	__u64 mangled0 = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old_addr != new_addr) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
+					BPF_F_PSEUDO_HDR | mangled0 | 4) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4) < 0)
+			return -DROP_CSUM_L3;
+		if (bpf_skb_store_bytes(skb, addr_off, &new_addr, 4, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | 2) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_skb_store_bytes(skb, pkt->l4_off + port_off, &new_port, 2, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	return 0;
+}
+
+static __always_inline struct lb4_backend *lb4_backend(__u32 backend_id)
+{
+	struct lb4_backend_key key = { .backend_id = backend_id };
+
+	return cilium_lb4_backends_v3.lookup(&key);
+}
+
+static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
+{
+	struct lb4_key key = {};
+	struct lb4_service *svc, *slot;
+	struct lb4_backend *backend = NULL;
+	struct ipv4_ct_tuple tuple = {}, reply = {};
+	struct ct_entry *ct, entry = {};
+	struct lb4_pkt pkt = {};
+	__u32 backend_id = 0;
+	__u16 rev_nat_index;
+	int ret = lb4_parse(skb, &pkt);
+
+	if (ret <= 0)
+		return ret;
+	key.address = pkt.daddr;
+	key.dport = pkt.dport;
+	key.proto = pkt.proto;
+	svc = cilium_lb4_services_v2.lookup(&key);
+	if (!svc)
+		return 0;
+	if (svc->count == 0)
+		return -DROP_NO_SERVICE;
+	rev_nat_index = svc->rev_nat_index;
+
+	tuple.daddr = pkt.daddr;
+	tuple.saddr = pkt.saddr;
+	tuple.dport = pkt.dport;
+	tuple.sport = pkt.sport;
+	tuple.nexthdr = pkt.proto;
+	tuple.flags = TUPLE_F_SERVICE;
+	ct = ct_lookup(&tuple);
+	if (ct) {
+		backend = lb4_backend(ct->backend_id);
+		/* a terminating backend finishes its flows, but a new SYN goes elsewhere */
+		if (backend && backend->flags != BE_STATE_ACTIVE &&
+		    (pkt.tcp_flags & (TCP_FLAG_SYN | 0x10)) == TCP_FLAG_SYN)
+			backend = NULL;
+		if (backend)
+			backend_id = ct->backend_id;
+	}
+	if (!backend) {
+		key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+		slot = cilium_lb4_services_v2.lookup(&key);
+		if (!slot)
+			return -DROP_NO_SERVICE;
+		backend_id = slot->backend_id;
+		backend = lb4_backend(backend_id);
+		if (!backend)
+			return -DROP_NO_SERVICE;
+		entry.backend_id = backend_id;
+		entry.rev_nat_index = rev_nat_index;
+		entry.src_sec_id = src_identity;
+		ct_refresh(&entry, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+		ret = ct_create(&tuple, &entry);
+		if (ret < 0)
+			return ret;
+	} else {
+		ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+	}
+
+	/* the reply orientation, for lb4_rev_nat on the way back */
+	reply.daddr = pkt.saddr;
+	reply.saddr = backend->address;
+	reply.dport = pkt.sport;
+	reply.sport = backend->port;
+	reply.nexthdr = pkt.proto;
+	reply.flags = TUPLE_F_IN;
+	if (!ct_lookup(&reply)) {
+		struct ct_entry rev = {};
+
+		rev.rev_nat_index = rev_nat_index;
+		rev.backend_id = backend_id;
+		rev.src_sec_id = src_identity;
+		ct_refresh(&rev, 0, 0, 0);
+		if (pkt.proto == IPPROTO_TCP)
+			rev.lifetime = ct_now() + CT_CONNECTION_LIFETIME_TCP;
+		ret = ct_create(&reply, &rev);
+		if (ret < 0)
+			return ret;
+	}
+	return lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
+			   offsetof(struct tcphdr, dest), pkt.dport, backend->port);
+}
+
+static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
+{
+	struct ipv4_ct_tuple tuple = {};
+	struct lb4_reverse_nat_key rkey = {};
+	struct lb4_reverse_nat *rn;
+	struct ct_entry *ct;
+	struct lb4_pkt pkt = {};
+	int ret = lb4_parse(skb, &pkt);
+
+	if (ret <= 0)
+		return ret;
+	tuple.daddr = pkt.daddr;
+	tuple.saddr = pkt.saddr;
+	tuple.dport = pkt.dport;
+	tuple.sport = pkt.sport;
+	tuple.nexthdr = pkt.proto;
+	tuple.flags = TUPLE_F_IN;
+	ct = ct_lookup(&tuple);
+	if (!ct || !ct->rev_nat_index)
+		return 0;
+	rkey.rev_nat_index = ct->rev_nat_index;
+	rn = cilium_lb4_reverse_nat.lookup(&rkey);
+	if (!rn)
+		return 0;
+	ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+	return lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, rn->address,
+			   offsetof(struct tcphdr, source), pkt.sport, rn->port);
+}
+
+#endif /* DP_LIB_LB_H */

@@ -1,0 +1,191 @@
+"""BPF_PROG_TEST_RUN cases for the service load balancer on the from-container path: new flow,
+established flow, reply reverse NAT, UDP, no backend, terminating backend, conntrack lifetimes.
+Every rewritten packet is compared byte for byte with scapy's, checksums recomputed."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from datapath import abi, testrun
+from datapath.maps import metrics_totals, open_maps
+
+from . import packets as P
+
+VIP, VPORT = "10.96.0.10", 80
+BPORT = 8080
+REV_NAT = 7
+
+
+def _ep(maps, ip, mac, lxc_mac, ifindex, ident):
+    maps["cilium_lxc"].update(abi.endpoint_key(ip), abi.endpoint_info(
+        ifindex=ifindex, lxc_id=ident - 900, mac=mac, node_mac=lxc_mac, sec_id=ident, ip=ip))
+
+
+def sender(maps, ip):
+    """Make from-container's interface (lo) belong to the endpoint with this address."""
+    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(ip))
+
+
+def add_service(maps, backends, proto=6, vip=VIP, vport=VPORT, active=None, states=None):
+    """backends: [(backend_id, ip, port)]; the first `active` are in slots 1..active."""
+    active = len(backends) if active is None else active
+    svc = maps["cilium_lb4_services_v2"]
+    key = abi.Lb4Key(address=abi.ip4_to_be32(vip), dport=abi.be16(vport), proto=proto)
+    for i, (bid, ip, port) in enumerate(backends):
+        state = (states or {}).get(bid, abi.BE_STATE_ACTIVE)
+        maps["cilium_lb4_backends_v3"].update(abi.Lb4BackendKey(bid), abi.Lb4Backend(
+            address=abi.ip4_to_be32(ip), port=abi.be16(port), proto=proto, flags=state))
+    for slot, (bid, _, _) in enumerate(backends[:active], start=1):
+        k = abi.Lb4Key.from_bytes(bytes(key))
+        k.backend_slot = slot
+        svc.update(k, abi.Lb4Service(backend_id=bid, rev_nat_index=REV_NAT))
+    svc.update(key, abi.Lb4Service(count=active, rev_nat_index=REV_NAT))
+    maps["cilium_lb4_reverse_nat"].update(abi.Lb4ReverseNatKey(REV_NAT), abi.Lb4ReverseNat(
+        address=abi.ip4_to_be32(vip), port=abi.be16(vport)))
+
+
+@pytest.fixture
+def maps(lxc):
+    m = open_maps(lxc)
+    _ep(m, P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, P.LXC_A_IFINDEX, 1000)
+    _ep(m, P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, P.LXC_B_IFINDEX, 1001)
+    sender(m, P.POD_A_IP)
+    return m
+
+
+def to_vip(sport=40000, flags="S", proto="tcp", payload=b""):
+    l4 = TCP(sport=sport, dport=VPORT, flags=flags, seq=1) if proto == "tcp" \
+        else UDP(sport=sport, dport=VPORT)
+    return Ether(bytes(Ether(src=P.POD_A_MAC, dst=P.LXC_A_MAC)
+                       / IP(src=P.POD_A_IP, dst=VIP, ttl=64, id=9) / l4 / payload))
+
+
+def translated(pkt, dst, dport, src_mac, dst_mac):
+    """What delivery of a DNATed packet looks like: new destination, TTL - 1, new MACs."""
+    out = pkt.copy()
+    out[IP].dst = dst
+    out[IP].ttl -= 1
+    l4 = out[TCP] if TCP in out else out[UDP]
+    l4.dport = dport
+    del out[IP].chksum
+    if l4.chksum != 0:
+        del l4.chksum
+    out[Ether].src, out[Ether].dst = src_mac, dst_mac
+    return Ether(bytes(out))
+
+
+def run(prog, pkt):
+    return testrun.run(prog.fd, pkt, ctx=testrun.tc_ctx(1))
+
+
+def ct(maps, name, daddr, saddr, dport, sport, proto, flags):
+    t = abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(daddr), saddr=abi.ip4_to_be32(saddr),
+                        dport=abi.be16(dport), sport=abi.be16(sport), nexthdr=proto, flags=flags)
+    return maps[name].get(t)
+
+
+def test_new_tcp_flow_is_dnated_to_the_backend_byte_for_byte(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    pkt = to_vip()
+    res = run(from_container, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    testrun.assert_packet(translated(pkt, P.POD_B_IP, BPORT, P.LXC_B_MAC, P.POD_B_MAC), res.data)
+    svc = ct(maps, "cilium_ct4_global", VIP, P.POD_A_IP, VPORT, 40000, 6, abi.TUPLE_F_SERVICE)
+    assert svc.backend_id == 1 and svc.rev_nat_index == REV_NAT and svc.src_sec_id == 1000
+    assert 55 <= svc.lifetime - time.monotonic() <= abi.CT_SYN_TIMEOUT + 1     # SYN: 60 s
+    rep = ct(maps, "cilium_ct4_global", P.POD_A_IP, P.POD_B_IP, 40000, BPORT, 6, abi.TUPLE_F_IN)
+    assert rep.rev_nat_index == REV_NAT
+
+
+def test_established_flow_keeps_its_backend_and_new_flows_spread(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT), (2, P.POD_C_IP, BPORT)])
+    first = Ether(run(from_container, to_vip(sport=41000)).data)[IP].dst
+    for _ in range(20):
+        assert Ether(run(from_container, to_vip(sport=41000, flags="A")).data)[IP].dst == first
+    seen = {Ether(run(from_container, to_vip(sport=42000 + i)).data)[IP].dst for i in range(40)}
+    assert seen == {P.POD_B_IP, P.POD_C_IP}
+    svc = ct(maps, "cilium_ct4_global", VIP, P.POD_A_IP, VPORT, 41000, 6, abi.TUPLE_F_SERVICE)
+    assert svc.lifetime - time.monotonic() > abi.CT_SYN_TIMEOUT     # established: 8000 s
+    assert svc.packets == 21
+
+
+def test_reply_is_reverse_nated_to_the_frontend(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=43000))
+    sender(maps, P.POD_B_IP)                          # now pod B answers from its own veth
+    reply = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                        / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64, id=10)
+                        / TCP(sport=BPORT, dport=43000, flags="SA", seq=5, ack=2)))
+    res = run(from_container, reply)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    want = reply.copy()
+    want[IP].src, want[TCP].sport = VIP, VPORT
+    want[IP].ttl -= 1
+    del want[IP].chksum, want[TCP].chksum
+    want[Ether].src, want[Ether].dst = P.LXC_A_MAC, P.POD_A_MAC
+    testrun.assert_packet(Ether(bytes(want)), res.data)
+
+
+def test_reply_of_an_unrelated_flow_is_untouched(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    sender(maps, P.POD_B_IP)
+    reply = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                        / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64, id=11)
+                        / TCP(sport=BPORT, dport=44444, flags="SA")))
+    res = run(from_container, reply)
+    assert Ether(res.data)[IP].src == P.POD_B_IP and Ether(res.data)[TCP].sport == BPORT
+
+
+@pytest.mark.parametrize("zero_csum", [False, True])
+def test_udp_service(maps, from_container, zero_csum):
+    add_service(maps, [(1, P.POD_B_IP, 5353)], proto=17)
+    pkt = to_vip(proto="udp", payload=b"question")
+    if zero_csum:
+        pkt[UDP].chksum = 0
+        pkt = Ether(bytes(pkt))
+    res = run(from_container, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    out = Ether(res.data)
+    testrun.assert_packet(translated(pkt, P.POD_B_IP, 5353, P.LXC_B_MAC, P.POD_B_MAC), res.data)
+    assert (out[UDP].chksum == 0) == zero_csum
+    entry = ct(maps, "cilium_ct_any4_global", VIP, P.POD_A_IP, VPORT, 40000, 17,
+               abi.TUPLE_F_SERVICE)
+    assert abi.CT_CONNECTION_LIFETIME_NONTCP - 5 <= entry.lifetime - time.monotonic() <= 61
+
+
+def test_service_without_backends_drops_158(maps, from_container):
+    add_service(maps, [])
+    res = run(from_container, to_vip())
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(maps["cilium_metrics"])[(abi.DROP_NO_SERVICE, abi.METRIC_EGRESS)][0] == 1
+    assert abi.reason_string(abi.DROP_NO_SERVICE) == "Service backend not found"
+
+
+def test_terminating_backend_finishes_flows_but_gets_no_new_ones(maps, from_container):
+    # backend 1 was chosen for this flow, then started terminating (out of the slots)
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=45000))
+    add_service(maps, [(2, P.POD_C_IP, BPORT), (1, P.POD_B_IP, BPORT)], active=1,
+                states={1: abi.BE_STATE_TERMINATING})
+    assert Ether(run(from_container, to_vip(sport=45000, flags="A")).data)[IP].dst == P.POD_B_IP
+    assert Ether(run(from_container, to_vip(sport=46000)).data)[IP].dst == P.POD_C_IP
+    # a new SYN on the old tuple is a new connection: it avoids the terminating backend
+    assert Ether(run(from_container, to_vip(sport=45000)).data)[IP].dst == P.POD_C_IP
+
+
+def test_fin_closes_the_entry(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=47000))
+    run(from_container, to_vip(sport=47000, flags="A"))
+    run(from_container, to_vip(sport=47000, flags="FA"))
+    svc = ct(maps, "cilium_ct4_global", VIP, P.POD_A_IP, VPORT, 47000, 6, abi.TUPLE_F_SERVICE)
+    assert svc.lifetime - time.monotonic() <= abi.CT_CLOSE_TIMEOUT + 1
+
+
+def test_non_service_traffic_is_not_tracked(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, P.POD_A_TO_POD_B_TCP_SYN)
+    assert len(maps["cilium_ct4_global"]) == 0

@@ -148,6 +148,31 @@ def endpoint_get(ctx, endpoint_id, output):
 
 
 @cli.group()
+def service():
+    """Services (the load balancer's frontends and backends)."""
+
+
+@service.command("list")
+@output_opt
+@click.pass_context
+def service_list(ctx, output):
+    """List services (columns as `cilium service list`)."""
+    svcs = _client(ctx).get("/v1/service")
+
+    def render(items):
+        fmt = "{:<5}{:<24}{:<15}{}"
+        click.echo(fmt.format("ID", "Frontend", "Service Type", "Backend"))
+        for s in items:
+            backends = [f"{i} => {b['address']} ({b['state']})"
+                        for i, b in enumerate(s["backends"], start=1)] or [""]
+            click.echo(fmt.format(s["id"], s["frontend"], s["type"], backends[0]).rstrip())
+            for line in backends[1:]:
+                click.echo(fmt.format("", "", "", line))
+
+    _out(svcs, output, render)
+
+
+@cli.group()
 def identity():
     """Security identities."""
 

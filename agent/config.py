@@ -49,6 +49,7 @@ _FIELDS: dict[str, str] = {
     "kvstore": "kvstore",
     "kvstoreOpt": "kvstoreEndpoints",     # a leaf: its keys are Cilium's dotted option names
     "kvstoreLeaseTTL": "kvstoreLeaseTTL",
+    "serviceCIDR": "serviceCIDR",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -107,6 +108,7 @@ class Config:
     kvstore: str | None = None                  # "etcd" or None (embedded local store)
     kvstoreEndpoints: tuple[str, ...] = ()      # from kvstoreOpt
     kvstoreLeaseTTL: int = 900                  # seconds; a dead node's entries expire after it
+    serviceCIDR: str = "10.96.0.0/16"           # ClusterIPs not given in a manifest come from here
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -359,6 +361,7 @@ def parse_config(data: object, path: str) -> Config:
         kvstore=kvstore,
         kvstoreEndpoints=kv_endpoints,
         kvstoreLeaseTTL=r.integer("kvstoreLeaseTTL", 900, 5, 86400),
+        serviceCIDR=str(r.cidr("serviceCIDR", "10.96.0.0/16")),
         raw=copy.deepcopy(data),
     )
 

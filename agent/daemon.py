@@ -26,7 +26,7 @@ from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath.loader import NodeDatapath
 
-from . import api
+from . import api, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint
@@ -98,6 +98,8 @@ class Agent:
         self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
         self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
         self.node_ip = _node_ip(self.cfg)
+        self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
+        self.service_listing: list[dict] = []
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
@@ -146,7 +148,9 @@ class Agent:
                 ipaddress.IPv4Address(ip)
                 ipaddress.IPv4Address(rec["hostIP"])
                 good_eps[ip] = {"identity": int(rec["identity"]), "hostIP": rec["hostIP"],
-                                "node": str(rec.get("node", ""))}
+                                "node": str(rec.get("node", "")),
+                                "namespace": str(rec.get("namespace", "")),
+                                "pod": str(rec.get("pod", ""))}
             except (KeyError, TypeError, ValueError) as e:
                 log_cl.warning("ignoring malformed endpoint record %s: %s", ip, e)
         with self.lock:
@@ -219,6 +223,15 @@ class Agent:
             ipcache(f"{node['ip']}/32", abi.IDENTITY_REMOTE_NODE)
         for ip, rec in self.remote_endpoints.items():
             ipcache(f"{ip}/32", int(rec["identity"]), rec["hostIP"])
+
+        pod_ips = {f"{r['namespace']}/{r['pod']}": ip for ip, r in self.remote_endpoints.items()
+                   if r.get("pod")}
+        pod_ips.update({ep.pod_key: ep.ip for ep in self.endpoints.values()
+                        if ep.identity and ep.state not in ("disconnecting", "disconnected")})
+        lb = services.build(self.manifests, pod_ips, self.lb_ids, cfg.serviceCIDR)
+        st.maps.update(lb.maps)
+        st.late = {("cilium_lb4_services_v2", k) for k in lb.frontends_last}
+        self.service_listing = lb.listing
 
         tunnel = cfg.routingMode == "tunnel"
         flags = abi.NODE_CFG_F_TUNNEL if tunnel else abi.NODE_CFG_F_HOST_ROUTING
@@ -428,7 +441,12 @@ class Agent:
                         for n, lbl in self.identities.items()]
             return out
 
+        def service_list(_p, _b):
+            with self.lock:
+                return list(self.service_listing)
+
         return {("GET", "/v1/healthz"): lambda p, b: {"ok": True},
+                ("GET", "/v1/service"): service_list,
                 ("GET", "/v1/status"): status,
                 ("GET", "/v1/endpoint"): ep_list,
                 ("GET", "/v1/endpoint/{id}"): ep_get,

@@ -116,6 +116,10 @@
 #define CT_F_RX_CLOSING         1
 #define CT_F_TX_CLOSING         2
 #define CT_F_SEEN_NON_SYN       4
+#define CT_F_LB_LOOPBACK        8   /* hairpin: a pod reached itself through a service */
+
+/* ---- the source a hairpinned request gets (Cilium's IPV4_LOOPBACK, 169.254.42.1) ---- */
+#define IPV4_LOOPBACK_HOST      0xA9FE2A01
 
 /* ---- load balancer: service flags (lb4_service.flags, Cilium's) and backend states ---- */
 #define SVC_FLAG_EXTERNAL_IP    1

@@ -32,6 +32,14 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 	ret = parse_ipv4(skb, &ip);     /* the header may have been rewritten: look again */
 	if (ret < 0)
 		return ret;
+	if (lb4_is_loopback(ip->daddr)) {   /* a hairpin reply: frontend -> the pod again */
+		ret = lb4_rev_nat(skb);
+		if (ret < 0)
+			return ret;
+		ret = parse_ipv4(skb, &ip);
+		if (ret < 0)
+			return ret;
+	}
 	dst = lookup_ip4_endpoint(ip->daddr);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, dst);

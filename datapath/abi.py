@@ -31,6 +31,8 @@ TUPLE_F_SERVICE = 4
 CT_F_RX_CLOSING = 1
 CT_F_TX_CLOSING = 2
 CT_F_SEEN_NON_SYN = 4
+CT_F_LB_LOOPBACK = 8
+IPV4_LOOPBACK_HOST = 0xA9FE2A01      # 169.254.42.1, in host order
 
 # ---- load balancer service flags and backend states ----
 SVC_FLAG_EXTERNAL_IP = 1

@@ -30,7 +30,8 @@ PROGRAMS = {
     "from-netdev": ProgramSpec("bpf_host.c", "cil_from_netdev", "tc", "ingress"),
     "from-overlay": ProgramSpec("bpf_overlay.c", "cil_from_overlay", "tc", "ingress"),
 }
-MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config")
+MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config",
+                "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat")
 
 
 class NodeDatapath:

@@ -4,13 +4,16 @@
  * its conntrack entry remembers while that backend still exists (terminating backends finish
  * their flows), else a random active slot 1..count. The packet is DNATed to the backend with
  * L3/L4 checksums fixed incrementally, and a reply entry is created so the client's node turns
- * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery).
+ * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery). A pod that
+ * reaches itself through a service (hairpin) is also SNATed to IPV4_LOOPBACK, so its own stack
+ * sees a peer; the reply to IPV4_LOOPBACK is turned back into frontend -> pod.
  *
  * API:
  *   lb4_xlate(skb, src_identity)   returns 0 (translated or not a service), -DROP_NO_SERVICE
  *                                  (no backend), or another negative DROP_*
  *   lb4_rev_nat(skb)               returns 0 (translated or not a reply of a service flow) or a
  *                                  negative DROP_*
+ *   lb4_is_loopback(daddr)         whether a packet is a hairpin reply (to IPV4_LOOPBACK)
  */
 #ifndef DP_LIB_LB_H
 #define DP_LIB_LB_H
@@ -94,6 +97,11 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, const struct lb4_p
 	return 0;
 }
 
+static __always_inline int lb4_is_loopback(__be32 daddr)
+{
+	return daddr == bpf_htonl(IPV4_LOOPBACK_HOST);
+}
+
 static __always_inline struct lb4_backend *lb4_backend(__u32 backend_id)
 {
 	struct lb4_backend_key key = { .backend_id = backend_id };
@@ -111,7 +119,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 	struct lb4_pkt pkt = {};
 	__u32 backend_id = 0;
 	__u16 rev_nat_index;
-	int ret = lb4_parse(skb, &pkt);
+	int loopback, ret = lb4_parse(skb, &pkt);
 
 	if (ret <= 0)
 		return ret;
@@ -161,8 +169,9 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 		ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
 	}
 
-	/* the reply orientation, for lb4_rev_nat on the way back */
-	reply.daddr = pkt.saddr;
+	/* the reply orientation, for lb4_rev_nat on the way back; a hairpin answers IPV4_LOOPBACK */
+	loopback = backend->address == pkt.saddr;
+	reply.daddr = loopback ? bpf_htonl(IPV4_LOOPBACK_HOST) : pkt.saddr;
 	reply.saddr = backend->address;
 	reply.dport = pkt.sport;
 	reply.sport = backend->port;
@@ -173,6 +182,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 
 		rev.rev_nat_index = rev_nat_index;
 		rev.backend_id = backend_id;
+		rev.flags = loopback ? CT_F_LB_LOOPBACK : 0;
 		rev.src_sec_id = src_identity;
 		ct_refresh(&rev, 0, 0, 0);
 		if (pkt.proto == IPPROTO_TCP)
@@ -181,8 +191,12 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 		if (ret < 0)
 			return ret;
 	}
-	return lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
-			   offsetof(struct tcphdr, dest), pkt.dport, backend->port);
+	ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
+			  offsetof(struct tcphdr, dest), pkt.dport, backend->port);
+	if (ret < 0 || !loopback)
+		return ret;
+	return lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, bpf_htonl(IPV4_LOOPBACK_HOST),
+			   offsetof(struct tcphdr, source), pkt.sport, pkt.sport);
 }
 
 static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
@@ -210,6 +224,12 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
 	if (!rn)
 		return 0;
 	ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+	if (ct->flags & CT_F_LB_LOOPBACK) {      /* hairpin: back to the pod that asked */
+		ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, pkt.saddr,
+				  offsetof(struct tcphdr, dest), pkt.dport, pkt.dport);
+		if (ret < 0)
+			return ret;
+	}
 	return lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, rn->address,
 			   offsetof(struct tcphdr, source), pkt.sport, rn->port);
 }

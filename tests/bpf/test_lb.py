@@ -189,3 +189,26 @@ def test_non_service_traffic_is_not_tracked(maps, from_container):
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     run(from_container, P.POD_A_TO_POD_B_TCP_SYN)
     assert len(maps["cilium_ct4_global"]) == 0
+
+
+def test_hairpin_pod_reaches_itself_through_its_service(maps, from_container):
+    add_service(maps, [(1, P.POD_A_IP, BPORT)])
+    pkt = to_vip(sport=48000)
+    res = run(from_container, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    want = translated(pkt, P.POD_A_IP, BPORT, P.LXC_A_MAC, P.POD_A_MAC)
+    want[IP].src = "169.254.42.1"                    # Cilium's IPV4_LOOPBACK
+    del want[IP].chksum, want[TCP].chksum
+    testrun.assert_packet(Ether(bytes(want)), res.data)
+    # the pod answers the loopback address; it gets the frontend back, addressed to itself
+    reply = Ether(bytes(Ether(src=P.POD_A_MAC, dst=P.LXC_A_MAC)
+                        / IP(src=P.POD_A_IP, dst="169.254.42.1", ttl=64, id=12)
+                        / TCP(sport=BPORT, dport=48000, flags="SA")))
+    res = run(from_container, reply)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    back = reply.copy()
+    back[IP].src, back[IP].dst, back[TCP].sport = VIP, P.POD_A_IP, VPORT
+    back[IP].ttl -= 1
+    del back[IP].chksum, back[TCP].chksum
+    back[Ether].src, back[Ether].dst = P.LXC_A_MAC, P.POD_A_MAC
+    testrun.assert_packet(Ether(bytes(back)), res.data)

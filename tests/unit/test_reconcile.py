@@ -58,3 +58,10 @@ def test_routes_are_diffed_and_come_after_attaches():
     assert [o.kind for o in ops] == ["tc_attach", "route_replace", "route_del"]
     assert ops[1] == Op("route_replace", "172.20.1.0/24", "192.168.10.101", "eth1")
     assert plan(want, DatapathState(routes=dict(want.routes), tc=dict(want.tc))) == []
+
+
+def test_late_keys_are_written_after_the_rest_of_their_map():
+    want = DatapathState(maps={"svc": {b"\x00": b"count=2", b"\x01": b"slot1", b"\x02": b"slot2"}},
+                         late={("svc", b"\x00")})
+    ops = plan(want, DatapathState(maps={"svc": {}}))
+    assert [o.key for o in ops] == [b"\x01", b"\x02", b"\x00"]

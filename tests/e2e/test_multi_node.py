@@ -292,3 +292,61 @@ def test_ipcache_filled_from_kvstore_and_router_ext_reachable(native):
                       check=False).returncode == 0
     metrics = native.run("ext", "curl", "-s", "-m", "5", "http://192.168.10.102:9962/metrics")
     assert "cilium_forward_count_total" in metrics.stdout                 # <node IP>:9962
+
+
+def service_vip(lab, name="default/webpod") -> str:
+    for s in lab.client().get("/v1/service"):
+        if s["service"] == name:
+            return s["frontend"].split(":")[0]
+    raise AssertionError(f"no service {name}")
+
+
+def test_clusterip_spreads_over_backends_on_every_node(cluster):
+    import json
+    from collections import Counter
+    vip = service_vip(cluster)
+    # every agent programs the same ClusterIP and all three backends
+    for node in ("k8s-ctr", "k8s-w1", "k8s-w2"):
+        (svc,) = [s for s in cluster.client(node).get("/v1/service")
+                  if s["service"] == "default/webpod"]
+        assert svc["frontend"] == f"{vip}:80/TCP" and len(svc["backends"]) == 3
+    out = cluster.run("curl-pod", "sh", "-c",
+                      f"for i in $(seq 300); do curl -s -m 2 http://{vip}/api; done",
+                      timeout=180).stdout
+    answers = [json.loads(line) for line in out.replace("}{", "}\n{").splitlines() if line]
+    assert len(answers) == 300
+    spread = Counter(a["hostname"] for a in answers)
+    assert set(spread) == {"webpod-1", "webpod-2", "webpod-3"}
+    assert min(spread.values()) >= 60, spread                      # each >= 20%
+    assert {a["remoteAddr"].split(":")[0] for a in answers} == {cluster.pod_ip("curl-pod")}
+
+
+def test_hairpin_and_service_without_backends(native):
+    vip = service_vip(native)
+    out = native.run("webpod-2", "sh", "-c",
+                     f"for i in $(seq 20); do curl -s -m 2 http://{vip}/api; echo; done",
+                     timeout=120).stdout
+    assert out.count('"hostname"') == 20 and "webpod-2" in out    # reached itself too
+    path = native.manifests / "nobody.yaml"
+    path.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: nobody, namespace: default}\n"
+                    "spec:\n  selector: {app: nobody}\n  ports: [{port: 8080}]\n")
+    try:
+        empty = wait_for(lambda: service_vip(native, "default/nobody")
+                         if any(s["service"] == "default/nobody"
+                                for s in native.client().get("/v1/service")) else None,
+                         what="the empty service")
+        before = _drops(native)
+        assert native.run("curl-pod", "curl", "-s", "-m", "2", f"http://{empty}:8080/",
+                          check=False).returncode != 0
+        assert _drops(native) > before
+    finally:
+        path.unlink()
+
+
+def _drops(lab) -> float:
+    total = 0.0
+    for line in lab.metrics().splitlines():
+        if line.startswith("cilium_drop_count_total{") and \
+                'reason="Service backend not found"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

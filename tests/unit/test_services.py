@@ -1,0 +1,87 @@
+"""agent/services.py: Services + pod addresses -> LB map contents (pure)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import services
+from agent.manifests import load_manifests
+from datapath import abi
+
+POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  containers:
+    - name: c
+      ports: [{{name: http, containerPort: {port}}}]
+"""
+SVC = """apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 80, targetPort: {target}}}]
+"""
+
+
+def manifests(tmp_path: Path, extra: str = ""):
+    docs = [POD.format(name="w1", app="web", node="a", port=8080),
+            POD.format(name="w2", app="web", node="b", port=9090),
+            POD.format(name="db", app="db", node="a", port=5432),
+            SVC.format(name="web", app="web", target="http"), extra]
+    (tmp_path / "all.yaml").write_text("---\n".join(d for d in docs if d))
+    return load_manifests(str(tmp_path))
+
+
+def decode(plan):
+    svc = {abi.Lb4Key.from_bytes(k): abi.Lb4Service.from_bytes(v)
+           for k, v in plan.maps["cilium_lb4_services_v2"].items()}
+    be = {abi.Lb4BackendKey.from_bytes(k).backend_id: abi.Lb4Backend.from_bytes(v)
+          for k, v in plan.maps["cilium_lb4_backends_v3"].items()}
+    return svc, be
+
+
+def test_named_target_port_resolves_per_pod_and_backends_span_nodes(tmp_path):
+    ms = manifests(tmp_path)
+    ips = {"default/w1": "172.20.0.5", "default/w2": "172.20.1.7", "default/db": "172.20.0.9"}
+    plan = services.build(ms, ips, services.IdTable({}), "10.96.0.0/16")
+    (entry,) = plan.listing
+    assert [b["address"] for b in entry["backends"]] == ["172.20.0.5:8080/TCP",
+                                                         "172.20.1.7:9090/TCP"]
+    svc, be = decode(plan)
+    front = [k for k, v in svc.items() if k.backend_slot == 0]
+    assert len(front) == 1 and svc[front[0]].count == 2
+    assert {(abi.be32_to_ip4(b.address), int.from_bytes(b.port.to_bytes(2, "little"), "big"))
+            for b in be.values()} == {("172.20.0.5", 8080), ("172.20.1.7", 9090)}
+    assert plan.frontends_last == {bytes(front[0])}
+    rn = plan.maps["cilium_lb4_reverse_nat"]
+    assert len(rn) == 1
+
+
+def test_pods_without_an_address_are_not_backends(tmp_path):
+    plan = services.build(manifests(tmp_path), {"default/w1": "172.20.0.5"},
+                          services.IdTable({}), "10.96.0.0/16")
+    assert len(plan.listing[0]["backends"]) == 1
+
+
+def test_cluster_ip_allocation_is_the_same_everywhere_and_respects_given_ips(tmp_path):
+    given = SVC.format(name="fixed", app="db", target=5432).replace(
+        "spec:\n", "spec:\n  clusterIP: 10.96.0.10\n")
+    ms = manifests(tmp_path, given)
+    a = services.cluster_ips(list(ms.services.values()), "10.96.0.0/16")
+    b = services.cluster_ips(list(reversed(list(ms.services.values()))), "10.96.0.0/16")
+    assert a == b and a["default/fixed"] == "10.96.0.10"
+    assert a["default/web"] != "10.96.0.10"
+
+
+def test_ids_are_stable_and_pruned(tmp_path):
+    table: dict = {}
+    ids = services.IdTable(table)
+    ips = {"default/w1": "172.20.0.5", "default/w2": "172.20.1.7"}
+    first = services.build(manifests(tmp_path), ips, ids, "10.96.0.0/16")
+    again = services.build(manifests(tmp_path), ips, services.IdTable(table), "10.96.0.0/16")
+    assert first.maps == again.maps                         # a restart rebuilds the same maps
+    services.build(manifests(tmp_path), {"default/w1": "172.20.0.5"}, services.IdTable(table),
+                   "10.96.0.0/16")
+    assert list(table["backends"]) == ["172.20.0.5:8080/TCP"]

@@ -173,6 +173,52 @@ def service_list(ctx, output):
 
 
 @cli.group()
+def bpf():
+    """BPF map contents, as `cilium bpf ...` shows them."""
+
+
+@bpf.group("ct")
+def bpf_ct():
+    """Connection tracking tables."""
+
+
+@bpf_ct.command("list")
+@output_opt
+@click.pass_context
+def bpf_ct_list(ctx, output):
+    """List conntrack entries (`cilium bpf ct list global`)."""
+    entries = _client(ctx).get("/v1/bpf/ct")
+
+    def render(items):
+        for e in items:
+            click.echo(f"{e['protocol']} {e['tuple']} flags={e['flags']} "
+                       f"expires={e['expires_in']}s rev_nat={e['rev_nat_index']} "
+                       f"backend={e['backend_id']} packets={e['packets']} bytes={e['bytes']}")
+
+    _out(entries, output, render)
+
+
+@bpf.group("lb")
+def bpf_lb():
+    """Load balancer maps."""
+
+
+@bpf_lb.command("list")
+@output_opt
+@click.pass_context
+def bpf_lb_list(ctx, output):
+    """List service slots (`cilium bpf lb list`)."""
+    rows = _client(ctx).get("/v1/bpf/lb")
+
+    def render(items):
+        click.echo(f"{'SERVICE ADDRESS':<26}BACKEND ADDRESS (REVNAT_ID) (SLOT)")
+        for r in items:
+            click.echo(f"{r['service']:<26}{r['backend']} ({r['slot']})")
+
+    _out(rows, output, render)
+
+
+@cli.group()
 def identity():
     """Security identities."""
 

@@ -50,6 +50,7 @@ _FIELDS: dict[str, str] = {
     "kvstoreOpt": "kvstoreEndpoints",     # a leaf: its keys are Cilium's dotted option names
     "kvstoreLeaseTTL": "kvstoreLeaseTTL",
     "serviceCIDR": "serviceCIDR",
+    "conntrackGCInterval": "conntrackGCInterval",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -109,6 +110,7 @@ class Config:
     kvstoreEndpoints: tuple[str, ...] = ()      # from kvstoreOpt
     kvstoreLeaseTTL: int = 900                  # seconds; a dead node's entries expire after it
     serviceCIDR: str = "10.96.0.0/16"           # ClusterIPs not given in a manifest come from here
+    conntrackGCInterval: int = 0                # seconds between conntrack GC runs; 0 = dynamic
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -362,6 +364,7 @@ def parse_config(data: object, path: str) -> Config:
         kvstoreEndpoints=kv_endpoints,
         kvstoreLeaseTTL=r.integer("kvstoreLeaseTTL", 900, 5, 86400),
         serviceCIDR=str(r.cidr("serviceCIDR", "10.96.0.0/16")),
+        conntrackGCInterval=r.integer("conntrackGCInterval", 0, 0, 86400),
         raw=copy.deepcopy(data),
     )
 

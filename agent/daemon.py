@@ -26,7 +26,7 @@ from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath.loader import NodeDatapath
 
-from . import api, services
+from . import api, ctgc, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint
@@ -441,12 +441,47 @@ class Agent:
                         for n, lbl in self.identities.items()]
             return out
 
+        def bpf_ct(_p, _b):
+            from datapath import abi
+            now = time.monotonic()
+            out = []
+            for name, proto in ctgc.CT_MAPS.items():
+                for k, v in self.dp.maps[name].items():
+                    out.append({
+                        "map": name, "protocol": proto,
+                        "tuple": f"{abi.be32_to_ip4(k.saddr)}:{abi.be16(k.sport)} -> "
+                                 f"{abi.be32_to_ip4(k.daddr)}:{abi.be16(k.dport)}",
+                        "nexthdr": k.nexthdr, "flags": k.flags,
+                        "expires_in": int(v.lifetime - now), "backend_id": v.backend_id,
+                        "rev_nat_index": v.rev_nat_index, "packets": v.packets,
+                        "bytes": v.bytes, "src_sec_id": v.src_sec_id, "entry_flags": v.flags})
+            return sorted(out, key=lambda e: (e["map"], e["tuple"]))
+
+        def bpf_lb(_p, _b):
+            from datapath import abi
+            backends = {k.backend_id: v for k, v in
+                        self.dp.maps["cilium_lb4_backends_v3"].items()}
+            out = []
+            for k, v in self.dp.maps["cilium_lb4_services_v2"].items():
+                fe = f"{abi.be32_to_ip4(k.address)}:{abi.be16(k.dport)}/{k.proto}"
+                if k.backend_slot == 0:
+                    desc = f"0.0.0.0:0 ({v.rev_nat_index}) [{v.count} backends]"
+                else:
+                    b = backends.get(v.backend_id)
+                    addr = f"{abi.be32_to_ip4(b.address)}:{abi.be16(b.port)}" if b else "?"
+                    desc = f"{addr} ({v.rev_nat_index})"
+                out.append({"service": fe, "slot": k.backend_slot, "backend": desc,
+                            "backend_id": v.backend_id if k.backend_slot else 0})
+            return sorted(out, key=lambda e: (e["service"], e["slot"]))
+
         def service_list(_p, _b):
             with self.lock:
                 return list(self.service_listing)
 
         return {("GET", "/v1/healthz"): lambda p, b: {"ok": True},
                 ("GET", "/v1/service"): service_list,
+                ("GET", "/v1/bpf/ct"): bpf_ct,
+                ("GET", "/v1/bpf/lb"): bpf_lb,
                 ("GET", "/v1/status"): status,
                 ("GET", "/v1/endpoint"): ep_list,
                 ("GET", "/v1/endpoint/{id}"): ep_get,
@@ -513,21 +548,44 @@ class Agent:
         log.info("agent for node %s ready: %d endpoints, API %s", self.cfg.nodeName,
                  len(self.endpoints), self.cfg.apiSocket)
         next_resync = time.time() + RESYNC_SECONDS
+        gc_interval = float(self.cfg.conntrackGCInterval or ctgc.START)
+        next_gc = time.time() + gc_interval
         while not self.stop_event.wait(1.0):
             try:
                 if self._sources_changed():
                     self.reload()
                 if time.time() >= next_resync:
                     next_resync = time.time() + RESYNC_SECONDS
+        gc_interval = float(self.cfg.conntrackGCInterval or ctgc.START)
+        next_gc = time.time() + gc_interval
                     with self.lock:
                         self._drop_vanished()
                         for ep in self.endpoints.values():
                             if ep.state == "waiting-for-identity":
                                 self._resolve_identity(ep)
                         self.reconcile("periodic resync")
+                if time.time() >= next_gc:
+                    gc_interval = self.conntrack_gc(gc_interval)
+                    if self.cfg.conntrackGCInterval:      # fixed, as configured
+                        gc_interval = float(self.cfg.conntrackGCInterval)
+                    next_gc = time.time() + gc_interval
             except Exception:  # keep the agent alive; the error is logged and counted
                 log.exception("agent loop error")
         self.shutdown()
+
+    def conntrack_gc(self, interval: float) -> float:
+        """One GC run over the CT maps; returns the next interval."""
+        result = ctgc.collect(self.dp.maps)
+        total = deleted = 0
+        for proto, (alive, gone) in result.items():
+            self.metrics.ct_gc_runs.labels("ipv4", proto, "completed").inc()
+            self.metrics.ct_gc_entries.labels("ipv4", proto, "alive").set(alive)
+            self.metrics.ct_gc_entries.labels("ipv4", proto, "deleted").set(gone)
+            total += alive + gone
+            deleted += gone
+        if deleted:
+            log_rec.info("conntrack GC deleted %d of %d entries", deleted, total)
+        return ctgc.next_interval(interval, deleted / total if total else 0.0)
 
     def _fp_reset(self):
         self._fp = ("", "")

@@ -224,6 +224,7 @@ class Lab:
             "autoDirectNodeRoutes": True,
             "bpf": {"root": str(self.bpffs)},
             "prometheus": {"port": 9962},
+            "conntrackGCInterval": 10,
             "apiSocket": str(ndir / "datapath.sock"),
             "stateDir": str(ndir / "state"),
             "manifests": manifests,

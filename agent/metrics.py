@@ -10,12 +10,14 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
     cilium_bpf_map_ops_total {map_name, operation, outcome}
     cilium_errors_warnings_total {level, subsystem}
     cilium_identity {type}
+    cilium_datapath_conntrack_gc_runs_total / cilium_datapath_conntrack_gc_entries
+        {family, protocol, status}
 """
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from datapath import abi
@@ -37,6 +39,13 @@ class AgentMetrics:
         self.errors_warnings = Counter("cilium_errors_warnings", "Number of total errors in "
                                        "cilium-agent instances", ["level", "subsystem"],
                                        registry=self.registry)
+        self.ct_gc_runs = Counter("cilium_datapath_conntrack_gc_runs", "Number of times that the "
+                                  "conntrack garbage collector process was run",
+                                  ["family", "protocol", "status"], registry=self.registry)
+        self.ct_gc_entries = Gauge("cilium_datapath_conntrack_gc_entries", "The number of alive "
+                                   "and deleted conntrack entries at the end of a garbage "
+                                   "collector run", ["family", "protocol", "status"],
+                                   registry=self.registry)
         for outcome in ("success", "fail"):
             self.regenerations.labels(outcome)
         self._agent = None

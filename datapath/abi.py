@@ -336,7 +336,8 @@ def endpoint_key(ip: str) -> EndpointKey:
 
 
 def be16(port: int) -> int:
-    """A port as the native integer whose memory is the port in network order."""
+    """A port as the native integer whose memory is the port in network order (and back:
+    the swap is its own inverse)."""
     return int.from_bytes(int(port).to_bytes(2, "big"), "little")
 
 

@@ -212,3 +212,26 @@ def test_hairpin_pod_reaches_itself_through_its_service(maps, from_container):
     del back[IP].chksum, back[TCP].chksum
     back[Ether].src, back[Ether].dst = P.LXC_A_MAC, P.POD_A_MAC
     testrun.assert_packet(Ether(bytes(back)), res.data)
+
+
+def test_conntrack_gc_deletes_only_expired_entries(maps, from_container):
+    from agent import ctgc
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    add_service(maps, [(2, P.POD_B_IP, 5353)], proto=17)
+    run(from_container, to_vip(sport=49000))                   # TCP: service + reply entries
+    run(from_container, to_vip(sport=49001, proto="udp"))      # UDP: two more
+    now = time.monotonic()
+    assert ctgc.collect(maps, now) == {"TCP": (2, 0), "non-TCP": (2, 0)}
+    # past the SYN and non-TCP lifetimes, before the reply's 8000 s: only those go
+    assert ctgc.collect(maps, now + 120) == {"TCP": (1, 1), "non-TCP": (0, 2)}
+    assert ctgc.collect(maps, now + abi.CT_CONNECTION_LIFETIME_TCP + 5) == \
+        {"TCP": (0, 1), "non-TCP": (0, 0)}
+    assert len(maps["cilium_ct4_global"]) == 0
+
+
+def test_gc_interval_adapts_like_ciliums():
+    from agent import ctgc
+    assert ctgc.next_interval(300, 0.5) == 150            # many deletions: sooner
+    assert ctgc.next_interval(300, 0.01) == 450           # few: later
+    assert ctgc.next_interval(11, 0.95) == ctgc.MIN
+    assert ctgc.next_interval(ctgc.MAX, 0.0) == ctgc.MAX

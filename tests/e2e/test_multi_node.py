@@ -350,3 +350,25 @@ def _drops(lab) -> float:
                 'reason="Service backend not found"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
+    vip = service_vip(native)
+    native.run("curl-pod", "curl", "-s", "-m", "2", f"http://{vip}/")
+    node = native.node("k8s-ctr")
+
+    def cli(*args):
+        p = subprocess.run(netns.cmd(node["netns"], sys.executable, "-m", "agent.cli", "--socket",
+                                     node["socket"], *args), capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    ct = cli("bpf", "ct", "list")
+    assert f"-> {vip}:80" in ct and "TCP" in ct
+    lb = cli("bpf", "lb", "list")
+    assert f"{vip}:80/6" in lb and "[3 backends]" in lb
+    assert f"{vip}:80/TCP" in cli("service", "list")
+    wait_for(lambda: "cilium_datapath_conntrack_gc_runs_total{" in native.metrics(), timeout=30,
+             what="a conntrack GC run (every 10 s in the lab)")
+    assert 'cilium_datapath_conntrack_gc_entries{family="ipv4",protocol="TCP",status="alive"}' \
+        in native.metrics()

@@ -26,6 +26,9 @@
 #ifndef LB_REV_NAT_MAP_MAX_ENTRIES
 #define LB_REV_NAT_MAP_MAX_ENTRIES 65536
 #endif
+#ifndef LB_AFFINITY_MAP_MAX_ENTRIES
+#define LB_AFFINITY_MAP_MAX_ENTRIES 65536
+#endif
 #ifndef CT_MAP_SIZE_TCP
 #define CT_MAP_SIZE_TCP 524288
 #endif
@@ -215,7 +218,7 @@ struct lb4_key {
 
 /* cilium_lb4_services_v2 value: slot 0 holds count/rev_nat/flags, slots 1.. hold backend ids */
 struct lb4_service {
-	__u32  backend_id;      /* backend slots; affinity timeout on the frontend slot */
+	__u32  backend_id;      /* backend slots; the affinity timeout (s) on the frontend slot */
 	__u16  count;           /* number of backends (frontend slot) */
 	__u16  rev_nat_index;   /* service id, key of cilium_lb4_reverse_nat */
 	__u8   flags;           /* SVC_FLAG_* */
@@ -250,6 +253,20 @@ struct lb4_reverse_nat {
 	__be32 address;
 	__be16 port;
 	__u16  pad;
+};
+
+/* cilium_lb4_affinity key: one client of one service (ClientIP session affinity) */
+struct lb4_affinity_key {
+	__be32 client_ip;
+	__u16  rev_nat_id;
+	__u16  pad;
+};
+
+/* cilium_lb4_affinity value: the client's backend and when it was last used */
+struct lb_affinity_val {
+	__u64 last_used;        /* seconds of the monotonic clock */
+	__u32 backend_id;
+	__u32 pad;
 };
 
 /* cilium_ct4_global / cilium_ct_any4_global key: a flow in one orientation */

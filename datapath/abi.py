@@ -14,6 +14,7 @@ IPCACHE_MAP_SIZE = 512000
 LB_SERVICE_MAP_MAX_ENTRIES = 65536
 LB_BACKENDS_MAP_MAX_ENTRIES = 65536
 LB_REV_NAT_MAP_MAX_ENTRIES = 65536
+LB_AFFINITY_MAP_MAX_ENTRIES = 65536
 CT_MAP_SIZE_TCP = 524288
 CT_MAP_SIZE_ANY = 262144
 
@@ -286,6 +287,18 @@ class Lb4ReverseNat(_Struct):
     _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
 
 
+class Lb4AffinityKey(_Struct):
+    """cilium_lb4_affinity key."""
+    c_name = "lb4_affinity_key"
+    _fields_ = [("client_ip", c_uint32), ("rev_nat_id", c_uint16), ("pad", c_uint16)]
+
+
+class LbAffinityVal(_Struct):
+    """cilium_lb4_affinity value."""
+    c_name = "lb_affinity_val"
+    _fields_ = [("last_used", c_uint64), ("backend_id", c_uint32), ("pad", c_uint32)]
+
+
 class Ipv4CtTuple(_Struct):
     """conntrack key: a flow in one orientation."""
     c_name = "ipv4_ct_tuple"
@@ -310,7 +323,8 @@ class U32Key(_Struct):
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
-                                      Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry)
+                                      Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
+                                      Lb4AffinityKey, LbAffinityVal)
 
 
 # ---- codecs ----

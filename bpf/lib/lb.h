@@ -6,7 +6,9 @@
  * L3/L4 checksums fixed incrementally, and a reply entry is created so the client's node turns
  * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery). A pod that
  * reaches itself through a service (hairpin) is also SNATed to IPV4_LOOPBACK, so its own stack
- * sees a peer; the reply to IPV4_LOOPBACK is turned back into frontend -> pod.
+ * sees a peer; the reply to IPV4_LOOPBACK is turned back into frontend -> pod. A service with
+ * SVC_FLAG_AFFINITY (ClientIP) sends a client's new flows to its last backend while that is
+ * active and was used within the timeout kept in the frontend slot's backend_id.
  *
  * API:
  *   lb4_xlate(skb, src_identity)   returns 0 (translated or not a service), -DROP_NO_SERVICE
@@ -109,6 +111,35 @@ static __always_inline struct lb4_backend *lb4_backend(__u32 backend_id)
 	return cilium_lb4_backends_v3.lookup(&key);
 }
 
+/* The client's affinity backend, if still active and used within the timeout; else 0. */
+static __always_inline __u32 lb4_affinity_backend(const struct lb4_service *svc, __be32 client,
+						  __u16 rev_nat_index)
+{
+	struct lb4_affinity_key key = { .client_ip = client, .rev_nat_id = rev_nat_index };
+	struct lb_affinity_val *val;
+	struct lb4_backend *backend;
+
+	if (!(svc->flags & SVC_FLAG_AFFINITY))
+		return 0;
+	val = cilium_lb4_affinity.lookup(&key);
+	if (!val || val->last_used + svc->backend_id < ct_now())
+		return 0;
+	backend = lb4_backend(val->backend_id);
+	if (!backend || backend->flags != BE_STATE_ACTIVE)
+		return 0;
+	return val->backend_id;
+}
+
+static __always_inline void lb4_affinity_update(const struct lb4_service *svc, __be32 client,
+						__u16 rev_nat_index, __u32 backend_id)
+{
+	struct lb4_affinity_key key = { .client_ip = client, .rev_nat_id = rev_nat_index };
+	struct lb_affinity_val val = { .last_used = ct_now(), .backend_id = backend_id };
+
+	if (svc->flags & SVC_FLAG_AFFINITY)
+		cilium_lb4_affinity.update(&key, &val);
+}
+
 static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 {
 	struct lb4_key key = {};
@@ -150,11 +181,14 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 			backend_id = ct->backend_id;
 	}
 	if (!backend) {
-		key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
-		slot = cilium_lb4_services_v2.lookup(&key);
-		if (!slot)
-			return -DROP_NO_SERVICE;
-		backend_id = slot->backend_id;
+		backend_id = lb4_affinity_backend(svc, pkt.saddr, rev_nat_index);
+		if (!backend_id) {
+			key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+			slot = cilium_lb4_services_v2.lookup(&key);
+			if (!slot)
+				return -DROP_NO_SERVICE;
+			backend_id = slot->backend_id;
+		}
 		backend = lb4_backend(backend_id);
 		if (!backend)
 			return -DROP_NO_SERVICE;
@@ -168,6 +202,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 	} else {
 		ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
 	}
+	lb4_affinity_update(svc, pkt.saddr, rev_nat_index, backend_id);
 
 	/* the reply orientation, for lb4_rev_nat on the way back; a hairpin answers IPV4_LOOPBACK */
 	loopback = backend->address == pkt.saddr;

@@ -33,6 +33,10 @@ DP_MAP("hash", struct lb4_backend_key, struct lb4_backend, cilium_lb4_backends_v
 DP_MAP("hash", struct lb4_reverse_nat_key, struct lb4_reverse_nat, cilium_lb4_reverse_nat,
        LB_REV_NAT_MAP_MAX_ENTRIES);
 
+/* cilium_lb4_affinity: ClientIP session affinity, client -> backend (LRU) */
+DP_MAP("lru_hash", struct lb4_affinity_key, struct lb_affinity_val, cilium_lb4_affinity,
+       LB_AFFINITY_MAP_MAX_ENTRIES);
+
 /* cilium_ct4_global: TCP conntrack (LRU) */
 DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct4_global, CT_MAP_SIZE_TCP);
 

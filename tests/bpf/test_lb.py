@@ -29,7 +29,8 @@ def sender(maps, ip):
     maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(ip))
 
 
-def add_service(maps, backends, proto=6, vip=VIP, vport=VPORT, active=None, states=None):
+def add_service(maps, backends, proto=6, vip=VIP, vport=VPORT, active=None, states=None,
+                affinity=0):
     """backends: [(backend_id, ip, port)]; the first `active` are in slots 1..active."""
     active = len(backends) if active is None else active
     svc = maps["cilium_lb4_services_v2"]
@@ -42,7 +43,8 @@ def add_service(maps, backends, proto=6, vip=VIP, vport=VPORT, active=None, stat
         k = abi.Lb4Key.from_bytes(bytes(key))
         k.backend_slot = slot
         svc.update(k, abi.Lb4Service(backend_id=bid, rev_nat_index=REV_NAT))
-    svc.update(key, abi.Lb4Service(count=active, rev_nat_index=REV_NAT))
+    svc.update(key, abi.Lb4Service(count=active, rev_nat_index=REV_NAT, backend_id=affinity,
+                                   flags=abi.SVC_FLAG_AFFINITY if affinity else 0))
     maps["cilium_lb4_reverse_nat"].update(abi.Lb4ReverseNatKey(REV_NAT), abi.Lb4ReverseNat(
         address=abi.ip4_to_be32(vip), port=abi.be16(vport)))
 
@@ -235,3 +237,32 @@ def test_gc_interval_adapts_like_ciliums():
     assert ctgc.next_interval(300, 0.01) == 450           # few: later
     assert ctgc.next_interval(11, 0.95) == ctgc.MIN
     assert ctgc.next_interval(ctgc.MAX, 0.0) == ctgc.MAX
+
+
+def test_client_ip_affinity_pins_new_flows_until_the_timeout(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT), (2, P.POD_C_IP, BPORT)], affinity=30)
+    first = Ether(run(from_container, to_vip(sport=50000)).data)[IP].dst
+    for i in range(1, 30):                     # thirty different flows, one backend
+        assert Ether(run(from_container, to_vip(sport=50000 + i)).data)[IP].dst == first
+    aff = maps["cilium_lb4_affinity"]
+    (key, val), = list(aff.items())
+    assert abi.be32_to_ip4(key.client_ip) == P.POD_A_IP and key.rev_nat_id == REV_NAT
+    # once last use is older than the timeout, the next flow is free to go anywhere again
+    val.last_used -= 31
+    aff.update(key, val)
+    seen = {Ether(run(from_container, to_vip(sport=51000 + i)).data)[IP].dst for i in range(30)}
+    assert len(seen) == 1                      # re-pinned to whichever it picked first
+
+
+def test_affinity_backend_that_stops_being_active_is_not_used(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)], affinity=30)
+    run(from_container, to_vip(sport=52000))
+    add_service(maps, [(2, P.POD_C_IP, BPORT), (1, P.POD_B_IP, BPORT)], active=1,
+                states={1: abi.BE_STATE_TERMINATING}, affinity=30)
+    assert Ether(run(from_container, to_vip(sport=52001)).data)[IP].dst == P.POD_C_IP
+
+
+def test_without_affinity_no_affinity_state(maps, from_container):
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=53000))
+    assert len(maps["cilium_lb4_affinity"]) == 0

@@ -258,20 +258,6 @@ def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
                                                                   lab.pod_ip("webpod-1")).stdout
 
 
-def test_lab_down_leaves_nothing(tunnel):
-    st = tunnel.lab.load()
-    procs = [n["agent_pid"] for n in st["nodes"].values()] + \
-        [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"]]
-    names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
-             + list(st["others"].values())] + [tunnel.lab.segment_ns]
-    etcd_data = st["etcd"]["data"]
-    tunnel.lab.down()
-    assert not any(_alive(p) for p in procs)
-    assert not set(names) & set(netns.list_names())
-    assert not os.path.exists(etcd_data) and not tunnel.lab.dir.exists()
-    assert str(tunnel.lab.bpffs) not in open("/proc/mounts").read()
-
-
 def test_ipcache_filled_from_kvstore_and_router_ext_reachable(native):
     from datapath import abi
     ipc = {abi.IpcacheKey.from_bytes(k): abi.RemoteEndpointInfo.from_bytes(v)
@@ -372,3 +358,25 @@ def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
              what="a conntrack GC run (every 10 s in the lab)")
     assert 'cilium_datapath_conntrack_gc_entries{family="ipv4",protocol="TCP",status="alive"}' \
         in native.metrics()
+
+
+def test_lab_down_leaves_nothing(privileged, tmp_path):
+    """A lab of its own (never a shared fixture): three nodes, etcd, router, host, one pod."""
+    mdir = copy_manifests(tmp_path)
+    for f in mdir.glob("webpod-*.yaml"):
+        f.unlink()
+    with built_lab(_name("d"), mdir, str(TOPOLOGIES / "default.yaml"), "tunnel") as lab:
+        st = lab.lab.load()
+        procs = [n["agent_pid"] for n in st["nodes"].values()] + \
+            [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"]]
+        assert all(_alive(p) for p in procs)
+        names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
+                 + list(st["others"].values())] + [lab.lab.segment_ns]
+        etcd_data = st["etcd"]["data"]
+        assert os.path.exists(etcd_data)
+        lab.lab.down()
+        assert not any(_alive(p) for p in procs)
+        assert not set(names) & set(netns.list_names())
+        assert not os.path.exists(etcd_data) and not lab.lab.dir.exists()
+        assert str(lab.lab.bpffs) not in open("/proc/mounts").read()
+        assert lab.lab.down() == ["nothing to remove"]

@@ -556,8 +556,6 @@ class Agent:
                     self.reload()
                 if time.time() >= next_resync:
                     next_resync = time.time() + RESYNC_SECONDS
-        gc_interval = float(self.cfg.conntrackGCInterval or ctgc.START)
-        next_gc = time.time() + gc_interval
                     with self.lock:
                         self._drop_vanished()
                         for ep in self.endpoints.values():

@@ -123,14 +123,18 @@ def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str) -> Plan:
                 k.backend_slot = slot
                 plan.maps["cilium_lb4_services_v2"][bytes(k)] = bytes(
                     abi.Lb4Service(backend_id=bid, rev_nat_index=sid))
-            plan.maps["cilium_lb4_services_v2"][bytes(key)] = bytes(
-                abi.Lb4Service(count=len(backends), rev_nat_index=sid))
+            affinity = svc.sessionAffinity == "ClientIP"
+            plan.maps["cilium_lb4_services_v2"][bytes(key)] = bytes(abi.Lb4Service(
+                count=len(backends), rev_nat_index=sid,
+                backend_id=svc.affinityTimeout if affinity else 0,
+                flags=abi.SVC_FLAG_AFFINITY if affinity else 0))
             plan.frontends_last.add(bytes(key))
             plan.maps["cilium_lb4_reverse_nat"][bytes(abi.Lb4ReverseNatKey(sid))] = bytes(
                 abi.Lb4ReverseNat(address=abi.ip4_to_be32(vip), port=abi.be16(port.port)))
             plan.listing.append({
                 "id": sid, "frontend": f"{vip}:{port.port}/{port.protocol}",
                 "service": svc.key, "type": "ClusterIP",
+                "sessionAffinity": svc.sessionAffinity,
                 "backends": [{"id": b[0], "address": f"{b[1]}:{b[2]}/{port.protocol}",
                               "pod": b[3], "state": "active"} for b in backends]})
     ids.prune(used_services, used_backends)

@@ -338,6 +338,26 @@ def _drops(lab) -> float:
     return total
 
 
+def test_client_ip_affinity_keeps_a_client_on_one_backend(native):
+    import json
+    path = native.manifests / "sticky.yaml"
+    path.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: default}\n"
+                    "spec:\n  selector: {app: webpod}\n  sessionAffinity: ClientIP\n"
+                    "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"
+                    "  ports: [{port: 81, targetPort: http}]\n")
+    try:
+        wait_for(lambda: any(s["service"] == "default/sticky" and len(s["backends"]) == 3
+                             for s in native.client().get("/v1/service")), what="sticky service")
+        vip = service_vip(native, "default/sticky")
+        out = native.run("curl-pod", "sh", "-c",
+                         f"for i in $(seq 40); do curl -s -m 2 http://{vip}:81/api; echo; done",
+                         timeout=120).stdout
+        hosts = {json.loads(line)["hostname"] for line in out.splitlines() if line}
+        assert len(hosts) == 1, hosts                   # 40 connections, one backend
+    finally:
+        path.unlink()
+
+
 def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
     vip = service_vip(native)
     native.run("curl-pod", "curl", "-s", "-m", "2", f"http://{vip}/")

@@ -85,3 +85,15 @@ def test_ids_are_stable_and_pruned(tmp_path):
     services.build(manifests(tmp_path), {"default/w1": "172.20.0.5"}, services.IdTable(table),
                    "10.96.0.0/16")
     assert list(table["backends"]) == ["172.20.0.5:8080/TCP"]
+
+
+def test_client_ip_affinity_sets_flag_and_timeout(tmp_path):
+    sticky = SVC.format(name="sticky", app="web", target="http").replace(
+        "spec:\n", "spec:\n  sessionAffinity: ClientIP\n"
+                   "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n")
+    ms = manifests(tmp_path, sticky)
+    plan = services.build(ms, {"default/w1": "172.20.0.5"}, services.IdTable({}), "10.96.0.0/16")
+    svc, _ = decode(plan)
+    fronts = {k: v for k, v in svc.items() if k.backend_slot == 0}
+    flags = sorted((v.flags, v.backend_id) for v in fronts.values())
+    assert flags == [(0, 0), (abi.SVC_FLAG_AFFINITY, 30)]

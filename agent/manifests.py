@@ -79,6 +79,8 @@ class Pod:
     serviceAccountName: str
     containers: tuple[Container, ...]
     source: str
+    terminating: bool = False       # metadata.deletionTimestamp is set: finish flows, take none
+    ready: bool = True              # status.conditions Ready is not "False"
 
     @property
     def key(self) -> str:
@@ -419,8 +421,16 @@ def _pod(o: _Obj, doc: dict, ns: str, name: str, file: str) -> Pod:
         if c.name in seen:
             o.fail(f"spec.containers[{i}].name", f"duplicate container name {c.name!r}")
         seen.add(c.name)
+    terminating = bool(doc["metadata"].get("deletionTimestamp"))
+    ready = True
+    status = doc.get("status")
+    if isinstance(status, dict) and isinstance(status.get("conditions"), list):
+        for cond in status["conditions"]:
+            if isinstance(cond, dict) and cond.get("type") == "Ready":
+                ready = str(cond.get("status")) != "False"
     return Pod(namespace=ns, name=name, labels=labels, nodeName=node,
-               serviceAccountName=sa, containers=containers, source=file)
+               serviceAccountName=sa, containers=containers, source=file,
+               terminating=terminating, ready=ready)
 
 
 def _service_port(o: _Obj, v: object, path: str, stype: str, several: bool) -> ServicePort:

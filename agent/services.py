@@ -4,8 +4,12 @@ contents of cilium_lb4_services_v2, cilium_lb4_backends_v3 and cilium_lb4_revers
 ClusterIPs not given in a manifest are allocated from serviceCIDR by hashing the service's name
 and probing in name order, so every agent reading the same manifests picks the same address.
 Service and backend ids are node-local and kept in the agent's state (stable across restarts).
-Backends are the ready pods the selector matches, on any node; a named targetPort resolves to the
-pod's container port of that name (a pod without it is not a backend of that port).
+Backends are the pods the selector matches, on any node, as the endpoints controller lists them:
+a ready pod is an active backend; a pod being deleted (deletionTimestamp) is a terminating
+backend: it stays in the backends map so its flows finish, but leaves the slots so it gets no new
+flows; a pod that is not ready is no backend. A named targetPort resolves to the pod's container
+port of that name. A service without a selector takes its backends from its EndpointSlices
+(ready -> active, terminating -> terminating).
 
 API:
     IdTable(table)                          persistent ids: service(key) / backend(key), prune()
@@ -89,36 +93,64 @@ def _target_port(pod, port) -> int | None:
     return None
 
 
+def _endpoints(manifests, svc, port, pod_ips) -> list[tuple[str, int, str, int]]:
+    """(ip, port, name, state) of a service port's backends, from pods or EndpointSlices."""
+    out = []
+    if svc.selector is not None:
+        for pod in sorted(manifests.pods.values(), key=lambda p: p.key):
+            if pod.namespace != svc.namespace or pod.key not in pod_ips or not pod.ready or \
+                    not svc.selector_dict.items() <= pod.label_dict.items():
+                continue
+            tp = _target_port(pod, port)
+            if tp is not None:
+                state = abi.BE_STATE_TERMINATING if pod.terminating else abi.BE_STATE_ACTIVE
+                out.append((pod_ips[pod.key], tp, pod.key, state))
+        return out
+    for sl in manifests.slices_for(svc):
+        ports = [p for p in sl.ports if p.protocol == port.protocol and
+                 (p.name == port.name or (len(sl.ports) == 1 and len(svc.ports) == 1))]
+        for p in ports:
+            for ep in sl.endpoints:
+                if ep.terminating and ep.serving:
+                    state = abi.BE_STATE_TERMINATING
+                elif ep.ready:
+                    state = abi.BE_STATE_ACTIVE
+                else:
+                    continue
+                for addr in ep.addresses:
+                    out.append((addr, p.port, f"{sl.key} {addr}", state))
+    return out
+
+
 def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str) -> Plan:
-    """pod_ips: 'ns/name' -> IP of every ready pod in the cluster that this node knows."""
+    """pod_ips: 'ns/name' -> IP of every pod in the cluster that this node knows."""
     plan = Plan()
     vips = cluster_ips(list(manifests.services.values()), cidr)
     used_services, used_backends = set(), set()
+    names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
     for svc in sorted(manifests.services.values(), key=lambda s: s.key):
         vip = vips.get(svc.key)
-        if not vip or svc.selector is None:
-            continue            # headless, or endpoints from EndpointSlices (handled later)
-        pods = [p for p in manifests.pods.values() if p.namespace == svc.namespace
-                and p.key in pod_ips and svc.selector_dict.items() <= p.label_dict.items()]
+        if not vip:
+            continue            # headless
         for port in svc.ports:
             proto = PROTO[port.protocol]
             fe = f"{svc.key}:{port.port}/{port.protocol}"
             sid = ids.service(fe)
             used_services.add(fe)
-            backends = []
-            for pod in sorted(pods, key=lambda p: p.key):
-                tp = _target_port(pod, port)
-                if tp is None:
-                    continue
-                bkey = f"{pod_ips[pod.key]}:{tp}/{port.protocol}"
+            backends, listed = [], []
+            for ip, tp, who, state in _endpoints(manifests, svc, port, pod_ips):
+                bkey = f"{ip}:{tp}/{port.protocol}"
                 bid = ids.backend(bkey)
                 used_backends.add(bkey)
-                backends.append((bid, pod_ips[pod.key], tp, pod.key))
                 plan.maps["cilium_lb4_backends_v3"][bytes(abi.Lb4BackendKey(bid))] = bytes(
-                    abi.Lb4Backend(address=abi.ip4_to_be32(pod_ips[pod.key]), port=abi.be16(tp),
-                                   proto=proto, flags=abi.BE_STATE_ACTIVE))
+                    abi.Lb4Backend(address=abi.ip4_to_be32(ip), port=abi.be16(tp),
+                                   proto=proto, flags=state))
+                listed.append({"id": bid, "address": f"{ip}:{tp}/{port.protocol}", "pod": who,
+                               "state": names[state]})
+                if state == abi.BE_STATE_ACTIVE:      # terminating: no slot, no new flows
+                    backends.append(bid)
             key = abi.Lb4Key(address=abi.ip4_to_be32(vip), dport=abi.be16(port.port), proto=proto)
-            for slot, (bid, *_rest) in enumerate(backends, start=1):
+            for slot, bid in enumerate(backends, start=1):
                 k = abi.Lb4Key.from_bytes(bytes(key))
                 k.backend_slot = slot
                 plan.maps["cilium_lb4_services_v2"][bytes(k)] = bytes(
@@ -134,8 +166,6 @@ def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str) -> Plan:
             plan.listing.append({
                 "id": sid, "frontend": f"{vip}:{port.port}/{port.protocol}",
                 "service": svc.key, "type": "ClusterIP",
-                "sessionAffinity": svc.sessionAffinity,
-                "backends": [{"id": b[0], "address": f"{b[1]}:{b[2]}/{port.protocol}",
-                              "pod": b[3], "state": "active"} for b in backends]})
+                "sessionAffinity": svc.sessionAffinity, "backends": listed})
     ids.prune(used_services, used_backends)
     return plan

@@ -19,6 +19,8 @@ def serve(port: int = 80, host: str = "0.0.0.0") -> None:
     addrs = _addresses()
 
     class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"       # keep-alive: one connection, many requests
+
         def do_GET(self):
             remote = f"{self.client_address[0]}:{self.client_address[1]}"
             if self.path.startswith("/api"):

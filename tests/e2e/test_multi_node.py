@@ -358,6 +358,52 @@ def test_client_ip_affinity_keeps_a_client_on_one_backend(native):
         path.unlink()
 
 
+KEEPALIVE = """
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=10)
+for line in sys.stdin:
+    c.request("GET", "/api")
+    print(json.loads(c.getresponse().read())["hostname"], flush=True)
+"""
+
+
+def test_terminating_backend_finishes_its_connections_and_gets_no_new_ones(native):
+    vip = service_vip(native)
+    cli = subprocess.Popen(netns.cmd(native.ns("curl-pod"), sys.executable, "-c", KEEPALIVE, vip),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask():
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        return cli.stdout.readline().strip()
+
+    path = None
+    try:
+        victim = ask()
+        assert victim in ("webpod-1", "webpod-2", "webpod-3")
+        path = native.manifests / f"{victim}.yaml"
+        original = path.read_text()
+        path.write_text(original.replace("  name: " + victim,
+                                         "  name: " + victim + "\n  deletionTimestamp: "
+                                         "'2026-11-24T00:00:00Z'"))
+        wait_for(lambda: all(any(b["pod"] == f"default/{victim}" and b["state"] == "terminating"
+                                 for b in s["backends"])
+                             for s in native.client().get("/v1/service")
+                             if s["service"] == "default/webpod"),
+                 what=f"{victim} to become a terminating backend")
+        assert ask() == victim                    # the established connection carries on
+        out = native.run("curl-pod", "sh", "-c",
+                         f"for i in $(seq 60); do curl -s -m 2 http://{vip}/api; echo; done",
+                         timeout=120).stdout
+        hosts = [line for line in out.splitlines() if line]
+        assert len(hosts) == 60 and not any(f'"{victim}"' in h for h in hosts)
+    finally:
+        cli.stdin.close()
+        cli.wait(timeout=10)
+        if path:
+            path.write_text(original)
+
+
 def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
     vip = service_vip(native)
     native.run("curl-pod", "curl", "-s", "-m", "2", f"http://{vip}/")

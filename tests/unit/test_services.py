@@ -97,3 +97,59 @@ def test_client_ip_affinity_sets_flag_and_timeout(tmp_path):
     fronts = {k: v for k, v in svc.items() if k.backend_slot == 0}
     flags = sorted((v.flags, v.backend_id) for v in fronts.values())
     assert flags == [(0, 0), (abi.SVC_FLAG_AFFINITY, 30)]
+
+
+def test_terminating_pod_keeps_its_backend_entry_but_loses_its_slot(tmp_path):
+    extra = POD.format(name="w3", app="web", node="b", port=8080).replace(
+        "metadata: {name: w3,", "metadata: {deletionTimestamp: '2026-11-24T00:00:00Z', name: w3,")
+    ms = manifests(tmp_path, extra)
+    assert ms.pods["default/w3"].terminating
+    ips = {"default/w1": "172.20.0.5", "default/w3": "172.20.1.9"}
+    plan = services.build(ms, ips, services.IdTable({}), "10.96.0.0/16")
+    svc, be = decode(plan)
+    states = {abi.be32_to_ip4(b.address): b.flags for b in be.values()}
+    assert states == {"172.20.0.5": abi.BE_STATE_ACTIVE, "172.20.1.9": abi.BE_STATE_TERMINATING}
+    slots = [v.backend_id for k, v in svc.items() if k.backend_slot]
+    front = [v for k, v in svc.items() if k.backend_slot == 0][0]
+    assert front.count == 1 and len(slots) == 1 and be[slots[0]].flags == abi.BE_STATE_ACTIVE
+    assert [b["state"] for b in plan.listing[0]["backends"]] == ["active", "terminating"]
+
+
+def test_not_ready_pod_is_no_backend(tmp_path):
+    extra = POD.format(name="w4", app="web", node="a", port=8080) + \
+        "status:\n  conditions: [{type: Ready, status: 'False'}]\n"
+    ms = manifests(tmp_path, extra)
+    assert not ms.pods["default/w4"].ready
+    plan = services.build(ms, {"default/w1": "172.20.0.5", "default/w4": "172.20.0.6"},
+                          services.IdTable({}), "10.96.0.0/16")
+    assert [b["address"] for b in plan.listing[0]["backends"]] == ["172.20.0.5:8080/TCP"]
+
+
+def test_selectorless_service_takes_endpointslice_backends(tmp_path):
+    ext = """apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec:
+  clusterIP: 10.96.5.5
+  ports: [{name: https, port: 443, targetPort: 8443}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ext-1
+  namespace: default
+  labels: {kubernetes.io/service-name: ext}
+addressType: IPv4
+ports: [{name: https, port: 8443, protocol: TCP}]
+endpoints:
+  - addresses: [192.0.2.10]
+  - addresses: [192.0.2.11]
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [192.0.2.12]
+    conditions: {ready: false}
+"""
+    plan = services.build(manifests(tmp_path, ext), {}, services.IdTable({}), "10.96.0.0/16")
+    (entry,) = [e for e in plan.listing if e["service"] == "default/ext"]
+    assert entry["frontend"] == "10.96.5.5:443/TCP"
+    assert [(b["address"], b["state"]) for b in entry["backends"]] == [
+        ("192.0.2.10:8443/TCP", "active"), ("192.0.2.11:8443/TCP", "terminating")]

@@ -446,3 +446,55 @@ def test_lab_down_leaves_nothing(privileged, tmp_path):
         assert not os.path.exists(etcd_data) and not lab.lab.dir.exists()
         assert str(lab.lab.bpffs) not in open("/proc/mounts").read()
         assert lab.lab.down() == ["nothing to remove"]
+
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+for _ in range(10):
+    s.sendto(b"hello-udp", (sys.argv[1], int(sys.argv[2])))
+    try:
+        data, addr = s.recvfrom(2048)
+        print(addr[0], addr[1], data.decode()); break
+    except socket.timeout:
+        continue
+"""
+
+
+def test_udp_service_from_an_endpointslice(native):
+    from .traffic import UDP_ECHO
+    target = native.pod_ip("webpod-2")
+    path = native.manifests / "dns.yaml"
+    path.write_text(f"""apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: default}}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+  - addresses: [{target}]
+""")
+    srv = None
+    try:
+        wait_for(lambda: any(s["service"] == "default/dns" and s["backends"]
+                             for s in native.client().get("/v1/service")), what="dns service")
+        srv = subprocess.Popen(netns.cmd(native.ns("webpod-2"), sys.executable, "-c", UDP_ECHO,
+                                         "5353"), stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        out = native.py("curl-pod", UDP_ASK, "10.96.0.53", "53").stdout.split()
+        # the answer comes back from the frontend, and the server saw the client's pod IP
+        assert out[:2] == ["10.96.0.53", "53"], out
+        assert out[2].startswith(f"{native.pod_ip('curl-pod')}:") and out[3] == "hello-udp"
+    finally:
+        if srv:
+            srv.wait(timeout=20)
+        path.unlink()

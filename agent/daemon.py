@@ -231,6 +231,7 @@ class Agent:
         lb = services.build(self.manifests, pod_ips, self.lb_ids, cfg.serviceCIDR)
         st.maps.update(lb.maps)
         st.late = {("cilium_lb4_services_v2", k) for k in lb.frontends_last}
+        self._count_service_events(self.service_listing, lb.listing)
         self.service_listing = lb.listing
 
         tunnel = cfg.routingMode == "tunnel"
@@ -246,6 +247,28 @@ class Agent:
         elif cfg.autoDirectNodeRoutes:
             st.routes = self._direct_routes()
         return st
+
+    def _count_service_events(self, old: list[dict], new: list[dict]) -> None:
+        before = {s["frontend"]: s for s in old}
+        after = {s["frontend"]: s for s in new}
+        for fe in after.keys() - before.keys():
+            self.metrics.services_events.labels("add").inc()
+        for fe in before.keys() - after.keys():
+            self.metrics.services_events.labels("delete").inc()
+        for fe in after.keys() & before.keys():
+            if after[fe] != before[fe]:
+                self.metrics.services_events.labels("update").inc()
+
+    def map_pressure(self) -> dict[str, float]:
+        """Entries / max entries of the maps that fill with traffic or cluster size."""
+        out = {}
+        for name in ("cilium_lxc", "cilium_ipcache", "cilium_lb4_services_v2",
+                     "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat", "cilium_lb4_affinity",
+                     "cilium_ct4_global", "cilium_ct_any4_global"):
+            m = self.dp.maps.get(name)
+            if m is not None:
+                out[name] = len(m) / m.table.max_entries
+        return out
 
     def _direct_routes(self) -> dict[str, tuple[str, str]]:
         """Routes to each peer's pod CIDR via its node IP, for peers on a device's own subnet."""

@@ -12,16 +12,20 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
     cilium_identity {type}
     cilium_datapath_conntrack_gc_runs_total / cilium_datapath_conntrack_gc_entries
         {family, protocol, status}
+    cilium_services_events_total {action}
+    cilium_bpf_map_pressure {map_name}     (entries / max entries, read at scrape time)
 """
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from datapath import abi
 from datapath.maps import metrics_totals
+
+disable_created_metrics()          # Cilium exports no *_created series
 
 ENDPOINT_STATES = ("waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
                    "restoring", "ready", "disconnecting", "disconnected", "invalid")
@@ -39,6 +43,11 @@ class AgentMetrics:
         self.errors_warnings = Counter("cilium_errors_warnings", "Number of total errors in "
                                        "cilium-agent instances", ["level", "subsystem"],
                                        registry=self.registry)
+        self.services_events = Counter("cilium_services_events", "Number of services events "
+                                       "labeled by action type", ["action"],
+                                       registry=self.registry)
+        for action in ("add", "update", "delete"):
+            self.services_events.labels(action)
         self.ct_gc_runs = Counter("cilium_datapath_conntrack_gc_runs", "Number of times that the "
                                   "conntrack garbage collector process was run",
                                   ["family", "protocol", "status"], registry=self.registry)
@@ -119,6 +128,11 @@ class _ScrapeCollector:
         yield states
         yield GaugeMetricFamily("cilium_endpoint", "Number of endpoints managed by this agent",
                                 value=sum(counts.values()))
+        pressure = GaugeMetricFamily("cilium_bpf_map_pressure", "Fill percentage of map, tagged "
+                                     "by map name", labels=["map_name"])
+        for name, fill in sorted(self.agent.map_pressure().items()):
+            pressure.add_metric([name], fill)
+        yield pressure
         ident = GaugeMetricFamily("cilium_identity", "Number of identities currently allocated",
                                   labels=["type"])
         for t, n in sorted(self.agent.identity_counts().items()):

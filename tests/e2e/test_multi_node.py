@@ -422,8 +422,16 @@ def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
     assert f"{vip}:80/TCP" in cli("service", "list")
     wait_for(lambda: "cilium_datapath_conntrack_gc_runs_total{" in native.metrics(), timeout=30,
              what="a conntrack GC run (every 10 s in the lab)")
+    text = native.metrics()
     assert 'cilium_datapath_conntrack_gc_entries{family="ipv4",protocol="TCP",status="alive"}' \
-        in native.metrics()
+        in text
+    assert "_created" not in text
+    pressure = [line for line in text.splitlines()
+                if line.startswith('cilium_bpf_map_pressure{map_name="cilium_lb4_services_v2"}')]
+    assert pressure and float(pressure[0].split()[-1]) > 0
+    adds = [line for line in text.splitlines()
+            if line.startswith('cilium_services_events_total{action="add"}')]
+    assert adds and float(adds[0].split()[-1]) >= 1
 
 
 def test_lab_down_leaves_nothing(privileged, tmp_path):

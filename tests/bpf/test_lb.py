@@ -266,3 +266,40 @@ def test_without_affinity_no_affinity_state(maps, from_container):
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     run(from_container, to_vip(sport=53000))
     assert len(maps["cilium_lb4_affinity"]) == 0
+
+
+def test_icmp_port_unreachable_from_a_backend_is_translated_back(maps, from_container):
+    from scapy.layers.inet import ICMP, IPerror, UDPerror
+    add_service(maps, [(1, P.POD_B_IP, 5353)], proto=17)
+    run(from_container, to_vip(sport=40000, proto="udp", payload=b"question"))
+    # what pod B's kernel sends when nothing listens on 5353: it quotes the DNATed datagram
+    quoted = bytes(IP(src=P.POD_A_IP, dst=P.POD_B_IP, ttl=63, id=9)
+                   / UDP(sport=40000, dport=5353) / b"question")
+    sender(maps, P.POD_B_IP)
+    err = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                      / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64, id=20)
+                      / ICMP(type=3, code=3) / quoted))
+    res = run(from_container, err)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    inner = IPerror(quoted)
+    inner.dst = VIP
+    inner[UDPerror].dport = VPORT
+    del inner.chksum                                  # the inner IP checksum is recomputed
+    want = (Ether(src=P.LXC_A_MAC, dst=P.POD_A_MAC)
+            / IP(src=VIP, dst=P.POD_A_IP, ttl=63, id=20) / ICMP(type=3, code=3)
+            / IPerror(bytes(inner)))
+    testrun.assert_packet(Ether(bytes(want)), res.data)
+    out = Ether(res.data)
+    assert out[IPerror].dst == VIP and out[UDPerror].dport == VPORT
+
+
+def test_icmp_error_about_an_unrelated_flow_is_untouched(maps, from_container):
+    from scapy.layers.inet import ICMP
+    add_service(maps, [(1, P.POD_B_IP, 5353)], proto=17)
+    sender(maps, P.POD_B_IP)
+    quoted = bytes(IP(src=P.POD_A_IP, dst=P.POD_B_IP, ttl=63) / UDP(sport=1, dport=5353))
+    err = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                      / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64, id=21)
+                      / ICMP(type=3, code=3) / quoted))
+    res = run(from_container, err)
+    testrun.assert_packet(P.routed(err, src_mac=P.LXC_A_MAC, dst_mac=P.POD_A_MAC), res.data)

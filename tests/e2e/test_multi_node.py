@@ -469,6 +469,19 @@ for _ in range(10):
 """
 
 
+REFUSED = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+try:
+    s.send(b"anyone?"); s.recv(100); print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"""
+
+
 def test_udp_service_from_an_endpointslice(native):
     from .traffic import UDP_ECHO
     target = native.pod_ip("webpod-2")
@@ -502,7 +515,12 @@ endpoints:
         # the answer comes back from the frontend, and the server saw the client's pod IP
         assert out[:2] == ["10.96.0.53", "53"], out
         assert out[2].startswith(f"{native.pod_ip('curl-pod')}:") and out[3] == "hello-udp"
+        srv.wait(timeout=20)
+        # nothing listens now: the backend's port-unreachable reaches the client's socket only
+        # if it is translated back to the frontend (outer source and quoted destination)
+        refused = native.py("curl-pod", REFUSED, "10.96.0.53", "53").stdout.strip()
+        assert refused == "refused", refused
     finally:
-        if srv:
-            srv.wait(timeout=20)
+        if srv and srv.poll() is None:
+            srv.kill()
         path.unlink()

@@ -402,6 +402,11 @@ def test_terminating_backend_finishes_its_connections_and_gets_no_new_ones(nativ
         cli.wait(timeout=10)
         if path:
             path.write_text(original)
+            wait_for(lambda: all(len([b for b in s["backends"] if b["state"] == "active"]) == 3
+                                 for node in ("k8s-ctr", "k8s-w1", "k8s-w2")
+                                 for s in native.client(node).get("/v1/service")
+                                 if s["service"] == "default/webpod"),
+                     what="all three backends active again on every node")
 
 
 def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):

@@ -13,8 +13,6 @@
 
 static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 {
-	struct endpoint_info *dst;
-	struct iphdr *ip;
 	__u16 proto;
 	int ret = parse_eth(skb, &proto);
 
@@ -22,24 +20,12 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 		return ret;
 	if (proto != ETH_P_IP)
 		return CTX_ACT_OK;
-	ret = parse_ipv4(skb, &ip);
-	if (ret < 0)
-		return ret;
-	dst = lookup_ip4_endpoint(ip->daddr);
-	if (dst && !(dst->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(skb, dst);
-	return CTX_ACT_OK;
+	return ipv4_deliver_if_local(skb);
 }
 
 int cil_from_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
-	int ret = handle_from_netdev(skb);
 
-	if (ret < 0) {
-		update_metrics(len, METRIC_INGRESS, (__u8)-ret);
-		return CTX_ACT_DROP;
-	}
-	update_metrics(len, METRIC_INGRESS, REASON_FORWARDED);
-	return ret;
+	return finish(len, handle_from_netdev(skb), METRIC_INGRESS);
 }

@@ -67,12 +67,6 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 int cil_from_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
-	int ret = handle_from_container(skb);
 
-	if (ret < 0) {
-		update_metrics(len, METRIC_EGRESS, (__u8)-ret);
-		return CTX_ACT_DROP;
-	}
-	update_metrics(len, METRIC_EGRESS, REASON_FORWARDED);
-	return ret;
+	return finish(len, handle_from_container(skb), METRIC_EGRESS);
 }

@@ -13,8 +13,6 @@
 
 static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 {
-	struct endpoint_info *dst;
-	struct iphdr *ip;
 	__u32 src_identity = 0;
 	__u16 proto;
 	int ret = parse_eth(skb, &proto);
@@ -29,24 +27,12 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 	if (src_identity == 0)
 		return -DROP_INVALID_IDENTITY;
 	skb->cb[0] = src_identity;      /* the source identity travels with the packet (policy) */
-	ret = parse_ipv4(skb, &ip);
-	if (ret < 0)
-		return ret;
-	dst = lookup_ip4_endpoint(ip->daddr);
-	if (dst && !(dst->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(skb, dst);
-	return CTX_ACT_OK;
+	return ipv4_deliver_if_local(skb);
 }
 
 int cil_from_overlay(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
-	int ret = handle_from_overlay(skb);
 
-	if (ret < 0) {
-		update_metrics(len, METRIC_INGRESS, (__u8)-ret);
-		return CTX_ACT_DROP;
-	}
-	update_metrics(len, METRIC_INGRESS, REASON_FORWARDED);
-	return ret;
+	return finish(len, handle_from_overlay(skb), METRIC_INGRESS);
 }

@@ -74,6 +74,18 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct lb4_pkt *pkt)
 	return 1;
 }
 
+/* The packet's own tuple, in the orientation it travels, with the given TUPLE_F_* flags. */
+static __always_inline void lb4_tuple(struct ipv4_ct_tuple *tuple, const struct lb4_pkt *pkt,
+				      __u8 flags)
+{
+	tuple->daddr = pkt->daddr;
+	tuple->saddr = pkt->saddr;
+	tuple->dport = pkt->dport;
+	tuple->sport = pkt->sport;
+	tuple->nexthdr = pkt->proto;
+	tuple->flags = flags;
+}
+
 /* Rewrite one address (at addr_off) and one port (at l4_off + port_off) with checksums. */
 static __always_inline int lb4_rewrite(struct __sk_buff *skb, const struct lb4_pkt *pkt,
 				       __u32 addr_off, __be32 old_addr, __be32 new_addr,
@@ -167,12 +179,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 		return -DROP_NO_SERVICE;
 	rev_nat_index = svc->rev_nat_index;
 
-	tuple.daddr = pkt.daddr;
-	tuple.saddr = pkt.saddr;
-	tuple.dport = pkt.dport;
-	tuple.sport = pkt.sport;
-	tuple.nexthdr = pkt.proto;
-	tuple.flags = TUPLE_F_SERVICE;
+	lb4_tuple(&tuple, &pkt, TUPLE_F_SERVICE);
 	ct = ct_lookup(&tuple);
 	if (ct) {
 		backend = lb4_backend(ct->backend_id);
@@ -335,12 +342,7 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
 	ret = lb4_parse(skb, &pkt);
 	if (ret <= 0)
 		return ret;
-	tuple.daddr = pkt.daddr;
-	tuple.saddr = pkt.saddr;
-	tuple.dport = pkt.dport;
-	tuple.sport = pkt.sport;
-	tuple.nexthdr = pkt.proto;
-	tuple.flags = TUPLE_F_IN;
+	lb4_tuple(&tuple, &pkt, TUPLE_F_IN);
 	ct = ct_lookup(&tuple);
 	if (!ct || !ct->rev_nat_index)
 		return 0;

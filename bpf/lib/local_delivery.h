@@ -3,6 +3,9 @@
  * API:
  *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
  *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth, or NULL
+ *   ipv4_deliver_if_local(skb)        an IPv4 packet (Ethernet header validated) for a local
+ *                                     pod is delivered; returns CTX_ACT_REDIRECT, CTX_ACT_OK
+ *                                     (not for a local pod: the stack decides) or a DROP_*
  *   ipv4_local_delivery(skb, ep)      replies of a load-balanced flow get their frontend back
  *                                     (lb4_rev_nat), TTL - 1, MACs set to lxc -> pod,
  *                                     bpf_redirect_peer into the pod; returns CTX_ACT_REDIRECT
@@ -47,6 +50,20 @@ static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const stru
 	if (ret < 0)
 		return ret;
 	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb)
+{
+	struct endpoint_info *dst;
+	struct iphdr *ip;
+	int ret = parse_ipv4(skb, &ip);
+
+	if (ret < 0)
+		return ret;
+	dst = lookup_ip4_endpoint(ip->daddr);
+	if (dst && !(dst->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(skb, dst);
+	return CTX_ACT_OK;
 }
 
 #endif /* DP_LIB_LOCAL_DELIVERY_H */

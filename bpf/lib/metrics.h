@@ -2,6 +2,9 @@
  *
  * API:
  *   update_metrics(bytes, dir, reason)   add one packet of `bytes` to {reason, dir}
+ *   finish(len, ret, dir)                an entry point's single exit: a negative DROP_* is
+ *                                        counted as that drop and becomes CTX_ACT_DROP; any
+ *                                        other verdict is counted as forwarded and returned
  */
 #ifndef DP_LIB_METRICS_H
 #define DP_LIB_METRICS_H
@@ -25,6 +28,16 @@ static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)
 	/* per-CPU value: no other CPU writes it, plain adds are safe */
 	val->count += 1;
 	val->bytes += bytes;
+}
+
+static __always_inline int finish(__u32 len, int ret, __u8 dir)
+{
+	if (ret < 0) {
+		update_metrics(len, dir, (__u8)-ret);
+		return CTX_ACT_DROP;
+	}
+	update_metrics(len, dir, REASON_FORWARDED);
+	return ret;
 }
 
 #endif /* DP_LIB_METRICS_H */

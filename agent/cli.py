@@ -85,7 +85,9 @@ def status(ctx, output):
             ("Routing", f"Network: {s['routing']['mode'].capitalize()}"
                         + (f" [{s['routing']['tunnelProtocol']}]"
                            if s["routing"]["mode"] == "tunnel" else "") + "   Host: Legacy"),
-            ("Masquerading", "BPF" if s["masquerading"]["enabled"] else "Disabled"),
+            ("Masquerading", (f"BPF   [{', '.join(s['masquerading']['devices'])}]   "
+                              f"{s['masquerading']['nativeRoutingCIDR']}")
+                             if s["masquerading"]["enabled"] else "Disabled"),
             ("IPAM", f"IPv4: {s['ipam']['allocated']}/{s['ipam']['capacity']} allocated from "
                      f"{s['ipam']['podCIDR']}"),
             ("Endpoints", f"{ready} ready" + (f", {other}" if other else "")),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 CT_MAPS = {"cilium_ct4_global": "TCP", "cilium_ct_any4_global": "non-TCP"}
+NAT_MAP = "cilium_snat_v4_external"
 START, MIN, MAX = 300.0, 10.0, 12 * 3600.0
 
 
@@ -31,6 +32,20 @@ def collect(maps: dict, now: float | None = None) -> dict[str, tuple[int, int]]:
                 alive += 1
         out[proto] = (alive, deleted)
     return out
+
+
+def collect_nat(maps: dict, now: float | None = None) -> tuple[int, int]:
+    """Delete expired masquerade mappings; returns (alive, deleted)."""
+    now = time.monotonic() if now is None else now
+    m = maps.get(NAT_MAP)
+    alive = deleted = 0
+    if m is not None:
+        for key, entry in list(m.items()):
+            if entry.lifetime < now:
+                deleted += m.delete(key)
+            else:
+                alive += 1
+    return alive, deleted
 
 
 def next_interval(current: float, ratio: float) -> float:

@@ -203,7 +203,7 @@ class Agent:
         st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}, "cilium_ipcache": {},
                                  "dp_node_config": {}})
         tags = {name: self.dp.program(name)[1] for name in
-                ("from-container", "from-netdev", "from-overlay")}
+                ("from-container", "from-netdev", "to-netdev", "from-overlay")}
         ipc = st.maps["cilium_ipcache"]
 
         def ipcache(cidr, identity, tunnel=None):
@@ -236,17 +236,29 @@ class Agent:
 
         tunnel = cfg.routingMode == "tunnel"
         flags = abi.NODE_CFG_F_TUNNEL if tunnel else abi.NODE_CFG_F_HOST_ROUTING
+        st.maps["cilium_ipmasq_v4"] = {}
+        if cfg.bpfMasquerade:
+            flags |= abi.NODE_CFG_F_MASQUERADE
+            for cidr in self.masquerade_exclusions():
+                st.maps["cilium_ipmasq_v4"][bytes(abi.ipmasq_key(cidr))] = bytes(abi.U8Value(1))
         node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=_ifindex(VXLAN_DEVICE) if tunnel else 0,
                                   node_ip=abi.ip4_to_be32(self.node_ip))
         st.maps["dp_node_config"][bytes(abi.U32Key(0))] = bytes(node_cfg)
         for dev in cfg.devices:
             if _iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
+                if cfg.bpfMasquerade:
+                    st.tc[(dev, "egress")] = ("to-netdev", tags["to-netdev"])
         if tunnel:
             st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
         elif cfg.autoDirectNodeRoutes:
             st.routes = self._direct_routes()
         return st
+
+    def masquerade_exclusions(self) -> list[str]:
+        """Destinations that keep the pod's address: the native-routing CIDR (else this node's
+        pod CIDR) and link-local, as Cilium's BPF masquerade does."""
+        return sorted({self.cfg.ipv4NativeRoutingCIDR or self.cfg.podCIDR, "169.254.0.0/16"})
 
     def _count_service_events(self, old: list[dict], new: list[dict]) -> None:
         before = {s["frontend"]: s for s in old}
@@ -264,7 +276,7 @@ class Agent:
         out = {}
         for name in ("cilium_lxc", "cilium_ipcache", "cilium_lb4_services_v2",
                      "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat", "cilium_lb4_affinity",
-                     "cilium_ct4_global", "cilium_ct_any4_global"):
+                     "cilium_ct4_global", "cilium_ct_any4_global", "cilium_snat_v4_external"):
             m = self.dp.maps.get(name)
             if m is not None:
                 out[name] = len(m) / m.table.max_entries
@@ -531,14 +543,17 @@ class Agent:
                                "namespaces": len(self.manifests.namespaces)},
                 "kubeProxyReplacement": cfg.kubeProxyReplacement,
                 "routing": {"mode": cfg.routingMode, "tunnelProtocol": cfg.tunnelProtocol},
-                "masquerading": {"enabled": cfg.bpfMasquerade, "mode": "BPF"},
+                "masquerading": {"enabled": cfg.bpfMasquerade, "mode": "BPF",
+                                 "devices": list(cfg.devices),
+                                 "nativeRoutingCIDR": cfg.ipv4NativeRoutingCIDR or cfg.podCIDR},
                 "ipam": {"podCIDR": cfg.podCIDR, "allocated": len(self.ipam.allocations),
                          "capacity": self.ipam.net.num_addresses - 3},
                 "endpoints": self.endpoint_state_counts(),
                 "identities": self.identity_counts(),
                 "datapath": {"pinDir": cfg.pin_dir(),
                              "programs": {n: self.dp.program(n)[1] for n in
-                                          ("from-container", "from-netdev", "from-overlay")}},
+                                          ("from-container", "from-netdev", "to-netdev",
+                                           "from-overlay")}},
                 "config": {"path": self.config_path, "lastError": self.last_error,
                            "lastReload": self.last_reload},
                 "prometheus": (f"http://{_node_ip(cfg)}:{cfg.prometheusPort}/metrics"
@@ -604,8 +619,12 @@ class Agent:
             self.metrics.ct_gc_entries.labels("ipv4", proto, "deleted").set(gone)
             total += alive + gone
             deleted += gone
-        if deleted:
-            log_rec.info("conntrack GC deleted %d of %d entries", deleted, total)
+        nat_alive, nat_gone = ctgc.collect_nat(self.dp.maps)
+        self.metrics.nat_gc_entries.labels("ipv4", "alive").set(nat_alive)
+        self.metrics.nat_gc_entries.labels("ipv4", "deleted").set(nat_gone)
+        if deleted or nat_gone:
+            log_rec.info("conntrack GC deleted %d of %d entries, NAT GC %d of %d", deleted, total,
+                         nat_gone, nat_alive + nat_gone)
         return ctgc.next_interval(interval, deleted / total if total else 0.0)
 
     def _fp_reset(self):

@@ -55,6 +55,10 @@ class AgentMetrics:
                                    "and deleted conntrack entries at the end of a garbage "
                                    "collector run", ["family", "protocol", "status"],
                                    registry=self.registry)
+        self.nat_gc_entries = Gauge("cilium_datapath_nat_gc_entries", "The number of alive and "
+                                    "deleted nat entries at the end of a garbage collector run "
+                                    "labeled by datapath family", ["family", "status"],
+                                    registry=self.registry)
         for outcome in ("success", "fail"):
             self.regenerations.labels(outcome)
         self._agent = None

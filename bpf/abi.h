@@ -26,6 +26,22 @@
 #ifndef LB_REV_NAT_MAP_MAX_ENTRIES
 #define LB_REV_NAT_MAP_MAX_ENTRIES 65536
 #endif
+#ifndef SNAT_MAPPING_IPV4_SIZE
+#define SNAT_MAPPING_IPV4_SIZE 524288
+#endif
+#ifndef IPMASQ_MAP_SIZE
+#define IPMASQ_MAP_SIZE 16384
+#endif
+/* SNAT source ports: [NODEPORT_PORT_MIN_NAT, NODEPORT_PORT_MAX_NAT], Cilium's default range */
+#ifndef NODEPORT_PORT_MIN_NAT
+#define NODEPORT_PORT_MIN_NAT 32768
+#endif
+#ifndef NODEPORT_PORT_MAX_NAT
+#define NODEPORT_PORT_MAX_NAT 65535
+#endif
+#ifndef SNAT_COLLISION_RETRIES
+#define SNAT_COLLISION_RETRIES 32
+#endif
 #ifndef LB_AFFINITY_MAP_MAX_ENTRIES
 #define LB_AFFINITY_MAP_MAX_ENTRIES 65536
 #endif
@@ -106,6 +122,11 @@
 /* ---- node_config.flags ---- */
 #define NODE_CFG_F_TUNNEL       1   /* routingMode tunnel: remote pods through the VXLAN device */
 #define NODE_CFG_F_HOST_ROUTING 2   /* native: remote pods via bpf_fib_lookup + redirect */
+#define NODE_CFG_F_MASQUERADE   4   /* bpf.masquerade: SNAT pods' traffic leaving the cluster */
+
+/* ---- NAT directions (the flags of a cilium_snat_v4_external tuple) ---- */
+#define NAT_DIR_EGRESS          0
+#define NAT_DIR_INGRESS         1
 
 /* ---- ipcache key: prefixlen counts the 32 bits before the address (as Cilium's) ---- */
 #define IPCACHE_PREFIX_BASE     32
@@ -267,6 +288,23 @@ struct lb_affinity_val {
 	__u64 last_used;        /* seconds of the monotonic clock */
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/* cilium_snat_v4_external value: what the tuple is translated to (egress: the node's address
+ * and allocated port; ingress: the pod's address and port), and when the mapping expires */
+struct ipv4_nat_entry {
+	__u64  created;         /* seconds of the monotonic clock */
+	__u32  lifetime;
+	__be32 to_addr;
+	__be16 to_port;
+	__u16  pad1;
+	__u32  pad2;
+};
+
+/* cilium_ipmasq_v4 key (LPM): a destination prefix never masqueraded */
+struct ipmasq_key {
+	__u32  lpm_key_prefixlen;
+	__be32 ip4;
 };
 
 /* cilium_ct4_global / cilium_ct_any4_global key: a flow in one orientation */

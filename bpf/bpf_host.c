@@ -1,18 +1,24 @@
 /* bpf_host.c - programs on the node's native devices (`devices`, e.g. eth1).
  *
- * cil_from_netdev (tc ingress): a packet from the network for a pod on this node is delivered
- * straight into the pod's netns (no forwarding by the node's stack); everything else, including
- * VXLAN to this node, continues to the stack. One exit: every verdict is counted in
- * cilium_metrics under METRIC_INGRESS.
+ * cil_from_netdev (tc ingress): a reply to a masqueraded flow gets its pod back (reverse SNAT);
+ * a packet for a pod on this node is delivered straight into the pod's netns (no forwarding by
+ * the node's stack); everything else, including VXLAN to this node, continues to the stack.
+ * Every verdict is counted in cilium_metrics under METRIC_INGRESS.
+ *
+ * cil_to_netdev (tc egress): with bpf.masquerade, a pod's packet leaving the cluster gets the
+ * node's address and a NAT port (lib/nat.h). Every verdict is counted under METRIC_EGRESS.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/metrics.h"
 #include "lib/eth.h"
 #include "lib/local_delivery.h"
+#include "lib/nat.h"
 
 static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 {
+	struct node_config *cfg;
+	struct iphdr *ip;
 	__u16 proto;
 	int ret = parse_eth(skb, &proto);
 
@@ -20,7 +26,39 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 		return ret;
 	if (proto != ETH_P_IP)
 		return CTX_ACT_OK;
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	cfg = node_config();
+	if (cfg) {
+		ret = snat_v4_ingress(skb, cfg);
+		if (ret < 0)
+			return ret;
+	}
 	return ipv4_deliver_if_local(skb);
+}
+
+static __always_inline int handle_to_netdev(struct __sk_buff *skb)
+{
+	struct node_config *cfg;
+	struct iphdr *ip;
+	__u16 proto;
+	int ret = parse_eth(skb, &proto);
+
+	if (ret < 0)
+		return ret;
+	if (proto != ETH_P_IP)
+		return CTX_ACT_OK;
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	cfg = node_config();
+	if (cfg) {
+		ret = snat_v4_egress(skb, cfg);
+		if (ret < 0)
+			return ret;
+	}
+	return CTX_ACT_OK;
 }
 
 int cil_from_netdev(struct __sk_buff *skb)
@@ -28,4 +66,11 @@ int cil_from_netdev(struct __sk_buff *skb)
 	__u32 len = skb->len;
 
 	return finish(len, handle_from_netdev(skb), METRIC_INGRESS);
+}
+
+int cil_to_netdev(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+
+	return finish(len, handle_to_netdev(skb), METRIC_EGRESS);
 }

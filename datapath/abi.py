@@ -15,6 +15,11 @@ LB_SERVICE_MAP_MAX_ENTRIES = 65536
 LB_BACKENDS_MAP_MAX_ENTRIES = 65536
 LB_REV_NAT_MAP_MAX_ENTRIES = 65536
 LB_AFFINITY_MAP_MAX_ENTRIES = 65536
+SNAT_MAPPING_IPV4_SIZE = 524288
+IPMASQ_MAP_SIZE = 16384
+NODEPORT_PORT_MIN_NAT = 32768
+NODEPORT_PORT_MAX_NAT = 65535
+SNAT_COLLISION_RETRIES = 32
 CT_MAP_SIZE_TCP = 524288
 CT_MAP_SIZE_ANY = 262144
 
@@ -105,6 +110,9 @@ IDENTITY_INGRESS = 8
 # ---- node_config.flags, ipcache prefix base, tunnel port ----
 NODE_CFG_F_TUNNEL = 1
 NODE_CFG_F_HOST_ROUTING = 2
+NODE_CFG_F_MASQUERADE = 4
+NAT_DIR_EGRESS = 0
+NAT_DIR_INGRESS = 1
 IPCACHE_PREFIX_BASE = 32
 TUNNEL_PORT = 8472
 
@@ -314,6 +322,25 @@ class CtEntry(_Struct):
                 ("src_sec_id", c_uint32), ("pad", c_uint32)]
 
 
+class Ipv4NatEntry(_Struct):
+    """cilium_snat_v4_external value."""
+    c_name = "ipv4_nat_entry"
+    _fields_ = [("created", c_uint64), ("lifetime", c_uint32), ("to_addr", c_uint32),
+                ("to_port", c_uint16), ("pad1", c_uint16), ("pad2", c_uint32)]
+
+
+class IpmasqKey(_Struct):
+    """cilium_ipmasq_v4 key (LPM)."""
+    c_name = "ipmasq_key"
+    _fields_ = [("lpm_key_prefixlen", c_uint32), ("ip4", c_uint32)]
+
+
+class U8Value(_Struct):
+    """A one-byte map value (not a struct in abi.h)."""
+    c_name = None
+    _fields_ = [("value", c_uint8)]
+
+
 class U32Key(_Struct):
     """The u32 index of an array map (not a struct in abi.h)."""
     c_name = None
@@ -324,7 +351,7 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, M
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
-                                      Lb4AffinityKey, LbAffinityVal)
+                                      Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey)
 
 
 # ---- codecs ----
@@ -353,6 +380,11 @@ def be16(port: int) -> int:
     """A port as the native integer whose memory is the port in network order (and back:
     the swap is its own inverse)."""
     return int.from_bytes(int(port).to_bytes(2, "big"), "little")
+
+
+def ipmasq_key(cidr: str) -> IpmasqKey:
+    ip, _, bits = cidr.partition("/")
+    return IpmasqKey(lpm_key_prefixlen=int(bits or 32), ip4=ip4_to_be32(ip))
 
 
 def ipcache_key(cidr: str) -> IpcacheKey:

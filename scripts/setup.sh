@@ -10,9 +10,10 @@ say() { printf 'setup: %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: must run as root (BPF, netns and tc need it)" >&2; exit 1; }
 
 # prometheus: promtool; etcd-server: the multi-node lab's kvstore; vagrant + systemd: the checks
-# on vagrant/ (`vagrant validate`, `systemd-analyze verify`)
+# on vagrant/ (`vagrant validate`, `systemd-analyze verify`); iptables + nftables: checking that the
+# agent adds no rule
 APT_PKGS="bpfcc-tools python3-bpfcc libbpfcc iproute2 iputils-ping curl prometheus python3-venv
-          util-linux procps tcpdump ethtool make etcd-server vagrant systemd"
+          util-linux procps tcpdump ethtool make etcd-server vagrant systemd iptables nftables"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -37,6 +37,14 @@ DP_MAP("hash", struct lb4_reverse_nat_key, struct lb4_reverse_nat, cilium_lb4_re
 DP_MAP("lru_hash", struct lb4_affinity_key, struct lb_affinity_val, cilium_lb4_affinity,
        LB_AFFINITY_MAP_MAX_ENTRIES);
 
+/* cilium_snat_v4_external: masquerade mappings, both directions (LRU) */
+DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ipv4_nat_entry, cilium_snat_v4_external,
+       SNAT_MAPPING_IPV4_SIZE);
+
+/* cilium_ipmasq_v4: destinations that keep the pod's address (LPM) */
+DP_MAP_F("lpm_trie", struct ipmasq_key, __u8, cilium_ipmasq_v4, IPMASQ_MAP_SIZE,
+	 BPF_F_NO_PREALLOC);
+
 /* cilium_ct4_global: TCP conntrack (LRU) */
 DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct4_global, CT_MAP_SIZE_TCP);
 

@@ -8,7 +8,8 @@ from datapath import build
 
 MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_node_config",
         "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
-        "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity")
+        "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity",
+        "cilium_snat_v4_external", "cilium_ipmasq_v4")
 
 
 def _clear(obj):
@@ -42,6 +43,11 @@ def host_obj(privileged):
 @pytest.fixture(scope="session")
 def from_netdev(host_obj):
     return build.load(host_obj, "cil_from_netdev", "tc")
+
+
+@pytest.fixture(scope="session")
+def to_netdev(host_obj):
+    return build.load(host_obj, "cil_to_netdev", "tc")
 
 
 @pytest.fixture

@@ -529,3 +529,41 @@ endpoints:
         if srv and srv.poll() is None:
             srv.kill()
         path.unlink()
+
+
+def test_pods_reach_the_outside_with_their_node_address(native):
+    import json
+    from .traffic import UDP_ECHO
+    srv = subprocess.Popen(netns.cmd(native.ns("ext"), sys.executable, "-m", "agent.cli",
+                                     "whoami", "--port", "8080"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    udp = None
+    try:
+        wait_for(lambda: ":8080" in native.run("ext", "ss", "-Htln").stdout, what="ext server")
+        node_ip = {n: native.node(n)["ip"] for n in ("k8s-ctr", "k8s-w1", "k8s-w2")}
+        for pod, node in PODS.items():
+            ans = json.loads(native.run(pod, "curl", "-s", "-m", "3",
+                                        "http://203.0.113.10:8080/api").stdout)
+            assert ans["remoteAddr"].split(":")[0] == node_ip[node], (pod, ans)
+            assert native.run(pod, "ping", "-c", "1", "-W", "2", "203.0.113.10",
+                              check=False).returncode == 0
+        udp = subprocess.Popen(netns.cmd(native.ns("ext"), sys.executable, "-c", UDP_ECHO, "9053"),
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        out = native.py("webpod-3", UDP_ASK, "203.0.113.10", "9053").stdout.split()
+        assert out[0] == "203.0.113.10" and out[2].startswith("192.168.10.102:"), out
+        # the NAT table shows the mappings, and a node's status says how it masquerades
+        status = native.client("k8s-w2").get("/v1/status")["masquerading"]
+        assert status["enabled"] and status["devices"] == ["eth1"]
+    finally:
+        srv.kill()
+        srv.wait(timeout=10)
+        if udp:
+            udp.wait(timeout=20)
+
+
+def test_the_agents_add_no_iptables_or_nftables_rule(native):
+    for node in ("k8s-ctr", "k8s-w1", "k8s-w2"):
+        assert native.run(node, "nft", "list", "ruleset").stdout.strip() == ""
+        rules = native.run(node, "iptables-save").stdout
+        assert not [line for line in rules.splitlines() if line.startswith("-A")], rules

@@ -1,0 +1,186 @@
+/* lib/nat.h - masquerade (SNAT to the node's address) of pod traffic leaving the cluster.
+ *
+ * On the native device's egress a TCP, UDP or ICMP echo packet from a local pod to a
+ * destination outside the cluster gets the node's address and a port from
+ * [NODEPORT_PORT_MIN_NAT, NODEPORT_PORT_MAX_NAT] (the pod's own port when free; else random, then
+ * the next one, at most SNAT_COLLISION_RETRIES times; exhaustion drops with
+ * DROP_NAT_NO_MAPPING). Each mapping is two entries in cilium_snat_v4_external: egress (pod
+ * tuple -> node addr:port) and ingress (reply tuple -> pod addr:port), the ingress one inserted
+ * first and only if free, so two flows never share a port towards one peer. Replies are
+ * translated back on the native device's ingress before delivery. Nothing in the cluster is ever
+ * masqueraded: destinations in cilium_ipmasq_v4 (native-routing CIDR, nonMasqueradeCIDRs,
+ * link-local) and destinations the ipcache knows as cluster members keep the pod's address.
+ *
+ * API:
+ *   snat_v4_egress(skb, cfg)    returns 0 (translated or not masqueraded) or a negative DROP_*
+ *   snat_v4_ingress(skb, cfg)   returns 0 (reverse-translated or not ours) or a negative DROP_*
+ */
+#ifndef DP_LIB_NAT_H
+#define DP_LIB_NAT_H
+
+#include <uapi/linux/icmp.h>
+
+#include "maps.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "ipcache.h"
+#include "local_delivery.h"
+
+#define NAT_PORT_SPAN (NODEPORT_PORT_MAX_NAT - NODEPORT_PORT_MIN_NAT + 1)
+
+/* The L4 identity of a packet for NAT: ports, or the ICMP echo id as both. Returns 1 when
+ * the packet can be translated, 0 when NAT does not apply, or a negative DROP_*. */
+static __always_inline int nat_parse(struct __sk_buff *skb, struct lb4_pkt *pkt, int egress)
+{
+	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct icmphdr icmp;
+
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+		return -DROP_INVALID;
+	if (ip->protocol != IPPROTO_ICMP)
+		return lb4_parse(skb, pkt);
+	if (ip->frag_off & bpf_htons(0x3FFF))
+		return 0;
+	pkt->l4_off = ETH_HLEN + ip->ihl * 4;
+	pkt->saddr = ip->saddr;
+	pkt->daddr = ip->daddr;
+	pkt->proto = IPPROTO_ICMP;
+	pkt->len = skb->len;
+	pkt->tcp_flags = 0;
+	if (bpf_skb_load_bytes(skb, pkt->l4_off, &icmp, sizeof(icmp)) < 0)
+		return -DROP_CT_INVALID_HDR;
+	if (icmp.type != (egress ? ICMP_ECHO : ICMP_ECHOREPLY))
+		return 0;               /* other ICMP: not translated here */
+	pkt->sport = pkt->dport = icmp.un.echo.id;
+	return 1;
+}
+
+/* Rewrite the source (egress) or destination (ingress) address and port / echo id. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct lb4_pkt *pkt,
+				       int egress, __be32 to_addr, __be16 to_port)
+{
+	__u32 addr_off = egress ? IP_SADDR_OFF : IP_DADDR_OFF;
+	__be32 old_addr = egress ? pkt->saddr : pkt->daddr;
+	__be16 old_port = egress ? pkt->sport : pkt->dport;
+	__u32 csum_off = pkt->l4_off + 2;           /* icmphdr.checksum */
+
+	if (pkt->proto != IPPROTO_ICMP)
+		return lb4_rewrite(skb, pkt, addr_off, old_addr, to_addr,
+				   egress ? offsetof(struct tcphdr, source) :
+					    offsetof(struct tcphdr, dest), old_port, to_port);
+	/* ICMP: no pseudo header; the echo id is covered by the ICMP checksum */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, to_addr, 4) < 0)
+		return -DROP_CSUM_L3;
+	if (bpf_skb_store_bytes(skb, addr_off, &to_addr, 4, 0) < 0)
+		return -DROP_WRITE_ERROR;
+	if (old_port != to_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, to_port, 2) < 0)
+			return -DROP_CSUM_L4;
+		if (bpf_skb_store_bytes(skb, pkt->l4_off + 4, &to_port, 2, 0) < 0)
+			return -DROP_WRITE_ERROR;
+	}
+	return 0;
+}
+
+static __always_inline __u32 nat_lifetime(const struct lb4_pkt *pkt)
+{
+	if (pkt->proto == IPPROTO_TCP)
+		return (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_CLOSE_TIMEOUT :
+			CT_CONNECTION_LIFETIME_TCP;
+	return CT_CONNECTION_LIFETIME_NONTCP;
+}
+
+/* Whether a packet from a local pod to daddr leaves the cluster and must be masqueraded. */
+static __always_inline int snat_v4_needed(__be32 saddr, __be32 daddr)
+{
+	struct ipmasq_key mkey = { .lpm_key_prefixlen = 32, .ip4 = daddr };
+	struct remote_endpoint_info *info;
+	struct endpoint_info *ep = lookup_ip4_endpoint(saddr);
+
+	if (!ep || (ep->flags & ENDPOINT_F_HOST))
+		return 0;               /* only local pods are masqueraded */
+	if (cilium_ipmasq_v4.lookup(&mkey))
+		return 0;               /* native-routing CIDR, nonMasqueradeCIDRs, link-local */
+	info = ipcache_lookup4(daddr);
+	if (info && info->sec_identity != IDENTITY_WORLD)
+		return 0;               /* a pod, a node or this host: inside the cluster */
+	return 1;
+}
+
+static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct ipv4_ct_tuple otuple = {}, rtuple = {};
+	struct ipv4_nat_entry *fwd, ostate = {}, rstate = {};
+	struct lb4_pkt pkt = {};
+	__u32 now, port;
+	int i, ret;
+
+	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
+		return 0;
+	ret = nat_parse(skb, &pkt, 1);
+	if (ret <= 0)
+		return ret;
+	if (!snat_v4_needed(pkt.saddr, pkt.daddr))
+		return 0;
+	lb4_tuple(&otuple, &pkt, NAT_DIR_EGRESS);
+	now = ct_now();
+	fwd = cilium_snat_v4_external.lookup(&otuple);
+	if (fwd) {
+		fwd->lifetime = now + nat_lifetime(&pkt);
+		return nat_rewrite(skb, &pkt, 1, fwd->to_addr, fwd->to_port);
+	}
+	/* a new mapping: the reply tuple must be free for the port we pick */
+	rstate.created = ostate.created = now;
+	rstate.lifetime = ostate.lifetime = now + nat_lifetime(&pkt);
+	rstate.to_addr = pkt.saddr;
+	rstate.to_port = pkt.sport;
+	ostate.to_addr = cfg->node_ip;
+	rtuple.daddr = cfg->node_ip;
+	rtuple.saddr = pkt.daddr;
+	rtuple.sport = pkt.dport;
+	rtuple.nexthdr = pkt.proto;
+	rtuple.flags = NAT_DIR_INGRESS;
+	if (pkt.proto == IPPROTO_ICMP)
+		rtuple.sport = 0;       /* echo replies carry only the id */
+	port = bpf_ntohs(pkt.sport);
+	if (port < NODEPORT_PORT_MIN_NAT || port > NODEPORT_PORT_MAX_NAT)
+		port = NODEPORT_PORT_MIN_NAT + bpf_get_prandom_u32() % NAT_PORT_SPAN;
+	for (i = 0; i < SNAT_COLLISION_RETRIES; i++) {
+		rtuple.dport = bpf_htons(port);
+		if (pkt.proto == IPPROTO_ICMP)
+			rtuple.sport = rtuple.dport;
+		if (cilium_snat_v4_external.insert(&rtuple, &rstate) == 0) {
+			ostate.to_port = rtuple.dport;
+			if (cilium_snat_v4_external.update(&otuple, &ostate) < 0) {
+				cilium_snat_v4_external.delete(&rtuple);
+				return -DROP_NAT_NO_MAPPING;
+			}
+			return nat_rewrite(skb, &pkt, 1, ostate.to_addr, ostate.to_port);
+		}
+		port = i == 0 ? NODEPORT_PORT_MIN_NAT + bpf_get_prandom_u32() % NAT_PORT_SPAN :
+			(port >= NODEPORT_PORT_MAX_NAT ? NODEPORT_PORT_MIN_NAT : port + 1);
+	}
+	return -DROP_NAT_NO_MAPPING;
+}
+
+static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct ipv4_ct_tuple rtuple = {};
+	struct ipv4_nat_entry *rev;
+	struct lb4_pkt pkt = {};
+	int ret;
+
+	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
+		return 0;
+	ret = nat_parse(skb, &pkt, 0);
+	if (ret <= 0 || pkt.daddr != cfg->node_ip)
+		return ret < 0 ? ret : 0;
+	lb4_tuple(&rtuple, &pkt, NAT_DIR_INGRESS);
+	rev = cilium_snat_v4_external.lookup(&rtuple);
+	if (!rev)
+		return 0;               /* the node's own traffic */
+	rev->lifetime = ct_now() + nat_lifetime(&pkt);
+	return nat_rewrite(skb, &pkt, 0, rev->to_addr, rev->to_port);
+}
+
+#endif /* DP_LIB_NAT_H */

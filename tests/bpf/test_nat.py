@@ -1,0 +1,157 @@
+"""BPF_PROG_TEST_RUN cases for masquerade (lib/nat.h) on the native device: SNAT of a new flow,
+reverse SNAT of the reply, ICMP echo, excluded destinations untouched, port collisions and
+exhaustion; every rewritten packet byte for byte with valid checksums."""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from datapath import abi, build, testrun
+from datapath.maps import metrics_totals, open_maps
+
+from . import packets as P
+
+NODE_IP, EXT = P.NODE_CTR_IP, "192.0.2.7"
+ROUTER_MAC = "02:00:00:00:aa:fe"
+
+
+def setup(obj, masquerade=True):
+    m = open_maps(obj)
+    for ip, mac, lxc, idx, ident in ((P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, 5, 1000),
+                                     (P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, 6, 1001)):
+        m["cilium_lxc"].update(abi.endpoint_key(ip), abi.endpoint_info(
+            ifindex=idx, lxc_id=ident - 900, mac=mac, node_mac=lxc, sec_id=ident, ip=ip))
+    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
+        flags=abi.NODE_CFG_F_MASQUERADE if masquerade else 0, node_ip=abi.ip4_to_be32(NODE_IP)))
+    m["cilium_ipmasq_v4"].update(abi.ipmasq_key("172.20.0.0/16"), abi.U8Value(1))
+    m["cilium_ipcache"].update(abi.ipcache_key("0.0.0.0/0"), abi.remote_endpoint_info(2))
+    m["cilium_ipcache"].update(abi.ipcache_key("192.168.10.101/32"), abi.remote_endpoint_info(6))
+    return m
+
+
+def out_pkt(src, dst, l4, payload=b"", ttl=63):
+    """A packet as the stack hands it to eth1's egress (after routing: TTL - 1, MACs)."""
+    return Ether(bytes(Ether(src=P.NODE_CTR_MAC, dst=ROUTER_MAC) / IP(src=src, dst=dst, ttl=ttl,
+                                                                     id=30) / l4 / payload))
+
+
+def in_pkt(src, dst, l4, payload=b""):
+    return Ether(bytes(Ether(src=ROUTER_MAC, dst=P.NODE_CTR_MAC) / IP(src=src, dst=dst, ttl=63,
+                                                                     id=31) / l4 / payload))
+
+
+def run(prog, pkt):
+    return testrun.run(prog.fd, pkt, ctx=testrun.tc_ctx(1))
+
+
+def rebuilt(pkt, **changes):
+    """pkt with fields changed and every checksum recomputed by scapy."""
+    out = pkt.copy()
+    for layer, field, value in changes.get("fields", []):
+        setattr(out[layer], field, value)
+    del out[IP].chksum
+    for layer in (TCP, UDP, ICMP):
+        if layer in out:
+            del out[layer].chksum
+    if "macs" in changes:
+        out[Ether].src, out[Ether].dst = changes["macs"]
+    if changes.get("ttl_dec"):
+        out[IP].ttl -= 1
+    return Ether(bytes(out))
+
+
+def test_new_tcp_flow_gets_the_node_address_and_the_reply_finds_the_pod(host, to_netdev,
+                                                                        from_netdev):
+    m = setup(host)
+    syn = out_pkt(P.POD_A_IP, EXT, TCP(sport=40000, dport=80, flags="S", seq=1))
+    res = run(to_netdev, syn)
+    assert res.retval == abi.CTX_ACT_OK
+    # 40000 is inside the NAT range and free, so the pod keeps its port
+    testrun.assert_packet(rebuilt(syn, fields=[(IP, "src", NODE_IP)]), res.data)
+    synack = in_pkt(EXT, NODE_IP, TCP(sport=80, dport=40000, flags="SA", seq=9, ack=2))
+    res = run(from_netdev, synack)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    testrun.assert_packet(rebuilt(synack, fields=[(IP, "dst", P.POD_A_IP)],
+                                  macs=(P.LXC_A_MAC, P.POD_A_MAC), ttl_dec=True), res.data)
+
+
+def test_port_outside_the_range_is_replaced_and_udp_checksums_stay_valid(host, to_netdev,
+                                                                         from_netdev):
+    setup(host)
+    dgram = out_pkt(P.POD_A_IP, EXT, UDP(sport=5353, dport=53), b"query")
+    out = Ether(run(to_netdev, dgram).data)
+    port = out[UDP].sport
+    assert abi.NODEPORT_PORT_MIN_NAT <= port <= abi.NODEPORT_PORT_MAX_NAT
+    testrun.assert_packet(rebuilt(dgram, fields=[(IP, "src", NODE_IP), (UDP, "sport", port)]),
+                          bytes(out))
+    reply = in_pkt(EXT, NODE_IP, UDP(sport=53, dport=port), b"answer")
+    res = run(from_netdev, reply)
+    testrun.assert_packet(rebuilt(reply, fields=[(IP, "dst", P.POD_A_IP), (UDP, "dport", 5353)],
+                                  macs=(P.LXC_A_MAC, P.POD_A_MAC), ttl_dec=True), res.data)
+
+
+def test_icmp_echo_id_is_translated_both_ways(host, to_netdev, from_netdev):
+    setup(host)
+    ping = out_pkt(P.POD_A_IP, EXT, ICMP(type=8, id=7, seq=1), b"ping")
+    out = Ether(run(to_netdev, ping).data)
+    ident = out[ICMP].id
+    assert out[IP].src == NODE_IP and ident >= abi.NODEPORT_PORT_MIN_NAT
+    testrun.assert_packet(rebuilt(ping, fields=[(IP, "src", NODE_IP), (ICMP, "id", ident)]),
+                          bytes(out))
+    pong = in_pkt(EXT, NODE_IP, ICMP(type=0, id=ident, seq=1), b"ping")
+    res = run(from_netdev, pong)
+    testrun.assert_packet(rebuilt(pong, fields=[(IP, "dst", P.POD_A_IP), (ICMP, "id", 7)],
+                                  macs=(P.LXC_A_MAC, P.POD_A_MAC), ttl_dec=True), res.data)
+
+
+@pytest.mark.parametrize("src,dst", [
+    (P.POD_A_IP, "172.20.1.9"),          # native-routing CIDR (cilium_ipmasq_v4)
+    (P.POD_A_IP, "192.168.10.101"),      # another node (ipcache: remote-node)
+    (NODE_IP, EXT),                      # the node's own traffic
+])
+def test_excluded_traffic_is_untouched(host, to_netdev, src, dst):
+    m = setup(host)
+    pkt = out_pkt(src, dst, TCP(sport=40001, dport=80, flags="S"))
+    res = run(to_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_OK
+    testrun.assert_packet(pkt, res.data)
+    assert len(m["cilium_snat_v4_external"]) == 0
+
+
+def test_masquerade_off_changes_nothing(host, to_netdev):
+    setup(host, masquerade=False)
+    pkt = out_pkt(P.POD_A_IP, EXT, TCP(sport=40002, dport=80, flags="S"))
+    testrun.assert_packet(pkt, run(to_netdev, pkt).data)
+
+
+def test_two_pods_with_the_same_port_get_different_node_ports(host, to_netdev):
+    setup(host)
+    a = Ether(run(to_netdev, out_pkt(P.POD_A_IP, EXT, TCP(sport=40003, dport=80))).data)
+    b = Ether(run(to_netdev, out_pkt(P.POD_B_IP, EXT, TCP(sport=40003, dport=80))).data)
+    assert a[IP].src == b[IP].src == NODE_IP
+    assert a[TCP].sport == 40003 and b[TCP].sport != 40003
+
+
+@pytest.fixture(scope="module")
+def tiny_range(privileged):
+    """bpf_host.c compiled with a two-port NAT range (a -D setting)."""
+    obj = build.compile_program("bpf_host.c", {"NODEPORT_PORT_MIN_NAT": 40000,
+                                               "NODEPORT_PORT_MAX_NAT": 40001})
+    return obj, build.load(obj, "cil_to_netdev", "tc")
+
+
+def test_port_exhaustion_drops_with_ciliums_reason(tiny_range):
+    obj, prog = tiny_range
+    for name in ("cilium_snat_v4_external", "cilium_metrics", "cilium_lxc", "dp_node_config"):
+        obj[name].clear()
+    m = setup(obj)
+    verdicts = [run(prog, out_pkt(P.POD_A_IP, EXT, TCP(sport=1000 + i, dport=80))).retval
+                for i in range(3)]
+    assert verdicts == [abi.CTX_ACT_OK, abi.CTX_ACT_OK, abi.CTX_ACT_DROP]
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_NAT_NO_MAPPING, abi.METRIC_EGRESS)][0] == 1
+    assert abi.reason_string(abi.DROP_NAT_NO_MAPPING) == "No mapping for NAT masquerade"
+    # recovers once mappings go away (what GC does when entries expire)
+    for k, _ in list(m["cilium_snat_v4_external"].items()):
+        m["cilium_snat_v4_external"].delete(k)
+    assert run(prog, out_pkt(P.POD_A_IP, EXT, TCP(sport=2000, dport=80))).retval == abi.CTX_ACT_OK

@@ -51,6 +51,11 @@ _FIELDS: dict[str, str] = {
     "kvstoreLeaseTTL": "kvstoreLeaseTTL",
     "serviceCIDR": "serviceCIDR",
     "conntrackGCInterval": "conntrackGCInterval",
+    "ipMasqAgent.enabled": "ipMasqAgentEnabled",
+    "ipMasqAgent.config.nonMasqueradeCIDRs": "nonMasqueradeCIDRs",
+    "ipMasqAgent.config.masqLinkLocal": "masqLinkLocal",
+    "egressMasqueradeInterfaces": "egressMasqueradeInterfaces",
+    "bpf.natPortRange": "natPortRange",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -59,7 +64,7 @@ KVSTORE_OPTS = ("etcd.config", "etcd.endpoints")
 RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
-    "kvstoreLeaseTTL", "routingMode", "tunnelProtocol",
+    "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
 })
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -111,6 +116,11 @@ class Config:
     kvstoreLeaseTTL: int = 900                  # seconds; a dead node's entries expire after it
     serviceCIDR: str = "10.96.0.0/16"           # ClusterIPs not given in a manifest come from here
     conntrackGCInterval: int = 0                # seconds between conntrack GC runs; 0 = dynamic
+    ipMasqAgentEnabled: bool = False
+    nonMasqueradeCIDRs: tuple[str, ...] = ()    # ip-masq-agent: destinations that keep pod IPs
+    masqLinkLocal: bool = False                 # masquerade link-local destinations too
+    egressMasqueradeInterfaces: tuple[str, ...] = ()   # devices that masquerade ('eth+' = prefix)
+    natPortRange: tuple[int, int] = (32768, 65535)     # SNAT source ports (compile-time)
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -252,6 +262,41 @@ def _kube_proxy_replacement(r: _Reader) -> bool:
     r.fail("kubeProxyReplacement", f"expected true or false, got {describe(v)}")
 
 
+def _cidr_list(r: _Reader, key: str) -> tuple[str, ...]:
+    v = r.get(key, [])
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        r.fail(key, f"expected a list of IPv4 CIDRs, got {describe(v)}")
+    out = []
+    for item in v:
+        try:
+            out.append(str(ipaddress.IPv4Network(item)))
+        except (ValueError, TypeError):
+            r.fail(key, f"expected IPv4 CIDRs like 10.0.0.0/8, got {describe(item)}")
+    return tuple(out)
+
+
+def _names(r: _Reader, key: str) -> tuple[str, ...]:
+    v = r.get(key, "")
+    if v is None or v == "":
+        return ()
+    items = re.split(r"[,\s]+", v) if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(
+            isinstance(i, str) and re.match(r"^[A-Za-z0-9_.:-]{1,15}\+?$", i) for i in items if i):
+        r.fail(key, f"expected interface names (a trailing + matches a prefix), got {describe(v)}")
+    return tuple(i for i in items if i)
+
+
+def _port_range(r: _Reader, key: str) -> tuple[int, int]:
+    v = r.get(key, "32768-65535")
+    m = re.match(r"^(\d+)\s*[-,]\s*(\d+)$", str(v)) if isinstance(v, str) else None
+    lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not m or not 1024 <= lo <= hi <= 65535:
+        r.fail(key, f"expected a port range like 32768-65535 within 1024-65535, got {describe(v)}")
+    return lo, hi
+
+
 def _cluster_name(r: _Reader) -> str:
     v = r.get("cluster.name", "default")
     if not isinstance(v, str) or len(v) > 32 or not _DNS_LABEL.match(v):
@@ -365,6 +410,11 @@ def parse_config(data: object, path: str) -> Config:
         kvstoreLeaseTTL=r.integer("kvstoreLeaseTTL", 900, 5, 86400),
         serviceCIDR=str(r.cidr("serviceCIDR", "10.96.0.0/16")),
         conntrackGCInterval=r.integer("conntrackGCInterval", 0, 0, 86400),
+        ipMasqAgentEnabled=r.boolean("ipMasqAgent.enabled", False),
+        nonMasqueradeCIDRs=_cidr_list(r, "ipMasqAgent.config.nonMasqueradeCIDRs"),
+        masqLinkLocal=r.boolean("ipMasqAgent.config.masqLinkLocal", False),
+        egressMasqueradeInterfaces=_names(r, "egressMasqueradeInterfaces"),
+        natPortRange=_port_range(r, "bpf.natPortRange"),
         raw=copy.deepcopy(data),
     )
 

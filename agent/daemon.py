@@ -103,7 +103,9 @@ class Agent:
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
-        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op)
+        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
+            "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
+            "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1]})
         self.metrics.bind(self)
         self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
         self._api = None
@@ -247,7 +249,7 @@ class Agent:
         for dev in cfg.devices:
             if _iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
-                if cfg.bpfMasquerade:
+                if cfg.bpfMasquerade and dev in self.masquerade_devices():
                     st.tc[(dev, "egress")] = ("to-netdev", tags["to-netdev"])
         if tunnel:
             st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
@@ -256,9 +258,26 @@ class Agent:
         return st
 
     def masquerade_exclusions(self) -> list[str]:
-        """Destinations that keep the pod's address: the native-routing CIDR (else this node's
-        pod CIDR) and link-local, as Cilium's BPF masquerade does."""
-        return sorted({self.cfg.ipv4NativeRoutingCIDR or self.cfg.podCIDR, "169.254.0.0/16"})
+        """Destinations that keep the pod's address, as Cilium's BPF masquerade decides: the
+        native-routing CIDR (else this node's pod CIDR); with ip-masq-agent, its
+        nonMasqueradeCIDRs and link-local unless masqLinkLocal."""
+        cfg = self.cfg
+        out = {cfg.ipv4NativeRoutingCIDR or cfg.podCIDR}
+        if cfg.ipMasqAgentEnabled:
+            out |= set(cfg.nonMasqueradeCIDRs)
+            if not cfg.masqLinkLocal:
+                out.add("169.254.0.0/16")
+        else:
+            out.add("169.254.0.0/16")
+        return sorted(out)
+
+    def masquerade_devices(self) -> list[str]:
+        """The native devices that masquerade (egressMasqueradeInterfaces narrows them)."""
+        sel = self.cfg.egressMasqueradeInterfaces
+        if not sel:
+            return list(self.cfg.devices)
+        return [d for d in self.cfg.devices
+                if any(d == s or (s.endswith("+") and d.startswith(s[:-1])) for s in sel)]
 
     def _count_service_events(self, old: list[dict], new: list[dict]) -> None:
         before = {s["frontend"]: s for s in old}
@@ -544,7 +563,8 @@ class Agent:
                 "kubeProxyReplacement": cfg.kubeProxyReplacement,
                 "routing": {"mode": cfg.routingMode, "tunnelProtocol": cfg.tunnelProtocol},
                 "masquerading": {"enabled": cfg.bpfMasquerade, "mode": "BPF",
-                                 "devices": list(cfg.devices),
+                                 "devices": self.masquerade_devices(),
+                                 "nonMasqueradeCIDRs": self.masquerade_exclusions(),
                                  "nativeRoutingCIDR": cfg.ipv4NativeRoutingCIDR or cfg.podCIDR},
                 "ipam": {"podCIDR": cfg.podCIDR, "allocated": len(self.ipam.allocations),
                          "capacity": self.ipam.net.num_addresses - 3},

@@ -399,7 +399,7 @@ def test_restart_keys() -> None:
     assert RESTART_KEYS == {"nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
-                            "tunnelProtocol"}
+                            "tunnelProtocol", "bpf.natPortRange"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 
@@ -454,3 +454,29 @@ def test_kvstore_errors_name_the_key(tmp_path, extra, key, reason):
     with pytest.raises(ConfigError) as e:
         load_config(str(_kv(tmp_path, extra)))
     assert e.value.key == key and reason in e.value.reason
+
+
+def test_masquerade_keys(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("nodeName: n1\nipam: {podCIDR: 10.0.0.0/24}\nbpf: {masquerade: true, "
+                 "natPortRange: '40000-40001'}\nipMasqAgent: {enabled: true, config: "
+                 "{nonMasqueradeCIDRs: [198.51.100.0/24], masqLinkLocal: true}}\n"
+                 "egressMasqueradeInterfaces: 'eth1 ens+'\n")
+    c = load_config(str(p))
+    assert c.bpfMasquerade and c.natPortRange == (40000, 40001)
+    assert c.nonMasqueradeCIDRs == ("198.51.100.0/24",) and c.masqLinkLocal
+    assert c.egressMasqueradeInterfaces == ("eth1", "ens+")
+
+
+@pytest.mark.parametrize("extra,key", [
+    ("bpf: {natPortRange: '70000-80000'}\n", "bpf.natPortRange"),
+    ("ipMasqAgent: {config: {nonMasqueradeCIDRs: [banana]}}\n",
+     "ipMasqAgent.config.nonMasqueradeCIDRs"),
+    ("egressMasqueradeInterfaces: 'a/b'\n", "egressMasqueradeInterfaces"),
+])
+def test_masquerade_key_errors(tmp_path, extra, key):
+    p = tmp_path / "m.yaml"
+    p.write_text("nodeName: n1\nipam: {podCIDR: 10.0.0.0/24}\n" + extra)
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert e.value.key == key

@@ -28,6 +28,7 @@
 
 #include "maps.h"
 #include "conntrack.h"
+#include "icmp.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
@@ -244,10 +245,8 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 			   offsetof(struct tcphdr, source), pkt.sport, pkt.sport);
 }
 
-#define ICMP_DEST_UNREACH_T   3
-#define ICMP_TIME_EXCEEDED_T 11
-
-/* Returns 0 (translated, or not an ICMP error about a service flow) or a negative DROP_*. */
+/* An ICMP error about a load-balanced flow: the quoted packet is client -> backend. Returns 0
+ * (translated, or not such an error) or a negative DROP_*. */
 static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 {
 	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
@@ -255,37 +254,22 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 	struct lb4_reverse_nat_key rkey = {};
 	struct lb4_reverse_nat *rn;
 	struct ct_entry *ct;
-	struct iphdr inner;
-	__u32 icmp_off, icmp_csum, in_off, in_l4;
+	struct icmp_err err = {};
 	__be32 outer_saddr, backend_ip;
-	__be16 ports[2], old_csum, new_csum;
-	__u8 type;
+	int ret;
 
 	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
 		return -DROP_INVALID;
-	if (ip->frag_off & bpf_htons(0x3FFF))
-		return 0;
 	outer_saddr = ip->saddr;
-	icmp_off = ETH_HLEN + ip->ihl * 4;
-	icmp_csum = icmp_off + 2;
-	if (bpf_skb_load_bytes(skb, icmp_off, &type, 1) < 0)
-		return -DROP_CT_INVALID_HDR;
-	if (type != ICMP_DEST_UNREACH_T && type != ICMP_TIME_EXCEEDED_T)
-		return 0;
-	in_off = icmp_off + 8;
-	if (bpf_skb_load_bytes(skb, in_off, &inner, sizeof(inner)) < 0)
-		return 0;               /* too short to quote a header: leave it to the stack */
-	if (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP)
-		return 0;
-	in_l4 = in_off + inner.ihl * 4;
-	if (bpf_skb_load_bytes(skb, in_l4, ports, sizeof(ports)) < 0)
-		return 0;
-	/* the quoted packet is client -> backend: our reply entry is backend -> client */
-	tuple.daddr = inner.saddr;
-	tuple.saddr = inner.daddr;
-	tuple.dport = ports[0];
-	tuple.sport = ports[1];
-	tuple.nexthdr = inner.protocol;
+	ret = icmp_err_parse(skb, &err);
+	if (ret <= 0)
+		return ret;
+	/* our reply entry is backend -> client */
+	tuple.daddr = err.inner.saddr;
+	tuple.saddr = err.inner.daddr;
+	tuple.dport = err.sport;
+	tuple.sport = err.dport;
+	tuple.nexthdr = err.inner.protocol;
 	tuple.flags = TUPLE_F_IN;
 	ct = ct_lookup(&tuple);
 	if (!ct || !ct->rev_nat_index || (ct->flags & CT_F_LB_LOOPBACK))
@@ -294,34 +278,15 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 	rn = cilium_lb4_reverse_nat.lookup(&rkey);
 	if (!rn)
 		return 0;
-	backend_ip = inner.daddr;
-
-	/* inner destination address, with the inner IP checksum; the ICMP checksum covers both */
-	old_csum = inner.check;
-	if (bpf_l3_csum_replace(skb, in_off + offsetof(struct iphdr, check), backend_ip,
-				rn->address, 4) < 0)
-		return -DROP_CSUM_L3;
-	if (bpf_skb_store_bytes(skb, in_off + offsetof(struct iphdr, daddr), &rn->address, 4, 0) < 0)
-		return -DROP_WRITE_ERROR;
-	if (bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, check), &new_csum, 2) < 0)
-		return -DROP_CT_INVALID_HDR;
-	if (bpf_l4_csum_replace(skb, icmp_csum, backend_ip, rn->address, 4) < 0 ||
-	    bpf_l4_csum_replace(skb, icmp_csum, old_csum, new_csum, 2) < 0)
-		return -DROP_CSUM_L4;
-	/* inner destination port */
-	if (ports[1] != rn->port) {
-		if (bpf_skb_store_bytes(skb, in_l4 + 2, &rn->port, 2, 0) < 0)
-			return -DROP_WRITE_ERROR;
-		if (bpf_l4_csum_replace(skb, icmp_csum, ports[1], rn->port, 2) < 0)
-			return -DROP_CSUM_L4;
-	}
-	/* outer source, when the backend itself reported the error (ICMP has no pseudo header) */
-	if (outer_saddr == backend_ip) {
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, backend_ip, rn->address, 4) < 0)
-			return -DROP_CSUM_L3;
-		if (bpf_skb_store_bytes(skb, IP_SADDR_OFF, &rn->address, 4, 0) < 0)
-			return -DROP_WRITE_ERROR;
-	}
+	backend_ip = err.inner.daddr;
+	ret = icmp_err_rewrite_inner(skb, &err, offsetof(struct iphdr, daddr), backend_ip,
+				     rn->address, offsetof(struct tcphdr, dest), err.dport, rn->port);
+	if (ret < 0)
+		return ret;
+	/* the outer source too, when the backend itself reported the error */
+	if (outer_saddr == backend_ip)
+		return icmp_err_rewrite_outer(skb, offsetof(struct iphdr, saddr), backend_ip,
+					      rn->address);
 	return 0;
 }
 

@@ -10,6 +10,8 @@
  * translated back on the native device's ingress before delivery. Nothing in the cluster is ever
  * masqueraded: destinations in cilium_ipmasq_v4 (native-routing CIDR, nonMasqueradeCIDRs,
  * link-local) and destinations the ipcache knows as cluster members keep the pod's address.
+ * An ICMP error about a masqueraded flow (unreachable, time exceeded) finds the pod too: the
+ * outer destination and the quoted source address and port are translated back.
  *
  * API:
  *   snat_v4_egress(skb, cfg)    returns 0 (translated or not masqueraded) or a negative DROP_*
@@ -22,6 +24,7 @@
 
 #include "maps.h"
 #include "conntrack.h"
+#include "icmp.h"
 #include "lb.h"
 #include "ipcache.h"
 #include "local_delivery.h"
@@ -163,15 +166,52 @@ static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct no
 	return -DROP_NAT_NO_MAPPING;
 }
 
+/* An ICMP error quoting node:port -> peer: back to the pod. Returns 0 or a negative DROP_*. */
+static __always_inline int snat_v4_ingress_icmp_error(struct __sk_buff *skb,
+						      const struct node_config *cfg)
+{
+	struct ipv4_ct_tuple rtuple = {};
+	struct ipv4_nat_entry *rev;
+	struct icmp_err err = {};
+	int ret = icmp_err_parse(skb, &err);
+
+	if (ret <= 0 || err.inner.saddr != cfg->node_ip)
+		return ret < 0 ? ret : 0;
+	rtuple.daddr = err.inner.saddr;
+	rtuple.saddr = err.inner.daddr;
+	rtuple.dport = err.sport;
+	rtuple.sport = err.dport;
+	rtuple.nexthdr = err.inner.protocol;
+	rtuple.flags = NAT_DIR_INGRESS;
+	rev = cilium_snat_v4_external.lookup(&rtuple);
+	if (!rev)
+		return 0;
+	ret = icmp_err_rewrite_inner(skb, &err, offsetof(struct iphdr, saddr), cfg->node_ip,
+				     rev->to_addr, offsetof(struct tcphdr, source), err.sport,
+				     rev->to_port);
+	if (ret < 0)
+		return ret;
+	return icmp_err_rewrite_outer(skb, offsetof(struct iphdr, daddr), cfg->node_ip,
+				      rev->to_addr);
+}
+
 static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 {
 	struct ipv4_ct_tuple rtuple = {};
 	struct ipv4_nat_entry *rev;
+	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
 	struct lb4_pkt pkt = {};
 	int ret;
 
 	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
 		return 0;
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+		return -DROP_INVALID;
+	if (ip->protocol == IPPROTO_ICMP && ip->daddr == cfg->node_ip) {
+		ret = snat_v4_ingress_icmp_error(skb, cfg);
+		if (ret < 0)
+			return ret;
+	}
 	ret = nat_parse(skb, &pkt, 0);
 	if (ret <= 0 || pkt.daddr != cfg->node_ip)
 		return ret < 0 ? ret : 0;

@@ -155,3 +155,24 @@ def test_port_exhaustion_drops_with_ciliums_reason(tiny_range):
     for k, _ in list(m["cilium_snat_v4_external"].items()):
         m["cilium_snat_v4_external"].delete(k)
     assert run(prog, out_pkt(P.POD_A_IP, EXT, TCP(sport=2000, dport=80))).retval == abi.CTX_ACT_OK
+
+
+def test_icmp_error_about_a_masqueraded_flow_reaches_the_pod(host, to_netdev, from_netdev):
+    from scapy.layers.inet import IPerror, UDPerror
+    setup(host)
+    dgram = out_pkt(P.POD_A_IP, EXT, UDP(sport=5353, dport=9), b"hi")
+    out = Ether(run(to_netdev, dgram).data)
+    port = out[UDP].sport
+    # the peer answers "port unreachable", quoting what it received (node:port -> peer)
+    err = in_pkt(EXT, NODE_IP, ICMP(type=3, code=3) / bytes(out[IP]))
+    res = run(from_netdev, err)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    quoted = IPerror(bytes(out[IP]))
+    quoted.src = P.POD_A_IP
+    quoted[UDPerror].sport = 5353
+    del quoted.chksum
+    want = (Ether(src=P.LXC_A_MAC, dst=P.POD_A_MAC)
+            / IP(src=EXT, dst=P.POD_A_IP, ttl=62, id=31) / ICMP(type=3, code=3)
+            / IPerror(bytes(quoted)))
+    testrun.assert_packet(Ether(bytes(want)), res.data)
+    assert port != 5353

@@ -200,6 +200,26 @@ def bpf_ct_list(ctx, output):
     _out(entries, output, render)
 
 
+@bpf.group("nat")
+def bpf_nat():
+    """Masquerade (SNAT) mappings."""
+
+
+@bpf_nat.command("list")
+@output_opt
+@click.pass_context
+def bpf_nat_list(ctx, output):
+    """List NAT mappings (`cilium bpf nat list`)."""
+    entries = _client(ctx).get("/v1/bpf/nat")
+
+    def render(items):
+        for e in items:
+            click.echo(f"{e['protocol']} {e['direction']} {e['tuple']} {e['xlate']} "
+                       f"Created={e['created_ago']}sec ago Expires={e['expires_in']}sec")
+
+    _out(entries, output, render)
+
+
 @bpf.group("lb")
 def bpf_lb():
     """Load balancer maps."""

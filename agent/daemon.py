@@ -528,6 +528,23 @@ class Agent:
                             "backend_id": v.backend_id if k.backend_slot else 0})
             return sorted(out, key=lambda e: (e["service"], e["slot"]))
 
+        def bpf_nat(_p, _b):
+            from datapath import abi
+            now = time.monotonic()
+            protos = {6: "TCP", 17: "UDP", 1: "ICMP"}
+            out = []
+            for k, v in self.dp.maps["cilium_snat_v4_external"].items():
+                egress = k.flags == abi.NAT_DIR_EGRESS
+                out.append({
+                    "protocol": protos.get(k.nexthdr, str(k.nexthdr)),
+                    "direction": "OUT" if egress else "IN",
+                    "tuple": f"{abi.be32_to_ip4(k.saddr)}:{abi.be16(k.sport)} -> "
+                             f"{abi.be32_to_ip4(k.daddr)}:{abi.be16(k.dport)}",
+                    "xlate": ("XLATE_SRC " if egress else "XLATE_DST ")
+                             + f"{abi.be32_to_ip4(v.to_addr)}:{abi.be16(v.to_port)}",
+                    "created_ago": int(now - v.created), "expires_in": int(v.lifetime - now)})
+            return sorted(out, key=lambda e: (e["direction"], e["tuple"]))
+
         def service_list(_p, _b):
             with self.lock:
                 return list(self.service_listing)
@@ -536,6 +553,7 @@ class Agent:
                 ("GET", "/v1/service"): service_list,
                 ("GET", "/v1/bpf/ct"): bpf_ct,
                 ("GET", "/v1/bpf/lb"): bpf_lb,
+                ("GET", "/v1/bpf/nat"): bpf_nat,
                 ("GET", "/v1/status"): status,
                 ("GET", "/v1/endpoint"): ep_list,
                 ("GET", "/v1/endpoint/{id}"): ep_get,

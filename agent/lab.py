@@ -67,8 +67,11 @@ class Lab:
 
     # ---- up ----
     def up(self, manifests: str | None = None, topology: str | None = None,
-           routing_mode: str | None = None) -> dict:
+           routing_mode: str | None = None, agent_config: dict | None = None) -> dict:
+        """agent_config: settings merged into every node's agent config (kept for later ups)."""
         st = self.load()
+        if agent_config is not None:
+            st["agentConfig"] = agent_config
         if st.get("topology") and topology and os.path.abspath(topology) != st["topology"]:
             raise LabError(f"lab {self.name} is up with {st['topology']}; run `lab down` first")
         if st.get("routingMode") and routing_mode and routing_mode != st["routingMode"]:
@@ -98,7 +101,8 @@ class Lab:
             st["etcd"] = self._etcd(topo, st.get("etcd"))
             self.save(st)
         for node in topo.nodes:
-            st["nodes"][node.name] = self._node(topo, node, manifests, st["nodes"].get(node.name))
+            st["nodes"][node.name] = self._node(topo, node, manifests, st["nodes"].get(node.name),
+                                                st.get("agentConfig") or {})
             self.save(st)
         wanted = {}
         for node in st["nodes"]:
@@ -212,7 +216,8 @@ class Lab:
         _kill(rec["pid"])
         raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
 
-    def _node(self, topo: Topology, node, manifests: str, have: dict | None) -> dict:
+    def _node(self, topo: Topology, node, manifests: str, have: dict | None,
+              extra: dict) -> dict:
         name, ns = node.name, self.node_ns(node.name)
         ndir = self.dir / name
         ndir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +240,8 @@ class Lab:
                         "kvstoreOpt": {"etcd.endpoints": f"http://{etcd_ip}:{ETCD_PORT}"},
                         "kvstoreLeaseTTL": topo.kvstoreLeaseTTL,
                         "cluster": {"name": "default"}})
+        for k, v in extra.items():        # a section merges, a value replaces
+            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
         cfg_path = ndir / "config.yaml"
         text = yaml.safe_dump(cfg, sort_keys=False)
         if not cfg_path.exists() or cfg_path.read_text() != text:

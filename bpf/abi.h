@@ -127,6 +127,7 @@
 /* ---- NAT directions (the flags of a cilium_snat_v4_external tuple) ---- */
 #define NAT_DIR_EGRESS          0
 #define NAT_DIR_INGRESS         1
+#define NAT_F_CLOSING           1   /* a FIN or RST was seen: the mapping only ages out now */
 
 /* ---- ipcache key: prefixlen counts the 32 bits before the address (as Cilium's) ---- */
 #define IPCACHE_PREFIX_BASE     32
@@ -297,7 +298,7 @@ struct ipv4_nat_entry {
 	__u32  lifetime;
 	__be32 to_addr;
 	__be16 to_port;
-	__u16  pad1;
+	__u16  flags;           /* NAT_F_* */
 	__u32  pad2;
 };
 

@@ -113,6 +113,7 @@ NODE_CFG_F_HOST_ROUTING = 2
 NODE_CFG_F_MASQUERADE = 4
 NAT_DIR_EGRESS = 0
 NAT_DIR_INGRESS = 1
+NAT_F_CLOSING = 1
 IPCACHE_PREFIX_BASE = 32
 TUNNEL_PORT = 8472
 
@@ -326,7 +327,7 @@ class Ipv4NatEntry(_Struct):
     """cilium_snat_v4_external value."""
     c_name = "ipv4_nat_entry"
     _fields_ = [("created", c_uint64), ("lifetime", c_uint32), ("to_addr", c_uint32),
-                ("to_port", c_uint16), ("pad1", c_uint16), ("pad2", c_uint32)]
+                ("to_port", c_uint16), ("flags", c_uint16), ("pad2", c_uint32)]
 
 
 class IpmasqKey(_Struct):

@@ -85,12 +85,19 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct lb4_p
 	return 0;
 }
 
-static __always_inline __u32 nat_lifetime(const struct lb4_pkt *pkt)
+/* Extend a mapping for this packet: TCP lives CT_CONNECTION_LIFETIME_TCP until a FIN or RST,
+ * then only CT_CLOSE_TIMEOUT (the closing mark sticks); the rest CT_CONNECTION_LIFETIME_NONTCP. */
+static __always_inline void nat_refresh(struct ipv4_nat_entry *e, const struct lb4_pkt *pkt,
+					__u32 now)
 {
-	if (pkt->proto == IPPROTO_TCP)
-		return (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_CLOSE_TIMEOUT :
-			CT_CONNECTION_LIFETIME_TCP;
-	return CT_CONNECTION_LIFETIME_NONTCP;
+	if (pkt->proto != IPPROTO_TCP) {
+		e->lifetime = now + CT_CONNECTION_LIFETIME_NONTCP;
+		return;
+	}
+	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		e->flags |= NAT_F_CLOSING;
+	e->lifetime = now + ((e->flags & NAT_F_CLOSING) ? CT_CLOSE_TIMEOUT :
+			     CT_CONNECTION_LIFETIME_TCP);
 }
 
 /* Whether a packet from a local pod to daddr leaves the cluster and must be masqueraded. */
@@ -129,12 +136,13 @@ static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct no
 	now = ct_now();
 	fwd = cilium_snat_v4_external.lookup(&otuple);
 	if (fwd) {
-		fwd->lifetime = now + nat_lifetime(&pkt);
+		nat_refresh(fwd, &pkt, now);
 		return nat_rewrite(skb, &pkt, 1, fwd->to_addr, fwd->to_port);
 	}
 	/* a new mapping: the reply tuple must be free for the port we pick */
 	rstate.created = ostate.created = now;
-	rstate.lifetime = ostate.lifetime = now + nat_lifetime(&pkt);
+	nat_refresh(&rstate, &pkt, now);
+	nat_refresh(&ostate, &pkt, now);
 	rstate.to_addr = pkt.saddr;
 	rstate.to_port = pkt.sport;
 	ostate.to_addr = cfg->node_ip;
@@ -219,7 +227,7 @@ static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct n
 	rev = cilium_snat_v4_external.lookup(&rtuple);
 	if (!rev)
 		return 0;               /* the node's own traffic */
-	rev->lifetime = ct_now() + nat_lifetime(&pkt);
+	nat_refresh(rev, &pkt, ct_now());
 	return nat_rewrite(skb, &pkt, 0, rev->to_addr, rev->to_port);
 }
 

@@ -73,11 +73,12 @@ def copy_manifests(dst: Path, node: str | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def built_lab(name: str, manifests: Path, topology: str, routing_mode: str | None = None):
+def built_lab(name: str, manifests: Path, topology: str, routing_mode: str | None = None,
+              agent_config: dict | None = None):
     lab = Lab(name)
     lab.down()
     try:
-        lab.up(str(manifests), topology, routing_mode)
+        lab.up(str(manifests), topology, routing_mode, agent_config)
         yield LabHandle(lab, manifests)
     finally:
         lab.down()

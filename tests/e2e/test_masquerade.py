@@ -1,0 +1,184 @@
+"""Masquerade end to end on its own labs: ip-masq-agent exclusions, 2,000 concurrent connections
+from three pods sharing source ports, port exhaustion and recovery with a tiny range, and a
+ClusterIP whose backend is outside the cluster."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.topology import TOPOLOGIES
+from datapath import netns
+
+from .conftest import built_lab, copy_manifests, wait_for
+
+EXT = "203.0.113.10"
+HOLD_SERVER = """
+import asyncio, sys
+async def handle(r, w):
+    peer = w.get_extra_info("peername")
+    while await r.read(100):
+        w.write(f"{peer[0]}:{peer[1]}\\n".encode()); await w.drain()
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, "0.0.0.0", int(sys.argv[1]), backlog=4096)
+    async with srv:
+        await asyncio.sleep(float(sys.argv[2]))
+asyncio.run(main())
+"""
+MANY_CLIENTS = """
+import socket, sys
+dst, port, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+socks, seen = [], []
+for i in range(count):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", first + i)); s.settimeout(10); s.connect((dst, port)); socks.append(s)
+for s in socks:
+    s.sendall(b"hi"); seen.append(s.recv(100).decode().strip())
+print("\\n".join(seen)); [s.close() for s in socks]
+"""
+RECORD_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(15)
+s.bind((sys.argv[1], int(sys.argv[2])))
+data, addr = s.recvfrom(100); print(addr[0], flush=True)
+"""
+
+
+def _name(tag):
+    return f"q{os.getpid() % 10000}{tag}"
+
+
+@pytest.fixture(scope="module")
+def masq(privileged, tmp_path_factory):
+    mdir = copy_manifests(tmp_path_factory.mktemp("masq"), node="k8s-ctr")
+    cfg = {"ipMasqAgent": {"enabled": True,
+                           "config": {"nonMasqueradeCIDRs": ["198.51.100.0/24"]}}}
+    with built_lab(_name("m"), mdir, str(TOPOLOGIES / "default.yaml"), "native", cfg) as lab:
+        # a second "internet" network behind ext, routed by the router
+        lab.run("ext", "ip", "addr", "add", "198.51.100.10/24", "dev", "eth1")
+        lab.run("k8s-rtr", "ip", "route", "add", "198.51.100.0/24", "via", EXT)
+        yield lab
+
+
+def server(lab, port, seconds=60):
+    p = subprocess.Popen(netns.cmd(lab.ns("ext"), sys.executable, "-c", HOLD_SERVER, str(port),
+                                   str(seconds)), stdout=subprocess.DEVNULL)
+    wait_for(lambda: f":{port}" in lab.run("ext", "ss", "-Htln").stdout, what="ext server")
+    return p
+
+
+def test_non_masquerade_cidrs_keep_the_pod_ip(masq):
+    rec = subprocess.Popen(netns.cmd(masq.ns("ext"), sys.executable, "-c", RECORD_UDP,
+                                     "198.51.100.10", "7000"), stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        masq.py("curl-pod", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                            " s.sendto(b'x', ('198.51.100.10', 7000))")
+        assert rec.stdout.readline().strip() == masq.pod_ip("curl-pod")     # not masqueraded
+    finally:
+        rec.wait(timeout=20)
+    # ...so ext cannot answer it (it has no route to pods), while 203.0.113.10 is masqueraded
+    p = server(masq, 7001, 20)
+    try:
+        assert masq.run("curl-pod", "curl", "-s", "-m", "2", "http://198.51.100.10:7001/",
+                        check=False).returncode != 0
+        got = masq.py("curl-pod", MANY_CLIENTS, EXT, "7001", "45000", "1").stdout.strip()
+        assert got.startswith("192.168.10.100:")
+    finally:
+        p.kill()
+
+
+def test_2000_connections_from_three_pods_sharing_source_ports(masq):
+    p = server(masq, 7100, 90)
+    try:
+        clients = [subprocess.Popen(netns.cmd(masq.ns(pod), sys.executable, "-c", MANY_CLIENTS,
+                                              EXT, "7100", "41000", "667"),
+                                    stdout=subprocess.PIPE, text=True)
+                   for pod in ("curl-pod", "webpod-1", "webpod-2")]
+        seen = []
+        for c in clients:
+            out, _ = c.communicate(timeout=120)
+            assert c.returncode == 0
+            seen += out.split()
+        assert len(seen) == 3 * 667 >= 2000
+        assert len(set(seen)) == len(seen)                       # told apart at ext
+        assert {s.split(":")[0] for s in seen} == {"192.168.10.100"}
+        nat = masq.client().get("/v1/bpf/nat")
+        assert sum(e["direction"] == "OUT" and ":7100" in e["tuple"] for e in nat) >= 2001
+    finally:
+        p.kill()
+
+
+def test_clusterip_with_an_external_backend(masq):
+    path = masq.manifests / "outside.yaml"
+    path.write_text(f"""apiVersion: v1
+kind: Service
+metadata: {{name: outside, namespace: default}}
+spec:
+  clusterIP: 10.96.0.80
+  ports: [{{name: web, port: 80, targetPort: 7200}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: outside-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: outside}}
+addressType: IPv4
+ports: [{{name: web, port: 7200, protocol: TCP}}]
+endpoints:
+  - addresses: [{EXT}]
+""")
+    p = server(masq, 7200, 30)
+    try:
+        wait_for(lambda: any(s["service"] == "default/outside" and s["backends"]
+                             for s in masq.client().get("/v1/service")), what="service")
+        got = masq.py("curl-pod", MANY_CLIENTS, "10.96.0.80", "80", "46000", "3").stdout.split()
+        assert len(got) == 3 and all(g.startswith("192.168.10.100:") for g in got)
+    finally:
+        p.kill()
+        path.unlink()
+
+
+def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, tmp_path):
+    mdir = copy_manifests(tmp_path, node="k8s-ctr")
+    for f in mdir.glob("webpod-*.yaml"):
+        f.unlink()
+    with built_lab(_name("x"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
+                   {"bpf": {"natPortRange": "40000-40003"}}) as lab:
+        p = server(lab, 7300, 120)
+        try:
+            holder = subprocess.Popen(netns.cmd(lab.ns("curl-pod"), sys.executable, "-c",
+                                                MANY_CLIENTS.replace("s.close() for s in socks",
+                                                                     "s for s in socks") +
+                                                "\nimport time; time.sleep(8)\n"
+                                                "[s.close() for s in socks]",
+                                                EXT, "7300", "50000", "4"),
+                                      stdout=subprocess.PIPE, text=True)
+            wait_for(lambda: sum(e["direction"] == "OUT" for e in
+                                 lab.client().get("/v1/bpf/nat")) >= 4, what="4 mappings")
+            drops = _nat_drops(lab)
+            fifth = lab.run("curl-pod", "curl", "-s", "-m", "2", f"http://{EXT}:7300/",
+                            check=False)
+            assert fifth.returncode != 0
+            assert _nat_drops(lab) > drops
+            holder.communicate(timeout=30)       # closes its 4 connections: FIN, 10 s, GC
+            wait_for(lambda: lab.py("curl-pod", MANY_CLIENTS, EXT, "7300", "51000", "1",
+                                    check=False).returncode == 0, timeout=60, interval=2,
+                     what="a free NAT port after the closed mappings expire")
+        finally:
+            p.kill()
+
+
+def _nat_drops(lab) -> float:
+    total = 0.0
+    for line in lab.metrics().splitlines():
+        if line.startswith("cilium_drop_count_total{") and \
+                'reason="No mapping for NAT masquerade"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -77,6 +77,19 @@ def _kill(ref: str | int | None, timeout: float = 10) -> None:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
+    _reap(pid)
+
+
+def _reap(pid: int, timeout: float = 5) -> None:
+    """Collect the exit status when pid is our own child, so no zombie is left behind."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            return              # not our child: its parent (or init) reaps it
+        time.sleep(0.05)
 
 
 

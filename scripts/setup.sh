@@ -67,7 +67,7 @@ fi
 stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
   say "installing datapath into $VENV"
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test]'
+  "$VENV/bin/pip" install -q --upgrade pip > "$VENV/pip.log" 2>&1 || { cat "$VENV/pip.log"; exit 1; }
+  "$VENV/bin/pip" install -q -e '.[test]' >> "$VENV/pip.log" 2>&1 || { cat "$VENV/pip.log"; exit 1; }
   rm -f "$VENV"/.installed-*; touch "$stamp"
 fi

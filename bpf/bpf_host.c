@@ -15,9 +15,11 @@
 #include "lib/local_delivery.h"
 #include "lib/nat.h"
 
-static __always_inline int handle_from_netdev(struct __sk_buff *skb)
+/* The start of both directions: a valid IPv4 packet and this node's settings. Returns 1 to go
+ * on (cfg set, possibly NULL before the agent wrote it), CTX_ACT_OK for anything but IPv4, or a
+ * negative DROP_*. */
+static __always_inline int host_ipv4(struct __sk_buff *skb, struct node_config **cfg)
 {
-	struct node_config *cfg;
 	struct iphdr *ip;
 	__u16 proto;
 	int ret = parse_eth(skb, &proto);
@@ -29,7 +31,17 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 	ret = parse_ipv4(skb, &ip);
 	if (ret < 0)
 		return ret;
-	cfg = node_config();
+	*cfg = node_config();
+	return 1;
+}
+
+static __always_inline int handle_from_netdev(struct __sk_buff *skb)
+{
+	struct node_config *cfg = NULL;
+	int ret = host_ipv4(skb, &cfg);
+
+	if (ret != 1)
+		return ret;
 	if (cfg) {
 		ret = snat_v4_ingress(skb, cfg);
 		if (ret < 0)
@@ -40,19 +52,11 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 
 static __always_inline int handle_to_netdev(struct __sk_buff *skb)
 {
-	struct node_config *cfg;
-	struct iphdr *ip;
-	__u16 proto;
-	int ret = parse_eth(skb, &proto);
+	struct node_config *cfg = NULL;
+	int ret = host_ipv4(skb, &cfg);
 
-	if (ret < 0)
+	if (ret != 1)
 		return ret;
-	if (proto != ETH_P_IP)
-		return CTX_ACT_OK;
-	ret = parse_ipv4(skb, &ip);
-	if (ret < 0)
-		return ret;
-	cfg = node_config();
 	if (cfg) {
 		ret = snat_v4_egress(skb, cfg);
 		if (ret < 0)

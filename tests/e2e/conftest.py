@@ -45,6 +45,15 @@ class LabHandle:
         obj = build.compile_program("bpf_lxc.c", {"DP_PIN_DIR": pin_dir})   # opens the pins
         return {bytes(k): bytes(v) for k, v in open_maps(obj)[name].items()}
 
+    def metric(self, name: str, node: str = "k8s-ctr", **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics(node).splitlines():
+            if line.split("{")[0].split(" ")[0] == name and \
+                    all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def metrics(self, node: str = "k8s-ctr") -> str:
         ip = self.node(node)["ip"]
         return self.run(node, "curl", "-s", "-m", "5", f"http://{ip}:9962/metrics").stdout

@@ -1,7 +1,6 @@
-"""Masquerade end to end on its own labs: ip-masq-agent exclusions, port exhaustion and recovery
-with a tiny range, and a ClusterIP whose backend is outside the cluster. (Issue 5's 2,000
-concurrent connections from three pods sharing source ports is not here yet: in about one run
-of three, ext saw the same node port for two live flows; see the session notes.)"""
+"""Masquerade end to end on its own labs: ip-masq-agent exclusions, 2,000 concurrent connections
+from three pods sharing source ports, port exhaustion and recovery with a tiny range, and a
+ClusterIP whose backend is outside the cluster."""
 from __future__ import annotations
 
 import json
@@ -41,6 +40,22 @@ for i in range(count):
 for s in socks:
     s.sendall(b"hi"); seen.append(s.recv(100).decode().strip())
 print("\\n".join(seen)); [s.close() for s in socks]
+"""
+HELD_CLIENTS = """
+import socket, sys
+dst, port, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+socks = []
+for i in range(count):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", first + i)); s.settimeout(20); s.connect((dst, port)); socks.append(s)
+print("ready", flush=True)
+sys.stdin.readline()                      # hold every connection open until all pods are ready
+seen = []
+for s in socks:
+    s.sendall(b"hi"); seen.append(s.recv(100).decode().strip())
+print("\\n".join(seen), flush=True)
+sys.stdin.readline()
+[s.close() for s in socks]
 """
 RECORD_UDP = """
 import socket, sys
@@ -91,6 +106,40 @@ def test_non_masquerade_cidrs_keep_the_pod_ip(masq):
         got = masq.py("curl-pod", MANY_CLIENTS, EXT, "7001", "45000", "1").stdout.strip()
         assert got.startswith("192.168.10.100:")
     finally:
+        p.kill()
+
+
+def test_2000_concurrent_connections_from_three_pods_sharing_source_ports(masq):
+    """Three pods each hold 667 connections from the same source ports (41000..41666, bound
+    before connect) to one ext port, all at the same time: every one succeeds and ext tells
+    them apart (distinct node ports)."""
+    p = server(masq, 7100, 120)
+    clients = []
+    try:
+        clients = [subprocess.Popen(netns.cmd(masq.ns(pod), sys.executable, "-c", HELD_CLIENTS,
+                                              EXT, "7100", "41000", "667"),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                   for pod in ("curl-pod", "webpod-1", "webpod-2")]
+        for c in clients:
+            assert c.stdout.readline().strip() == "ready"
+        nat = masq.client().get("/v1/bpf/nat")
+        assert sum(e["direction"] == "OUT" and ":7100" in e["tuple"] for e in nat) == 3 * 667
+        for c in clients:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        seen = []
+        for c in clients:
+            seen += [c.stdout.readline().strip() for _ in range(667)]
+        assert len(seen) == 2001 and len(set(seen)) == 2001          # told apart at ext
+        assert {s.split(":")[0] for s in seen} == {"192.168.10.100"}
+    finally:
+        for c in clients:
+            try:
+                c.stdin.write("done\n")
+                c.stdin.flush()
+            except OSError:
+                pass
+            c.wait(timeout=30)
         p.kill()
 
 

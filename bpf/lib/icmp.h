@@ -8,6 +8,8 @@
  *                               rewrite the quoted address (IP header offset addr_off) and
  *                               port (L4 offset port_off), fixing the quoted IP checksum and
  *                               the ICMP checksum; returns 0 or a negative DROP_*
+ *   icmp_err_reply_tuple(&tuple, &err, flags)
+ *                               the tuple of the quoted flow's replies (peer -> quoted source)
  *   icmp_err_rewrite_outer(skb, addr_off, old, new)
  *                               rewrite the outer address (no pseudo header in ICMP)
  */
@@ -55,6 +57,17 @@ static __always_inline int icmp_err_parse(struct __sk_buff *skb, struct icmp_err
 	err->sport = ports[0];
 	err->dport = ports[1];
 	return 1;
+}
+
+static __always_inline void icmp_err_reply_tuple(struct ipv4_ct_tuple *tuple,
+						 const struct icmp_err *err, __u8 flags)
+{
+	tuple->daddr = err->inner.saddr;
+	tuple->saddr = err->inner.daddr;
+	tuple->dport = err->sport;
+	tuple->sport = err->dport;
+	tuple->nexthdr = err->inner.protocol;
+	tuple->flags = flags;
 }
 
 static __always_inline int icmp_err_rewrite_inner(struct __sk_buff *skb, const struct icmp_err *err,

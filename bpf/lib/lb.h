@@ -264,13 +264,7 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 	ret = icmp_err_parse(skb, &err);
 	if (ret <= 0)
 		return ret;
-	/* our reply entry is backend -> client */
-	tuple.daddr = err.inner.saddr;
-	tuple.saddr = err.inner.daddr;
-	tuple.dport = err.sport;
-	tuple.sport = err.dport;
-	tuple.nexthdr = err.inner.protocol;
-	tuple.flags = TUPLE_F_IN;
+	icmp_err_reply_tuple(&tuple, &err, TUPLE_F_IN);   /* backend -> client */
 	ct = ct_lookup(&tuple);
 	if (!ct || !ct->rev_nat_index || (ct->flags & CT_F_LB_LOOPBACK))
 		return 0;

@@ -185,12 +185,7 @@ static __always_inline int snat_v4_ingress_icmp_error(struct __sk_buff *skb,
 
 	if (ret <= 0 || err.inner.saddr != cfg->node_ip)
 		return ret < 0 ? ret : 0;
-	rtuple.daddr = err.inner.saddr;
-	rtuple.saddr = err.inner.daddr;
-	rtuple.dport = err.sport;
-	rtuple.sport = err.dport;
-	rtuple.nexthdr = err.inner.protocol;
-	rtuple.flags = NAT_DIR_INGRESS;
+	icmp_err_reply_tuple(&rtuple, &err, NAT_DIR_INGRESS);   /* peer -> node:port */
 	rev = cilium_snat_v4_external.lookup(&rtuple);
 	if (!rev)
 		return 0;

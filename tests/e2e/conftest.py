@@ -59,6 +59,29 @@ class LabHandle:
         return self.run(node, "curl", "-s", "-m", "5", f"http://{ip}:9962/metrics").stdout
 
 
+def external_service(name: str, cluster_ip: str, port: int, target: int, address: str,
+                     proto: str = "TCP") -> str:
+    """A selector-less Service and the EndpointSlice that gives it one backend."""
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: {cluster_ip}
+  ports: [{{name: p, port: {port}, targetPort: {target}, protocol: {proto}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:
+  - addresses: [{address}]
+"""
+
+
 def wait_for(fn, timeout: float = 15, interval: float = 0.2, what: str = "condition"):
     deadline = time.time() + timeout
     last = None

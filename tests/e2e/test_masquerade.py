@@ -14,7 +14,7 @@ import pytest
 from agent.topology import TOPOLOGIES
 from datapath import netns
 
-from .conftest import built_lab, copy_manifests, wait_for
+from .conftest import built_lab, copy_manifests, external_service, wait_for
 
 EXT = "203.0.113.10"
 HOLD_SERVER = """
@@ -145,24 +145,7 @@ def test_2000_concurrent_connections_from_three_pods_sharing_source_ports(masq):
 
 def test_clusterip_with_an_external_backend(masq):
     path = masq.manifests / "outside.yaml"
-    path.write_text(f"""apiVersion: v1
-kind: Service
-metadata: {{name: outside, namespace: default}}
-spec:
-  clusterIP: 10.96.0.80
-  ports: [{{name: web, port: 80, targetPort: 7200}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: outside-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: outside}}
-addressType: IPv4
-ports: [{{name: web, port: 7200, protocol: TCP}}]
-endpoints:
-  - addresses: [{EXT}]
-""")
+    path.write_text(external_service("outside", "10.96.0.80", 80, 7200, EXT))
     p = server(masq, 7200, 30)
     try:
         wait_for(lambda: any(s["service"] == "default/outside" and s["backends"]

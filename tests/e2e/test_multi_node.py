@@ -15,7 +15,7 @@ from agent.lab import _alive
 from agent.topology import TOPOLOGIES
 from datapath import netns
 
-from .conftest import built_lab, copy_manifests, wait_for
+from .conftest import built_lab, copy_manifests, external_service, wait_for
 from .traffic import curl, udp_roundtrip
 
 PODS = {"curl-pod": "k8s-ctr", "webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
@@ -486,24 +486,7 @@ def test_udp_service_from_an_endpointslice(native):
     from .traffic import UDP_ECHO
     target = native.pod_ip("webpod-2")
     path = native.manifests / "dns.yaml"
-    path.write_text(f"""apiVersion: v1
-kind: Service
-metadata: {{name: dns, namespace: default}}
-spec:
-  clusterIP: 10.96.0.53
-  ports: [{{name: dns, port: 53, targetPort: 5353, protocol: UDP}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: dns-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: dns}}
-addressType: IPv4
-ports: [{{name: dns, port: 5353, protocol: UDP}}]
-endpoints:
-  - addresses: [{target}]
-""")
+    path.write_text(external_service("dns", "10.96.0.53", 53, 5353, target, "UDP"))
     srv = None
     try:
         wait_for(lambda: any(s["service"] == "default/dns" and s["backends"]

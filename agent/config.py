@@ -56,6 +56,8 @@ _FIELDS: dict[str, str] = {
     "ipMasqAgent.config.masqLinkLocal": "masqLinkLocal",
     "egressMasqueradeInterfaces": "egressMasqueradeInterfaces",
     "bpf.natPortRange": "natPortRange",
+    "nodePort.range": "nodePortRange",
+    "maglev.tableSize": "maglevTableSize",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -65,7 +67,11 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
     "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
+    "maglev.tableSize",
 })
+
+# Cilium's accepted Maglev table sizes (primes; M should be well above 100 x the backend count)
+MAGLEV_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MISSING = object()
@@ -121,6 +127,8 @@ class Config:
     masqLinkLocal: bool = False                 # masquerade link-local destinations too
     egressMasqueradeInterfaces: tuple[str, ...] = ()   # devices that masquerade ('eth+' = prefix)
     natPortRange: tuple[int, int] = (32768, 65535)     # SNAT source ports (compile-time)
+    nodePortRange: tuple[int, int] = (30000, 32767)    # nodePorts given or allocated
+    maglevTableSize: int = 16381                       # Maglev lookup table size (a prime)
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -288,13 +296,23 @@ def _names(r: _Reader, key: str) -> tuple[str, ...]:
     return tuple(i for i in items if i)
 
 
-def _port_range(r: _Reader, key: str) -> tuple[int, int]:
-    v = r.get(key, "32768-65535")
+def _port_range(r: _Reader, key: str, default: str = "32768-65535",
+                lowest: int = 1024) -> tuple[int, int]:
+    v = r.get(key, default)
     m = re.match(r"^(\d+)\s*[-,]\s*(\d+)$", str(v)) if isinstance(v, str) else None
     lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if not m or not 1024 <= lo <= hi <= 65535:
-        r.fail(key, f"expected a port range like 32768-65535 within 1024-65535, got {describe(v)}")
+    if not m or not lowest <= lo <= hi <= 65535:
+        r.fail(key, f"expected a port range like {default} within {lowest}-65535, "
+                    f"got {describe(v)}")
     return lo, hi
+
+
+def _maglev_table_size(r: _Reader) -> int:
+    v = r.get("maglev.tableSize", 16381)
+    if type(v) is not int or v not in MAGLEV_TABLE_SIZES:
+        r.fail("maglev.tableSize", f"expected one of the primes {', '.join(map(str, MAGLEV_TABLE_SIZES))}"
+                                   f", got {describe(v)}")
+    return v
 
 
 def _cluster_name(r: _Reader) -> str:
@@ -415,6 +433,8 @@ def parse_config(data: object, path: str) -> Config:
         masqLinkLocal=r.boolean("ipMasqAgent.config.masqLinkLocal", False),
         egressMasqueradeInterfaces=_names(r, "egressMasqueradeInterfaces"),
         natPortRange=_port_range(r, "bpf.natPortRange"),
+        nodePortRange=_port_range(r, "nodePort.range", "30000-32767", 1),
+        maglevTableSize=_maglev_table_size(r),
         raw=copy.deepcopy(data),
     )
 

@@ -24,6 +24,7 @@ import ipaddress
 
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
+from datapath import loader
 from datapath.loader import NodeDatapath
 
 from . import api, ctgc, services
@@ -105,7 +106,8 @@ class Agent:
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
         self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
-            "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1]})
+            "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
+            "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize})
         self.metrics.bind(self)
         self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
         self._api = None
@@ -205,7 +207,8 @@ class Agent:
         st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}, "cilium_ipcache": {},
                                  "dp_node_config": {}})
         tags = {name: self.dp.program(name)[1] for name in
-                ("from-container", "from-netdev", "to-netdev", "from-overlay")}
+                ("from-container", "from-netdev", "to-netdev", "to-netdev-nomasq",
+                 "from-overlay")}
         ipc = st.maps["cilium_ipcache"]
 
         def ipcache(cidr, identity, tunnel=None):
@@ -230,7 +233,13 @@ class Agent:
                    if r.get("pod")}
         pod_ips.update({ep.pod_key: ep.ip for ep in self.endpoints.values()
                         if ep.identity and ep.state not in ("disconnecting", "disconnected")})
-        lb = services.build(self.manifests, pod_ips, self.lb_ids, cfg.serviceCIDR)
+        lb = services.build(self.manifests, pod_ips, self.lb_ids, cfg.serviceCIDR,
+                            services.NodeView(
+                                node_ip=self.node_ip if self.node_ip != "127.0.0.1" else None,
+                                local_ips=frozenset(ep.ip for ep in self.endpoints.values()
+                                                    if ep.identity),
+                                node_name=cfg.nodeName, node_port_range=cfg.nodePortRange,
+                                algorithm=cfg.lbAlgorithm, maglev_size=cfg.maglevTableSize))
         st.maps.update(lb.maps)
         st.late = {("cilium_lb4_services_v2", k) for k in lb.frontends_last}
         self._count_service_events(self.service_listing, lb.listing)
@@ -249,8 +258,10 @@ class Agent:
         for dev in cfg.devices:
             if _iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
-                if cfg.bpfMasquerade and dev in self.masquerade_devices():
-                    st.tc[(dev, "egress")] = ("to-netdev", tags["to-netdev"])
+                # NodePort replies from local backends get their frontend back on every device
+                prog = "to-netdev" if cfg.bpfMasquerade and dev in self.masquerade_devices() \
+                    else "to-netdev-nomasq"
+                st.tc[(dev, "egress")] = (prog, tags[prog])
         if tunnel:
             st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
         elif cfg.autoDirectNodeRoutes:
@@ -590,8 +601,7 @@ class Agent:
                 "identities": self.identity_counts(),
                 "datapath": {"pinDir": cfg.pin_dir(),
                              "programs": {n: self.dp.program(n)[1] for n in
-                                          ("from-container", "from-netdev", "to-netdev",
-                                           "from-overlay")}},
+                                          loader.PROGRAMS}},
                 "config": {"path": self.config_path, "lastError": self.last_error,
                            "lastReload": self.last_reload},
                 "prometheus": (f"http://{_node_ip(cfg)}:{cfg.prometheusPort}/metrics"

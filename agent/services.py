@@ -1,5 +1,6 @@
 """Services -> load balancer maps: a pure function from manifests and known pod addresses to the
-contents of cilium_lb4_services_v2, cilium_lb4_backends_v3 and cilium_lb4_reverse_nat.
+contents of cilium_lb4_services_v2, cilium_lb4_backends_v3, cilium_lb4_reverse_nat and
+cilium_lb4_maglev.
 
 ClusterIPs not given in a manifest are allocated from serviceCIDR by hashing the service's name
 and probing in name order, so every agent reading the same manifests picks the same address.
@@ -11,10 +12,22 @@ flows; a pod that is not ready is no backend. A named targetPort resolves to the
 port of that name. A service without a selector takes its backends from its EndpointSlices
 (ready -> active, terminating -> terminating).
 
+Every service port has frontends, each with its own service id: the ClusterIP; for NodePort and
+LoadBalancer services the nodePort on this node's IP; the LoadBalancer IP (LB IPAM, from
+CiliumLoadBalancerIPPools); each externalIP. externalTrafficPolicy Local gives the external
+frontends only this node's backends (a node without one has count 0: the datapath drops with
+"Service backend not found"); internalTrafficPolicy Local does the same for pods' traffic.
+When the two sets differ a frontend carries both: scope EXT (from outside) and scope INT (from
+pods on this node), flagged SVC_FLAG2_TWO_SCOPES, as Cilium does. With loadBalancer.algorithm
+maglev each frontend also gets a lookup table (agent/maglev.py) replaced whole in one write.
+
 API:
     IdTable(table)                          persistent ids: service(key) / backend(key), prune()
+    NodeView(node_ip, local_ips, ...)       what of this node the plan depends on
     cluster_ips(services, cidr)             {service key: ClusterIP}
-    build(manifests, pod_ips, ids, cidr)    -> Plan(maps, frontends_last, listing)
+    lb_ips(services, pools)                 {service key: LoadBalancer IP} (LB IPAM)
+    node_ports(services, range)             {(service key, port index): nodePort}
+    build(manifests, pod_ips, ids, cidr, view) -> Plan(maps, frontends_last, listing)
 """
 from __future__ import annotations
 
@@ -24,8 +37,11 @@ from dataclasses import dataclass, field
 
 from datapath import abi
 
+from . import maglev
+
 PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
-SERVICE_MAPS = ("cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat")
+SERVICE_MAPS = ("cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
+                "cilium_lb4_maglev")
 
 
 class IdTable:
@@ -83,6 +99,76 @@ class Plan:
     listing: list[dict] = field(default_factory=list)          # for `service list`
 
 
+@dataclass(frozen=True)
+class NodeView:
+    """What of this node the service plan depends on."""
+    node_ip: str | None = None                   # NodePort frontends live on it
+    local_ips: frozenset[str] = frozenset()      # pods on this node (Local traffic policies)
+    node_name: str | None = None                 # EndpointSlice endpoints' nodeName
+    node_port_range: tuple[int, int] = (30000, 32767)
+    algorithm: str = "random"                    # loadBalancer.algorithm
+    maglev_size: int = maglev.DEFAULT_TABLE_SIZE
+
+
+def _selects(selector, labels: dict[str, str]) -> bool:
+    return selector is None or dict(selector).items() <= labels.items()
+
+
+def lb_ips(services, pools) -> dict[str, str]:
+    """LB IPAM: {service key: LoadBalancer IP} for LoadBalancer services, from the
+    CiliumLoadBalancerIPPools that select them. A requested spec.loadBalancerIP is honoured when
+    a selecting pool holds it; otherwise services, in name order, take the first free address of
+    the first selecting pool (pools in name order). A service no pool can serve gets none
+    (pending, as with Cilium)."""
+    live = [p for p in sorted(pools, key=lambda p: p.name) if not p.disabled]
+    lbs = sorted((s for s in services if s.type == "LoadBalancer"), key=lambda s: s.key)
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for s in lbs:                                   # requested addresses first
+        if s.loadBalancerIP and s.loadBalancerIP not in taken and any(
+                _selects(p.serviceSelector, s.label_dict) and
+                any(s.loadBalancerIP in b.addresses() for b in p.blocks) for p in live):
+            out[s.key] = s.loadBalancerIP
+            taken.add(s.loadBalancerIP)
+    for s in lbs:
+        if s.key in out or s.loadBalancerIP:
+            continue
+        for p in live:
+            if not _selects(p.serviceSelector, s.label_dict):
+                continue
+            ip = next((a for a in p.addresses() if a not in taken), None)
+            if ip:
+                out[s.key] = ip
+                taken.add(ip)
+                break
+    return out
+
+
+def node_ports(services, port_range: tuple[int, int]) -> dict[tuple[str, int], int]:
+    """{(service key, port index): nodePort} for NodePort and LoadBalancer services: the given
+    nodePort, else one allocated from the range by hashing, the same on every node."""
+    lo, hi = port_range
+    size = hi - lo + 1
+    out: dict[tuple[str, int], int] = {}
+    ext = sorted((s for s in services if s.type in ("NodePort", "LoadBalancer")),
+                 key=lambda s: s.key)
+    taken = {(p.nodePort, p.protocol) for s in ext for p in s.ports if p.nodePort}
+    for s in ext:
+        for i, p in enumerate(s.ports):
+            if p.nodePort:
+                out[(s.key, i)] = p.nodePort
+                continue
+            h = hashlib.sha256(f"{s.key}/{i}".encode()).digest()
+            start = int.from_bytes(h[:4], "big") % size
+            for j in range(size):
+                n = lo + (start + j) % size
+                if (n, p.protocol) not in taken:
+                    taken.add((n, p.protocol))
+                    out[(s.key, i)] = n
+                    break
+    return out
+
+
 def _target_port(pod, port) -> int | None:
     if isinstance(port.targetPort, int):
         return port.targetPort
@@ -93,8 +179,9 @@ def _target_port(pod, port) -> int | None:
     return None
 
 
-def _endpoints(manifests, svc, port, pod_ips) -> list[tuple[str, int, str, int]]:
-    """(ip, port, name, state) of a service port's backends, from pods or EndpointSlices."""
+def _endpoints(manifests, svc, port, pod_ips, view) -> list[tuple[str, int, str, int, bool]]:
+    """(ip, port, name, state, local) of a service port's backends, from pods or
+    EndpointSlices; local: the backend is a pod on this node."""
     out = []
     if svc.selector is not None:
         for pod in sorted(manifests.pods.values(), key=lambda p: p.key):
@@ -104,7 +191,8 @@ def _endpoints(manifests, svc, port, pod_ips) -> list[tuple[str, int, str, int]]
             tp = _target_port(pod, port)
             if tp is not None:
                 state = abi.BE_STATE_TERMINATING if pod.terminating else abi.BE_STATE_ACTIVE
-                out.append((pod_ips[pod.key], tp, pod.key, state))
+                ip = pod_ips[pod.key]
+                out.append((ip, tp, pod.key, state, ip in view.local_ips))
         return out
     for sl in manifests.slices_for(svc):
         ports = [p for p in sl.ports if p.protocol == port.protocol and
@@ -118,54 +206,110 @@ def _endpoints(manifests, svc, port, pod_ips) -> list[tuple[str, int, str, int]]
                 else:
                     continue
                 for addr in ep.addresses:
-                    out.append((addr, p.port, f"{sl.key} {addr}", state))
+                    local = addr in view.local_ips or (
+                        view.node_name is not None and ep.nodeName == view.node_name)
+                    out.append((addr, p.port, f"{sl.key} {addr}", state, local))
     return out
 
 
-def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str) -> Plan:
+def _frontends(svc, i, port, vip, lb_ip, node_port, view) -> list[tuple[str, str, int, int]]:
+    """(kind, address, port, SVC_FLAG_*) of every frontend one service port has on this node."""
+    out = [("ClusterIP", vip, port.port, 0)] if vip else []
+    if node_port and view.node_ip:
+        out.append(("NodePort", view.node_ip, node_port, abi.SVC_FLAG_NODEPORT))
+    if lb_ip:
+        out.append(("LoadBalancer", lb_ip, port.port, abi.SVC_FLAG_LOADBALANCER))
+    for ip in svc.externalIPs:
+        out.append(("ExternalIP", ip, port.port, abi.SVC_FLAG_EXTERNAL_IP))
+    return out
+
+
+def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str,
+          view: NodeView = NodeView()) -> Plan:
     """pod_ips: 'ns/name' -> IP of every pod in the cluster that this node knows."""
     plan = Plan()
-    vips = cluster_ips(list(manifests.services.values()), cidr)
+    svcs = list(manifests.services.values())
+    vips = cluster_ips(svcs, cidr)
+    lbs = lb_ips(svcs, manifests.ippools.values())
+    nps = node_ports(svcs, view.node_port_range)
     used_services, used_backends = set(), set()
     names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
-    for svc in sorted(manifests.services.values(), key=lambda s: s.key):
+    svc_map = plan.maps["cilium_lb4_services_v2"]
+    for svc in sorted(svcs, key=lambda s: s.key):
         vip = vips.get(svc.key)
         if not vip:
             continue            # headless
-        for port in svc.ports:
+        for i, port in enumerate(svc.ports):
             proto = PROTO[port.protocol]
-            fe = f"{svc.key}:{port.port}/{port.protocol}"
-            sid = ids.service(fe)
-            used_services.add(fe)
-            backends, listed = [], []
-            for ip, tp, who, state in _endpoints(manifests, svc, port, pod_ips):
+            backends, listed = [], []     # backends: (id, ip, local) of active backends
+            for ip, tp, who, state, local in _endpoints(manifests, svc, port, pod_ips, view):
                 bkey = f"{ip}:{tp}/{port.protocol}"
                 bid = ids.backend(bkey)
                 used_backends.add(bkey)
                 plan.maps["cilium_lb4_backends_v3"][bytes(abi.Lb4BackendKey(bid))] = bytes(
                     abi.Lb4Backend(address=abi.ip4_to_be32(ip), port=abi.be16(tp),
                                    proto=proto, flags=state))
-                listed.append({"id": bid, "address": f"{ip}:{tp}/{port.protocol}", "pod": who,
-                               "state": names[state]})
+                listed.append({"id": bid, "address": bkey, "pod": who, "state": names[state],
+                               "local": local})
                 if state == abi.BE_STATE_ACTIVE:      # terminating: no slot, no new flows
-                    backends.append(bid)
-            key = abi.Lb4Key(address=abi.ip4_to_be32(vip), dport=abi.be16(port.port), proto=proto)
-            for slot, bid in enumerate(backends, start=1):
-                k = abi.Lb4Key.from_bytes(bytes(key))
-                k.backend_slot = slot
-                plan.maps["cilium_lb4_services_v2"][bytes(k)] = bytes(
-                    abi.Lb4Service(backend_id=bid, rev_nat_index=sid))
+                    backends.append((bid, bkey, local))
+            local = [b for b in backends if b[2]]
+            internal = local if svc.internalTrafficPolicy == "Local" else backends
+            external = local if svc.externalTrafficPolicy == "Local" else backends
             affinity = svc.sessionAffinity == "ClientIP"
-            plan.maps["cilium_lb4_services_v2"][bytes(key)] = bytes(abi.Lb4Service(
-                count=len(backends), rev_nat_index=sid,
-                backend_id=svc.affinityTimeout if affinity else 0,
-                flags=abi.SVC_FLAG_AFFINITY if affinity else 0))
-            plan.frontends_last.add(bytes(key))
-            plan.maps["cilium_lb4_reverse_nat"][bytes(abi.Lb4ReverseNatKey(sid))] = bytes(
-                abi.Lb4ReverseNat(address=abi.ip4_to_be32(vip), port=abi.be16(port.port)))
-            plan.listing.append({
-                "id": sid, "frontend": f"{vip}:{port.port}/{port.protocol}",
-                "service": svc.key, "type": "ClusterIP",
-                "sessionAffinity": svc.sessionAffinity, "backends": listed})
+            algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" \
+                else abi.LB_ALGORITHM_RANDOM
+            for kind, addr, fport, flags in _frontends(svc, i, port, vip, lbs.get(svc.key),
+                                                      nps.get((svc.key, i)), view):
+                fe = f"{svc.key}:{port.port}/{port.protocol}" if kind == "ClusterIP" else \
+                    f"{svc.key}:{port.port}/{port.protocol} {kind} {addr}:{fport}"
+                sid = ids.service(fe)
+                used_services.add(fe)
+                flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE \
+                    if svc.internalTrafficPolicy == "Local" else 0
+                if kind == "ClusterIP":
+                    scopes = [(abi.LB_LOOKUP_SCOPE_EXT, internal)]
+                else:
+                    flags |= abi.SVC_FLAG_ROUTABLE
+                    if svc.externalTrafficPolicy == "Local":
+                        flags |= abi.SVC_FLAG_EXT_LOCAL_SCOPE
+                    scopes = [(abi.LB_LOOKUP_SCOPE_EXT, external)]
+                    if internal != external:          # pods here see the internal set
+                        flags2 |= abi.SVC_FLAG2_TWO_SCOPES
+                        scopes.append((abi.LB_LOOKUP_SCOPE_INT, internal))
+                if affinity:
+                    flags |= abi.SVC_FLAG_AFFINITY
+                key = abi.Lb4Key(address=abi.ip4_to_be32(addr), dport=abi.be16(fport),
+                                 proto=proto)
+                for scope, chosen in scopes:
+                    for slot, (bid, _, _) in enumerate(chosen, start=1):
+                        k = abi.Lb4Key.from_bytes(bytes(key))
+                        k.backend_slot, k.scope = slot, scope
+                        svc_map[bytes(k)] = bytes(abi.Lb4Service(backend_id=bid,
+                                                                 rev_nat_index=sid))
+                    head = abi.Lb4Key.from_bytes(bytes(key))
+                    head.scope = scope
+                    svc_map[bytes(head)] = bytes(abi.Lb4Service(
+                        count=len(chosen), rev_nat_index=sid, flags=flags, flags2=flags2,
+                        backend_id=(algo << abi.LB_ALGORITHM_SHIFT) |
+                        (svc.affinityTimeout if affinity else 0)))
+                    plan.frontends_last.add(bytes(head))
+                if algo == abi.LB_ALGORITHM_MAGLEV:
+                    # one table a frontend: its external backend set (the internal scope of a
+                    # two-scope service is picked at random: few flows, all from this node)
+                    table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
+                                               view.maglev_size)
+                    plan.maps["cilium_lb4_maglev"][
+                        bytes(abi.Lb4ReverseNatKey(sid))] = abi.maglev_lut_bytes(table)
+                plan.maps["cilium_lb4_reverse_nat"][bytes(abi.Lb4ReverseNatKey(sid))] = bytes(
+                    abi.Lb4ReverseNat(address=abi.ip4_to_be32(addr), port=abi.be16(fport)))
+                plan.listing.append({
+                    "id": sid, "frontend": f"{addr}:{fport}/{port.protocol}",
+                    "service": svc.key, "type": kind,
+                    "sessionAffinity": svc.sessionAffinity,
+                    "trafficPolicy": {"external": svc.externalTrafficPolicy,
+                                      "internal": svc.internalTrafficPolicy},
+                    "backends": [b for b in listed if b["state"] != "active" or
+                                 b["id"] in {c[0] for c in scopes[0][1]}]})
     ids.prune(used_services, used_backends)
     return plan

@@ -45,6 +45,13 @@
 #ifndef LB_AFFINITY_MAP_MAX_ENTRIES
 #define LB_AFFINITY_MAP_MAX_ENTRIES 65536
 #endif
+#ifndef LB_MAGLEV_MAP_MAX_ENTRIES
+#define LB_MAGLEV_MAP_MAX_ENTRIES 65536
+#endif
+/* Maglev lookup table size M (maglev.tableSize, a prime; -D from the agent) */
+#ifndef LB_MAGLEV_LUT_SIZE
+#define LB_MAGLEV_LUT_SIZE 16381
+#endif
 #ifndef CT_MAP_SIZE_TCP
 #define CT_MAP_SIZE_TCP 524288
 #endif
@@ -142,6 +149,12 @@
 #define CT_F_TX_CLOSING         2
 #define CT_F_SEEN_NON_SYN       4
 #define CT_F_LB_LOOPBACK        8   /* hairpin: a pod reached itself through a service */
+#define CT_F_NODEPORT           16  /* a flow from outside to a NodePort/LB/external IP */
+
+/* ---- Maglev's flow hash seed (jhash_3words, as Cilium's hash_from_tuple_v4) ---- */
+#ifndef HASH_INIT4_SEED
+#define HASH_INIT4_SEED         51966
+#endif
 
 /* ---- the source a hairpinned request gets (Cilium's IPV4_LOOPBACK, 169.254.42.1) ---- */
 #define IPV4_LOOPBACK_HOST      0xA9FE2A01
@@ -153,6 +166,16 @@
 #define SVC_FLAG_AFFINITY       16
 #define SVC_FLAG_LOADBALANCER   32
 #define SVC_FLAG_ROUTABLE       64
+#define SVC_FLAG2_INT_LOCAL_SCOPE 16  /* lb4_service.flags2 */
+#define SVC_FLAG2_TWO_SCOPES    32
+/* lb4_key.scope: EXT from outside, INT from pods on this node (two-scope services only) */
+#define LB_LOOKUP_SCOPE_EXT     0
+#define LB_LOOKUP_SCOPE_INT     1
+/* the frontend slot's backend_id: the algorithm in bits 31..24, the affinity timeout below */
+#define LB_ALGORITHM_SHIFT      24
+#define LB_ALGORITHM_RANDOM     1
+#define LB_ALGORITHM_MAGLEV     2
+#define LB_AFFINITY_TIMEOUT_MASK 16777215
 #define BE_STATE_ACTIVE         0
 #define BE_STATE_TERMINATING    1
 #define BE_STATE_QUARANTINED    2
@@ -275,6 +298,11 @@ struct lb4_reverse_nat {
 	__be32 address;
 	__be16 port;
 	__u16  pad;
+};
+
+/* cilium_lb4_maglev value (key: lb4_reverse_nat_key): a frontend's Maglev lookup table */
+struct lb4_maglev_lut {
+	__u32 backend_ids[LB_MAGLEV_LUT_SIZE];
 };
 
 /* cilium_lb4_affinity key: one client of one service (ClientIP session affinity) */

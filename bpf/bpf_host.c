@@ -1,12 +1,16 @@
 /* bpf_host.c - programs on the node's native devices (`devices`, e.g. eth1).
  *
- * cil_from_netdev (tc ingress): a reply to a masqueraded flow gets its pod back (reverse SNAT);
- * a packet for a pod on this node is delivered straight into the pod's netns (no forwarding by
- * the node's stack); everything else, including VXLAN to this node, continues to the stack.
- * Every verdict is counted in cilium_metrics under METRIC_INGRESS.
+ * cil_from_netdev (tc ingress): a new or established flow to a NodePort, LoadBalancer IP or
+ * externalIP is load-balanced (lib/nodeport.h); a reply to a masqueraded or NodePort-SNATed
+ * flow gets its pod or client back (reverse SNAT, then reverse DNAT); a packet for a pod on
+ * this node is delivered straight into the pod's netns (no forwarding by the node's stack);
+ * everything else, including VXLAN to this node, continues to the stack. Every verdict is
+ * counted in cilium_metrics under METRIC_INGRESS.
  *
- * cil_to_netdev (tc egress): with bpf.masquerade, a pod's packet leaving the cluster gets the
- * node's address and a NAT port (lib/nat.h). Every verdict is counted under METRIC_EGRESS.
+ * cil_to_netdev (tc egress): a local backend's reply to a NodePort client gets the frontend
+ * back; then, with bpf.masquerade, a pod's packet leaving the cluster gets the node's address
+ * and a NAT port (lib/nat.h). cil_to_netdev_nomasq is the same without masquerading, for
+ * devices egressMasqueradeInterfaces leaves out. Every verdict is counted under METRIC_EGRESS.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -14,6 +18,7 @@
 #include "lib/eth.h"
 #include "lib/local_delivery.h"
 #include "lib/nat.h"
+#include "lib/nodeport.h"
 
 /* The start of both directions: a valid IPv4 packet and this node's settings. Returns 1 to go
  * on (cfg set, possibly NULL before the agent wrote it), CTX_ACT_OK for anything but IPv4, or a
@@ -43,21 +48,30 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 	if (ret != 1)
 		return ret;
 	if (cfg) {
+		ret = nodeport_lb4(skb, cfg);
+		if (ret != 0)
+			return ret;
 		ret = snat_v4_ingress(skb, cfg);
 		if (ret < 0)
+			return ret;
+		ret = nodeport_rev_nat_ingress(skb);
+		if (ret != 0)
 			return ret;
 	}
 	return ipv4_deliver_if_local(skb);
 }
 
-static __always_inline int handle_to_netdev(struct __sk_buff *skb)
+static __always_inline int handle_to_netdev(struct __sk_buff *skb, int masquerade)
 {
 	struct node_config *cfg = NULL;
 	int ret = host_ipv4(skb, &cfg);
 
 	if (ret != 1)
 		return ret;
-	if (cfg) {
+	ret = nodeport_rev_nat_egress(skb);
+	if (ret < 0)
+		return ret;
+	if (cfg && masquerade) {
 		ret = snat_v4_egress(skb, cfg);
 		if (ret < 0)
 			return ret;
@@ -76,5 +90,12 @@ int cil_to_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_to_netdev(skb), METRIC_EGRESS);
+	return finish(len, handle_to_netdev(skb, 1), METRIC_EGRESS);
+}
+
+int cil_to_netdev_nomasq(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+
+	return finish(len, handle_to_netdev(skb, 0), METRIC_EGRESS);
 }

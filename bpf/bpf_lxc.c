@@ -26,14 +26,14 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 		return ret;
 	if (ip->saddr != self->ip4)
 		return -DROP_INVALID_SIP;
-	ret = lb4_xlate(skb, self->sec_id);
+	ret = lb4_xlate(skb, self->sec_id, 1);
 	if (ret < 0)
 		return ret;
 	ret = parse_ipv4(skb, &ip);     /* the header may have been rewritten: look again */
 	if (ret < 0)
 		return ret;
 	if (lb4_is_loopback(ip->daddr)) {   /* a hairpin reply: frontend -> the pod again */
-		ret = lb4_rev_nat(skb);
+		ret = lb4_rev_nat(skb, 0);
 		if (ret < 0)
 			return ret;
 		ret = parse_ipv4(skb, &ip);

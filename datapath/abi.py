@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
+import struct
 from ctypes import c_uint8, c_uint16, c_uint32, c_uint64
 
 # ---- map sizes (defaults; the agent may override with -D) ----
@@ -15,6 +16,8 @@ LB_SERVICE_MAP_MAX_ENTRIES = 65536
 LB_BACKENDS_MAP_MAX_ENTRIES = 65536
 LB_REV_NAT_MAP_MAX_ENTRIES = 65536
 LB_AFFINITY_MAP_MAX_ENTRIES = 65536
+LB_MAGLEV_MAP_MAX_ENTRIES = 65536
+LB_MAGLEV_LUT_SIZE = 16381          # default; the agent compiles with maglev.tableSize
 SNAT_MAPPING_IPV4_SIZE = 524288
 IPMASQ_MAP_SIZE = 16384
 NODEPORT_PORT_MIN_NAT = 32768
@@ -38,6 +41,8 @@ CT_F_RX_CLOSING = 1
 CT_F_TX_CLOSING = 2
 CT_F_SEEN_NON_SYN = 4
 CT_F_LB_LOOPBACK = 8
+CT_F_NODEPORT = 16
+HASH_INIT4_SEED = 0xCAFE
 IPV4_LOOPBACK_HOST = 0xA9FE2A01      # 169.254.42.1, in host order
 
 # ---- load balancer service flags and backend states ----
@@ -47,6 +52,14 @@ SVC_FLAG_EXT_LOCAL_SCOPE = 4
 SVC_FLAG_AFFINITY = 16
 SVC_FLAG_LOADBALANCER = 32
 SVC_FLAG_ROUTABLE = 64
+SVC_FLAG2_INT_LOCAL_SCOPE = 16
+SVC_FLAG2_TWO_SCOPES = 32
+LB_LOOKUP_SCOPE_EXT = 0
+LB_LOOKUP_SCOPE_INT = 1
+LB_ALGORITHM_SHIFT = 24
+LB_ALGORITHM_RANDOM = 1
+LB_ALGORITHM_MAGLEV = 2
+LB_AFFINITY_TIMEOUT_MASK = (1 << 24) - 1
 BE_STATE_ACTIVE = 0
 BE_STATE_TERMINATING = 1
 BE_STATE_QUARANTINED = 2
@@ -296,6 +309,17 @@ class Lb4ReverseNat(_Struct):
     _fields_ = [("address", c_uint32), ("port", c_uint16), ("pad", c_uint16)]
 
 
+class Lb4MaglevLut(_Struct):
+    """cilium_lb4_maglev value at the default table size (key: Lb4ReverseNatKey)."""
+    c_name = "lb4_maglev_lut"
+    _fields_ = [("backend_ids", c_uint32 * LB_MAGLEV_LUT_SIZE)]
+
+
+def maglev_lut_bytes(table: list[int]) -> bytes:
+    """A Maglev table of any compiled size as the map value's bytes."""
+    return struct.pack(f"<{len(table)}I", *table)
+
+
 class Lb4AffinityKey(_Struct):
     """cilium_lb4_affinity key."""
     c_name = "lb4_affinity_key"
@@ -352,7 +376,8 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, M
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
-                                      Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey)
+                                      Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey,
+                                      Lb4MaglevLut)
 
 
 # ---- codecs ----

@@ -29,10 +29,12 @@ PROGRAMS = {
     "from-container": ProgramSpec("bpf_lxc.c", "cil_from_container", "tc", "ingress"),
     "from-netdev": ProgramSpec("bpf_host.c", "cil_from_netdev", "tc", "ingress"),
     "to-netdev": ProgramSpec("bpf_host.c", "cil_to_netdev", "tc", "egress"),
+    "to-netdev-nomasq": ProgramSpec("bpf_host.c", "cil_to_netdev_nomasq", "tc", "egress"),
     "from-overlay": ProgramSpec("bpf_overlay.c", "cil_from_overlay", "tc", "ingress"),
 }
 MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config",
                 "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
+                "cilium_lb4_maglev",
                 "cilium_ipmasq_v4")
 
 

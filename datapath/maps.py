@@ -31,6 +31,7 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_lb4_services_v2", abi.Lb4Key, abi.Lb4Service),
     MapSpec("cilium_lb4_backends_v3", abi.Lb4BackendKey, abi.Lb4Backend),
     MapSpec("cilium_lb4_reverse_nat", abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
+    MapSpec("cilium_lb4_maglev", abi.Lb4ReverseNatKey, abi.Lb4MaglevLut),
     MapSpec("cilium_lb4_affinity", abi.Lb4AffinityKey, abi.LbAffinityVal),
     MapSpec("cilium_snat_v4_external", abi.Ipv4CtTuple, abi.Ipv4NatEntry),
     MapSpec("cilium_ipmasq_v4", abi.IpmasqKey, abi.U8Value),

@@ -32,10 +32,10 @@ static __always_inline int arp_respond(struct __sk_buff *skb, const struct endpo
 
 	if (ret < 0)
 		return ret;
-	eth = (void *)(long)skb->data;
+	eth = ctx_data(skb);
 	arp = (void *)(eth + 1);
 	body = (void *)(arp + 1);
-	if ((void *)(body + 1) > (void *)(long)skb->data_end)
+	if ((void *)(body + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (arp->ar_hrd != bpf_htons(ARPHRD_ETHER) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
 	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4 || arp->ar_op != bpf_htons(ARPOP_REQUEST))

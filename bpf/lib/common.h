@@ -1,8 +1,9 @@
 /* lib/common.h - kernel includes, map declaration macro and small packet helpers shared by every
- * program. Owns: DP_MAP (pinned under -DDP_PIN_DIR when given), ctx_load_ptrs, ctx_pull.
+ * program. Owns: DP_MAP (pinned under -DDP_PIN_DIR when given), ctx_data, ctx_pull.
  *
  * API:
  *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
+ *   ctx_data(skb), ctx_data_end(skb)   the packet pointers, loaded where used
  *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
  */
 #ifndef DP_LIB_COMMON_H
@@ -28,17 +29,37 @@
 #define DP_MAP_F(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
 #endif
 
+/* skb->data and skb->data_end, each read by one load right where it is used: clang may
+ * otherwise keep &skb->data_end as a modified ctx pointer, which the verifier refuses. */
+static __always_inline void *ctx_data(const struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
+		     : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
+	return ptr;
+}
+
+static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
+		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
+	return ptr;
+}
+
 /* Make sure [data, data + len) is linear and inside the packet.
  * Returns 0, or -DROP_INVALID when the packet is shorter than len. */
 static __always_inline int ctx_pull(struct __sk_buff *skb, __u32 len)
 {
-	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+	if (ctx_data(skb) + len <= ctx_data_end(skb))
 		return 0;
 	if (skb->len < len)
 		return -DROP_INVALID;
 	if (bpf_skb_pull_data(skb, len) < 0)
 		return -DROP_INVALID;
-	if ((void *)(long)skb->data + len > (void *)(long)skb->data_end)
+	if (ctx_data(skb) + len > ctx_data_end(skb))
 		return -DROP_INVALID;
 	return 0;
 }

@@ -20,8 +20,8 @@ static __always_inline int parse_eth(struct __sk_buff *skb, __u16 *proto)
 
 	if (ret < 0)
 		return ret;
-	eth = (void *)(long)skb->data;
-	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+	eth = ctx_data(skb);
+	if ((void *)(eth + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	*proto = bpf_ntohs(eth->h_proto);
 	return 0;
@@ -37,8 +37,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp)
 
 	if (ret < 0)
 		return ret;
-	ip = (void *)(long)skb->data + ETH_HLEN;
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	ip = ctx_data(skb) + ETH_HLEN;
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->version != 4)
 		return -DROP_INVALID;
@@ -66,10 +66,10 @@ static __always_inline int eth_rewrite(struct __sk_buff *skb, const __u8 *smac, 
  * kernel's ip_decrease_ttl does). */
 static __always_inline int ipv4_dec_ttl(struct __sk_buff *skb)
 {
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	__u32 check;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->ttl <= 1)
 		return -DROP_TTL_EXCEEDED;

@@ -24,10 +24,10 @@ static __always_inline int fib_redirect_v4(struct __sk_buff *skb)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	int fib_ret, ret;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	fib.family = AF_INET;
 	fib.tos = ip->tos;

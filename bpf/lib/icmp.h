@@ -31,12 +31,12 @@ struct icmp_err {
 
 static __always_inline int icmp_err_parse(struct __sk_buff *skb, struct icmp_err *err)
 {
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	__be16 ports[2];
 	__u32 icmp_off;
 	__u8 type;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol != IPPROTO_ICMP || (ip->frag_off & bpf_htons(0x3FFF)))
 		return 0;

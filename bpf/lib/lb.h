@@ -13,11 +13,20 @@
  * packet's destination becomes the frontend again (inner IP checksum and ICMP checksum fixed)
  * and, when the backend itself sent the error, so does the outer source.
  *
+ * A frontend reached from outside (NodePort, LoadBalancer IP, externalIP; from-netdev) marks
+ * its reply entry CT_F_NODEPORT; a ClusterIP reached from outside is dropped. A two-scope
+ * frontend (a Local traffic policy that differs between outside and pods) gives pods its INT
+ * slots. A frontend whose algorithm is Maglev picks a new flow's backend from its lookup table
+ * (cilium_lb4_maglev) at jhash(saddr, ports, proto), so every node picks the same one.
+ *
  * API:
- *   lb4_xlate(skb, src_identity)   returns 0 (translated or not a service), -DROP_NO_SERVICE
- *                                  (no backend), or another negative DROP_*
- *   lb4_rev_nat(skb)               returns 0 (translated or not a reply of a service flow) or a
- *                                  negative DROP_*
+ *   lb4_xlate(skb, src_identity, internal)
+ *                                  returns LB_XLATED, 0 (not a service), -DROP_NO_SERVICE (no
+ *                                  backend), -DROP_IS_CLUSTER_IP, or another negative DROP_*
+ *   lb4_rev_nat(skb, nodeport_only)
+ *                                  returns LB_XLATED, 0 (not a reply of a service flow; with
+ *                                  nodeport_only, of a CT_F_NODEPORT flow; or an ICMP error,
+ *                                  translated or not) or a negative DROP_*
  *   lb4_is_loopback(daddr)         whether a packet is a hairpin reply (to IPV4_LOOPBACK)
  */
 #ifndef DP_LIB_LB_H
@@ -50,10 +59,10 @@ struct lb4_pkt {
  * does not apply, or -DROP_INVALID / -DROP_CT_INVALID_HDR. */
 static __always_inline int lb4_parse(struct __sk_buff *skb, struct lb4_pkt *pkt)
 {
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	__be16 ports[2];
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return 0;
@@ -138,7 +147,7 @@ static __always_inline __u32 lb4_affinity_backend(const struct lb4_service *svc,
 	if (!(svc->flags & SVC_FLAG_AFFINITY))
 		return 0;
 	val = cilium_lb4_affinity.lookup(&key);
-	if (!val || val->last_used + svc->backend_id < ct_now())
+	if (!val || val->last_used + (svc->backend_id & LB_AFFINITY_TIMEOUT_MASK) < ct_now())
 		return 0;
 	backend = lb4_backend(val->backend_id);
 	if (!backend || backend->flags != BE_STATE_ACTIVE)
@@ -156,10 +165,97 @@ static __always_inline void lb4_affinity_update(const struct lb4_service *svc, _
 		cilium_lb4_affinity.update(&key, &val);
 }
 
-static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
+/* Linux's jhash_3words (lookup3 final mix), for Maglev's flow hash. */
+static __always_inline __u32 lb_rol32(__u32 w, __u32 s)
+{
+	return (w << s) | (w >> (32 - s));
+}
+
+static __always_inline __u32 lb_jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initval)
+{
+	initval += 0xdeadbeef + (3 << 2);
+	a += initval;
+	b += initval;
+	c += initval;
+	c ^= b; c -= lb_rol32(b, 14);
+	a ^= c; a -= lb_rol32(c, 11);
+	b ^= a; b -= lb_rol32(a, 25);
+	c ^= b; c -= lb_rol32(b, 16);
+	a ^= c; a -= lb_rol32(c, 4);
+	b ^= a; b -= lb_rol32(a, 14);
+	c ^= b; c -= lb_rol32(b, 24);
+	return c;
+}
+
+/* A new flow's backend id: Maglev (the frontend's lookup table at the flow's hash; the
+ * destination is left out of the hash, as Cilium does) or a random slot. Returns 0 when there
+ * is none. */
+static __always_inline __u32 lb4_select(const struct lb4_service *svc, struct lb4_key *key,
+					const struct lb4_pkt *pkt)
+{
+	struct lb4_reverse_nat_key mkey = { .rev_nat_index = svc->rev_nat_index };
+	struct lb4_maglev_lut *lut;
+	struct lb4_service *slot;
+	__u32 index;
+
+	if ((svc->backend_id >> LB_ALGORITHM_SHIFT) == LB_ALGORITHM_MAGLEV &&
+	    key->scope == LB_LOOKUP_SCOPE_EXT) {
+		lut = cilium_lb4_maglev.lookup(&mkey);
+		if (!lut)
+			return 0;
+		index = lb_jhash_3words(pkt->saddr, ((__u32)pkt->dport << 16) | pkt->sport,
+					pkt->proto, HASH_INIT4_SEED) % LB_MAGLEV_LUT_SIZE;
+		asm volatile("" : "+r"(index));   /* keep the bound check for the verifier */
+		if (index >= LB_MAGLEV_LUT_SIZE)
+			return 0;
+		return lut->backend_ids[index];
+	}
+	key->backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = cilium_lb4_services_v2.lookup(key);
+	return slot ? slot->backend_id : 0;
+}
+
+/* The frontend a packet is for. A pod (internal) sees the INT scope of a two-scope service;
+ * from outside only frontends reachable from outside count (a ClusterIP: -DROP_IS_CLUSTER_IP).
+ * Returns the frontend entry, NULL (not a service) with *err 0, or NULL with *err < 0. */
+static __always_inline struct lb4_service *lb4_lookup(struct lb4_key *key,
+						      const struct lb4_pkt *pkt, int internal,
+						      int *err)
+{
+	struct lb4_service *svc;
+
+	*err = 0;
+	key->address = pkt->daddr;
+	key->dport = pkt->dport;
+	key->proto = pkt->proto;
+	key->scope = LB_LOOKUP_SCOPE_EXT;
+	svc = cilium_lb4_services_v2.lookup(key);
+	if (!svc)
+		return NULL;
+	if (!internal && !(svc->flags & SVC_FLAG_ROUTABLE)) {
+		*err = -DROP_IS_CLUSTER_IP;
+		return NULL;
+	}
+	if (internal && (svc->flags2 & SVC_FLAG2_TWO_SCOPES)) {
+		key->scope = LB_LOOKUP_SCOPE_INT;
+		svc = cilium_lb4_services_v2.lookup(key);
+		if (!svc)
+			*err = -DROP_NO_SERVICE;
+	}
+	if (svc && svc->count == 0) {
+		*err = -DROP_NO_SERVICE;
+		return NULL;
+	}
+	return svc;
+}
+
+/* Returns LB_XLATED (translated to a backend), 0 (not a service) or a negative DROP_*.
+ * internal: the packet comes from a pod on this node (from outside: CT_F_NODEPORT flows). */
+#define LB_XLATED 1
+static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, int internal)
 {
 	struct lb4_key key = {};
-	struct lb4_service *svc, *slot;
+	struct lb4_service *svc;
 	struct lb4_backend *backend = NULL;
 	struct ipv4_ct_tuple tuple = {}, reply = {};
 	struct ct_entry *ct, entry = {};
@@ -170,14 +266,9 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 
 	if (ret <= 0)
 		return ret;
-	key.address = pkt.daddr;
-	key.dport = pkt.dport;
-	key.proto = pkt.proto;
-	svc = cilium_lb4_services_v2.lookup(&key);
+	svc = lb4_lookup(&key, &pkt, internal, &ret);
 	if (!svc)
-		return 0;
-	if (svc->count == 0)
-		return -DROP_NO_SERVICE;
+		return ret;
 	rev_nat_index = svc->rev_nat_index;
 
 	lb4_tuple(&tuple, &pkt, TUPLE_F_SERVICE);
@@ -193,13 +284,8 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 	}
 	if (!backend) {
 		backend_id = lb4_affinity_backend(svc, pkt.saddr, rev_nat_index);
-		if (!backend_id) {
-			key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
-			slot = cilium_lb4_services_v2.lookup(&key);
-			if (!slot)
-				return -DROP_NO_SERVICE;
-			backend_id = slot->backend_id;
-		}
+		if (!backend_id)
+			backend_id = lb4_select(svc, &key, &pkt);
 		backend = lb4_backend(backend_id);
 		if (!backend)
 			return -DROP_NO_SERVICE;
@@ -216,7 +302,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 	lb4_affinity_update(svc, pkt.saddr, rev_nat_index, backend_id);
 
 	/* the reply orientation, for lb4_rev_nat on the way back; a hairpin answers IPV4_LOOPBACK */
-	loopback = backend->address == pkt.saddr;
+	loopback = internal && backend->address == pkt.saddr;
 	reply.daddr = loopback ? bpf_htonl(IPV4_LOOPBACK_HOST) : pkt.saddr;
 	reply.saddr = backend->address;
 	reply.dport = pkt.sport;
@@ -228,7 +314,7 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 
 		rev.rev_nat_index = rev_nat_index;
 		rev.backend_id = backend_id;
-		rev.flags = loopback ? CT_F_LB_LOOPBACK : 0;
+		rev.flags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
 		rev.src_sec_id = src_identity;
 		ct_refresh(&rev, 0, 0, 0);
 		if (pkt.proto == IPPROTO_TCP)
@@ -239,17 +325,20 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity)
 	}
 	ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
 			  offsetof(struct tcphdr, dest), pkt.dport, backend->port);
-	if (ret < 0 || !loopback)
+	if (ret < 0)
 		return ret;
-	return lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, bpf_htonl(IPV4_LOOPBACK_HOST),
-			   offsetof(struct tcphdr, source), pkt.sport, pkt.sport);
+	if (loopback)
+		ret = lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr,
+				  bpf_htonl(IPV4_LOOPBACK_HOST), offsetof(struct tcphdr, source),
+				  pkt.sport, pkt.sport);
+	return ret < 0 ? ret : LB_XLATED;
 }
 
 /* An ICMP error about a load-balanced flow: the quoted packet is client -> backend. Returns 0
  * (translated, or not such an error) or a negative DROP_*. */
 static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 {
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct ipv4_ct_tuple tuple = {};
 	struct lb4_reverse_nat_key rkey = {};
 	struct lb4_reverse_nat *rn;
@@ -258,7 +347,7 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 	__be32 outer_saddr, backend_ip;
 	int ret;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	outer_saddr = ip->saddr;
 	ret = icmp_err_parse(skb, &err);
@@ -284,26 +373,26 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 	return 0;
 }
 
-static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
+static __always_inline int lb4_rev_nat(struct __sk_buff *skb, int nodeport_only)
 {
 	struct ipv4_ct_tuple tuple = {};
 	struct lb4_reverse_nat_key rkey = {};
 	struct lb4_reverse_nat *rn;
 	struct ct_entry *ct;
 	struct lb4_pkt pkt = {};
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	int ret;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol == IPPROTO_ICMP)
-		return lb4_rev_nat_icmp_error(skb);
+		return nodeport_only ? 0 : lb4_rev_nat_icmp_error(skb);
 	ret = lb4_parse(skb, &pkt);
 	if (ret <= 0)
 		return ret;
 	lb4_tuple(&tuple, &pkt, TUPLE_F_IN);
 	ct = ct_lookup(&tuple);
-	if (!ct || !ct->rev_nat_index)
+	if (!ct || !ct->rev_nat_index || (nodeport_only && !(ct->flags & CT_F_NODEPORT)))
 		return 0;
 	rkey.rev_nat_index = ct->rev_nat_index;
 	rn = cilium_lb4_reverse_nat.lookup(&rkey);
@@ -316,8 +405,9 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb)
 		if (ret < 0)
 			return ret;
 	}
-	return lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, rn->address,
-			   offsetof(struct tcphdr, source), pkt.sport, rn->port);
+	ret = lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr, rn->address,
+			  offsetof(struct tcphdr, source), pkt.sport, rn->port);
+	return ret < 0 ? ret : LB_XLATED;
 }
 
 #endif /* DP_LIB_LB_H */

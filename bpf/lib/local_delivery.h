@@ -39,7 +39,7 @@ static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifind
 
 static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
-	int ret = lb4_rev_nat(skb);
+	int ret = lb4_rev_nat(skb, 0);
 
 	if (ret < 0)
 		return ret;

@@ -33,6 +33,11 @@ DP_MAP("hash", struct lb4_backend_key, struct lb4_backend, cilium_lb4_backends_v
 DP_MAP("hash", struct lb4_reverse_nat_key, struct lb4_reverse_nat, cilium_lb4_reverse_nat,
        LB_REV_NAT_MAP_MAX_ENTRIES);
 
+/* cilium_lb4_maglev: service id -> its Maglev lookup table (replaced whole; no prealloc: the
+ * tables are large and only maglev frontends have one) */
+DP_MAP_F("hash", struct lb4_reverse_nat_key, struct lb4_maglev_lut, cilium_lb4_maglev,
+	 LB_MAGLEV_MAP_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
 /* cilium_lb4_affinity: ClientIP session affinity, client -> backend (LRU) */
 DP_MAP("lru_hash", struct lb4_affinity_key, struct lb_affinity_val, cilium_lb4_affinity,
        LB_AFFINITY_MAP_MAX_ENTRIES);

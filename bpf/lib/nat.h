@@ -13,8 +13,11 @@
  * An ICMP error about a masqueraded flow (unreachable, time exceeded) finds the pod too: the
  * outer destination and the quoted source address and port are translated back.
  *
+ * The same engine SNATs NodePort flows sent on to a backend on another node.
+ *
  * API:
  *   snat_v4_egress(skb, cfg)    returns 0 (translated or not masqueraded) or a negative DROP_*
+ *   snat_v4_nodeport(skb, cfg)  SNAT regardless of masquerading; returns 0 or a negative DROP_*
  *   snat_v4_ingress(skb, cfg)   returns 0 (reverse-translated or not ours) or a negative DROP_*
  */
 #ifndef DP_LIB_NAT_H
@@ -35,10 +38,10 @@
  * the packet can be translated, 0 when NAT does not apply, or a negative DROP_*. */
 static __always_inline int nat_parse(struct __sk_buff *skb, struct lb4_pkt *pkt, int egress)
 {
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct icmphdr icmp;
 
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol != IPPROTO_ICMP)
 		return lb4_parse(skb, pkt);
@@ -117,21 +120,17 @@ static __always_inline int snat_v4_needed(__be32 saddr, __be32 daddr)
 	return 1;
 }
 
-static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct node_config *cfg)
+/* SNAT one parsed packet to the node's address: the flow's mapping, or a new one. Returns 0 or
+ * a negative DROP_*. */
+static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct lb4_pkt *p,
+					     const struct node_config *cfg)
 {
 	struct ipv4_ct_tuple otuple = {}, rtuple = {};
 	struct ipv4_nat_entry *fwd, ostate = {}, rstate = {};
-	struct lb4_pkt pkt = {};
+	struct lb4_pkt pkt = *p;
 	__u32 now, port;
-	int i, ret;
+	int i;
 
-	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
-		return 0;
-	ret = nat_parse(skb, &pkt, 1);
-	if (ret <= 0)
-		return ret;
-	if (!snat_v4_needed(pkt.saddr, pkt.daddr))
-		return 0;
 	lb4_tuple(&otuple, &pkt, NAT_DIR_EGRESS);
 	now = ct_now();
 	fwd = cilium_snat_v4_external.lookup(&otuple);
@@ -174,6 +173,33 @@ static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct no
 	return -DROP_NAT_NO_MAPPING;
 }
 
+static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct lb4_pkt pkt = {};
+	int ret;
+
+	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
+		return 0;
+	ret = nat_parse(skb, &pkt, 1);
+	if (ret <= 0)
+		return ret;
+	if (!snat_v4_needed(pkt.saddr, pkt.daddr))
+		return 0;
+	return snat_v4_translate(skb, &pkt, cfg);
+}
+
+/* A NodePort flow to a backend on another node leaves with the node's address, so the reply
+ * comes back through this node. Returns 0 or a negative DROP_*. */
+static __always_inline int snat_v4_nodeport(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct lb4_pkt pkt = {};
+	int ret = nat_parse(skb, &pkt, 1);
+
+	if (ret <= 0)
+		return ret;
+	return snat_v4_translate(skb, &pkt, cfg);
+}
+
 /* An ICMP error quoting node:port -> peer: back to the pod. Returns 0 or a negative DROP_*. */
 static __always_inline int snat_v4_ingress_icmp_error(struct __sk_buff *skb,
 						      const struct node_config *cfg)
@@ -202,13 +228,11 @@ static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct n
 {
 	struct ipv4_ct_tuple rtuple = {};
 	struct ipv4_nat_entry *rev;
-	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct lb4_pkt pkt = {};
 	int ret;
 
-	if (!(cfg->flags & NODE_CFG_F_MASQUERADE))
-		return 0;
-	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol == IPPROTO_ICMP && ip->daddr == cfg->node_ip) {
 		ret = snat_v4_ingress_icmp_error(skb, cfg);

@@ -399,7 +399,7 @@ def test_restart_keys() -> None:
     assert RESTART_KEYS == {"nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
-                            "tunnelProtocol", "bpf.natPortRange"}
+                            "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 

@@ -95,8 +95,9 @@ def test_client_ip_affinity_sets_flag_and_timeout(tmp_path):
     plan = services.build(ms, {"default/w1": "172.20.0.5"}, services.IdTable({}), "10.96.0.0/16")
     svc, _ = decode(plan)
     fronts = {k: v for k, v in svc.items() if k.backend_slot == 0}
+    random = abi.LB_ALGORITHM_RANDOM << abi.LB_ALGORITHM_SHIFT
     flags = sorted((v.flags, v.backend_id) for v in fronts.values())
-    assert flags == [(0, 0), (abi.SVC_FLAG_AFFINITY, 30)]
+    assert flags == [(0, random), (abi.SVC_FLAG_AFFINITY, random | 30)]
 
 
 def test_terminating_pod_keeps_its_backend_entry_but_loses_its_slot(tmp_path):

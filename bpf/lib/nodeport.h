@@ -1,0 +1,67 @@
+/* lib/nodeport.h - services reached from outside the cluster on the native device: NodePort
+ * (this node's IP), LoadBalancer IPs and externalIPs (kube-proxy replacement).
+ *
+ * A new flow to such a frontend is load-balanced by lib/lb.h (scope EXT: with
+ * externalTrafficPolicy Local only this node's backends, none -> "Service backend not found").
+ * A local backend gets the packet straight into its pod with the client's address kept; its
+ * reply is given the frontend back on the native device's egress. A backend on another node
+ * gets the packet SNATed to this node (lib/nat.h) and sent there in the routing mode; its reply
+ * comes back to this node, is reverse-SNATed, given the frontend back and sent to the client.
+ *
+ * API:
+ *   nodeport_lb4(skb, cfg)         returns 0 (no service frontend: go on), CTX_ACT_REDIRECT /
+ *                                  CTX_ACT_OK (sent on) or a negative DROP_*
+ *   nodeport_rev_nat_ingress(skb)  a remote backend's reply, already reverse-SNATed: the
+ *                                  frontend back, then to the client; returns 0 (not such a
+ *                                  reply), CTX_ACT_REDIRECT / CTX_ACT_OK or a negative DROP_*
+ *   nodeport_rev_nat_egress(skb)   a local backend's reply leaving: the frontend back; returns
+ *                                  0 or a negative DROP_*
+ */
+#ifndef DP_LIB_NODEPORT_H
+#define DP_LIB_NODEPORT_H
+
+#include "lb.h"
+#include "nat.h"
+#include "local_delivery.h"
+#include "routing.h"
+#include "fib.h"
+
+static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node_config *cfg)
+{
+	struct endpoint_info *ep;
+	struct iphdr *ip;
+	__be32 daddr;
+	int ret = lb4_xlate(skb, IDENTITY_WORLD, 0);
+
+	if (ret <= 0)
+		return ret;
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	daddr = ip->daddr;
+	ep = lookup_ip4_endpoint(daddr);
+	if (ep && !(ep->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(skb, ep);
+	ret = snat_v4_nodeport(skb, cfg);
+	if (ret < 0)
+		return ret;
+	return ipv4_forward_remote(skb, daddr, IDENTITY_WORLD);
+}
+
+static __always_inline int nodeport_rev_nat_ingress(struct __sk_buff *skb)
+{
+	int ret = lb4_rev_nat(skb, 1);
+
+	if (ret != LB_XLATED)
+		return ret;
+	return fib_redirect_v4(skb);
+}
+
+static __always_inline int nodeport_rev_nat_egress(struct __sk_buff *skb)
+{
+	int ret = lb4_rev_nat(skb, 1);
+
+	return ret < 0 ? ret : 0;
+}
+
+#endif /* DP_LIB_NODEPORT_H */

@@ -71,6 +71,13 @@ CTX_ACT_DROP = 2
 CTX_ACT_REDIRECT = 7
 VERDICT_NAMES = {CTX_ACT_OK: "OK", CTX_ACT_DROP: "DROP", CTX_ACT_REDIRECT: "REDIRECT"}
 
+# ---- XDP verdicts (enum xdp_action) ----
+XDP_ABORTED = 0
+XDP_DROP = 1
+XDP_PASS = 2
+XDP_TX = 3
+XDP_REDIRECT = 4
+
 # ---- metric directions (Cilium's metricsmap) ----
 METRIC_DIR_UNKNOWN = 0
 METRIC_INGRESS = 1

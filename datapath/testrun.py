@@ -51,11 +51,18 @@ class SkBuff(ctypes.Structure):
                 ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", ctypes.c_uint64)]
 
 
+class XdpMd(ctypes.Structure):
+    """struct xdp_md as BPF_PROG_TEST_RUN takes it (data offsets are filled by the kernel)."""
+    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
+                ("data_meta", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
+                ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
+
+
 @dataclass
 class RunResult:
     retval: int
     data: bytes
-    ctx: SkBuff | None
+    ctx: SkBuff | XdpMd | None
     duration_ns: int
 
     @property
@@ -67,7 +74,7 @@ class TestRunError(DatapathError):
     pass
 
 
-def run(prog_fd: int, packet, *, ctx: SkBuff | None = None, repeat: int = 1,
+def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int = 1,
         out_room: int = 256) -> RunResult:
     """Run a loaded program once (or `repeat` times) over `packet`; return verdict and output."""
     data = bytes(packet)
@@ -78,9 +85,11 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | None = None, repeat: int = 1,
                      repeat=repeat)
     ctx_out = None
     if ctx is not None:
-        ctx_in = SkBuff.from_buffer_copy(bytes(ctx))
-        ctx_out = SkBuff()
-        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(SkBuff)
+        ctx_in = type(ctx).from_buffer_copy(bytes(ctx))
+        if isinstance(ctx_in, XdpMd):
+            ctx_in.data_end = len(data)     # the kernel wants the frame's extent here
+        ctx_out = type(ctx)()
+        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(type(ctx))
         attr.ctx_in, attr.ctx_out = ctypes.addressof(ctx_in), ctypes.addressof(ctx_out)
     rc = _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
@@ -88,6 +97,11 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | None = None, repeat: int = 1,
         raise TestRunError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} (errno {err})")
     return RunResult(retval=attr.retval, data=outbuf.raw[: attr.data_size_out], ctx=ctx_out,
                      duration_ns=attr.duration)
+
+
+def xdp_ctx(ingress_ifindex: int) -> XdpMd:
+    """A context for an XDP program receiving the packet on `ingress_ifindex`."""
+    return XdpMd(ingress_ifindex=ingress_ifindex)
 
 
 def tc_ctx(ifindex: int = 1, **fields) -> SkBuff:

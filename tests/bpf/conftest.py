@@ -58,6 +58,23 @@ def host(host_obj, from_netdev):
 
 
 @pytest.fixture(scope="session")
+def xdp_obj(privileged):
+    return build.compile_program("bpf_xdp.c")
+
+
+@pytest.fixture(scope="session")
+def xdp_entry(xdp_obj):
+    return build.load(xdp_obj, "cil_xdp_entry", "xdp")
+
+
+@pytest.fixture
+def xdp(xdp_obj, xdp_entry):
+    _clear(xdp_obj)
+    yield xdp_obj
+    _clear(xdp_obj)
+
+
+@pytest.fixture(scope="session")
 def overlay_obj(privileged):
     return build.compile_program("bpf_overlay.c")
 

@@ -36,7 +36,7 @@ from .ipam import HostIPAM
 from .kvstore import EtcdClient, EtcdIdentityStore
 from .manifests import ManifestSet, load_manifests
 from .metrics import AgentMetrics
-from .reconcile import DatapathState, apply, plan, read_actual
+from .reconcile import TUNNEL_DEVICE, DatapathState, apply, plan, read_actual
 from .state import StateFile
 
 log = logging.getLogger("datapath.agent")
@@ -46,7 +46,7 @@ log_rec = logging.getLogger("datapath.reconcile")
 log_cl = logging.getLogger("datapath.kvstore")
 
 RESYNC_SECONDS = 10.0
-VXLAN_DEVICE = "cilium_vxlan"
+VXLAN_DEVICE = TUNNEL_DEVICE
 TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
 
 
@@ -264,6 +264,7 @@ class Agent:
                 st.tc[(dev, "egress")] = (prog, tags[prog])
         if tunnel:
             st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
+            st.routes = self._tunnel_routes()
         elif cfg.autoDirectNodeRoutes:
             st.routes = self._direct_routes()
         return st
@@ -323,6 +324,13 @@ class Agent:
                     out[str(ipaddress.ip_network(node["podCIDR"]))] = (node["ip"], dev)
                     break
         return out
+
+    def _tunnel_routes(self) -> dict[str, tuple[str, str]]:
+        """Each peer's pod CIDR through the tunnel to the peer, so the node's own packets reach
+        remote pods (replies to a pod that talks to this node's address among them), as
+        Cilium's routes through cilium_host do in tunnel mode."""
+        return {str(ipaddress.ip_network(node["podCIDR"])): (node["ip"], VXLAN_DEVICE)
+                for node in self.remote_nodes.values()}
 
     def _interfaces(self) -> set[str]:
         out = {ep.host_ifname for ep in self.endpoints.values()} | set(self.cfg.devices)
@@ -616,7 +624,7 @@ class Agent:
         signal.signal(signal.SIGHUP, lambda *_: self._fp_reset())
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         if self.cfg.routingMode == "tunnel":
-            _ensure_vxlan(VXLAN_DEVICE)
+            _ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
         with self.lock:
             for ep in self.endpoints.values():
                 ep.state = "restoring"
@@ -719,12 +727,16 @@ def _device_subnets(dev: str) -> list:
             if " inet " in line]
 
 
-def _ensure_vxlan(name: str) -> None:
-    """The collect-metadata VXLAN device on Cilium's port; created once, kept across restarts."""
+def _ensure_vxlan(name: str, mtu: int) -> None:
+    """The collect-metadata VXLAN device on Cilium's port; created once, kept across restarts.
+    For the node's own packets to remote pods (routes with `encap`): its MTU (the pods' MTU)
+    leaves room for the encapsulation, and no ARP (a request would carry no tunnel endpoint;
+    the far end's from-overlay sets the MACs on delivery)."""
     if not _iface_exists(name):
         subprocess.run(["ip", "link", "add", name, "type", "vxlan", "external", "dstport",
                         str(abi.TUNNEL_PORT)], check=True, capture_output=True)
-    subprocess.run(["ip", "link", "set", name, "up"], check=True, capture_output=True)
+    subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "arp", "off", "up"], check=True,
+                   capture_output=True)
 
 
 def _node_ip(cfg) -> str:

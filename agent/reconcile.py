@@ -5,6 +5,8 @@ Both states have the same shape:
     DatapathState(maps={map_name: {key_bytes: value_bytes}},
                   tc={(ifname, direction): (program_name, tag)},
                   routes={dst_cidr: (via, dev)})           # routes carry proto ROUTE_PROTO
+A route over TUNNEL_DEVICE (collect-metadata VXLAN) has no next hop: `via` is the node at the
+far end, and the route encapsulates to it (`encap ip id <host identity> dst <via>`).
 plan() emits only differences, in an order that never shows a program a half-built world:
 detach first, then map writes, then attaches, then routes, then map deletes. Applying the same
 desired state twice yields no operations the second time.
@@ -21,6 +23,8 @@ from datapath.loader import MANAGED_MAPS, PROGRAMS
 
 
 ROUTE_PROTO = "202"     # the rtnetlink protocol our routes carry, so we touch only ours
+TUNNEL_DEVICE = "cilium_vxlan"
+TUNNEL_HOST_VNI = "1"   # the VNI of the node's own packets: Cilium's host identity
 
 
 @dataclass
@@ -78,8 +82,22 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
 def read_routes() -> dict[str, tuple[str, str]]:
     out = subprocess.run(["ip", "-j", "-4", "route", "show", "proto", ROUTE_PROTO],
                          capture_output=True, text=True)
-    return {r["dst"]: (r.get("gateway", ""), r.get("dev", ""))
-            for r in json.loads(out.stdout or "[]")}
+    routes = {}
+    # an encap route has two "dst" keys: the prefix, then the tunnel endpoint
+    for pairs in json.loads(out.stdout or "[]", object_pairs_hook=list):
+        dsts = [v for k, v in pairs if k == "dst"]
+        r = dict(pairs)
+        routes[dsts[0]] = (dsts[1] if r.get("encap") == "ip" else r.get("gateway", ""),
+                           r.get("dev", ""))
+    return routes
+
+
+def route_argv(verb: str, dst: str, via: str, dev: str) -> list[str]:
+    if dev == TUNNEL_DEVICE and verb != "del":
+        nexthop = ["encap", "ip", "id", TUNNEL_HOST_VNI, "dst", via, "ttl", "64"]
+    else:
+        nexthop = ["via", via] if via and dev != TUNNEL_DEVICE else []
+    return ["ip", "route", verb, dst, *nexthop, "dev", dev, "proto", ROUTE_PROTO]
 
 
 def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS) -> DatapathState:
@@ -112,9 +130,8 @@ def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = 
             elif op.kind == "tc_detach":
                 attach.tc_detach(op.target, op.key)
             elif op.kind in ("route_replace", "route_del"):
-                verb = "replace" if op.kind == "route_replace" else "del"
-                args = ["ip", "route", verb, op.target] + (["via", op.key] if op.key else []) \
-                    + ["dev", op.value, "proto", ROUTE_PROTO]
+                args = route_argv("replace" if op.kind == "route_replace" else "del",
+                                  op.target, op.key, op.value)
                 p = subprocess.run(args, capture_output=True, text=True)
                 if p.returncode != 0:
                     raise RuntimeError(f"{' '.join(args)}: {p.stderr.strip()}")

@@ -6,7 +6,9 @@
  *                               the packet is not such an error, or a negative DROP_*
  *   icmp_err_rewrite_inner(skb, &err, addr_off, old, new, port_off, old_port, new_port)
  *                               rewrite the quoted address (IP header offset addr_off) and
- *                               port (L4 offset port_off), fixing the quoted IP checksum and
+ *                               port (L4 offset port_off), fixing the quoted IP checksum, the
+ *                               quoted TCP/UDP checksum when the quote holds it (so the quote
+ *                               is the packet its receiver sent, as Linux's NAT leaves it) and
  *                               the ICMP checksum; returns 0 or a negative DROP_*
  *   icmp_err_reply_tuple(&tuple, &err, flags)
  *                               the tuple of the quoted flow's replies (peer -> quoted source)
@@ -70,6 +72,37 @@ static __always_inline void icmp_err_reply_tuple(struct ipv4_ct_tuple *tuple,
 	tuple->flags = flags;
 }
 
+/* The quoted TCP/UDP checksum covers the quoted address (pseudo header) and port: update it
+ * for their change when the quote holds it (a UDP checksum of 0 means none), and the ICMP
+ * checksum for its own change. Not BPF_F_PSEUDO_HDR: these bytes are all inside the ICMP
+ * message, whose checksum balances them. Returns 0 or a negative DROP_*. */
+static __always_inline int icmp_err_rewrite_inner_l4_csum(struct __sk_buff *skb,
+							  const struct icmp_err *err,
+							  __be32 old_addr, __be32 new_addr,
+							  __be16 old_port, __be16 new_port)
+{
+	struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+	int udp = err->inner.protocol == IPPROTO_UDP;
+	__u32 csum_at = err->in_l4 + (udp ? offsetof(struct udphdr, check) :
+					    offsetof(struct tcphdr, check));
+	__u64 mangled0 = udp ? BPF_F_MARK_MANGLED_0 : 0;
+	__be16 old_csum, new_csum;
+
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+		return -DROP_INVALID;
+	if (csum_at + 2 > ETH_HLEN + bpf_ntohs(ip->tot_len) ||
+	    bpf_skb_load_bytes(skb, csum_at, &old_csum, 2) < 0 || (udp && !old_csum))
+		return 0;               /* cut off in the quote, or no checksum */
+	if (bpf_l4_csum_replace(skb, csum_at, old_addr, new_addr, mangled0 | 4) < 0 ||
+	    bpf_l4_csum_replace(skb, csum_at, old_port, new_port, mangled0 | 2) < 0)
+		return -DROP_CSUM_L4;
+	if (bpf_skb_load_bytes(skb, csum_at, &new_csum, 2) < 0)
+		return -DROP_CT_INVALID_HDR;
+	if (bpf_l4_csum_replace(skb, err->icmp_csum, old_csum, new_csum, 2) < 0)
+		return -DROP_CSUM_L4;
+	return 0;
+}
+
 static __always_inline int icmp_err_rewrite_inner(struct __sk_buff *skb, const struct icmp_err *err,
 						  __u32 addr_off, __be32 old_addr, __be32 new_addr,
 						  __u32 port_off, __be16 old_port, __be16 new_port)
@@ -95,7 +128,7 @@ static __always_inline int icmp_err_rewrite_inner(struct __sk_buff *skb, const s
 		if (bpf_l4_csum_replace(skb, err->icmp_csum, old_port, new_port, 2) < 0)
 			return -DROP_CSUM_L4;
 	}
-	return 0;
+	return icmp_err_rewrite_inner_l4_csum(skb, err, old_addr, new_addr, old_port, new_port);
 }
 
 static __always_inline int icmp_err_rewrite_outer(struct __sk_buff *skb, __u32 addr_off,

@@ -285,6 +285,7 @@ def test_icmp_port_unreachable_from_a_backend_is_translated_back(maps, from_cont
     inner.dst = VIP
     inner[UDPerror].dport = VPORT
     del inner.chksum                                  # the inner IP checksum is recomputed
+    del inner[UDPerror].chksum                        # and the inner UDP checksum
     want = (Ether(src=P.LXC_A_MAC, dst=P.POD_A_MAC)
             / IP(src=VIP, dst=P.POD_A_IP, ttl=63, id=20) / ICMP(type=3, code=3)
             / IPerror(bytes(inner)))

@@ -170,9 +170,37 @@ def test_icmp_error_about_a_masqueraded_flow_reaches_the_pod(host, to_netdev, fr
     quoted = IPerror(bytes(out[IP]))
     quoted.src = P.POD_A_IP
     quoted[UDPerror].sport = 5353
-    del quoted.chksum
+    del quoted.chksum                     # both quoted checksums are right for the pod's packet
+    del quoted[UDPerror].chksum
     want = (Ether(src=P.LXC_A_MAC, dst=P.POD_A_MAC)
             / IP(src=EXT, dst=P.POD_A_IP, ttl=62, id=31) / ICMP(type=3, code=3)
             / IPerror(bytes(quoted)))
     testrun.assert_packet(Ether(bytes(want)), res.data)
     assert port != 5353
+
+
+@pytest.mark.parametrize("case", ["tcp quoted in 8 bytes", "udp without checksum"])
+def test_icmp_error_quoting_no_whole_l4_checksum_leaves_it_alone(host, to_netdev, from_netdev,
+                                                                  case):
+    """A router's time-exceeded may quote only 8 bytes of TCP (no checksum field), and a UDP
+    checksum of 0 means none: the quoted address and port are translated, nothing else."""
+    from scapy.layers.inet import IPerror
+    setup(host)
+    tcp = case.startswith("tcp")
+    l4 = TCP(sport=5354, dport=80, flags="S") if tcp else UDP(sport=5354, dport=9, chksum=0)
+    out = Ether(run(to_netdev, out_pkt(P.POD_A_IP, EXT, l4, b"" if tcp else b"hi")).data)
+    port = (out[TCP] if tcp else out[UDP]).sport
+    sent = bytes(out[IP])[:28] if tcp else bytes(out[IP])
+    err = in_pkt("192.168.10.200", NODE_IP, ICMP(type=11, code=0) / sent)
+    res = run(from_netdev, err)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    quoted = bytearray(sent)
+    quoted[12:16] = bytes(map(int, P.POD_A_IP.split(".")))
+    quoted[20:22] = (5354).to_bytes(2, "big")
+    fixed = IPerror(bytes(quoted))
+    del fixed.chksum
+    want = (Ether(src=P.LXC_A_MAC, dst=P.POD_A_MAC)
+            / IP(src="192.168.10.200", dst=P.POD_A_IP, ttl=62, id=31) / ICMP(type=11, code=0)
+            / (bytes(IPerror(bytes(fixed)))[:20] + bytes(quoted[20:])))
+    testrun.assert_packet(Ether(bytes(want)), res.data)
+    assert port != 5354

@@ -1,6 +1,7 @@
 """Masquerade end to end on its own labs: ip-masq-agent exclusions, 2,000 concurrent connections
-from three pods sharing source ports, port exhaustion and recovery with a tiny range, and a
-ClusterIP whose backend is outside the cluster."""
+from three pods sharing source ports, port exhaustion and recovery with a tiny range, a
+ClusterIP whose backend is outside the cluster, and every checksum of translated TCP, UDP, ICMP
+echo and ICMP error packets checked on the wire."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from agent.topology import TOPOLOGIES
 from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
+from .traffic import UDP_ECHO
 
 EXT = "203.0.113.10"
 HOLD_SERVER = """
@@ -189,3 +191,135 @@ def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, t
 
 def _nat_drops(lab) -> float:
     return lab.metric("cilium_drop_count_total", reason="No mapping for NAT masquerade")
+
+
+# An AF_PACKET capture (scapy) on one interface of the namespace it runs in: prints "ready" once
+# capturing, then every captured frame as hex, after the pod's end marker or 60 s, whichever
+# comes first.
+SNIFF = """
+import sys
+from scapy.all import UDP, sniff
+end = lambda p: UDP in p and p[UDP].dport == 9 and bytes(p[UDP].payload) == b"sniff-end"
+got = sniff(iface=sys.argv[1], filter=sys.argv[2], stop_filter=end, timeout=60,
+            started_callback=lambda: print("ready", flush=True))
+print("\\n".join(bytes(p).hex() for p in got), flush=True)
+"""
+UDP_PROBE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+s.bind(("0.0.0.0", int(sys.argv[3]))); s.connect((sys.argv[1], int(sys.argv[2])))
+try:
+    s.send(b"probe"); print("answered", s.recv(100).decode())
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"""
+
+
+def wrong_checksums(raw: bytes, where: str = "") -> list[str]:
+    """The IPv4, TCP, UDP and ICMP checksums of an IPv4 packet (and of the packet an ICMP error
+    quotes) that differ from what scapy computes over the same bytes."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet import in4_chksum
+    from scapy.utils import checksum
+
+    def zeroed(b, at):
+        return b[:at] + b"\0\0" + b[at + 2:]
+
+    ip = IP(raw)
+    hl, out = ip.ihl * 4, []
+    l4 = raw[hl:ip.len]
+    if checksum(zeroed(raw[:hl], 10)) != ip.chksum:
+        out.append(f"{where}IP")
+    at = {6: 16, 17: 6, 1: 2}.get(ip.proto)
+    if at is None or len(l4) < at + 2:
+        return out
+    stored = int.from_bytes(l4[at:at + 2], "big")
+    if ip.proto == 1:
+        want = checksum(zeroed(l4, at))
+    elif ip.proto == 17 and stored == 0:
+        want = 0                                     # UDP without a checksum
+    else:
+        want = in4_chksum(ip.proto, ip, zeroed(l4, at)) or (0xFFFF if ip.proto == 17 else 0)
+    if stored != want:
+        out.append(f"{where}{ {6: 'TCP', 17: 'UDP', 1: 'ICMP'}[ip.proto]}")
+    if ip.proto == 1 and l4[0] in (3, 11):           # an error: check the packet it quotes
+        out += wrong_checksums(l4[8:], "quoted ")
+    return out
+
+
+def capture(lab, who, iface, bpf_filter):
+    p = subprocess.Popen(netns.cmd(lab.ns(who), sys.executable, "-c", SNIFF, iface, bpf_filter),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.poll() else "no start"
+    return p
+
+
+def captured(p) -> list:
+    from scapy.layers.l2 import Ether
+    out, err = p.communicate(timeout=90)
+    assert p.returncode == 0, err
+    return [Ether(bytes.fromhex(line)) for line in out.split()]
+
+
+def test_checksums_of_translated_packets_are_right_on_the_wire(masq):
+    """With tx checksum offload off on the pod's and ext's interfaces (offload would leave a
+    locally made TCP/UDP packet's checksum unfinished all the way through the veths, hiding a
+    wrong one), a capture in ext and one in the pod see every masqueraded TCP, UDP and echo
+    request, every reply, and a port-unreachable about a masqueraded flow, with every IP, TCP,
+    UDP and ICMP checksum right, the quoted packet's too."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
+    pod, node = masq.pod_ip("curl-pod"), "192.168.10.100"
+    offload = [("curl-pod", "eth0"), ("ext", "eth1")]
+    for who, dev in offload:
+        masq.run(who, "ethtool", "-K", dev, "tx", "off")
+    tcp = server(masq, 7400, 30)
+    udp = subprocess.Popen(netns.cmd(masq.ns("ext"), sys.executable, "-c", UDP_ECHO, "7401"),
+                           stdout=subprocess.DEVNULL)
+    caps = []
+    try:
+        wait_for(lambda: ":7401" in masq.run("ext", "ss", "-Hlun").stdout, what="ext UDP")
+        caps = [capture(masq, "ext", "eth1", f"host {node}"),
+                capture(masq, "curl-pod", "eth0", f"host {EXT}")]
+        # source ports below Cilium's NAT range, so the NAT gives each flow another port
+        assert masq.py("curl-pod", MANY_CLIENTS, EXT, "7400", "6000", "1").stdout.startswith(
+            f"{node}:")
+        got = masq.py("curl-pod", UDP_PROBE, EXT, "7401", "6001").stdout.split()
+        assert got[0] == "answered" and got[1].startswith(f"{node}:"), got
+        assert masq.run("curl-pod", "ping", "-c", "1", "-W", "2", EXT,
+                        check=False).returncode == 0
+        # nothing listens on 7402: the port-unreachable must reach the pod's socket
+        assert masq.py("curl-pod", UDP_PROBE, EXT, "7402", "6002").stdout.strip() == "refused"
+        masq.py("curl-pod", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                            f".sendto(b'sniff-end', ('{EXT}', 9))")
+        at_ext, at_pod = (captured(c) for c in caps)
+    finally:
+        for c in caps:
+            if c.poll() is None:
+                c.kill()
+                c.wait(timeout=10)
+        tcp.kill()
+        udp.kill()
+        udp.wait(timeout=10)
+        for who, dev in offload:
+            masq.run(who, "ethtool", "-K", dev, "tx", "on", check=False)
+
+    def bad(pkts):
+        return [(p.summary(), wrong) for p in pkts if (wrong := wrong_checksums(bytes(p[IP])))]
+
+    sent = [p for p in at_pod if IP in p and p[IP].src == pod]
+    assert sent and not bad(sent)          # the control: the pod itself sends finished checksums
+    out = [p for p in at_ext if IP in p and p[IP].src == node]
+    assert {(p[IP].proto, p[IP].dport if TCP in p or UDP in p else p[ICMP].type)
+            for p in out} >= {(6, 7400), (17, 7401), (17, 7402), (1, 8)}
+    assert all(p.sport >= 32768 for p in out if (TCP in p or UDP in p))   # ports translated
+    assert not bad(out)
+    back = [p for p in at_pod if IP in p and p[IP].src == EXT and p[IP].dst == pod]
+    assert {(p[IP].proto, p.dport if TCP in p or UDP in p else p[ICMP].type) for p in back} >= \
+        {(6, 6000), (17, 6001), (1, 0), (1, 3)}
+    assert not bad(back)
+    (err,) = [p for p in back if ICMP in p and p[ICMP].type == 3]
+    assert err[ICMP].code == 3
+    assert (err[IPerror].src, err[UDPerror].sport, err[IPerror].dst, err[UDPerror].dport) == \
+        (pod, 6002, EXT, 7402)                  # the quoted packet is the one the pod sent

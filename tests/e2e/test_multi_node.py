@@ -1,6 +1,8 @@
 """Multi-node lab end to end: three nodes sharing state through etcd, pods talking across nodes
 in both routing modes, VXLAN carrying the sender's identity, the cross-subnet topology, a node
-agent stopping and coming back, cluster-wide identity allocation under a race, and teardown."""
+agent stopping and coming back, cluster-wide identity allocation under a race, masquerade (on in
+both labs: pods reach the outside with their node's address, pod-to-pod and pod-to-node traffic
+keeps the pod's), and teardown."""
 from __future__ import annotations
 
 import os
@@ -57,6 +59,8 @@ def identity_of(lab, pod: str) -> int:
 
 def test_pods_on_all_nodes_reach_each_other(cluster):
     assert {p["name"].split("/")[1]: p["node"] for p in cluster.lab.status()["pods"]} == PODS
+    for node in ("k8s-ctr", "k8s-w1", "k8s-w2"):       # so "never NATed" below means something
+        assert cluster.client(node).get("/v1/status")["masquerading"]["enabled"]
     for src in PODS:
         for dst in WEB:
             if src == dst:
@@ -511,35 +515,67 @@ def test_udp_service_from_an_endpointslice(native):
         path.unlink()
 
 
-def test_pods_reach_the_outside_with_their_node_address(native):
+def test_pods_on_every_node_reach_the_outside_with_their_node_address(cluster):
+    """Masquerade in both routing modes: every pod on every node reaches ext over TCP, UDP and
+    ping, ext sees the pod's node address each time, and every reply finds its pod."""
     import json
-    from .traffic import UDP_ECHO
-    srv = subprocess.Popen(netns.cmd(native.ns("ext"), sys.executable, "-m", "agent.cli",
+    from .traffic import UDP_ECHO, ping_seen_from
+    ext, node_ip = "203.0.113.10", {n: cluster.node(n)["ip"] for n in ("k8s-ctr", "k8s-w1",
+                                                                       "k8s-w2")}
+    srv = subprocess.Popen(netns.cmd(cluster.ns("ext"), sys.executable, "-m", "agent.cli",
                                      "whoami", "--port", "8080"),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    udp = None
+    udp = subprocess.Popen(netns.cmd(cluster.ns("ext"), sys.executable, "-c", UDP_ECHO, "9053",
+                                     "40"), stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: ":8080" in native.run("ext", "ss", "-Htln").stdout, what="ext server")
-        node_ip = {n: native.node(n)["ip"] for n in ("k8s-ctr", "k8s-w1", "k8s-w2")}
+        wait_for(lambda: ":8080" in cluster.run("ext", "ss", "-Htln").stdout, what="ext server")
+        wait_for(lambda: ":9053" in cluster.run("ext", "ss", "-Hlun").stdout, what="ext UDP")
         for pod, node in PODS.items():
-            ans = json.loads(native.run(pod, "curl", "-s", "-m", "3",
-                                        "http://203.0.113.10:8080/api").stdout)
+            ans = json.loads(cluster.run(pod, "curl", "-s", "-m", "3",
+                                         f"http://{ext}:8080/api").stdout)
             assert ans["remoteAddr"].split(":")[0] == node_ip[node], (pod, ans)
-            assert native.run(pod, "ping", "-c", "1", "-W", "2", "203.0.113.10",
-                              check=False).returncode == 0
-        udp = subprocess.Popen(netns.cmd(native.ns("ext"), sys.executable, "-c", UDP_ECHO, "9053"),
-                               stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
-        out = native.py("webpod-3", UDP_ASK, "203.0.113.10", "9053").stdout.split()
-        assert out[0] == "203.0.113.10" and out[2].startswith("192.168.10.102:"), out
-        # the NAT table shows the mappings, and a node's status says how it masquerades
-        status = native.client("k8s-w2").get("/v1/status")["masquerading"]
+            out = cluster.py(pod, UDP_ASK, ext, "9053").stdout.split()
+            assert out[:2] == [ext, "9053"], (pod, out)                  # the reply came back
+            assert out[2].split(":")[0] == node_ip[node] and out[3] == "hello-udp", (pod, out)
+            assert ping_seen_from(cluster, "ext", pod, ext) == (True, node_ip[node]), pod
+        # a node's status says how it masquerades
+        status = cluster.client("k8s-w2").get("/v1/status")["masquerading"]
         assert status["enabled"] and status["devices"] == ["eth1"]
     finally:
         srv.kill()
         srv.wait(timeout=10)
-        if udp:
-            udp.wait(timeout=20)
+        udp.kill()
+        udp.wait(timeout=10)
+
+
+WHOAMI_PORT = 8181
+
+
+def test_pod_to_node_traffic_is_never_masqueraded(cluster):
+    """With masquerade on, a pod that talks to its own node or to another node (a server in
+    the node's namespace) keeps its pod address."""
+    import json
+    nodes = ("k8s-ctr", "k8s-w1", "k8s-w2")
+    servers = [subprocess.Popen(netns.cmd(cluster.ns(n), sys.executable, "-m", "agent.cli",
+                                          "whoami", "--port", str(WHOAMI_PORT)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for n in nodes]
+    try:
+        for n in nodes:
+            wait_for(lambda: f":{WHOAMI_PORT}" in cluster.run(n, "ss", "-Htln").stdout,
+                     what=f"a server on {n}")
+        for pod, home in PODS.items():
+            for n in nodes:
+                got = cluster.run(pod, "curl", "-s", "-m", "3",
+                                  f"http://{cluster.node(n)['ip']}:{WHOAMI_PORT}/api",
+                                  check=False).stdout
+                assert got, f"{pod} (on {home}) -> {n}: no answer"
+                assert json.loads(got)["remoteAddr"].split(":")[0] == cluster.pod_ip(pod), \
+                    (pod, home, n, got)
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait(timeout=10)
 
 
 def test_the_agents_add_no_iptables_or_nftables_rule(native):

@@ -1,5 +1,6 @@
 """Real-socket traffic between lab namespaces: curl to the whoami pods, a UDP echo round trip,
-and a long-lived TCP echo pair, each bounded in count and time."""
+a long-lived TCP echo pair and the source of an echo request as a host sees it, each bounded in
+count and time."""
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,24 @@ UDP_ECHO = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(15)
 s.bind(("0.0.0.0", int(sys.argv[1])))
-data, addr = s.recvfrom(2048)
-s.sendto(("%s:%d " % addr).encode() + data, addr)
+for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 1):   # datagrams to answer
+    try:
+        data, addr = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    s.sendto(("%s:%d " % addr).encode() + data, addr)
+"""
+ECHO_REQUEST_SOURCE = """
+import select, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+print("ready", flush=True)
+deadline = time.time() + 15
+while time.time() < deadline:
+    if select.select([s], [], [], 0.5)[0]:
+        data = s.recv(2048)
+        if data[(data[0] & 15) * 4] == 8:          # an echo request: print its source
+            print(socket.inet_ntoa(data[12:16]), flush=True)
+            break
 """
 UDP_CLIENT = """
 import socket, sys
@@ -59,3 +76,19 @@ def udp_roundtrip(lab, server, client, port=5353):
     return out
 
 
+
+
+def ping_seen_from(lab, host, src, dst):
+    """`src` pings `dst` once; returns (whether the reply came back, the source address `host`
+    saw on the echo request, or '' when none arrived)."""
+    rec = subprocess.Popen(netns.cmd(lab.ns(host), sys.executable, "-c", ECHO_REQUEST_SOURCE),
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert rec.stdout.readline().strip() == "ready"
+        ping = lab.run(src, "ping", "-c", "1", "-W", "2", dst, check=False)
+        seen = rec.stdout.readline().strip()
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+        rec.wait(timeout=10)
+    return ping.returncode == 0, seen

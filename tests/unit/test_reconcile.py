@@ -1,6 +1,8 @@
 """The reconcile plan is pure: differences only, in a safe order, and idempotent."""
 from __future__ import annotations
 
+import subprocess
+
 from agent.reconcile import DatapathState, Op, plan
 
 
@@ -65,3 +67,23 @@ def test_late_keys_are_written_after_the_rest_of_their_map():
                          late={("svc", b"\x00")})
     ops = plan(want, DatapathState(maps={"svc": {}}))
     assert [o.key for o in ops] == [b"\x01", b"\x02", b"\x00"]
+
+
+def test_tunnel_routes_encapsulate_to_the_far_node_and_read_back_alike(monkeypatch):
+    from agent import reconcile
+    assert reconcile.route_argv("replace", "172.20.1.0/24", "192.168.10.101", "eth1") == \
+        ["ip", "route", "replace", "172.20.1.0/24", "via", "192.168.10.101", "dev", "eth1",
+         "proto", "202"]
+    assert reconcile.route_argv("replace", "172.20.1.0/24", "192.168.10.101", "cilium_vxlan") == \
+        ["ip", "route", "replace", "172.20.1.0/24", "encap", "ip", "id", "1", "dst",
+         "192.168.10.101", "ttl", "64", "dev", "cilium_vxlan", "proto", "202"]
+    assert reconcile.route_argv("del", "172.20.1.0/24", "192.168.10.101", "cilium_vxlan") == \
+        ["ip", "route", "del", "172.20.1.0/24", "dev", "cilium_vxlan", "proto", "202"]
+    # `ip -j route` names both the prefix and the tunnel endpoint "dst"
+    shown = ('[{"dst":"172.20.1.0/24","encap":"ip","id":1,"src":"0.0.0.0",'
+             '"dst":"192.168.10.101","ttl":64,"dev":"cilium_vxlan","scope":"link"},'
+             '{"dst":"172.20.2.0/24","gateway":"192.168.10.102","dev":"eth1"}]')
+    monkeypatch.setattr(reconcile.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, shown, ""))
+    assert reconcile.read_routes() == {"172.20.1.0/24": ("192.168.10.101", "cilium_vxlan"),
+                                       "172.20.2.0/24": ("192.168.10.102", "eth1")}

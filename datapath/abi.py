@@ -23,6 +23,8 @@ IPMASQ_MAP_SIZE = 16384
 NODEPORT_PORT_MIN_NAT = 32768
 NODEPORT_PORT_MAX_NAT = 65535
 SNAT_COLLISION_RETRIES = 32
+L2_RESPONDER_MAP4_SIZE = 4096
+NETDEV_MAP_SIZE = 256
 CT_MAP_SIZE_TCP = 524288
 CT_MAP_SIZE_ANY = 262144
 
@@ -70,6 +72,15 @@ CTX_ACT_OK = 0
 CTX_ACT_DROP = 2
 CTX_ACT_REDIRECT = 7
 VERDICT_NAMES = {CTX_ACT_OK: "OK", CTX_ACT_DROP: "DROP", CTX_ACT_REDIRECT: "REDIRECT"}
+
+# ---- XDP verdicts (the kernel's enum xdp_action; not #defines in abi.h, which would clash) ----
+XDP_ABORTED = 0
+XDP_DROP = 1
+XDP_PASS = 2
+XDP_TX = 3
+XDP_REDIRECT = 4
+XDP_VERDICT_NAMES = {XDP_ABORTED: "ABORTED", XDP_DROP: "DROP", XDP_PASS: "PASS", XDP_TX: "TX",
+                     XDP_REDIRECT: "REDIRECT"}
 
 # ---- metric directions (Cilium's metricsmap) ----
 METRIC_DIR_UNKNOWN = 0
@@ -360,6 +371,30 @@ class IpmasqKey(_Struct):
     _fields_ = [("lpm_key_prefixlen", c_uint32), ("ip4", c_uint32)]
 
 
+class L2ResponderV4Key(_Struct):
+    """cilium_l2_responder_v4 key: an announced address on one native device."""
+    c_name = "l2_responder_v4_key"
+    _fields_ = [("ip4", c_uint32), ("ifindex", c_uint32)]
+
+
+class L2ResponderV4Stats(_Struct):
+    """cilium_l2_responder_v4 value (counted by the datapath)."""
+    c_name = "l2_responder_v4_stats"
+    _fields_ = [("responses_sent", c_uint64)]
+
+
+class NetdevInfo(_Struct):
+    """dp_netdev value (key: U32Key ifindex): a native device's MAC."""
+    c_name = "netdev_info"
+    _fields_ = [("mac", Mac), ("pad", c_uint16)]
+
+
+class AgentLiveness(_Struct):
+    """dp_agent_liveness value (index 0): the agent's heartbeat, ns of the monotonic clock."""
+    c_name = "agent_liveness"
+    _fields_ = [("last_seen", c_uint64), ("max_age", c_uint64)]
+
+
 class U8Value(_Struct):
     """A one-byte map value (not a struct in abi.h)."""
     c_name = None
@@ -377,7 +412,8 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, M
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
                                       Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey,
-                                      Lb4MaglevLut)
+                                      Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
+                                      NetdevInfo, AgentLiveness)
 
 
 # ---- codecs ----
@@ -423,6 +459,10 @@ def ipcache_key(cidr: str) -> IpcacheKey:
 def remote_endpoint_info(identity: int, tunnel_endpoint: str | None = None) -> RemoteEndpointInfo:
     return RemoteEndpointInfo(sec_identity=identity,
                               tunnel_endpoint=ip4_to_be32(tunnel_endpoint) if tunnel_endpoint else 0)
+
+
+def l2_responder_key(ip: str, ifindex: int) -> L2ResponderV4Key:
+    return L2ResponderV4Key(ip4=ip4_to_be32(ip), ifindex=ifindex)
 
 
 def endpoint_info(*, ifindex: int, lxc_id: int, mac: str, node_mac: str, sec_id: int, ip: str,

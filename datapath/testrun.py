@@ -1,4 +1,5 @@
-"""BPF_PROG_TEST_RUN harness: a packet (scapy or bytes) and an optional __sk_buff context in,
+"""BPF_PROG_TEST_RUN harness: a packet (scapy or bytes) and an optional context (__sk_buff for tc,
+xdp_md for XDP) in,
 the verdict and the packet out, and a readable diff when the packet is not the expected one.
 
 It calls the bpf(2) syscall directly (BPF_PROG_TEST_RUN = 10), so it does not depend on the
@@ -51,25 +52,35 @@ class SkBuff(ctypes.Structure):
                 ("_pad", ctypes.c_uint8 * 3), ("hwtstamp", ctypes.c_uint64)]
 
 
+class XdpMd(ctypes.Structure):
+    """struct xdp_md (uapi/linux/bpf.h). As input the kernel takes ingress_ifindex (a device
+    that exists in the caller's netns) and rx_queue_index; data/data_end are set by run()."""
+    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
+                ("data_meta", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
+                ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
+
+
 @dataclass
 class RunResult:
     retval: int
     data: bytes
-    ctx: SkBuff | None
+    ctx: SkBuff | XdpMd | None
     duration_ns: int
 
     @property
     def verdict(self) -> str:
-        return abi.VERDICT_NAMES.get(self.retval, str(self.retval))
+        names = abi.XDP_VERDICT_NAMES if isinstance(self.ctx, XdpMd) else abi.VERDICT_NAMES
+        return names.get(self.retval, str(self.retval))
 
 
 class TestRunError(DatapathError):
     pass
 
 
-def run(prog_fd: int, packet, *, ctx: SkBuff | None = None, repeat: int = 1,
+def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int = 1,
         out_room: int = 256) -> RunResult:
-    """Run a loaded program once (or `repeat` times) over `packet`; return verdict and output."""
+    """Run a loaded program once (or `repeat` times) over `packet`; return verdict and output.
+    An XdpMd context gets data_end = the packet's length, as the kernel requires."""
     data = bytes(packet)
     inbuf = ctypes.create_string_buffer(data, len(data))
     outbuf = ctypes.create_string_buffer(len(data) + out_room)
@@ -78,9 +89,12 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | None = None, repeat: int = 1,
                      repeat=repeat)
     ctx_out = None
     if ctx is not None:
-        ctx_in = SkBuff.from_buffer_copy(bytes(ctx))
-        ctx_out = SkBuff()
-        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(SkBuff)
+        kind = type(ctx)
+        ctx_in = kind.from_buffer_copy(bytes(ctx))
+        if kind is XdpMd:
+            ctx_in.data, ctx_in.data_end = 0, len(data)
+        ctx_out = kind()
+        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(kind)
         attr.ctx_in, attr.ctx_out = ctypes.addressof(ctx_in), ctypes.addressof(ctx_out)
     rc = _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
@@ -96,6 +110,11 @@ def tc_ctx(ifindex: int = 1, **fields) -> SkBuff:
     for k, v in fields.items():
         setattr(ctx, k, v)
     return ctx
+
+
+def xdp_ctx(ifindex: int = 1, rx_queue_index: int = 0) -> XdpMd:
+    """A context for an XDP program receiving the packet on `ifindex` (1 = lo)."""
+    return XdpMd(ingress_ifindex=ifindex, rx_queue_index=rx_queue_index)
 
 
 def packet_diff(expected: bytes, actual: bytes) -> str:

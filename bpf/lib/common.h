@@ -5,6 +5,7 @@
  *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
  *   ctx_data(skb), ctx_data_end(skb)   the packet pointers, loaded where used
  *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
+ *   xdp_data(ctx), xdp_data_end(ctx)   the same packet pointers for an XDP program
  */
 #ifndef DP_LIB_COMMON_H
 #define DP_LIB_COMMON_H
@@ -46,6 +47,24 @@ static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
 
 	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
 		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
+	return ptr;
+}
+
+static __always_inline void *xdp_data(const struct xdp_md *ctx)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
+		     : "r"(ctx), "i"(offsetof(struct xdp_md, data)));
+	return ptr;
+}
+
+static __always_inline void *xdp_data_end(const struct xdp_md *ctx)
+{
+	void *ptr;
+
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
+		     : "r"(ctx), "i"(offsetof(struct xdp_md, data_end)));
 	return ptr;
 }
 

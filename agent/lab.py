@@ -160,6 +160,9 @@ class Lab:
         netns.ip(self.segment_ns, "link", "add", outer, "type", "veth", "peer", "name", ifname,
                  "netns", ns)
         netns.ip(self.segment_ns, "link", "set", outer, "master", f"br-{seg}"[:15], "up")
+        # GRO on the segment side turns on its NAPI, which a veth needs to take frames that
+        # the other end sends with XDP_TX (the nodes' L2 responder answering ARP)
+        netns.run(self.segment_ns, "ethtool", "-K", outer, "gro", "on")
         netns.ip(ns, "addr", "add", f"{ip}/{topo.prefix(seg)}", "dev", ifname)
         netns.ip(ns, "link", "set", ifname, "up")
 

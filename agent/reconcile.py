@@ -4,10 +4,13 @@ apply step that executes them against a NodeDatapath.
 Both states have the same shape:
     DatapathState(maps={map_name: {key_bytes: value_bytes}},
                   tc={(ifname, direction): (program_name, tag)},
+                  xdp={ifname: (program_name, tag)},
                   routes={dst_cidr: (via, dev)})           # routes carry proto ROUTE_PROTO
 plan() emits only differences, in an order that never shows a program a half-built world:
 detach first, then map writes, then attaches, then routes, then map deletes. Applying the same
-desired state twice yields no operations the second time.
+desired state twice yields no operations the second time. In a map named in `counters` the
+values belong to the datapath (it counts in them): a missing key is created with the desired
+value, an unwanted one deleted, and a present one left alone.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class DatapathState:
     maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     tc: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     routes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    xdp: dict[str, tuple[str, str]] = field(default_factory=dict)
+    counters: set[str] = field(default_factory=set)
     # keys written after every other update of their map (a service frontend after its slots,
     # so no packet sees a count that points past the slots written so far)
     late: set[tuple[str, bytes]] = field(default_factory=set)
@@ -35,7 +40,8 @@ class DatapathState:
 
 @dataclass(frozen=True)
 class Op:
-    kind: str            # tc_detach | map_update | tc_attach | route_replace | route_del | map_delete
+    kind: str            # tc_detach | xdp_detach | map_update | tc_attach | xdp_attach |
+                         # route_replace | route_del | map_delete
     target: str          # map name or interface
     key: bytes | str = b""
     value: bytes | str = b""
@@ -46,8 +52,9 @@ class Op:
         return f"{self.kind} {self.target} {self.key} {self.value}"
 
 
-_ORDER = {"tc_detach": 0, "map_update": 1, "tc_attach": 2, "route_replace": 3, "route_del": 4,
-          "map_delete": 5}
+_ORDER = {"tc_detach": 0, "xdp_detach": 0, "map_update": 1, "tc_attach": 2, "xdp_attach": 2,
+          "route_replace": 3, "route_del": 4, "map_delete": 5}
+XDP_MODE = "native"
 
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
@@ -55,7 +62,7 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
     for name in sorted(set(desired.maps) | set(actual.maps)):
         want, have = desired.maps.get(name, {}), actual.maps.get(name, {})
         for k in sorted(want, key=lambda k: ((name, k) in desired.late, k)):
-            if have.get(k) != want[k]:
+            if have.get(k) != want[k] and not (name in desired.counters and k in have):
                 ops.append(Op("map_update", name, k, want[k]))
         for k in sorted(set(have) - set(want)):
             ops.append(Op("map_delete", name, k))
@@ -66,6 +73,12 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
             ops.append(Op("tc_attach", ifname, direction, want[0]))
         elif have and not want:
             ops.append(Op("tc_detach", ifname, direction))
+    for ifname in sorted(set(desired.xdp) | set(actual.xdp)):
+        want, have = desired.xdp.get(ifname), actual.xdp.get(ifname)
+        if want and have != want:
+            ops.append(Op("xdp_attach", ifname, XDP_MODE, want[0]))
+        elif have and not want:
+            ops.append(Op("xdp_detach", ifname))
     for dst in sorted(set(desired.routes) | set(actual.routes)):
         want, have = desired.routes.get(dst), actual.routes.get(dst)
         if want and have != want:
@@ -82,9 +95,23 @@ def read_routes() -> dict[str, tuple[str, str]]:
             for r in json.loads(out.stdout or "[]")}
 
 
-def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS) -> DatapathState:
-    """What the datapath holds now: managed maps, our filters on `interfaces`, our routes."""
+def xdp_names() -> set[str]:
+    """The names the kernel shows for our XDP programs (BCC names a program by its function,
+    cut to BPF_OBJ_NAME_LEN - 1)."""
+    return {spec.function[:15] for spec in PROGRAMS.values() if spec.prog_type == "xdp"}
+
+
+def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS,
+                xdp_interfaces: set[str] = frozenset()) -> DatapathState:
+    """What the datapath holds now: managed maps, our filters on `interfaces`, our XDP
+    programs on `xdp_interfaces`, our routes."""
     st = DatapathState(maps={m: dp.read_map(m) for m in maps}, routes=read_routes())
+    by_function = {spec.function[:15]: name for name, spec in PROGRAMS.items()
+                   if spec.prog_type == "xdp"}
+    for ifname in sorted(xdp_interfaces):
+        got = attach.xdp_query(ifname)
+        if got and got["name"] in by_function:
+            st.xdp[ifname] = (by_function[got["name"]], got["tag"])
     directions = {spec.direction for spec in PROGRAMS.values() if spec.prog_type == "tc"}
     for ifname in sorted(interfaces):
         for direction in sorted(directions):
@@ -111,6 +138,11 @@ def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = 
                 attach.tc_attach(op.target, fd, op.key, op.value)
             elif op.kind == "tc_detach":
                 attach.tc_detach(op.target, op.key)
+            elif op.kind == "xdp_attach":
+                fd, _ = dp.program(op.value)
+                attach.xdp_attach(op.target, fd, op.key)
+            elif op.kind == "xdp_detach":
+                attach.xdp_detach(op.target, xdp_names())
             elif op.kind in ("route_replace", "route_del"):
                 verb = "replace" if op.kind == "route_replace" else "del"
                 args = ["ip", "route", verb, op.target] + (["via", op.key] if op.key else []) \

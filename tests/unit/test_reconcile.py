@@ -65,3 +65,20 @@ def test_late_keys_are_written_after_the_rest_of_their_map():
                          late={("svc", b"\x00")})
     ops = plan(want, DatapathState(maps={"svc": {}}))
     assert [o.key for o in ops] == [b"\x01", b"\x02", b"\x00"]
+
+
+def test_counter_maps_keep_the_datapaths_values():
+    m = "cilium_l2_responder_v4"
+    want = DatapathState(maps={m: {b"a": b"\0", b"b": b"\0"}}, counters={m})
+    have = DatapathState(maps={m: {b"a": b"\x07", b"c": b"\x03"}})
+    assert plan(want, have) == [Op("map_update", m, b"b", b"\0"), Op("map_delete", m, b"c")]
+
+
+def test_xdp_programs_are_diffed_like_tc_ones():
+    want = DatapathState(xdp={"eth1": ("xdp", "t2"), "eth2": ("xdp", "t2")})
+    have = DatapathState(xdp={"eth1": ("xdp", "t1"), "eth3": ("xdp", "t1")},
+                         maps={"m": {b"k": b"v"}})
+    assert plan(want, have) == [Op("xdp_detach", "eth3"), Op("xdp_attach", "eth1", "native", "xdp"),
+                                Op("xdp_attach", "eth2", "native", "xdp"),
+                                Op("map_delete", "m", b"k")]
+    assert plan(want, DatapathState(xdp=dict(want.xdp))) == []

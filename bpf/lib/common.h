@@ -30,42 +30,34 @@
 #define DP_MAP_F(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
 #endif
 
-/* skb->data and skb->data_end, each read by one load right where it is used: clang may
- * otherwise keep &skb->data_end as a modified ctx pointer, which the verifier refuses. */
+/* A packet pointer of a context (skb->data, xdp->data_end, ...), read by one load right where it
+ * is used: clang may otherwise keep &skb->data_end as a modified ctx pointer, which the verifier
+ * refuses. */
+#define CTX_PTR(ctx, type, field) ({						\
+	void *__ptr;								\
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(__ptr)			\
+		     : "r"(ctx), "i"(offsetof(type, field)));			\
+	__ptr;									\
+})
+
 static __always_inline void *ctx_data(const struct __sk_buff *skb)
 {
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
-	return ptr;
+	return CTX_PTR(skb, struct __sk_buff, data);
 }
 
 static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
 {
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
-	return ptr;
+	return CTX_PTR(skb, struct __sk_buff, data_end);
 }
 
 static __always_inline void *xdp_data(const struct xdp_md *ctx)
 {
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(ctx), "i"(offsetof(struct xdp_md, data)));
-	return ptr;
+	return CTX_PTR(ctx, struct xdp_md, data);
 }
 
 static __always_inline void *xdp_data_end(const struct xdp_md *ctx)
 {
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(ctx), "i"(offsetof(struct xdp_md, data_end)));
-	return ptr;
+	return CTX_PTR(ctx, struct xdp_md, data_end);
 }
 
 /* Make sure [data, data + len) is linear and inside the packet.

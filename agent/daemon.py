@@ -217,7 +217,7 @@ class Agent:
                                  "dp_node_config": {}})
         tags = {name: self.dp.program(name)[1] for name in
                 ("from-container", "from-netdev", "to-netdev", "to-netdev-nomasq",
-                 "from-overlay")}
+                 "from-overlay", "xdp")}
         ipc = st.maps["cilium_ipcache"]
 
         def ipcache(cidr, identity, tunnel=None):
@@ -261,12 +261,16 @@ class Agent:
             flags |= abi.NODE_CFG_F_MASQUERADE
             for cidr in self.masquerade_exclusions():
                 st.maps["cilium_ipmasq_v4"][bytes(abi.ipmasq_key(cidr))] = bytes(abi.U8Value(1))
+        if cfg.l2Enabled and cfg.lbAcceleration == "disabled":
+            flags |= abi.NODE_CFG_F_XDP_L2_ONLY      # XDP for ARP only: NodePort stays in tc
         node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=_ifindex(VXLAN_DEVICE) if tunnel else 0,
                                   node_ip=abi.ip4_to_be32(self.node_ip))
         st.maps["dp_node_config"][bytes(abi.U32Key(0))] = bytes(node_cfg)
         for dev in cfg.devices:
             if _iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
+                if cfg.l2Enabled or cfg.lbAcceleration != "disabled":
+                    st.xdp[dev] = ("xdp", tags["xdp"])
                 # NodePort replies from local backends get their frontend back on every device
                 prog = "to-netdev" if cfg.bpfMasquerade and dev in self.masquerade_devices() \
                     else "to-netdev-nomasq"
@@ -280,8 +284,8 @@ class Agent:
 
     # ---- L2 announcements ----
     def _l2_desired(self, st: DatapathState) -> None:
-        """Native devices' MACs; with l2announcements, the XDP program on them and the
-        addresses of the services this node leads in cilium_l2_responder_v4."""
+        """Native devices' MACs; with l2announcements, the addresses of the services this node
+        leads in cilium_l2_responder_v4."""
         devs = {d: _ifindex(d) for d in self.cfg.devices}
         devs = {d: i for d, i in devs.items() if i}
         st.maps["dp_netdev"] = {bytes(abi.U32Key(i)): bytes(abi.NetdevInfo(
@@ -290,9 +294,6 @@ class Agent:
         st.counters.add("cilium_l2_responder_v4")
         if self.l2 is None:
             return
-        tag = self.dp.program("xdp")[1]
-        for d in devs:
-            st.xdp[d] = ("xdp", tag)
         local = {ep.pod_key for ep in self.endpoints.values() if ep.identity and
                  ep.state not in ("disconnecting", "disconnected")}
         self.l2_selection = l2announce.select(self.manifests, self.cfg.nodeName, list(devs),

@@ -136,6 +136,7 @@
 #define NODE_CFG_F_TUNNEL       1   /* routingMode tunnel: remote pods through the VXLAN device */
 #define NODE_CFG_F_HOST_ROUTING 2   /* native: remote pods via bpf_fib_lookup + redirect */
 #define NODE_CFG_F_MASQUERADE   4   /* bpf.masquerade: SNAT pods' traffic leaving the cluster */
+#define NODE_CFG_F_XDP_L2_ONLY  8   /* XDP runs for L2 announcements only: NodePort stays in tc */
 
 /* ---- NAT directions (the flags of a cilium_snat_v4_external tuple) ---- */
 #define NAT_DIR_EGRESS          0

@@ -73,14 +73,12 @@ CTX_ACT_DROP = 2
 CTX_ACT_REDIRECT = 7
 VERDICT_NAMES = {CTX_ACT_OK: "OK", CTX_ACT_DROP: "DROP", CTX_ACT_REDIRECT: "REDIRECT"}
 
-# ---- XDP verdicts (the kernel's enum xdp_action; not #defines in abi.h, which would clash) ----
+# ---- XDP verdicts (enum xdp_action) ----
 XDP_ABORTED = 0
 XDP_DROP = 1
 XDP_PASS = 2
 XDP_TX = 3
 XDP_REDIRECT = 4
-XDP_VERDICT_NAMES = {XDP_ABORTED: "ABORTED", XDP_DROP: "DROP", XDP_PASS: "PASS", XDP_TX: "TX",
-                     XDP_REDIRECT: "REDIRECT"}
 
 # ---- metric directions (Cilium's metricsmap) ----
 METRIC_DIR_UNKNOWN = 0
@@ -135,6 +133,7 @@ IDENTITY_INGRESS = 8
 NODE_CFG_F_TUNNEL = 1
 NODE_CFG_F_HOST_ROUTING = 2
 NODE_CFG_F_MASQUERADE = 4
+NODE_CFG_F_XDP_L2_ONLY = 8
 NAT_DIR_EGRESS = 0
 NAT_DIR_INGRESS = 1
 NAT_F_CLOSING = 1

@@ -1,5 +1,4 @@
-"""BPF_PROG_TEST_RUN harness: a packet (scapy or bytes) and an optional context (__sk_buff for tc,
-xdp_md for XDP) in,
+"""BPF_PROG_TEST_RUN harness: a packet (scapy or bytes) and an optional __sk_buff context in,
 the verdict and the packet out, and a readable diff when the packet is not the expected one.
 
 It calls the bpf(2) syscall directly (BPF_PROG_TEST_RUN = 10), so it does not depend on the
@@ -53,8 +52,7 @@ class SkBuff(ctypes.Structure):
 
 
 class XdpMd(ctypes.Structure):
-    """struct xdp_md (uapi/linux/bpf.h). As input the kernel takes ingress_ifindex (a device
-    that exists in the caller's netns) and rx_queue_index; data/data_end are set by run()."""
+    """struct xdp_md as BPF_PROG_TEST_RUN takes it (data offsets are filled by the kernel)."""
     _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32),
                 ("data_meta", ctypes.c_uint32), ("ingress_ifindex", ctypes.c_uint32),
                 ("rx_queue_index", ctypes.c_uint32), ("egress_ifindex", ctypes.c_uint32)]
@@ -69,8 +67,7 @@ class RunResult:
 
     @property
     def verdict(self) -> str:
-        names = abi.XDP_VERDICT_NAMES if isinstance(self.ctx, XdpMd) else abi.VERDICT_NAMES
-        return names.get(self.retval, str(self.retval))
+        return abi.VERDICT_NAMES.get(self.retval, str(self.retval))
 
 
 class TestRunError(DatapathError):
@@ -79,8 +76,7 @@ class TestRunError(DatapathError):
 
 def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int = 1,
         out_room: int = 256) -> RunResult:
-    """Run a loaded program once (or `repeat` times) over `packet`; return verdict and output.
-    An XdpMd context gets data_end = the packet's length, as the kernel requires."""
+    """Run a loaded program once (or `repeat` times) over `packet`; return verdict and output."""
     data = bytes(packet)
     inbuf = ctypes.create_string_buffer(data, len(data))
     outbuf = ctypes.create_string_buffer(len(data) + out_room)
@@ -89,12 +85,11 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int 
                      repeat=repeat)
     ctx_out = None
     if ctx is not None:
-        kind = type(ctx)
-        ctx_in = kind.from_buffer_copy(bytes(ctx))
-        if kind is XdpMd:
-            ctx_in.data, ctx_in.data_end = 0, len(data)
-        ctx_out = kind()
-        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(kind)
+        ctx_in = type(ctx).from_buffer_copy(bytes(ctx))
+        if isinstance(ctx_in, XdpMd):
+            ctx_in.data_end = len(data)     # the kernel wants the frame's extent here
+        ctx_out = type(ctx)()
+        attr.ctx_size_in = attr.ctx_size_out = ctypes.sizeof(type(ctx))
         attr.ctx_in, attr.ctx_out = ctypes.addressof(ctx_in), ctypes.addressof(ctx_out)
     rc = _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
@@ -104,17 +99,17 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int 
                      duration_ns=attr.duration)
 
 
+def xdp_ctx(ingress_ifindex: int) -> XdpMd:
+    """A context for an XDP program receiving the packet on `ingress_ifindex`."""
+    return XdpMd(ingress_ifindex=ingress_ifindex)
+
+
 def tc_ctx(ifindex: int = 1, **fields) -> SkBuff:
     """A context for a tc program seeing the packet on `ifindex` (1 = lo, which always exists)."""
     ctx = SkBuff(ifindex=ifindex)
     for k, v in fields.items():
         setattr(ctx, k, v)
     return ctx
-
-
-def xdp_ctx(ifindex: int = 1, rx_queue_index: int = 0) -> XdpMd:
-    """A context for an XDP program receiving the packet on `ifindex` (1 = lo)."""
-    return XdpMd(ingress_ifindex=ifindex, rx_queue_index=rx_queue_index)
 
 
 def packet_diff(expected: bytes, actual: bytes) -> str:

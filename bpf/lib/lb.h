@@ -20,6 +20,9 @@
  * (cilium_lb4_maglev) at jhash(saddr, ports, proto), so every node picks the same one.
  *
  * API:
+ *   lb4_decide(pkt, src_identity, internal, &backend, &loopback)
+ *                                  the hook-independent decision (tc and XDP); returns
+ *                                  LB_XLATED, 0 or a negative DROP_*
  *   lb4_xlate(skb, src_identity, internal)
  *                                  returns LB_XLATED, 0 (not a service), -DROP_NO_SERVICE (no
  *                                  backend), -DROP_IS_CLUSTER_IP, or another negative DROP_*
@@ -249,23 +252,25 @@ static __always_inline struct lb4_service *lb4_lookup(struct lb4_key *key,
 	return svc;
 }
 
-/* Returns LB_XLATED (translated to a backend), 0 (not a service) or a negative DROP_*.
- * internal: the packet comes from a pod on this node (from outside: CT_F_NODEPORT flows). */
+/* The load-balancing decision for a parsed packet, independent of the hook (tc or XDP): the
+ * frontend, the flow's backend (conntrack, affinity, Maglev or random) and the reply entry.
+ * Returns LB_XLATED with *out set to the backend and *loopback to whether the client is its own
+ * backend (hairpin), 0 (not a service) or a negative DROP_*. internal: the packet comes from a
+ * pod on this node (from outside: CT_F_NODEPORT flows). */
 #define LB_XLATED 1
-static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, int internal)
+static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identity,
+				      int internal, struct lb4_backend **out, int *loopback_out)
 {
 	struct lb4_key key = {};
 	struct lb4_service *svc;
 	struct lb4_backend *backend = NULL;
 	struct ipv4_ct_tuple tuple = {}, reply = {};
 	struct ct_entry *ct, entry = {};
-	struct lb4_pkt pkt = {};
+	struct lb4_pkt pkt = *p;
 	__u32 backend_id = 0;
 	__u16 rev_nat_index;
-	int loopback, ret = lb4_parse(skb, &pkt);
+	int loopback, ret;
 
-	if (ret <= 0)
-		return ret;
 	svc = lb4_lookup(&key, &pkt, internal, &ret);
 	if (!svc)
 		return ret;
@@ -323,6 +328,23 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, 
 		if (ret < 0)
 			return ret;
 	}
+	*out = backend;
+	*loopback_out = loopback;
+	return LB_XLATED;
+}
+
+/* Returns LB_XLATED (DNATed to a backend), 0 (not a service) or a negative DROP_*. */
+static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, int internal)
+{
+	struct lb4_backend *backend = NULL;
+	struct lb4_pkt pkt = {};
+	int loopback = 0, ret = lb4_parse(skb, &pkt);
+
+	if (ret <= 0)
+		return ret;
+	ret = lb4_decide(&pkt, src_identity, internal, &backend, &loopback);
+	if (ret != LB_XLATED || !backend)
+		return ret;
 	ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
 			  offsetof(struct tcphdr, dest), pkt.dport, backend->port);
 	if (ret < 0)

@@ -16,6 +16,8 @@
  * The same engine SNATs NodePort flows sent on to a backend on another node.
  *
  * API:
+ *   snat_v4_mapping(pkt, cfg, &addr, &port)  the hook-independent mapping (tc and XDP);
+ *                               returns 0 or a negative DROP_*
  *   snat_v4_egress(skb, cfg)    returns 0 (translated or not masqueraded) or a negative DROP_*
  *   snat_v4_nodeport(skb, cfg)  SNAT regardless of masquerading; returns 0 or a negative DROP_*
  *   snat_v4_ingress(skb, cfg)   returns 0 (reverse-translated or not ours) or a negative DROP_*
@@ -120,10 +122,11 @@ static __always_inline int snat_v4_needed(__be32 saddr, __be32 daddr)
 	return 1;
 }
 
-/* SNAT one parsed packet to the node's address: the flow's mapping, or a new one. Returns 0 or
- * a negative DROP_*. */
-static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct lb4_pkt *p,
-					     const struct node_config *cfg)
+/* The node address and port a parsed packet leaves with: the flow's mapping, or a new one
+ * (hook-independent: tc and XDP). Returns 0 with *to_addr / *to_port set, or a negative DROP_*. */
+static __always_inline int snat_v4_mapping(const struct lb4_pkt *p,
+					   const struct node_config *cfg, __be32 *to_addr,
+					   __be16 *to_port)
 {
 	struct ipv4_ct_tuple otuple = {}, rtuple = {};
 	struct ipv4_nat_entry *fwd, ostate = {}, rstate = {};
@@ -136,7 +139,9 @@ static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct
 	fwd = cilium_snat_v4_external.lookup(&otuple);
 	if (fwd) {
 		nat_refresh(fwd, &pkt, now);
-		return nat_rewrite(skb, &pkt, 1, fwd->to_addr, fwd->to_port);
+		*to_addr = fwd->to_addr;
+		*to_port = fwd->to_port;
+		return 0;
 	}
 	/* a new mapping: the reply tuple must be free for the port we pick */
 	rstate.created = ostate.created = now;
@@ -165,12 +170,27 @@ static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct
 				cilium_snat_v4_external.delete(&rtuple);
 				return -DROP_NAT_NO_MAPPING;
 			}
-			return nat_rewrite(skb, &pkt, 1, ostate.to_addr, ostate.to_port);
+			*to_addr = ostate.to_addr;
+			*to_port = ostate.to_port;
+			return 0;
 		}
 		port = i == 0 ? NODEPORT_PORT_MIN_NAT + bpf_get_prandom_u32() % NAT_PORT_SPAN :
 			(port >= NODEPORT_PORT_MAX_NAT ? NODEPORT_PORT_MIN_NAT : port + 1);
 	}
 	return -DROP_NAT_NO_MAPPING;
+}
+
+/* SNAT one parsed packet to the node's address. Returns 0 or a negative DROP_*. */
+static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct lb4_pkt *pkt,
+					     const struct node_config *cfg)
+{
+	__be32 to_addr = 0;
+	__be16 to_port = 0;
+	int ret = snat_v4_mapping(pkt, cfg, &to_addr, &to_port);
+
+	if (ret < 0)
+		return ret;
+	return nat_rewrite(skb, pkt, 1, to_addr, to_port);
 }
 
 static __always_inline int snat_v4_egress(struct __sk_buff *skb, const struct node_config *cfg)

@@ -59,23 +59,6 @@ def host(host_obj, from_netdev):
 
 
 @pytest.fixture(scope="session")
-def overlay_obj(privileged):
-    return build.compile_program("bpf_overlay.c")
-
-
-@pytest.fixture(scope="session")
-def from_overlay(overlay_obj):
-    return build.load(overlay_obj, "cil_from_overlay", "tc")
-
-
-@pytest.fixture
-def overlay(overlay_obj, from_overlay):
-    _clear(overlay_obj)
-    yield overlay_obj
-    _clear(overlay_obj)
-
-
-@pytest.fixture(scope="session")
 def xdp_obj(privileged):
     return build.compile_program("bpf_xdp.c")
 
@@ -90,3 +73,20 @@ def xdp(xdp_obj, xdp_entry):
     _clear(xdp_obj)
     yield xdp_obj
     _clear(xdp_obj)
+
+
+@pytest.fixture(scope="session")
+def overlay_obj(privileged):
+    return build.compile_program("bpf_overlay.c")
+
+
+@pytest.fixture(scope="session")
+def from_overlay(overlay_obj):
+    return build.load(overlay_obj, "cil_from_overlay", "tc")
+
+
+@pytest.fixture
+def overlay(overlay_obj, from_overlay):
+    _clear(overlay_obj)
+    yield overlay_obj
+    _clear(overlay_obj)

@@ -1,6 +1,7 @@
 """BPF_PROG_TEST_RUN cases for cil_xdp_entry's L2 responder: the router's ARP request for a
 LoadBalancer IP announced on the receiving device is answered in place (XDP_TX, the exact reply,
-responses_sent counted); everything else passes to tc untouched and counts nothing."""
+responses_sent counted, and counted as forwarded); everything else passes to tc untouched and
+counts nothing. With XDP for L2 announcements only, NodePort requests are left to tc."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from datapath import abi, testrun
-from datapath.maps import open_maps
+from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
 
@@ -55,7 +56,8 @@ def test_request_for_announced_ip_answered_with_device_mac(announced, xdp_entry)
     assert responses(announced) == 1
     run(xdp_entry, P.ARP_WHO_HAS_LB_IP)
     assert responses(announced) == 2
-    assert len(announced["cilium_metrics"]) == 0     # XDP counts drops only
+    assert metrics_totals(announced["cilium_metrics"]) == {
+        (abi.REASON_FORWARDED, abi.METRIC_INGRESS): (2, 2 * len(P.ARP_WHO_HAS_LB_IP))}
 
 
 @pytest.mark.parametrize("pkt", [P.ARP_WHO_HAS_UNANNOUNCED_IP, P.GRATUITOUS_ARP_LB_IP,
@@ -91,3 +93,15 @@ def test_no_answer_without_a_live_agent(announced, xdp_entry, age_s, max_age_s):
     heartbeat(announced, age_s=0, max_age_s=5)         # the agent is back: answered again
     assert run(xdp_entry, P.ARP_WHO_HAS_LB_IP).retval == abi.XDP_TX
     assert responses(announced) == 1
+
+
+def test_xdp_for_l2_only_leaves_nodeport_requests_to_tc(xdp, xdp_entry):
+    from .test_nat import setup
+    from .test_nodeport import BPORT, frontend, to_nodeport
+    m = setup(xdp, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    cfg = m["dp_node_config"].get(abi.U32Key(0))
+    cfg.flags |= abi.NODE_CFG_F_XDP_L2_ONLY
+    m["dp_node_config"].update(abi.U32Key(0), cfg)
+    passed_untouched(xdp_entry, to_nodeport())
+    assert len(m["cilium_ct4_global"]) == 0

@@ -29,7 +29,9 @@ def _name(tag: str) -> str:
 @pytest.fixture(scope="module")
 def native(privileged, tmp_path_factory):
     mdir = copy_manifests(tmp_path_factory.mktemp("m-native"))
-    with built_lab(_name("n"), mdir, str(TOPOLOGIES / "default.yaml"), "native") as h:
+    # the native lab load-balances with Maglev, the tunnel lab at random
+    with built_lab(_name("n"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
+                   {"loadBalancer": {"algorithm": "maglev"}}) as h:
         yield h
 
 
@@ -545,3 +547,160 @@ def test_the_agents_add_no_iptables_or_nftables_rule(native):
         assert native.run(node, "nft", "list", "ruleset").stdout.strip() == ""
         rules = native.run(node, "iptables-save").stdout
         assert not [line for line in rules.splitlines() if line.startswith("-A")], rules
+
+
+NODE_IPS = {"k8s-ctr": "192.168.10.100", "k8s-w1": "192.168.10.101", "k8s-w2": "192.168.10.102"}
+WEB_NODE = {"webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
+EXT_IP = "203.0.113.10"
+# ext asks a node's NodePort from a fixed source port (or an ephemeral one with 0): one JSON line
+# per request, a fresh connection each time
+EXT_ASK = """
+import json, socket, sys
+host, port, sport, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for _ in range(n):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(5)
+    if sport: s.bind(("0.0.0.0", sport))
+    try:
+        s.connect((host, port))
+        s.sendall(b"GET /api HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        data = b""
+        while chunk := s.recv(4096): data += chunk
+        print(json.dumps(json.loads(data.split(b"\\r\\n\\r\\n", 1)[1])), flush=True)
+    except OSError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+    finally:
+        s.close()
+"""
+
+
+def _nodeport_service(lab, name, node_port, extra="", selector="{app: webpod}"):
+    path = lab.manifests / f"{name}.yaml"
+    path.write_text(f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n"
+                    f"spec:\n  type: NodePort\n  selector: {selector}\n{extra}"
+                    f"  ports: [{{port: 80, targetPort: http, nodePort: {node_port}}}]\n")
+    return path
+
+
+def _wait_service(lab, name, kind="NodePort", backends=3):
+    wait_for(lambda: all(any(s["service"] == f"default/{name}" and s["type"] == kind and
+                             len(s["backends"]) == backends
+                             for s in lab.client(n).get("/v1/service")) for n in NODE_IPS),
+             what=f"{kind} frontends of {name} on every node")
+
+
+def ext_ask(lab, host, port, n=1, sport=0) -> list[dict]:
+    import json
+    out = lab.py("ext", EXT_ASK, host, str(port), str(sport), str(n), timeout=30 + 6 * n).stdout
+    return [json.loads(line) for line in out.splitlines() if line]
+
+
+def test_nodeport_answers_from_outside_on_every_node(cluster):
+    """eTP Cluster: every node IP serves; a backend on the node that was asked sees ext's
+    address, one on another node sees that node's address (SNAT), and replies come back."""
+    from collections import Counter
+    path = _nodeport_service(cluster, "web-np", 30080)
+    try:
+        _wait_service(cluster, "web-np")
+        seen = Counter()
+        for node, ip in NODE_IPS.items():
+            for ans in ext_ask(cluster, ip, 30080, n=12):
+                assert "error" not in ans, (node, ans)
+                host, peer = ans["hostname"], ans["remoteAddr"].split(":")[0]
+                want = EXT_IP if WEB_NODE[host] == node else ip
+                assert peer == want, (node, ans)
+                seen[host] += 1
+        assert set(seen) == set(WEB), seen
+    finally:
+        path.unlink()
+
+
+def test_external_traffic_policy_local_keeps_the_client_and_drops_without_a_backend(native):
+    # every node has one local webpod: it serves, and sees ext's own address
+    local = _nodeport_service(native, "web-local", 30081, "  externalTrafficPolicy: Local\n")
+    # only webpod-2 (on k8s-w1) backs this one: k8s-ctr has no local backend and drops
+    only = native.manifests / "only-w1.yaml"
+    only.write_text(external_service("only-w1", "10.96.0.82", 80, 80,
+                                     native.pod_ip("webpod-2")).replace(
+        "spec:\n", "spec:\n  type: NodePort\n  externalTrafficPolicy: Local\n", 1).replace(
+        "targetPort: 80,", "targetPort: 80, nodePort: 30082,").replace(
+        "  - addresses:", "  - nodeName: k8s-w1\n    addresses:"))
+    try:
+        _wait_service(native, "web-local", backends=1)
+        for node, ip in NODE_IPS.items():
+            answers = ext_ask(native, ip, 30081, n=5)
+            assert {a.get("hostname") for a in answers} == \
+                {p for p, n in WEB_NODE.items() if n == node}, (node, answers)
+            assert {a["remoteAddr"].split(":")[0] for a in answers} == {EXT_IP}
+        wait_for(lambda: any(s["service"] == "default/only-w1" and s["type"] == "NodePort"
+                             for s in native.client().get("/v1/service")), what="only-w1")
+        (ans,) = ext_ask(native, NODE_IPS["k8s-w1"], 30082)
+        assert ans.get("hostname") == "webpod-2" and ans["remoteAddr"].startswith(EXT_IP + ":")
+        before = _drops(native)
+        (ans,) = ext_ask(native, NODE_IPS["k8s-ctr"], 30082)
+        assert "error" in ans
+        assert _drops(native) > before
+    finally:
+        local.unlink()
+        only.unlink()
+
+
+def test_maglev_sends_one_flow_to_one_backend_from_every_node(native):
+    """The same 5-tuple (bar the node's address, which Maglev leaves out) picks the same backend
+    on all three nodes, each with its own conntrack, and different flows spread."""
+    path = _nodeport_service(native, "web-maglev", 30083)
+    try:
+        _wait_service(native, "web-maglev")
+        picks = {}
+        for sport in range(41000, 41010):
+            hosts = {ext_ask(native, ip, 30083, sport=sport)[0].get("hostname")
+                     for ip in NODE_IPS.values()}
+            assert len(hosts) == 1 and None not in hosts, (sport, hosts)
+            picks[sport] = hosts.pop()
+        assert len(set(picks.values())) >= 2, picks
+    finally:
+        path.unlink()
+
+
+def test_removed_backend_gets_no_new_flows_and_other_connections_carry_on(native):
+    vip = service_vip(native)
+    clients = [subprocess.Popen(netns.cmd(native.ns("curl-pod"), sys.executable, "-c", KEEPALIVE,
+                                          vip), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True) for _ in range(8)]
+
+    def ask(c):
+        c.stdin.write("go\n")
+        c.stdin.flush()
+        return c.stdout.readline().strip()
+
+    path = original = None
+    try:
+        first = [ask(c) for c in clients]
+        assert len(set(first)) >= 2, first
+        victim = first[0]
+        path = native.manifests / f"{victim}.yaml"
+        original = path.read_text()
+        path.write_text(original + "status:\n  conditions: [{type: Ready, status: 'False'}]\n")
+        wait_for(lambda: all(len(s["backends"]) == 2 and
+                             all(b["pod"] != f"default/{victim}" for b in s["backends"])
+                             for n in NODE_IPS for s in native.client(n).get("/v1/service")
+                             if s["service"] == "default/webpod"),
+                 what=f"{victim} to leave the service on every node")
+        for c, was in zip(clients, first):
+            if was != victim:
+                assert ask(c) == was          # established connections to the others go on
+        out = native.run("curl-pod", "sh", "-c",
+                         f"for i in $(seq 30); do curl -s -m 5 http://{vip}/api; echo; done",
+                         timeout=120).stdout
+        hosts = [line for line in out.splitlines() if line]
+        assert len(hosts) == 30 and not any(f'"{victim}"' in h for h in hosts)
+    finally:
+        for c in clients:
+            c.stdin.close()
+            c.wait(timeout=10)
+        if path and original:
+            path.write_text(original)
+            wait_for(lambda: all(len(s["backends"]) == 3
+                                 for n in NODE_IPS for s in native.client(n).get("/v1/service")
+                                 if s["service"] == "default/webpod"),
+                     what="all three backends again on every node")

@@ -1,0 +1,219 @@
+"""BPF_PROG_TEST_RUN cases for services reached from outside (lib/nodeport.h) on the native
+device, and for Maglev backend selection (lib/lb.h): a new NodePort flow to a local backend
+(client address kept), to a remote backend (SNAT to the node), the remote backend's reply
+(reverse SNAT + reverse DNAT), the local backend's reply leaving (reverse DNAT in to-netdev), an
+established flow, externalTrafficPolicy Local without a local backend, a ClusterIP from
+outside, two-scope frontends, and Maglev picking by the flow hash. Packets byte for byte."""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from agent import maglev
+from datapath import abi, testrun
+from datapath.maps import metrics_totals
+
+from . import packets as P
+from .test_nat import EXT, NODE_IP, in_pkt, out_pkt, rebuilt, run, setup
+
+NODE_PORT = 30080
+BPORT = 8080
+REMOTE_POD = "172.20.1.9"         # a backend on k8s-w1
+REMOTE_NODE = "192.168.10.101"
+REV_NAT = 21
+
+
+def frontend(m, backends, *, addr=NODE_IP, port=NODE_PORT, proto=6,
+             flags=abi.SVC_FLAG_NODEPORT | abi.SVC_FLAG_ROUTABLE, algo=abi.LB_ALGORITHM_RANDOM,
+             scope=abi.LB_LOOKUP_SCOPE_EXT, flags2=0, rev_nat=REV_NAT):
+    """A frontend (one scope) whose slots hold backends [(id, ip, port)]."""
+    key = abi.Lb4Key(address=abi.ip4_to_be32(addr), dport=abi.be16(port), proto=proto,
+                     scope=scope)
+    for bid, ip, bport in backends:
+        m["cilium_lb4_backends_v3"].update(abi.Lb4BackendKey(bid), abi.Lb4Backend(
+            address=abi.ip4_to_be32(ip), port=abi.be16(bport), proto=proto))
+    for slot, (bid, _, _) in enumerate(backends, start=1):
+        k = abi.Lb4Key.from_bytes(bytes(key))
+        k.backend_slot = slot
+        m["cilium_lb4_services_v2"].update(k, abi.Lb4Service(backend_id=bid,
+                                                             rev_nat_index=rev_nat))
+    m["cilium_lb4_services_v2"].update(key, abi.Lb4Service(
+        count=len(backends), rev_nat_index=rev_nat, flags=flags, flags2=flags2,
+        backend_id=algo << abi.LB_ALGORITHM_SHIFT))
+    m["cilium_lb4_reverse_nat"].update(abi.Lb4ReverseNatKey(rev_nat), abi.Lb4ReverseNat(
+        address=abi.ip4_to_be32(addr), port=abi.be16(port)))
+
+
+def remote_backend(m):
+    m["cilium_ipcache"].update(abi.ipcache_key(f"{REMOTE_POD}/32"),
+                               abi.remote_endpoint_info(1234, REMOTE_NODE))
+
+
+def to_nodeport(sport=51000, flags="S", proto="tcp"):
+    l4 = TCP(sport=sport, dport=NODE_PORT, flags=flags, seq=1) if proto == "tcp" \
+        else UDP(sport=sport, dport=NODE_PORT)
+    return in_pkt(EXT, NODE_IP, l4, b"GET")
+
+
+def test_new_flow_to_a_local_backend_keeps_the_client_address(host, from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    pkt = to_nodeport()
+    res = run(from_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    want = rebuilt(pkt, fields=[(IP, "dst", P.POD_B_IP), (TCP, "dport", BPORT)],
+                   macs=(P.LXC_B_MAC, P.POD_B_MAC), ttl_dec=True)
+    testrun.assert_packet(want, res.data)
+    rep = abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(EXT), saddr=abi.ip4_to_be32(P.POD_B_IP),
+                          dport=abi.be16(51000), sport=abi.be16(BPORT), nexthdr=6,
+                          flags=abi.TUPLE_F_IN)
+    entry = m["cilium_ct4_global"].get(rep)
+    assert entry.flags & abi.CT_F_NODEPORT and entry.rev_nat_index == REV_NAT
+    assert entry.src_sec_id == abi.IDENTITY_WORLD
+
+
+def test_local_backends_reply_gets_the_frontend_back_on_egress(host, from_netdev, to_netdev):
+    m = setup(host, masquerade=True)           # masquerading must not touch a NodePort reply
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    run(from_netdev, to_nodeport(sport=51001))
+    reply = out_pkt(P.POD_B_IP, EXT, TCP(sport=BPORT, dport=51001, flags="SA"))
+    res = run(to_netdev, reply)
+    assert res.retval == abi.CTX_ACT_OK
+    testrun.assert_packet(rebuilt(reply, fields=[(IP, "src", NODE_IP),
+                                                 (TCP, "sport", NODE_PORT)]), res.data)
+
+
+def test_remote_backend_gets_the_flow_snated_to_the_node_and_the_reply_goes_back(host,
+                                                                                  from_netdev):
+    m = setup(host, masquerade=False)          # NodePort SNAT does not need bpf.masquerade
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    pkt = to_nodeport(sport=51002)
+    res = run(from_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_OK       # no host routing set: the stack forwards
+    out = Ether(res.data)
+    nat_port = out[TCP].sport
+    assert abi.NODEPORT_PORT_MIN_NAT <= nat_port <= abi.NODEPORT_PORT_MAX_NAT
+    want = rebuilt(pkt, fields=[(IP, "dst", REMOTE_POD), (TCP, "dport", BPORT),
+                                (IP, "src", NODE_IP), (TCP, "sport", nat_port)])
+    testrun.assert_packet(want, res.data)
+    # the backend answers the node; the client gets it from the frontend
+    reply = in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=nat_port, flags="SA"), b"200")
+    res = run(from_netdev, reply)
+    assert res.retval == abi.CTX_ACT_OK       # no route to EXT in the test netns: the stack
+    back = rebuilt(reply, fields=[(IP, "src", NODE_IP), (TCP, "sport", NODE_PORT),
+                                  (IP, "dst", EXT), (TCP, "dport", 51002)])
+    testrun.assert_packet(back, res.data)
+    # the next packet of the flow reuses both translations
+    again = Ether(run(from_netdev, to_nodeport(sport=51002, flags="A")).data)
+    assert (again[IP].src, again[TCP].sport, again[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
+
+
+def test_udp_nodeport_to_a_local_backend(host, from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], proto=17)
+    pkt = to_nodeport(proto="udp")
+    res = run(from_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    testrun.assert_packet(rebuilt(pkt, fields=[(IP, "dst", P.POD_B_IP), (UDP, "dport", BPORT)],
+                                  macs=(P.LXC_B_MAC, P.POD_B_MAC), ttl_dec=True), res.data)
+
+
+def test_etp_local_without_a_local_backend_drops_with_ciliums_reason(host, from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [], flags=abi.SVC_FLAG_NODEPORT | abi.SVC_FLAG_ROUTABLE |
+             abi.SVC_FLAG_EXT_LOCAL_SCOPE)
+    res = run(from_netdev, to_nodeport())
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_NO_SERVICE, abi.METRIC_INGRESS)][0] == 1
+    assert abi.reason_string(abi.DROP_NO_SERVICE) == "Service backend not found"
+
+
+def test_cluster_ip_from_outside_is_dropped(host, from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], addr="10.96.0.10", port=80, flags=0)
+    res = run(from_netdev, in_pkt(EXT, "10.96.0.10", TCP(sport=51003, dport=80)))
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_IS_CLUSTER_IP, abi.METRIC_INGRESS)][0] \
+        == 1
+
+
+def test_two_scopes_pods_get_the_internal_set(host, from_netdev, lxc, from_container):
+    """eTP Local + iTP Cluster: outside sees only the local backend (slot set EXT), pods all."""
+    from datapath.maps import open_maps
+
+    from .test_lb import _ep, sender
+    for obj in (host, lxc):
+        m = setup(obj, masquerade=False) if obj is host else open_maps(obj)
+        if obj is lxc:
+            _ep(m, P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, P.LXC_A_IFINDEX, 1000)
+            sender(m, P.POD_A_IP)
+        flags = abi.SVC_FLAG_NODEPORT | abi.SVC_FLAG_ROUTABLE | abi.SVC_FLAG_EXT_LOCAL_SCOPE
+        frontend(m, [(1, P.POD_B_IP, BPORT)], flags=flags, flags2=abi.SVC_FLAG2_TWO_SCOPES)
+        frontend(m, [(2, REMOTE_POD, BPORT)], flags=flags, flags2=abi.SVC_FLAG2_TWO_SCOPES,
+                 scope=abi.LB_LOOKUP_SCOPE_INT)
+    ext = {Ether(run(from_netdev, to_nodeport(sport=52000 + i)).data)[IP].dst for i in range(8)}
+    assert ext == {P.POD_B_IP}
+    pod = Ether(bytes(Ether(src=P.POD_A_MAC, dst=P.LXC_A_MAC) / IP(src=P.POD_A_IP, dst=NODE_IP)
+                      / TCP(sport=53000, dport=NODE_PORT, flags="S")))
+    assert Ether(testrun.run(from_container.fd, pod, ctx=testrun.tc_ctx(1)).data)[IP].dst \
+        == REMOTE_POD
+
+
+def jhash_3words(a: int, b: int, c: int, initval: int) -> int:
+    """Linux's jhash_3words, as lib/lb.h computes Maglev's flow hash."""
+    m = 0xFFFFFFFF
+
+    def rol(w, s):
+        return ((w << s) | (w >> (32 - s))) & m
+    initval = (initval + 0xDEADBEEF + (3 << 2)) & m
+    a, b, c = (a + initval) & m, (b + initval) & m, (c + initval) & m
+    for x, y, s in (("c", "b", 14), ("a", "c", 11), ("b", "a", 25), ("c", "b", 16),
+                    ("a", "c", 4), ("b", "a", 14), ("c", "b", 24)):
+        v = {"a": a, "b": b, "c": c}
+        v[x] = ((v[x] ^ v[y]) - rol(v[y], s)) & m
+        a, b, c = v["a"], v["b"], v["c"]
+    return c
+
+
+def maglev_predict(table, client, sport, dport, proto=6):
+    """The backend id lib/lb.h picks for a flow: the table at jhash(saddr, ports, proto)."""
+    h = jhash_3words(abi.ip4_to_be32(client), (abi.be16(dport) << 16) | abi.be16(sport), proto,
+                     abi.HASH_INIT4_SEED)
+    return table[h % len(table)]
+
+
+@pytest.fixture
+def maglev_service(host):
+    m = setup(host, masquerade=False)
+    backends = [(1, P.POD_A_IP, BPORT), (2, P.POD_B_IP, BPORT), (3, REMOTE_POD, BPORT)]
+    remote_backend(m)
+    frontend(m, backends, algo=abi.LB_ALGORITHM_MAGLEV)
+    table = maglev.build_table([(b, maglev.backend_key(ip, p), 1) for b, ip, p in backends],
+                               abi.LB_MAGLEV_LUT_SIZE)
+    m["cilium_lb4_maglev"].update(abi.Lb4ReverseNatKey(REV_NAT),
+                                  abi.Lb4MaglevLut.from_bytes(abi.maglev_lut_bytes(table)))
+    return m, table, {b: ip for b, ip, _ in backends}
+
+
+def test_maglev_picks_the_table_slot_of_the_flow_hash(maglev_service, from_netdev):
+    m, table, ips = maglev_service
+    seen = set()
+    for i in range(30):
+        sport = 54000 + i
+        want = ips[maglev_predict(table, EXT, sport, NODE_PORT)]
+        for _ in range(2):                    # the same tuple again, conntrack forgotten
+            m["cilium_ct4_global"].clear()
+            m["cilium_snat_v4_external"].clear()
+            got = Ether(run(from_netdev, to_nodeport(sport=sport)).data)[IP].dst
+            assert got == want, sport
+        seen.add(got)
+    assert seen == set(ips.values())
+
+
+def test_maglev_without_a_table_drops(host, from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], algo=abi.LB_ALGORITHM_MAGLEV)
+    assert run(from_netdev, to_nodeport()).retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_NO_SERVICE, abi.METRIC_INGRESS)][0] == 1

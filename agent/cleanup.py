@@ -15,9 +15,9 @@ from datapath.errors import APIError
 from .api import Client
 from .config import load_config
 from .daemon import VXLAN_DEVICE
-from .reconcile import ROUTE_PROTO, read_routes
+from .reconcile import ROUTE_PROTO, read_routes, xdp_names
 
-OUR_XDP_NAMES: set[str] = set()     # XDP entry program names, once we load any
+OUR_XDP_NAMES: set[str] = xdp_names()     # the kernel's names of the XDP programs we load
 
 
 def cleanup(config_path: str, force: bool = False) -> list[str]:

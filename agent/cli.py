@@ -170,6 +170,8 @@ def service_list(ctx, output):
             click.echo(fmt.format(s["id"], s["frontend"], s["type"], backends[0]).rstrip())
             for line in backends[1:]:
                 click.echo(fmt.format("", "", "", line))
+            if s.get("l2Leader"):
+                click.echo(fmt.format("", "", "", f"(ARP answered by {s['l2Leader']})"))
 
     _out(svcs, output, render)
 

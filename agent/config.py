@@ -58,6 +58,10 @@ _FIELDS: dict[str, str] = {
     "bpf.natPortRange": "natPortRange",
     "nodePort.range": "nodePortRange",
     "maglev.tableSize": "maglevTableSize",
+    "l2announcements.enabled": "l2Enabled",
+    "l2announcements.leaseDuration": "l2LeaseDuration",
+    "l2announcements.leaseRenewDeadline": "l2LeaseRenewDeadline",
+    "l2announcements.leaseRetryPeriod": "l2LeaseRetryPeriod",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -67,7 +71,7 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
     "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
-    "maglev.tableSize",
+    "maglev.tableSize", "l2announcements.enabled",
 })
 
 # Cilium's accepted Maglev table sizes (primes; M should be well above 100 x the backend count)
@@ -129,6 +133,10 @@ class Config:
     natPortRange: tuple[int, int] = (32768, 65535)     # SNAT source ports (compile-time)
     nodePortRange: tuple[int, int] = (30000, 32767)    # nodePorts given or allocated
     maglevTableSize: int = 16381                       # Maglev lookup table size (a prime)
+    l2Enabled: bool = False                     # L2 announcements (ARP for LB/external IPs)
+    l2LeaseDuration: int = 15                   # seconds a leader's lease lives unrenewed
+    l2LeaseRenewDeadline: int = 5               # a leader unable to renew this long steps down
+    l2LeaseRetryPeriod: int = 2                 # seconds between renewals and follower tries
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -315,6 +323,34 @@ def _maglev_table_size(r: _Reader) -> int:
     return v
 
 
+def _seconds(r: _Reader, key: str, default: int) -> int:
+    """Whole seconds, as an integer or as Helm writes durations ("15s", "1m")."""
+    v = r.get(key, default)
+    if isinstance(v, str):
+        m = re.match(r"^(\d+)(s|m)$", v.strip())
+        v = int(m.group(1)) * (60 if m.group(2) == "m" else 1) if m else v
+    if type(v) is not int or not 1 <= v <= 3600:
+        r.fail(key, f"expected seconds from 1 to 3600 (an integer, or a duration like "
+                    f"'15s'), got {describe(v)}")
+    return v
+
+
+def _l2_leases(r: _Reader) -> tuple[int, int, int]:
+    """leaseDuration > leaseRenewDeadline > leaseRetryPeriod, as leader election needs: a
+    leader steps down before its lease can expire, and renews more than once in time."""
+    base = "l2announcements."
+    dur = _seconds(r, base + "leaseDuration", 15)
+    renew = _seconds(r, base + "leaseRenewDeadline", 5)
+    retry = _seconds(r, base + "leaseRetryPeriod", 2)
+    if renew >= dur:
+        r.fail(base + "leaseRenewDeadline",
+               f"must be shorter than leaseDuration ({dur}s), got {renew}s")
+    if retry >= renew:
+        r.fail(base + "leaseRetryPeriod",
+               f"must be shorter than leaseRenewDeadline ({renew}s), got {retry}s")
+    return dur, renew, retry
+
+
 def _cluster_name(r: _Reader) -> str:
     v = r.get("cluster.name", "default")
     if not isinstance(v, str) or len(v) > 32 or not _DNS_LABEL.match(v):
@@ -396,6 +432,7 @@ def parse_config(data: object, path: str) -> Config:
         r.fail("MTU", f"expected 0 (auto) or an integer from 576 to 9000, got {describe(mtu)}")
     mtu = mtu or 1500  # 0 = auto
     kvstore, kv_endpoints = _kvstore(r, path)
+    l2_lease, l2_renew, l2_retry = _l2_leases(r)
 
     return Config(
         path=path,
@@ -435,6 +472,10 @@ def parse_config(data: object, path: str) -> Config:
         natPortRange=_port_range(r, "bpf.natPortRange"),
         nodePortRange=_port_range(r, "nodePort.range", "30000-32767", 1),
         maglevTableSize=_maglev_table_size(r),
+        l2Enabled=r.boolean("l2announcements.enabled", False),
+        l2LeaseDuration=l2_lease,
+        l2LeaseRenewDeadline=l2_renew,
+        l2LeaseRetryPeriod=l2_retry,
         raw=copy.deepcopy(data),
     )
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 import ipaddress
+import json
 
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
 from datapath.loader import NodeDatapath
 
-from . import api, ctgc, services
+from . import api, ctgc, l2announce, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint
@@ -86,6 +87,7 @@ class Agent:
         self.state_file = StateFile(self.cfg.stateDir)
         self.state = self.state_file.load()
         self.cluster: ClusterSync | None = None
+        client = None
         if self.cfg.kvstore == "etcd":
             client = EtcdClient(self.cfg.kvstoreEndpoints)
             self.identities = EtcdIdentityStore(client)
@@ -93,6 +95,13 @@ class Agent:
                                        self.cfg.kvstoreLeaseTTL, self._on_cluster_change)
         else:
             self.identities = LocalIdentityStore(self.state["identities"])
+        cfg = self.cfg
+        self.l2 = l2announce.L2Announcer(
+            client, cfg.clusterName, cfg.nodeName, cfg.l2LeaseDuration, cfg.l2LeaseRenewDeadline,
+            cfg.l2LeaseRetryPeriod, on_change=lambda: self.reconcile("L2 leadership changed"),
+            heartbeat=self._l2_heartbeat) if cfg.l2Enabled else None
+        self.l2_selection: dict[str, l2announce.Selection] = {}
+        self._l2_thread = None
         # the last cluster view, kept in the state file so a restarted agent adopts the routes
         # and ipcache entries it finds instead of deleting them before its first kvstore sync
         view = self.state.get("cluster") or {}
@@ -208,7 +217,7 @@ class Agent:
                                  "dp_node_config": {}})
         tags = {name: self.dp.program(name)[1] for name in
                 ("from-container", "from-netdev", "to-netdev", "to-netdev-nomasq",
-                 "from-overlay")}
+                 "from-overlay", "xdp")}
         ipc = st.maps["cilium_ipcache"]
 
         def ipcache(cidr, identity, tunnel=None):
@@ -252,22 +261,57 @@ class Agent:
             flags |= abi.NODE_CFG_F_MASQUERADE
             for cidr in self.masquerade_exclusions():
                 st.maps["cilium_ipmasq_v4"][bytes(abi.ipmasq_key(cidr))] = bytes(abi.U8Value(1))
+        if cfg.l2Enabled and cfg.lbAcceleration == "disabled":
+            flags |= abi.NODE_CFG_F_XDP_L2_ONLY      # XDP for ARP only: NodePort stays in tc
         node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=_ifindex(VXLAN_DEVICE) if tunnel else 0,
                                   node_ip=abi.ip4_to_be32(self.node_ip))
         st.maps["dp_node_config"][bytes(abi.U32Key(0))] = bytes(node_cfg)
         for dev in cfg.devices:
             if _iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
+                if cfg.l2Enabled or cfg.lbAcceleration != "disabled":
+                    st.xdp[dev] = ("xdp", tags["xdp"])
                 # NodePort replies from local backends get their frontend back on every device
                 prog = "to-netdev" if cfg.bpfMasquerade and dev in self.masquerade_devices() \
                     else "to-netdev-nomasq"
                 st.tc[(dev, "egress")] = (prog, tags[prog])
+        self._l2_desired(st)
         if tunnel:
             st.tc[(VXLAN_DEVICE, "ingress")] = ("from-overlay", tags["from-overlay"])
             st.routes = self._tunnel_routes()
         elif cfg.autoDirectNodeRoutes:
             st.routes = self._direct_routes()
         return st
+
+    # ---- L2 announcements ----
+    def _l2_desired(self, st: DatapathState) -> None:
+        """Native devices' MACs; with l2announcements, the addresses of the services this node
+        leads in cilium_l2_responder_v4."""
+        devs = {d: _ifindex(d) for d in self.cfg.devices}
+        devs = {d: i for d, i in devs.items() if i}
+        st.maps["dp_netdev"] = {bytes(abi.U32Key(i)): bytes(abi.NetdevInfo(
+            mac=abi.mac_to_bytes(_mac(d)))) for d, i in devs.items()}
+        st.maps["cilium_l2_responder_v4"] = {}
+        st.counters.add("cilium_l2_responder_v4")
+        if self.l2 is None:
+            return
+        local = {ep.pod_key for ep in self.endpoints.values() if ep.identity and
+                 ep.state not in ("disconnecting", "disconnected")}
+        self.l2_selection = l2announce.select(self.manifests, self.cfg.nodeName, list(devs),
+                                              local)
+        self.l2.set_candidates(self.l2_selection)
+        mine = self.l2.mine
+        for svc, sel in self.l2_selection.items():
+            if svc not in mine:
+                continue
+            for ip in sel.ips:
+                for d in sel.devices:
+                    st.maps["cilium_l2_responder_v4"][bytes(abi.l2_responder_key(ip, devs[d]))] \
+                        = bytes(abi.L2ResponderV4Stats())
+
+    def _l2_heartbeat(self, max_age: float) -> None:
+        self.dp.maps["dp_agent_liveness"].update(abi.U32Key(0), abi.AgentLiveness(
+            last_seen=time.monotonic_ns(), max_age=int(max_age * 1e9)))
 
     def masquerade_exclusions(self) -> list[str]:
         """Destinations that keep the pod's address, as Cilium's BPF masquerade decides: the
@@ -342,7 +386,8 @@ class Agent:
         """Bring the datapath to the desired state; returns how many operations failed."""
         with self.lock:
             desired = self.desired_state()
-            actual = read_actual(self.dp, self._interfaces())
+            actual = read_actual(self.dp, self._interfaces(), xdp_interfaces={
+                d for d in self.cfg.devices if _iface_exists(d)})
             ops = plan(desired, actual)
             failed_targets: set = set()
 
@@ -566,7 +611,14 @@ class Agent:
 
         def service_list(_p, _b):
             with self.lock:
-                return list(self.service_listing)
+                out = [dict(s) for s in self.service_listing]
+                leaders = self.l2.leaders if self.l2 else {}
+                for s in out:
+                    sel = self.l2_selection.get(s["service"])
+                    if sel and s["service"] in leaders and s["type"] != "NodePort" and \
+                            s["frontend"].split(":")[0] in sel.ips:
+                        s["l2Leader"] = leaders[s["service"]]
+                return out
 
         return {("GET", "/v1/healthz"): lambda p, b: {"ok": True},
                 ("GET", "/v1/service"): service_list,
@@ -636,6 +688,8 @@ class Agent:
         self._api = api.serve(self.cfg.apiSocket, self.routes())
         if self.cluster:
             self._cluster_thread = self.cluster.start(self.stop_event)
+        if self.l2:
+            self._l2_thread = self.l2.start(self.stop_event)
         if self.cfg.prometheusEnabled:
             self._metrics_srv = start_http_server(self.cfg.prometheusPort,
                                                   registry=self.metrics.registry)
@@ -690,6 +744,12 @@ class Agent:
         log.info("stopping; programs stay attached and maps pinned under %s", self.cfg.pin_dir())
         if self._cluster_thread:
             self._cluster_thread.join(timeout=10)
+        if self.l2:      # others take over at once: lease revoked, this node stops answering
+            if self._l2_thread:
+                self._l2_thread.join(timeout=10)
+            self.l2.release()
+            self._l2_heartbeat(0)
+            self.reconcile("L2 announcements released")
         if self._api:
             self._api.shutdown()
             self._api.server_close()
@@ -718,6 +778,12 @@ def _ifindex(name: str) -> int:
         return socket.if_nametoindex(name)
     except OSError:
         return 0
+
+
+def _mac(dev: str) -> str:
+    p = subprocess.run(["ip", "-j", "link", "show", "dev", dev], capture_output=True, text=True)
+    links = json.loads(p.stdout or "[]")
+    return links[0].get("address", "00:00:00:00:00:00") if links else "00:00:00:00:00:00"
 
 
 def _device_subnets(dev: str) -> list:

@@ -11,9 +11,10 @@ Keys (under the cluster name):
     cilium/state/identities/v1/value/<label key>  -> id
     cilium/state/nodes/v1/<cluster>/<node>        -> node JSON      (under the node's lease)
     cilium/state/ip/v1/<cluster>/<ip>             -> endpoint JSON  (under the node's lease)
+    cilium/state/l2announce/v1/<cluster>/<ns>/<svc> -> leader's node name (under its L2 lease)
 
 API:
-    EtcdClient(endpoints)        get, get_prefix, put, delete, txn_create, lease_*
+    EtcdClient(endpoints)        get, get_prefix, put, delete, txn_create, delete_if, lease_*
     EtcdIdentityStore(client)    allocate(labels) -> (id, created), race-free through a txn
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger("datapath.kvstore")
 IDENTITY_PREFIX = "cilium/state/identities/v1/"
 NODES_PREFIX = "cilium/state/nodes/v1/"
 IP_PREFIX = "cilium/state/ip/v1/"
+L2_PREFIX = "cilium/state/l2announce/v1/"
 
 
 def _b64(s: str) -> str:
@@ -93,11 +95,22 @@ class EtcdClient:
     def delete_prefix(self, prefix: str) -> None:
         self._post("kv/deleterange", {"key": _b64(prefix), "range_end": _range_end(prefix)})
 
-    def txn_create(self, absent: list[str], puts: list[tuple[str, str]]) -> bool:
-        """Put every (key, value) only if every key in `absent` does not exist; True if it did."""
+    def txn_create(self, absent: list[str], puts: list[tuple[str, str]],
+                   lease: int | None = None) -> bool:
+        """Put every (key, value), under `lease` when given, only if every key in `absent` does
+        not exist; True if it did."""
         body = {"compare": [{"key": _b64(k), "target": "CREATE", "result": "EQUAL",
                              "create_revision": "0"} for k in absent],
-                "success": [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts]}
+                "success": [{"request_put": {"key": _b64(k), "value": _b64(v),
+                                             **({"lease": str(lease)} if lease else {})}}
+                            for k, v in puts]}
+        return bool(self._post("kv/txn", body).get("succeeded"))
+
+    def delete_if(self, key: str, value: str) -> bool:
+        """Delete `key` only while it holds `value`; True if it did."""
+        body = {"compare": [{"key": _b64(key), "target": "VALUE", "result": "EQUAL",
+                             "value": _b64(value)}],
+                "success": [{"request_delete_range": {"key": _b64(key)}}]}
         return bool(self._post("kv/txn", body).get("succeeded"))
 
     # ---- leases ----

@@ -150,18 +150,34 @@ class Lab:
                 netns.ip(self.segment_ns, "link", "add", br, "type", "bridge")
             netns.ip(self.segment_ns, "link", "set", br, "up")
 
-    def _plug(self, topo: Topology, ns: str, who: str, seg: str, ifname: str, ip: str) -> None:
-        """Join namespace `ns` to segment `seg` with interface `ifname` holding `ip`."""
+    def _plug(self, topo: Topology, ns: str, who: str, seg: str, ifname: str, ip: str) -> str:
+        """Join namespace `ns` to segment `seg` with interface `ifname` holding `ip`; returns
+        the name of the segment side of the veth."""
         netns.add(ns)
         netns.ip(ns, "link", "set", "lo", "up")
-        if netns.link_exists(ns, ifname):
-            return
         outer = "v" + hashlib.sha256(f"{self.name}/{who}/{seg}".encode()).hexdigest()[:12]
+        if netns.link_exists(ns, ifname):
+            return outer
         netns.ip(self.segment_ns, "link", "add", outer, "type", "veth", "peer", "name", ifname,
                  "netns", ns)
         netns.ip(self.segment_ns, "link", "set", outer, "master", f"br-{seg}"[:15], "up")
         netns.ip(ns, "addr", "add", f"{ip}/{topo.prefix(seg)}", "dev", ifname)
         netns.ip(ns, "link", "set", ifname, "up")
+        return outer
+
+    def _xdp_tx_through(self, outer: str) -> None:
+        """Run a pass-everything XDP program on the segment side of a node's veth: a veth takes
+        the frames its peer sends with XDP_TX (the node's L2 responder) only when it runs XDP
+        itself. Loaded once, pinned in the lab's bpffs, attached with iproute2."""
+        pin = self.bpffs / "lab_xdp_pass"
+        if not pin.exists():
+            from datapath import build
+            from bcc.libbcc import lib
+            fn = build.load(build.compile_program("xdp_pass.c"), "xdp_pass", "xdp")
+            if lib.bpf_obj_pin(fn.fd, str(pin).encode()) != 0:
+                raise LabError(f"pinning the lab's XDP pass program at {pin} failed")
+        netns.ip(self.segment_ns, "-force", "link", "set", "dev", outer, "xdpdrv", "pinned",
+                 str(pin))           # -force: replace on a second `up`
 
     def _router(self, topo: Topology) -> dict:
         ns = f"{self.prefix}{topo.router}"
@@ -180,7 +196,7 @@ class Lab:
 
     def _node_net(self, topo: Topology, node) -> None:
         ns = self.node_ns(node.name)
-        self._plug(topo, ns, node.name, node.segment, "eth1", node.ip)
+        self._xdp_tx_through(self._plug(topo, ns, node.name, node.segment, "eth1", node.ip))
         netns.run(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         gw = topo.gateway(node.segment)
         if gw:

@@ -4,12 +4,15 @@ apply step that executes them against a NodeDatapath.
 Both states have the same shape:
     DatapathState(maps={map_name: {key_bytes: value_bytes}},
                   tc={(ifname, direction): (program_name, tag)},
+                  xdp={ifname: (program_name, tag)},
                   routes={dst_cidr: (via, dev)})           # routes carry proto ROUTE_PROTO
 A route over TUNNEL_DEVICE (collect-metadata VXLAN) has no next hop: `via` is the node at the
 far end, and the route encapsulates to it (`encap ip id <host identity> dst <via>`).
 plan() emits only differences, in an order that never shows a program a half-built world:
 detach first, then map writes, then attaches, then routes, then map deletes. Applying the same
-desired state twice yields no operations the second time.
+desired state twice yields no operations the second time. In a map named in `counters` the
+values belong to the datapath (it counts in them): a missing key is created with the desired
+value, an unwanted one deleted, and a present one left alone.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class DatapathState:
     maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
     tc: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     routes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    xdp: dict[str, tuple[str, str]] = field(default_factory=dict)
+    counters: set[str] = field(default_factory=set)
     # keys written after every other update of their map (a service frontend after its slots,
     # so no packet sees a count that points past the slots written so far)
     late: set[tuple[str, bytes]] = field(default_factory=set)
@@ -39,7 +44,8 @@ class DatapathState:
 
 @dataclass(frozen=True)
 class Op:
-    kind: str            # tc_detach | map_update | tc_attach | route_replace | route_del | map_delete
+    kind: str            # tc_detach | xdp_detach | map_update | tc_attach | xdp_attach |
+                         # route_replace | route_del | map_delete
     target: str          # map name or interface
     key: bytes | str = b""
     value: bytes | str = b""
@@ -50,8 +56,9 @@ class Op:
         return f"{self.kind} {self.target} {self.key} {self.value}"
 
 
-_ORDER = {"tc_detach": 0, "map_update": 1, "tc_attach": 2, "route_replace": 3, "route_del": 4,
-          "map_delete": 5}
+_ORDER = {"tc_detach": 0, "xdp_detach": 0, "map_update": 1, "tc_attach": 2, "xdp_attach": 2,
+          "route_replace": 3, "route_del": 4, "map_delete": 5}
+XDP_MODE = "native"
 
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
@@ -59,7 +66,7 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
     for name in sorted(set(desired.maps) | set(actual.maps)):
         want, have = desired.maps.get(name, {}), actual.maps.get(name, {})
         for k in sorted(want, key=lambda k: ((name, k) in desired.late, k)):
-            if have.get(k) != want[k]:
+            if have.get(k) != want[k] and not (name in desired.counters and k in have):
                 ops.append(Op("map_update", name, k, want[k]))
         for k in sorted(set(have) - set(want)):
             ops.append(Op("map_delete", name, k))
@@ -70,6 +77,12 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
             ops.append(Op("tc_attach", ifname, direction, want[0]))
         elif have and not want:
             ops.append(Op("tc_detach", ifname, direction))
+    for ifname in sorted(set(desired.xdp) | set(actual.xdp)):
+        want, have = desired.xdp.get(ifname), actual.xdp.get(ifname)
+        if want and have != want:
+            ops.append(Op("xdp_attach", ifname, XDP_MODE, want[0]))
+        elif have and not want:
+            ops.append(Op("xdp_detach", ifname))
     for dst in sorted(set(desired.routes) | set(actual.routes)):
         want, have = desired.routes.get(dst), actual.routes.get(dst)
         if want and have != want:
@@ -100,9 +113,23 @@ def route_argv(verb: str, dst: str, via: str, dev: str) -> list[str]:
     return ["ip", "route", verb, dst, *nexthop, "dev", dev, "proto", ROUTE_PROTO]
 
 
-def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS) -> DatapathState:
-    """What the datapath holds now: managed maps, our filters on `interfaces`, our routes."""
+def xdp_names() -> set[str]:
+    """The names the kernel shows for our XDP programs (BCC names a program by its function,
+    cut to BPF_OBJ_NAME_LEN - 1)."""
+    return {spec.function[:15] for spec in PROGRAMS.values() if spec.prog_type == "xdp"}
+
+
+def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS,
+                xdp_interfaces: set[str] = frozenset()) -> DatapathState:
+    """What the datapath holds now: managed maps, our filters on `interfaces`, our XDP
+    programs on `xdp_interfaces`, our routes."""
     st = DatapathState(maps={m: dp.read_map(m) for m in maps}, routes=read_routes())
+    by_function = {spec.function[:15]: name for name, spec in PROGRAMS.items()
+                   if spec.prog_type == "xdp"}
+    for ifname in sorted(xdp_interfaces):
+        got = attach.xdp_query(ifname)
+        if got and got["name"] in by_function:
+            st.xdp[ifname] = (by_function[got["name"]], got["tag"])
     directions = {spec.direction for spec in PROGRAMS.values() if spec.prog_type == "tc"}
     for ifname in sorted(interfaces):
         for direction in sorted(directions):
@@ -129,6 +156,11 @@ def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = 
                 attach.tc_attach(op.target, fd, op.key, op.value)
             elif op.kind == "tc_detach":
                 attach.tc_detach(op.target, op.key)
+            elif op.kind == "xdp_attach":
+                fd, _ = dp.program(op.value)
+                attach.xdp_attach(op.target, fd, op.key)
+            elif op.kind == "xdp_detach":
+                attach.xdp_detach(op.target, xdp_names())
             elif op.kind in ("route_replace", "route_del"):
                 args = route_argv("replace" if op.kind == "route_replace" else "del",
                                   op.target, op.key, op.value)

@@ -52,6 +52,12 @@
 #ifndef LB_MAGLEV_LUT_SIZE
 #define LB_MAGLEV_LUT_SIZE 16381
 #endif
+#ifndef L2_RESPONDER_MAP4_SIZE
+#define L2_RESPONDER_MAP4_SIZE 4096
+#endif
+#ifndef NETDEV_MAP_SIZE
+#define NETDEV_MAP_SIZE 256
+#endif
 #ifndef CT_MAP_SIZE_TCP
 #define CT_MAP_SIZE_TCP 524288
 #endif
@@ -130,6 +136,7 @@
 #define NODE_CFG_F_TUNNEL       1   /* routingMode tunnel: remote pods through the VXLAN device */
 #define NODE_CFG_F_HOST_ROUTING 2   /* native: remote pods via bpf_fib_lookup + redirect */
 #define NODE_CFG_F_MASQUERADE   4   /* bpf.masquerade: SNAT pods' traffic leaving the cluster */
+#define NODE_CFG_F_XDP_L2_ONLY  8   /* XDP runs for L2 announcements only: NodePort stays in tc */
 
 /* ---- NAT directions (the flags of a cilium_snat_v4_external tuple) ---- */
 #define NAT_DIR_EGRESS          0
@@ -357,6 +364,31 @@ struct ct_entry {
 	__u16 flags;            /* CT_F_* */
 	__u32 src_sec_id;
 	__u32 pad;
+};
+
+/* cilium_l2_responder_v4 key: an address this node announces on one native device */
+struct l2_responder_v4_key {
+	__be32 ip4;
+	__u32  ifindex;         /* the device the ARP request must arrive on */
+};
+
+/* cilium_l2_responder_v4 value: counted by the datapath, never written by the agent */
+struct l2_responder_v4_stats {
+	__u64 responses_sent;
+};
+
+/* dp_netdev value (key: the device's __u32 ifindex): a native device as the datapath needs it */
+struct netdev_info {
+	__u8  mac[6];           /* the device's MAC: the answer of the L2 responder */
+	__u16 pad;
+};
+
+/* dp_agent_liveness value (array, index 0): the agent's heartbeat. The L2 responder answers
+ * only while now - last_seen <= max_age, so a node whose agent died stops announcing (as
+ * Cilium's l2_announcements_max_liveness does). */
+struct agent_liveness {
+	__u64 last_seen;        /* ns of the monotonic clock (bpf_ktime_get_ns) */
+	__u64 max_age;          /* ns; 0: never answer */
 };
 
 #endif /* DP_ABI_H */

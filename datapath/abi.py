@@ -23,6 +23,8 @@ IPMASQ_MAP_SIZE = 16384
 NODEPORT_PORT_MIN_NAT = 32768
 NODEPORT_PORT_MAX_NAT = 65535
 SNAT_COLLISION_RETRIES = 32
+L2_RESPONDER_MAP4_SIZE = 4096
+NETDEV_MAP_SIZE = 256
 CT_MAP_SIZE_TCP = 524288
 CT_MAP_SIZE_ANY = 262144
 
@@ -131,6 +133,7 @@ IDENTITY_INGRESS = 8
 NODE_CFG_F_TUNNEL = 1
 NODE_CFG_F_HOST_ROUTING = 2
 NODE_CFG_F_MASQUERADE = 4
+NODE_CFG_F_XDP_L2_ONLY = 8
 NAT_DIR_EGRESS = 0
 NAT_DIR_INGRESS = 1
 NAT_F_CLOSING = 1
@@ -367,6 +370,30 @@ class IpmasqKey(_Struct):
     _fields_ = [("lpm_key_prefixlen", c_uint32), ("ip4", c_uint32)]
 
 
+class L2ResponderV4Key(_Struct):
+    """cilium_l2_responder_v4 key: an announced address on one native device."""
+    c_name = "l2_responder_v4_key"
+    _fields_ = [("ip4", c_uint32), ("ifindex", c_uint32)]
+
+
+class L2ResponderV4Stats(_Struct):
+    """cilium_l2_responder_v4 value (counted by the datapath)."""
+    c_name = "l2_responder_v4_stats"
+    _fields_ = [("responses_sent", c_uint64)]
+
+
+class NetdevInfo(_Struct):
+    """dp_netdev value (key: U32Key ifindex): a native device's MAC."""
+    c_name = "netdev_info"
+    _fields_ = [("mac", Mac), ("pad", c_uint16)]
+
+
+class AgentLiveness(_Struct):
+    """dp_agent_liveness value (index 0): the agent's heartbeat, ns of the monotonic clock."""
+    c_name = "agent_liveness"
+    _fields_ = [("last_seen", c_uint64), ("max_age", c_uint64)]
+
+
 class U8Value(_Struct):
     """A one-byte map value (not a struct in abi.h)."""
     c_name = None
@@ -384,7 +411,8 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, M
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
                                       Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey,
-                                      Lb4MaglevLut)
+                                      Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
+                                      NetdevInfo, AgentLiveness)
 
 
 # ---- codecs ----
@@ -430,6 +458,10 @@ def ipcache_key(cidr: str) -> IpcacheKey:
 def remote_endpoint_info(identity: int, tunnel_endpoint: str | None = None) -> RemoteEndpointInfo:
     return RemoteEndpointInfo(sec_identity=identity,
                               tunnel_endpoint=ip4_to_be32(tunnel_endpoint) if tunnel_endpoint else 0)
+
+
+def l2_responder_key(ip: str, ifindex: int) -> L2ResponderV4Key:
+    return L2ResponderV4Key(ip4=ip4_to_be32(ip), ifindex=ifindex)
 
 
 def endpoint_info(*, ifindex: int, lxc_id: int, mac: str, node_mac: str, sec_id: int, ip: str,

@@ -22,7 +22,7 @@ class ProgramSpec:
     source: str
     function: str
     prog_type: str      # tc | xdp
-    direction: str      # tc direction it attaches to
+    direction: str      # tc direction it attaches to ("xdp" for XDP programs)
 
 
 PROGRAMS = {
@@ -36,7 +36,7 @@ PROGRAMS = {
 MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config",
                 "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
                 "cilium_lb4_maglev",
-                "cilium_ipmasq_v4")
+                "cilium_ipmasq_v4", "cilium_l2_responder_v4", "dp_netdev")
 
 
 class NodeDatapath:

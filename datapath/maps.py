@@ -37,6 +37,9 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_ipmasq_v4", abi.IpmasqKey, abi.U8Value),
     MapSpec("cilium_ct4_global", abi.Ipv4CtTuple, abi.CtEntry),
     MapSpec("cilium_ct_any4_global", abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_l2_responder_v4", abi.L2ResponderV4Key, abi.L2ResponderV4Stats),
+    MapSpec("dp_netdev", abi.U32Key, abi.NetdevInfo),
+    MapSpec("dp_agent_liveness", abi.U32Key, abi.AgentLiveness),
 )}
 
 

@@ -5,6 +5,7 @@
  *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
  *   ctx_data(skb), ctx_data_end(skb)   the packet pointers, loaded where used
  *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
+ *   xdp_data(ctx), xdp_data_end(ctx)   the same packet pointers for an XDP program
  */
 #ifndef DP_LIB_COMMON_H
 #define DP_LIB_COMMON_H
@@ -29,24 +30,34 @@
 #define DP_MAP_F(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
 #endif
 
-/* skb->data and skb->data_end, each read by one load right where it is used: clang may
- * otherwise keep &skb->data_end as a modified ctx pointer, which the verifier refuses. */
+/* A packet pointer of a context (skb->data, xdp->data_end, ...), read by one load right where it
+ * is used: clang may otherwise keep &skb->data_end as a modified ctx pointer, which the verifier
+ * refuses. */
+#define CTX_PTR(ctx, type, field) ({						\
+	void *__ptr;								\
+	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(__ptr)			\
+		     : "r"(ctx), "i"(offsetof(type, field)));			\
+	__ptr;									\
+})
+
 static __always_inline void *ctx_data(const struct __sk_buff *skb)
 {
-	void *ptr;
-
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data)));
-	return ptr;
+	return CTX_PTR(skb, struct __sk_buff, data);
 }
 
 static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
 {
-	void *ptr;
+	return CTX_PTR(skb, struct __sk_buff, data_end);
+}
 
-	asm volatile("%0 = *(u32 *)(%1 + %2)" : "=r"(ptr)
-		     : "r"(skb), "i"(offsetof(struct __sk_buff, data_end)));
-	return ptr;
+static __always_inline void *xdp_data(const struct xdp_md *ctx)
+{
+	return CTX_PTR(ctx, struct xdp_md, data);
+}
+
+static __always_inline void *xdp_data_end(const struct xdp_md *ctx)
+{
+	return CTX_PTR(ctx, struct xdp_md, data_end);
 }
 
 /* Make sure [data, data + len) is linear and inside the packet.

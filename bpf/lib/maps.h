@@ -56,4 +56,14 @@ DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct4_global, CT_
 /* cilium_ct_any4_global: non-TCP conntrack (LRU) */
 DP_MAP("lru_hash", struct ipv4_ct_tuple, struct ct_entry, cilium_ct_any4_global, CT_MAP_SIZE_ANY);
 
+/* cilium_l2_responder_v4: {announced IPv4, native ifindex} -> ARP replies sent (Cilium's) */
+DP_MAP_F("hash", struct l2_responder_v4_key, struct l2_responder_v4_stats, cilium_l2_responder_v4,
+	 L2_RESPONDER_MAP4_SIZE, BPF_F_NO_PREALLOC);
+
+/* dp_netdev: native device ifindex -> its MAC */
+DP_MAP("hash", __u32, struct netdev_info, dp_netdev, NETDEV_MAP_SIZE);
+
+/* dp_agent_liveness: one entry (index 0), the agent's heartbeat */
+DP_MAP("array", __u32, struct agent_liveness, dp_agent_liveness, 1);
+
 #endif /* DP_LIB_MAPS_H */

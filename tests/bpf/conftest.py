@@ -9,7 +9,8 @@ from datapath import build
 MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_node_config",
         "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
         "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity",
-        "cilium_snat_v4_external", "cilium_ipmasq_v4", "cilium_lb4_maglev")
+        "cilium_snat_v4_external", "cilium_ipmasq_v4", "cilium_lb4_maglev",
+        "cilium_l2_responder_v4", "dp_netdev", "dp_agent_liveness")
 
 
 def _clear(obj):

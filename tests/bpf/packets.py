@@ -79,3 +79,30 @@ REMOTE_POD_C_TO_POD_B = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
                          / TCP(sport=80, dport=40002, flags="SA"))
 OUTSIDE_TO_NODE = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
                    / IP(src=NODE_W1_IP, dst=NODE_CTR_IP, ttl=64, id=8) / UDP(sport=1, dport=8472))
+
+# ---- L2 announcement: the router (k8s-rtr, 192.168.10.200) asks the LAN for a LoadBalancer IP
+# that k8s-ctr announces on eth1 ----
+ROUTER_LAN_IP, ROUTER_LAN_MAC = "192.168.10.200", "02:00:00:00:aa:c8"
+LB_IP, UNANNOUNCED_IP = "192.168.10.240", "192.168.10.241"
+ARP_WHO_HAS_LB_IP = (Ether(src=ROUTER_LAN_MAC, dst="ff:ff:ff:ff:ff:ff")
+                     / ARP(op="who-has", hwsrc=ROUTER_LAN_MAC, psrc=ROUTER_LAN_IP,
+                           hwdst="00:00:00:00:00:00", pdst=LB_IP))
+ARP_LB_IP_IS_AT_NODE_CTR = (Ether(src=NODE_CTR_MAC, dst=ROUTER_LAN_MAC)
+                            / ARP(op="is-at", hwsrc=NODE_CTR_MAC, psrc=LB_IP,
+                                  hwdst=ROUTER_LAN_MAC, pdst=ROUTER_LAN_IP))
+ARP_WHO_HAS_UNANNOUNCED_IP = (Ether(src=ROUTER_LAN_MAC, dst="ff:ff:ff:ff:ff:ff")
+                              / ARP(op="who-has", hwsrc=ROUTER_LAN_MAC, psrc=ROUTER_LAN_IP,
+                                    pdst=UNANNOUNCED_IP))
+ARP_WHO_HAS_LB_IP_TO_OTHER_MAC = (Ether(src=ROUTER_LAN_MAC, dst=NODE_W1_MAC)
+                                  / ARP(op="who-has", hwsrc=ROUTER_LAN_MAC, psrc=ROUTER_LAN_IP,
+                                        pdst=LB_IP))
+GRATUITOUS_ARP_LB_IP = (Ether(src=NODE_W1_MAC, dst="ff:ff:ff:ff:ff:ff")
+                        / ARP(op="who-has", hwsrc=NODE_W1_MAC, psrc=LB_IP, pdst=LB_IP))
+ARP_REPLY_LB_IP_FROM_W1 = (Ether(src=NODE_W1_MAC, dst=ROUTER_LAN_MAC)
+                           / ARP(op="is-at", hwsrc=NODE_W1_MAC, psrc=LB_IP,
+                                 hwdst=ROUTER_LAN_MAC, pdst=ROUTER_LAN_IP))
+
+
+def truncated_arp_for_lb_ip() -> bytes:
+    """The router's request cut in the middle of its body."""
+    return bytes(ARP_WHO_HAS_LB_IP)[:14 + 8 + 6]

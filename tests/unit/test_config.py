@@ -399,7 +399,8 @@ def test_restart_keys() -> None:
     assert RESTART_KEYS == {"nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
-                            "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize"}
+                            "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize",
+                            "l2announcements.enabled"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 
@@ -480,3 +481,32 @@ def test_masquerade_key_errors(tmp_path, extra, key):
     with pytest.raises(ConfigError) as e:
         load_config(str(p))
     assert e.value.key == key
+
+
+def test_l2_announcement_defaults_are_ciliums(tmp_path):
+    c = cfg(tmp_path)
+    assert (c.l2Enabled, c.l2LeaseDuration, c.l2LeaseRenewDeadline,
+            c.l2LeaseRetryPeriod) == (False, 15, 5, 2)
+
+
+def test_l2_announcement_keys_in_seconds_or_helm_durations(tmp_path):
+    c = cfg(tmp_path, l2announcements={"enabled": True, "leaseDuration": "1m",
+                                       "leaseRenewDeadline": 2, "leaseRetryPeriod": "1s"})
+    assert (c.l2Enabled, c.l2LeaseDuration, c.l2LeaseRenewDeadline,
+            c.l2LeaseRetryPeriod) == (True, 60, 2, 1)
+
+
+@pytest.mark.parametrize("l2,key,reason", [
+    ({"enabled": "yes"}, "l2announcements.enabled", "expected a boolean"),
+    ({"leaseDuration": "15 minutes"}, "l2announcements.leaseDuration", "expected seconds"),
+    ({"leaseDuration": 0}, "l2announcements.leaseDuration", "expected seconds"),
+    ({"leaseRetryPeriod": 1.5}, "l2announcements.leaseRetryPeriod", "expected seconds"),
+    ({"leaseDuration": 5, "leaseRenewDeadline": 5}, "l2announcements.leaseRenewDeadline",
+     "must be shorter than leaseDuration (5s), got 5s"),
+    ({"leaseRenewDeadline": 2, "leaseRetryPeriod": 3}, "l2announcements.leaseRetryPeriod",
+     "must be shorter than leaseRenewDeadline (2s), got 3s"),
+    ({"leaseTTL": 5}, "l2announcements.leaseTTL", "unknown key"),
+])
+def test_l2_announcement_key_errors(tmp_path, l2, key, reason):
+    e = error(tmp_path, l2announcements=l2)
+    assert e.key == key and reason in e.reason

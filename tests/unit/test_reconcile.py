@@ -87,3 +87,20 @@ def test_tunnel_routes_encapsulate_to_the_far_node_and_read_back_alike(monkeypat
                         lambda *a, **k: subprocess.CompletedProcess(a, 0, shown, ""))
     assert reconcile.read_routes() == {"172.20.1.0/24": ("192.168.10.101", "cilium_vxlan"),
                                        "172.20.2.0/24": ("192.168.10.102", "eth1")}
+
+
+def test_counter_maps_keep_the_datapaths_values():
+    m = "cilium_l2_responder_v4"
+    want = DatapathState(maps={m: {b"a": b"\0", b"b": b"\0"}}, counters={m})
+    have = DatapathState(maps={m: {b"a": b"\x07", b"c": b"\x03"}})
+    assert plan(want, have) == [Op("map_update", m, b"b", b"\0"), Op("map_delete", m, b"c")]
+
+
+def test_xdp_programs_are_diffed_like_tc_ones():
+    want = DatapathState(xdp={"eth1": ("xdp", "t2"), "eth2": ("xdp", "t2")})
+    have = DatapathState(xdp={"eth1": ("xdp", "t1"), "eth3": ("xdp", "t1")},
+                         maps={"m": {b"k": b"v"}})
+    assert plan(want, have) == [Op("xdp_detach", "eth3"), Op("xdp_attach", "eth1", "native", "xdp"),
+                                Op("xdp_attach", "eth2", "native", "xdp"),
+                                Op("map_delete", "m", b"k")]
+    assert plan(want, DatapathState(xdp=dict(want.xdp))) == []

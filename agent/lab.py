@@ -162,6 +162,11 @@ class Lab:
                  "netns", ns)
         netns.ip(self.segment_ns, "link", "set", outer, "master", f"br-{seg}"[:15], "up")
         netns.ip(ns, "addr", "add", f"{ip}/{topo.prefix(seg)}", "dev", ifname)
+        # a wire carries complete checksums: without tx checksumming the kernel finishes every
+        # checksum before the frame enters the segment, as a NIC would. Otherwise a veth passes
+        # CHECKSUM_PARTIAL packets along, and what XDP rewrites and sends on (XDP_TX) would
+        # carry only the pseudo-header sum.
+        netns.run(ns, "ethtool", "-K", ifname, "tx", "off")
         netns.ip(ns, "link", "set", ifname, "up")
         return outer
 

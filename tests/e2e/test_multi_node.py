@@ -31,9 +31,9 @@ def _name(tag: str) -> str:
 @pytest.fixture(scope="module")
 def native(privileged, tmp_path_factory):
     mdir = copy_manifests(tmp_path_factory.mktemp("m-native"))
-    # the native lab load-balances with Maglev, the tunnel lab at random
+    # the native lab load-balances with Maglev and in XDP, the tunnel lab at random and in tc
     with built_lab(_name("n"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
-                   {"loadBalancer": {"algorithm": "maglev"}}) as h:
+                   {"loadBalancer": {"algorithm": "maglev", "acceleration": "native"}}) as h:
         yield h
 
 
@@ -740,3 +740,30 @@ def test_removed_backend_gets_no_new_flows_and_other_connections_carry_on(native
                                  for n in NODE_IPS for s in native.client(n).get("/v1/service")
                                  if s["service"] == "default/webpod"),
                      what="all three backends again on every node")
+
+
+def _xdp_tx(lab, node) -> int:
+    stats = lab.run(node, "ethtool", "-S", "eth1").stdout
+    return sum(int(line.split(":")[1]) for line in stats.splitlines()
+               if line.strip().startswith("rx_queue_") and line.strip().split(":")[0]
+               .endswith("_xdp_tx"))
+
+
+def test_xdp_acceleration_sends_nodeport_flows_to_remote_backends_without_the_stack(native):
+    import json
+    for node in NODE_IPS:
+        link = json.loads(native.run(node, "ip", "-j", "-d", "link", "show", "eth1").stdout)[0]
+        assert link["xdp"]["prog"]["name"] == "cil_xdp_entry", (node, link.get("xdp"))
+    path = _nodeport_service(native, "web-xdp", 30084)
+    try:
+        _wait_service(native, "web-xdp")
+        before = _xdp_tx(native, "k8s-ctr")
+        answers = ext_ask(native, NODE_IPS["k8s-ctr"], 30084, n=12)
+        assert all("error" not in a for a in answers), answers
+        remote = [a for a in answers if WEB_NODE[a["hostname"]] != "k8s-ctr"]
+        assert remote and all(a["remoteAddr"].startswith(NODE_IPS["k8s-ctr"] + ":")
+                              for a in remote)
+        # the requests to backends on other nodes went back out of eth1 from XDP (XDP_TX)
+        assert _xdp_tx(native, "k8s-ctr") > before
+    finally:
+        path.unlink()

@@ -163,3 +163,29 @@ def test_maglev_in_xdp_picks_what_tc_picks(xdp, xdp_entry):
         got = Ether(run(xdp_entry, to_nodeport(sport=sport)).data)[IP].dst
         assert got == ips[maglev_predict(table, EXT, sport, NODE_PORT)]
     assert len(list(open_maps(xdp)["cilium_ct4_global"].items())) == 2 * 20   # service + reply
+
+
+def test_client_ip_affinity_holds_in_xdp(xdp, xdp_entry):
+    m = setup(xdp, masquerade=False)
+    frontend(m, [(1, P.POD_A_IP, BPORT), (2, P.POD_B_IP, BPORT)])
+    key = abi.Lb4Key(address=abi.ip4_to_be32(NODE_IP), dport=abi.be16(NODE_PORT), proto=6)
+    head = m["cilium_lb4_services_v2"].get(key)
+    head.flags |= abi.SVC_FLAG_AFFINITY
+    head.backend_id |= 60                                  # timeout 60 s
+    m["cilium_lb4_services_v2"].update(key, head)
+    picks = {Ether(run(xdp_entry, to_nodeport(sport=51800 + i)).data)[IP].dst for i in range(20)}
+    assert len(picks) == 1                                 # 20 flows, one client, one backend
+    aff = m["cilium_lb4_affinity"].get(abi.Lb4AffinityKey(client_ip=abi.ip4_to_be32(EXT),
+                                                          rev_nat_id=21))
+    assert aff is not None and aff.backend_id in (1, 2)
+
+
+def test_icmp_error_about_a_flow_passes_to_tc_untouched(xdp, xdp_entry):
+    from scapy.layers.inet import ICMP
+    m = setup(xdp, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    quoted = IP(src=NODE_IP, dst=EXT) / UDP(sport=NODE_PORT, dport=51900)
+    pkt = in_pkt(EXT, NODE_IP, ICMP(type=3, code=3) / bytes(quoted))
+    res = run(xdp_entry, pkt)
+    assert res.retval == abi.XDP_PASS
+    testrun.assert_packet(pkt, res.data)

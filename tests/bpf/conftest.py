@@ -18,75 +18,39 @@ def _clear(obj):
         obj[name].clear()
 
 
-@pytest.fixture(scope="session")
-def lxc_obj(privileged):
-    return build.compile_program("bpf_lxc.c")
+def _program(source: str, obj_name: str, clean_name: str, entries: dict[str, tuple[str, str]]):
+    """Fixtures for one source file: `obj_name` compiled once per session, one session fixture
+    per entry program (name -> (function, type)), and `clean_name`: the object with its maps
+    emptied around a test."""
+    first = next(iter(entries))
+
+    @pytest.fixture(scope="session", name=obj_name)
+    def obj(privileged):
+        return build.compile_program(source)
+
+    made = {obj_name: obj}
+    for fixture, (function, prog_type) in entries.items():
+        def load(request, function=function, prog_type=prog_type):
+            return build.load(request.getfixturevalue(obj_name), function, prog_type)
+        made[fixture] = pytest.fixture(scope="session", name=fixture)(load)
+
+    @pytest.fixture(name=clean_name)
+    def clean(request):
+        o = request.getfixturevalue(obj_name)
+        request.getfixturevalue(first)
+        _clear(o)
+        yield o
+        _clear(o)
+
+    made[clean_name] = clean
+    return made
 
 
-@pytest.fixture(scope="session")
-def from_container(lxc_obj):
-    return build.load(lxc_obj, "cil_from_container", "tc")
-
-
-@pytest.fixture
-def lxc(lxc_obj, from_container):
-    """The compiled bpf_lxc object with empty maps."""
-    _clear(lxc_obj)
-    yield lxc_obj
-    _clear(lxc_obj)
-
-
-@pytest.fixture(scope="session")
-def host_obj(privileged):
-    return build.compile_program("bpf_host.c")
-
-
-@pytest.fixture(scope="session")
-def from_netdev(host_obj):
-    return build.load(host_obj, "cil_from_netdev", "tc")
-
-
-@pytest.fixture(scope="session")
-def to_netdev(host_obj):
-    return build.load(host_obj, "cil_to_netdev", "tc")
-
-
-@pytest.fixture
-def host(host_obj, from_netdev):
-    _clear(host_obj)
-    yield host_obj
-    _clear(host_obj)
-
-
-@pytest.fixture(scope="session")
-def xdp_obj(privileged):
-    return build.compile_program("bpf_xdp.c")
-
-
-@pytest.fixture(scope="session")
-def xdp_entry(xdp_obj):
-    return build.load(xdp_obj, "cil_xdp_entry", "xdp")
-
-
-@pytest.fixture
-def xdp(xdp_obj, xdp_entry):
-    _clear(xdp_obj)
-    yield xdp_obj
-    _clear(xdp_obj)
-
-
-@pytest.fixture(scope="session")
-def overlay_obj(privileged):
-    return build.compile_program("bpf_overlay.c")
-
-
-@pytest.fixture(scope="session")
-def from_overlay(overlay_obj):
-    return build.load(overlay_obj, "cil_from_overlay", "tc")
-
-
-@pytest.fixture
-def overlay(overlay_obj, from_overlay):
-    _clear(overlay_obj)
-    yield overlay_obj
-    _clear(overlay_obj)
+# module globals, for pytest to collect; lxc / host / xdp / overlay give a clean object
+for _args in (
+        ("bpf_lxc.c", "lxc_obj", "lxc", {"from_container": ("cil_from_container", "tc")}),
+        ("bpf_host.c", "host_obj", "host", {"from_netdev": ("cil_from_netdev", "tc"),
+                                            "to_netdev": ("cil_to_netdev", "tc")}),
+        ("bpf_xdp.c", "xdp_obj", "xdp", {"xdp_entry": ("cil_xdp_entry", "xdp")}),
+        ("bpf_overlay.c", "overlay_obj", "overlay", {"from_overlay": ("cil_from_overlay", "tc")})):
+    globals().update({f"_fx_{k}": v for k, v in _program(*_args).items()})

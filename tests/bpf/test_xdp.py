@@ -62,9 +62,19 @@ def test_udp_checksum_updated_and_a_zero_checksum_stays_zero(xdp, xdp_entry):
     assert out[UDP].chksum == 0 and out[IP].dst == P.POD_B_IP
 
 
-def _remote(m):
+def _remote(m, node_flags=None):
+    """A NodePort service whose one backend is on k8s-w1; node_flags: the routing mode."""
+    if node_flags is not None:
+        m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
+            flags=node_flags, node_ip=abi.ip4_to_be32(NODE_IP)))
     remote_backend(m)
     frontend(m, [(1, REMOTE_POD, BPORT)])
+
+
+def passes_untouched(prog, pkt):
+    res = run(prog, pkt)
+    assert res.retval == abi.XDP_PASS
+    testrun.assert_packet(pkt, res.data)
 
 
 def _run_on_eth1(fd, pkt):
@@ -75,9 +85,7 @@ def _run_on_eth1(fd, pkt):
 
 def test_remote_backend_is_natted_routed_and_sent_back_out(xdp, xdp_entry, routed_ns):  # noqa: F811
     m = setup(xdp, masquerade=False)
-    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
-        flags=abi.NODE_CFG_F_HOST_ROUTING, node_ip=abi.ip4_to_be32(NODE_IP)))
-    _remote(m)
+    _remote(m, abi.NODE_CFG_F_HOST_ROUTING)
     pkt = to_nodeport(sport=51300)
     retval, data = run_in_netns(routed_ns, _run_on_eth1, xdp_entry.fd, bytes(pkt))
     assert retval == abi.XDP_TX
@@ -99,13 +107,8 @@ def test_remote_backend_is_natted_routed_and_sent_back_out(xdp, xdp_entry, route
 
 def test_remote_backend_without_a_next_hop_passes_untouched_for_tc(xdp, xdp_entry):
     m = setup(xdp, masquerade=False)
-    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
-        flags=abi.NODE_CFG_F_HOST_ROUTING, node_ip=abi.ip4_to_be32(NODE_IP)))
-    _remote(m)
-    pkt = to_nodeport(sport=51400)
-    res = run(xdp_entry, pkt)
-    assert res.retval == abi.XDP_PASS
-    testrun.assert_packet(pkt, res.data)
+    _remote(m, abi.NODE_CFG_F_HOST_ROUTING)
+    passes_untouched(xdp_entry, to_nodeport(sport=51400))
     svc = abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(NODE_IP), saddr=abi.ip4_to_be32(EXT),
                           dport=abi.be16(NODE_PORT), sport=abi.be16(51400), nexthdr=6,
                           flags=abi.TUPLE_F_SERVICE)
@@ -113,14 +116,8 @@ def test_remote_backend_without_a_next_hop_passes_untouched_for_tc(xdp, xdp_entr
 
 
 def test_tunnel_mode_leaves_remote_backends_to_tc(xdp, xdp_entry):
-    m = setup(xdp, masquerade=False)
-    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
-        flags=abi.NODE_CFG_F_TUNNEL, node_ip=abi.ip4_to_be32(NODE_IP)))
-    _remote(m)
-    pkt = to_nodeport(sport=51500)
-    res = run(xdp_entry, pkt)
-    assert res.retval == abi.XDP_PASS
-    testrun.assert_packet(pkt, res.data)
+    _remote(setup(xdp, masquerade=False), abi.NODE_CFG_F_TUNNEL)
+    passes_untouched(xdp_entry, to_nodeport(sport=51500))
 
 
 def test_etp_local_without_a_local_backend_is_a_counted_drop(xdp, xdp_entry):
@@ -143,9 +140,7 @@ def test_etp_local_without_a_local_backend_is_a_counted_drop(xdp, xdp_entry):
 def test_everything_else_passes_untouched(xdp, xdp_entry, pkt):
     m = setup(xdp, masquerade=False)
     frontend(m, [(1, P.POD_B_IP, BPORT)])
-    res = run(xdp_entry, pkt)
-    assert res.retval == abi.XDP_PASS
-    testrun.assert_packet(pkt, res.data)
+    passes_untouched(xdp_entry, pkt)
     assert not list(m["cilium_ct4_global"].items())
 
 
@@ -185,7 +180,4 @@ def test_icmp_error_about_a_flow_passes_to_tc_untouched(xdp, xdp_entry):
     m = setup(xdp, masquerade=False)
     frontend(m, [(1, P.POD_B_IP, BPORT)])
     quoted = IP(src=NODE_IP, dst=EXT) / UDP(sport=NODE_PORT, dport=51900)
-    pkt = in_pkt(EXT, NODE_IP, ICMP(type=3, code=3) / bytes(quoted))
-    res = run(xdp_entry, pkt)
-    assert res.retval == abi.XDP_PASS
-    testrun.assert_packet(pkt, res.data)
+    passes_untouched(xdp_entry, in_pkt(EXT, NODE_IP, ICMP(type=3, code=3) / bytes(quoted)))

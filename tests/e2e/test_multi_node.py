@@ -368,6 +368,15 @@ for line in sys.stdin:
 """
 
 
+def assert_new_flows_avoid(lab, vip, victim, n):
+    """n new connections from curl-pod to the service all succeed and none reaches victim."""
+    out = lab.run("curl-pod", "sh", "-c",
+                  f"for i in $(seq {n}); do curl -s -m 5 http://{vip}/api; echo; done",
+                  timeout=120).stdout
+    hosts = [line for line in out.splitlines() if line]
+    assert len(hosts) == n and not any(f'"{victim}"' in h for h in hosts)
+
+
 def test_terminating_backend_finishes_its_connections_and_gets_no_new_ones(native):
     vip = service_vip(native)
     cli = subprocess.Popen(netns.cmd(native.ns("curl-pod"), sys.executable, "-c", KEEPALIVE, vip),
@@ -393,11 +402,7 @@ def test_terminating_backend_finishes_its_connections_and_gets_no_new_ones(nativ
                              if s["service"] == "default/webpod"),
                  what=f"{victim} to become a terminating backend")
         assert ask() == victim                    # the established connection carries on
-        out = native.run("curl-pod", "sh", "-c",
-                         f"for i in $(seq 60); do curl -s -m 5 http://{vip}/api; echo; done",
-                         timeout=120).stdout
-        hosts = [line for line in out.splitlines() if line]
-        assert len(hosts) == 60 and not any(f'"{victim}"' in h for h in hosts)
+        assert_new_flows_avoid(native, vip, victim, 60)
     finally:
         cli.stdin.close()
         cli.wait(timeout=10)
@@ -725,11 +730,7 @@ def test_removed_backend_gets_no_new_flows_and_other_connections_carry_on(native
         for c, was in zip(clients, first):
             if was != victim:
                 assert ask(c) == was          # established connections to the others go on
-        out = native.run("curl-pod", "sh", "-c",
-                         f"for i in $(seq 30); do curl -s -m 5 http://{vip}/api; echo; done",
-                         timeout=120).stdout
-        hosts = [line for line in out.splitlines() if line]
-        assert len(hosts) == 30 and not any(f'"{victim}"' in h for h in hosts)
+        assert_new_flows_avoid(native, vip, victim, 30)
     finally:
         for c in clients:
             c.stdin.close()

@@ -315,6 +315,16 @@ def _port_range(r: _Reader, key: str, default: str = "32768-65535",
     return lo, hi
 
 
+def _node_port_range(r: _Reader) -> tuple[int, int]:
+    """nodePort.range; it may not overlap bpf.natPortRange, or a reply to a SNATed flow could be
+    taken for a new NodePort request."""
+    lo, hi = _port_range(r, "nodePort.range", "30000-32767", 1)
+    nat_lo, nat_hi = _port_range(r, "bpf.natPortRange")
+    if lo <= nat_hi and nat_lo <= hi:
+        r.fail("nodePort.range", f"{lo}-{hi} overlaps bpf.natPortRange {nat_lo}-{nat_hi}")
+    return lo, hi
+
+
 def _maglev_table_size(r: _Reader) -> int:
     v = r.get("maglev.tableSize", 16381)
     if type(v) is not int or v not in MAGLEV_TABLE_SIZES:
@@ -470,7 +480,7 @@ def parse_config(data: object, path: str) -> Config:
         masqLinkLocal=r.boolean("ipMasqAgent.config.masqLinkLocal", False),
         egressMasqueradeInterfaces=_names(r, "egressMasqueradeInterfaces"),
         natPortRange=_port_range(r, "bpf.natPortRange"),
-        nodePortRange=_port_range(r, "nodePort.range", "30000-32767", 1),
+        nodePortRange=_node_port_range(r),
         maglevTableSize=_maglev_table_size(r),
         l2Enabled=r.boolean("l2announcements.enabled", False),
         l2LeaseDuration=l2_lease,

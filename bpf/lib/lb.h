@@ -240,12 +240,16 @@ static __always_inline struct lb4_service *lb4_lookup(struct lb4_key *key,
 		return NULL;
 	}
 	if (internal && (svc->flags2 & SVC_FLAG2_TWO_SCOPES)) {
+		struct lb4_service *int_svc;
+
 		key->scope = LB_LOOKUP_SCOPE_INT;
-		svc = cilium_lb4_services_v2.lookup(key);
-		if (!svc)
-			*err = -DROP_NO_SERVICE;
+		int_svc = cilium_lb4_services_v2.lookup(key);
+		if (int_svc)
+			svc = int_svc;
+		else            /* the INT head is being written: the EXT set serves meanwhile */
+			key->scope = LB_LOOKUP_SCOPE_EXT;
 	}
-	if (svc && svc->count == 0) {
+	if (svc->count == 0) {
 		*err = -DROP_NO_SERVICE;
 		return NULL;
 	}
@@ -265,10 +269,11 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	struct lb4_service *svc;
 	struct lb4_backend *backend = NULL;
 	struct ipv4_ct_tuple tuple = {}, reply = {};
-	struct ct_entry *ct, entry = {};
+	struct ct_entry *ct, *rct, entry = {};
 	struct lb4_pkt pkt = *p;
 	__u32 backend_id = 0;
 	__u16 rev_nat_index;
+	__u8 rflags;
 	int loopback, ret;
 
 	svc = lb4_lookup(&key, &pkt, internal, &ret);
@@ -314,12 +319,16 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	reply.sport = backend->port;
 	reply.nexthdr = pkt.proto;
 	reply.flags = TUPLE_F_IN;
-	if (!ct_lookup(&reply)) {
+	rct = ct_lookup(&reply);
+	rflags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
+	/* a new entry, or one left by an earlier flow on this tuple through another frontend */
+	if (!rct || rct->rev_nat_index != rev_nat_index || rct->backend_id != backend_id ||
+	    (rct->flags & (CT_F_LB_LOOPBACK | CT_F_NODEPORT)) != rflags) {
 		struct ct_entry rev = {};
 
 		rev.rev_nat_index = rev_nat_index;
 		rev.backend_id = backend_id;
-		rev.flags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
+		rev.flags = rflags;
 		rev.src_sec_id = src_identity;
 		ct_refresh(&rev, 0, 0, 0);
 		if (pkt.proto == IPPROTO_TCP)

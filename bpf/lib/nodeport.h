@@ -4,7 +4,8 @@
  * A new flow to such a frontend is load-balanced by lib/lb.h (scope EXT: with
  * externalTrafficPolicy Local only this node's backends, none -> "Service backend not found").
  * A local backend gets the packet straight into its pod with the client's address kept; its
- * reply is given the frontend back on the native device's egress. A backend on another node
+ * reply is given the frontend back when it leaves the pod for another pod (from-container,
+ * before a tunnel could hide it) or on the native device's egress. A backend on another node
  * gets the packet SNATed to this node (lib/nat.h) and sent there in the routing mode; its reply
  * comes back to this node, is reverse-SNATed, given the frontend back and sent to the client.
  *
@@ -14,8 +15,9 @@
  *   nodeport_rev_nat_ingress(skb)  a remote backend's reply, already reverse-SNATed: the
  *                                  frontend back, then to the client; returns 0 (not such a
  *                                  reply), CTX_ACT_REDIRECT / CTX_ACT_OK or a negative DROP_*
- *   nodeport_rev_nat_egress(skb)   a local backend's reply leaving: the frontend back; returns
- *                                  0 or a negative DROP_*
+ *   nodeport_rev_nat_egress(skb)   a local backend's reply leaving (from-container towards a
+ *                                  pod on another node, or to-netdev): the frontend back;
+ *                                  returns 0 or a negative DROP_*
  */
 #ifndef DP_LIB_NODEPORT_H
 #define DP_LIB_NODEPORT_H
@@ -42,10 +44,17 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 	ep = lookup_ip4_endpoint(daddr);
 	if (ep && !(ep->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, ep);
+	if (daddr == cfg->node_ip)
+		return CTX_ACT_OK;      /* a host-network backend on this node: its stack */
 	ret = snat_v4_nodeport(skb, cfg);
 	if (ret < 0)
 		return ret;
-	return ipv4_forward_remote(skb, daddr, IDENTITY_WORLD);
+	ret = ipv4_forward_remote(skb, daddr, IDENTITY_WORLD);
+	if (ret != CTX_ACT_OK)
+		return ret;
+	/* not a pod (a node, or an address outside the cluster): route it here, since the stack
+	 * would take the node's own source address on a received packet for a martian */
+	return fib_redirect_v4(skb);
 }
 
 static __always_inline int nodeport_rev_nat_ingress(struct __sk_buff *skb)

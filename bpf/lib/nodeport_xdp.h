@@ -124,7 +124,7 @@ static __always_inline int nodeport_lb4_xdp(struct xdp_md *ctx)
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;        /* no neighbour yet: tc and the stack resolve it */
 	if (ip->ttl <= 1)
-		return XDP_PASS;        /* the stack answers with time exceeded */
+		return XDP_PASS;        /* tc's TTL check drops it, counted */
 	natted = pkt;
 	natted.daddr = backend->address;
 	natted.dport = backend->port;

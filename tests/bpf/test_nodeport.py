@@ -217,3 +217,72 @@ def test_maglev_without_a_table_drops(host, from_netdev):
     frontend(m, [(1, P.POD_B_IP, BPORT)], algo=abi.LB_ALGORITHM_MAGLEV)
     assert run(from_netdev, to_nodeport()).retval == abi.CTX_ACT_DROP
     assert metrics_totals(m["cilium_metrics"])[(abi.DROP_NO_SERVICE, abi.METRIC_INGRESS)][0] == 1
+
+
+def test_backend_on_this_node_ip_is_dnated_only_and_left_to_the_stack(host, from_netdev):
+    """A host-network backend on this node: DNAT without SNAT, then the node's stack."""
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, NODE_IP, 10250)])
+    pkt = to_nodeport(sport=51010)
+    res = run(from_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_OK
+    testrun.assert_packet(rebuilt(pkt, fields=[(TCP, "dport", 10250)]), res.data)
+
+
+def test_a_later_flow_on_the_same_tuple_through_another_frontend_owns_the_reply(host,
+                                                                                 from_netdev):
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], addr="198.51.100.7", port=80, rev_nat=31,
+             flags=abi.SVC_FLAG_EXTERNAL_IP | abi.SVC_FLAG_ROUTABLE)
+    frontend(m, [(1, P.POD_B_IP, BPORT)])                       # NodePort, rev_nat 21
+    run(from_netdev, in_pkt(EXT, "198.51.100.7", TCP(sport=51020, dport=80, flags="S")))
+    run(from_netdev, to_nodeport(sport=51020))
+    rep = abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(EXT), saddr=abi.ip4_to_be32(P.POD_B_IP),
+                          dport=abi.be16(51020), sport=abi.be16(BPORT), nexthdr=6,
+                          flags=abi.TUPLE_F_IN)
+    assert m["cilium_ct4_global"].get(rep).rev_nat_index == REV_NAT
+
+
+def test_two_scopes_while_the_internal_head_is_missing_serve_the_external_set(lxc,
+                                                                              from_container):
+    from datapath.maps import open_maps
+
+    from .test_lb import _ep, sender
+    m = open_maps(lxc)
+    _ep(m, P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, P.LXC_A_IFINDEX, 1000)
+    _ep(m, P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, P.LXC_B_IFINDEX, 1001)
+    sender(m, P.POD_A_IP)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], flags2=abi.SVC_FLAG2_TWO_SCOPES)
+    pod = Ether(bytes(Ether(src=P.POD_A_MAC, dst=P.LXC_A_MAC) / IP(src=P.POD_A_IP, dst=NODE_IP)
+                      / TCP(sport=53100, dport=NODE_PORT, flags="S")))
+    res = testrun.run(from_container.fd, pod, ctx=testrun.tc_ctx(1))
+    assert res.retval == abi.CTX_ACT_REDIRECT and Ether(res.data)[IP].dst == P.POD_B_IP
+
+
+def test_backend_reply_to_a_pod_on_another_node_gets_the_frontend_before_the_tunnel(
+        lxc, from_container):
+    """Tunnel mode: a NodePort backend's reply to a remote client pod would reach that pod
+    from the backend's own address if the translation waited for the native device."""
+    from datapath.maps import open_maps
+
+    from .test_lb import _ep, sender
+    m = open_maps(lxc)
+    _ep(m, P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, P.LXC_B_IFINDEX, 1001)
+    sender(m, P.POD_B_IP)
+    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
+        flags=abi.NODE_CFG_F_TUNNEL, tunnel_ifindex=1, node_ip=abi.ip4_to_be32(NODE_IP)))
+    remote_backend(m)                              # REMOTE_POD: the client, on k8s-w1
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    rep = abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(REMOTE_POD), saddr=abi.ip4_to_be32(P.POD_B_IP),
+                          dport=abi.be16(45000), sport=abi.be16(BPORT), nexthdr=6,
+                          flags=abi.TUPLE_F_IN)
+    m["cilium_ct4_global"].update(rep, abi.CtEntry(backend_id=1, rev_nat_index=REV_NAT,
+                                                   flags=abi.CT_F_NODEPORT, lifetime=1 << 30))
+    reply = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                        / IP(src=P.POD_B_IP, dst=REMOTE_POD, ttl=64, id=5)
+                        / TCP(sport=BPORT, dport=45000, flags="SA")))
+    res = testrun.run(from_container.fd, reply, ctx=testrun.tc_ctx(1))
+    assert res.retval == abi.CTX_ACT_REDIRECT                      # into the tunnel
+    want = rebuilt(reply, fields=[(IP, "src", NODE_IP), (TCP, "sport", NODE_PORT)],
+                   ttl_dec=True)
+    testrun.assert_packet(want, res.data)

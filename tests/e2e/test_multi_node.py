@@ -768,3 +768,21 @@ def test_xdp_acceleration_sends_nodeport_flows_to_remote_backends_without_the_st
         assert _xdp_tx(native, "k8s-ctr") > before
     finally:
         path.unlink()
+
+
+def test_pods_reach_every_nodes_nodeport_and_see_the_frontend_answer(cluster):
+    """curl-pod (k8s-ctr) -> each node's NodePort with externalTrafficPolicy Local: another
+    node takes it as external (its own webpod answers), its own node as internal (any backend,
+    as Cilium); the server sees the pod's address, and the reply comes from the frontend (in
+    tunnel mode it crosses VXLAN, so it is translated before the tunnel)."""
+    import json
+    path = _nodeport_service(cluster, "web-pods", 30085, "  externalTrafficPolicy: Local\n")
+    try:
+        _wait_service(cluster, "web-pods", backends=1)
+        for node, ip in NODE_IPS.items():
+            out = cluster.run("curl-pod", "curl", "-s", "-m", "5", f"http://{ip}:30085/api")
+            ans = json.loads(out.stdout)
+            assert node == "k8s-ctr" or WEB_NODE[ans["hostname"]] == node, (node, ans)
+            assert ans["remoteAddr"].split(":")[0] == cluster.pod_ip("curl-pod"), (node, ans)
+    finally:
+        path.unlink()

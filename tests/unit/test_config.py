@@ -469,11 +469,26 @@ def test_masquerade_keys(tmp_path):
     assert c.egressMasqueradeInterfaces == ("eth1", "ens+")
 
 
+def test_service_keys(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("nodeName: n1\nipam: {podCIDR: 10.0.0.0/24}\nnodePort: {range: '20000,20100'}\n"
+                 "maglev: {tableSize: 251}\nloadBalancer: {algorithm: maglev}\n")
+    c = load_config(str(p))
+    assert c.nodePortRange == (20000, 20100) and c.maglevTableSize == 251
+    assert c.lbAlgorithm == "maglev"
+    d = cfg(tmp_path)
+    assert d.nodePortRange == (30000, 32767) and d.maglevTableSize == 16381
+
+
 @pytest.mark.parametrize("extra,key", [
     ("bpf: {natPortRange: '70000-80000'}\n", "bpf.natPortRange"),
     ("ipMasqAgent: {config: {nonMasqueradeCIDRs: [banana]}}\n",
      "ipMasqAgent.config.nonMasqueradeCIDRs"),
     ("egressMasqueradeInterfaces: 'a/b'\n", "egressMasqueradeInterfaces"),
+    ("nodePort: {range: '30000-40000'}\n", "nodePort.range"),          # overlaps NAT ports
+    ("nodePort: {range: '30000'}\n", "nodePort.range"),
+    ("bpf: {natPortRange: '30500-31000'}\n", "nodePort.range"),
+    ("maglev: {tableSize: 1000}\n", "maglev.tableSize"),
 ])
 def test_masquerade_key_errors(tmp_path, extra, key):
     p = tmp_path / "m.yaml"

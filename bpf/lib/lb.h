@@ -27,9 +27,9 @@
  *                                  returns LB_XLATED, 0 (not a service), -DROP_NO_SERVICE (no
  *                                  backend), -DROP_IS_CLUSTER_IP, or another negative DROP_*
  *   lb4_rev_nat(skb, nodeport_only)
- *                                  returns LB_XLATED, 0 (not a reply of a service flow; with
- *                                  nodeport_only, of a CT_F_NODEPORT flow; or an ICMP error,
- *                                  translated or not) or a negative DROP_*
+ *                                  a reply, or an ICMP error about the flow; returns LB_XLATED,
+ *                                  0 (not of a service flow; with nodeport_only, of a
+ *                                  CT_F_NODEPORT flow) or a negative DROP_*
  *   lb4_is_loopback(daddr)         whether a packet is a hairpin reply (to IPV4_LOOPBACK)
  */
 #ifndef DP_LIB_LB_H
@@ -365,9 +365,10 @@ static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, 
 	return ret < 0 ? ret : LB_XLATED;
 }
 
-/* An ICMP error about a load-balanced flow: the quoted packet is client -> backend. Returns 0
- * (translated, or not such an error) or a negative DROP_*. */
-static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
+/* An ICMP error about a load-balanced flow: the quoted packet is client -> backend (with
+ * nodeport_only, a flow from outside). Returns LB_XLATED, 0 (not such an error) or a negative
+ * DROP_*. */
+static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb, int nodeport_only)
 {
 	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct ipv4_ct_tuple tuple = {};
@@ -386,7 +387,8 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 		return ret;
 	icmp_err_reply_tuple(&tuple, &err, TUPLE_F_IN);   /* backend -> client */
 	ct = ct_lookup(&tuple);
-	if (!ct || !ct->rev_nat_index || (ct->flags & CT_F_LB_LOOPBACK))
+	if (!ct || !ct->rev_nat_index || (ct->flags & CT_F_LB_LOOPBACK) ||
+	    (nodeport_only && !(ct->flags & CT_F_NODEPORT)))
 		return 0;
 	rkey.rev_nat_index = ct->rev_nat_index;
 	rn = cilium_lb4_reverse_nat.lookup(&rkey);
@@ -399,9 +401,9 @@ static __always_inline int lb4_rev_nat_icmp_error(struct __sk_buff *skb)
 		return ret;
 	/* the outer source too, when the backend itself reported the error */
 	if (outer_saddr == backend_ip)
-		return icmp_err_rewrite_outer(skb, offsetof(struct iphdr, saddr), backend_ip,
-					      rn->address);
-	return 0;
+		ret = icmp_err_rewrite_outer(skb, offsetof(struct iphdr, saddr), backend_ip,
+					     rn->address);
+	return ret < 0 ? ret : LB_XLATED;
 }
 
 static __always_inline int lb4_rev_nat(struct __sk_buff *skb, int nodeport_only)
@@ -417,7 +419,7 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, int nodeport_only)
 	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
 	if (ip->protocol == IPPROTO_ICMP)
-		return nodeport_only ? 0 : lb4_rev_nat_icmp_error(skb);
+		return lb4_rev_nat_icmp_error(skb, nodeport_only);
 	ret = lb4_parse(skb, &pkt);
 	if (ret <= 0)
 		return ret;

@@ -286,3 +286,24 @@ def test_backend_reply_to_a_pod_on_another_node_gets_the_frontend_before_the_tun
     want = rebuilt(reply, fields=[(IP, "src", NODE_IP), (TCP, "sport", NODE_PORT)],
                    ttl_dec=True)
     testrun.assert_packet(want, res.data)
+
+
+def test_local_backends_icmp_error_leaves_with_the_frontend(host, from_netdev, to_netdev):
+    """A local UDP backend's port-unreachable to an outside client: the outer source and the
+    quoted destination become the frontend (node:nodePort), every checksum right."""
+    from scapy.layers.inet import ICMP, IPerror, UDPerror
+    m = setup(host, masquerade=True)
+    frontend(m, [(1, P.POD_B_IP, BPORT)], proto=17)
+    delivered = Ether(run(from_netdev, to_nodeport(sport=51030, proto="udp")).data)
+    err = out_pkt(P.POD_B_IP, EXT, ICMP(type=3, code=3) / bytes(delivered[IP]))
+    res = run(to_netdev, err)
+    assert res.retval == abi.CTX_ACT_OK
+    quoted = IPerror(bytes(delivered[IP]))
+    quoted.dst = NODE_IP
+    quoted[UDPerror].dport = NODE_PORT
+    del quoted.chksum
+    del quoted[UDPerror].chksum
+    want = (Ether(src=err[Ether].src, dst=err[Ether].dst)
+            / IP(src=NODE_IP, dst=EXT, ttl=err[IP].ttl, id=err[IP].id)
+            / ICMP(type=3, code=3) / IPerror(bytes(quoted)))
+    testrun.assert_packet(Ether(bytes(want)), res.data)

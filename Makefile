@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean-lab
+.PHONY: setup demo test bench clean-lab
 setup:
 	@bash scripts/setup.sh
 
@@ -11,6 +11,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider tests
+
+# Not a test: timings (README "Bench"). BENCH_SERVICES=N to change the 10k services.
+BENCH_SERVICES ?= 10000
+bench: setup
+	$(PY) bench/lb_program.py --services $(BENCH_SERVICES)
+	$(PY) bench/lab_rate.py
 
 clean-lab: setup
 	$(VENV)/bin/datapath lab down

@@ -20,6 +20,9 @@ def serve(port: int = 80, host: str = "0.0.0.0") -> None:
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"       # keep-alive: one connection, many requests
+        # headers and body go out in two writes: without TCP_NODELAY the body waits for the
+        # client's delayed ACK (40 ms a request on keep-alive); Go's traefik/whoami sets it too
+        disable_nagle_algorithm = True
 
         def do_GET(self):
             remote = f"{self.client_address[0]}:{self.client_address[1]}"

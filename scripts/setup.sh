@@ -11,9 +11,9 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # prometheus: promtool; etcd-server: the multi-node lab's kvstore; vagrant + systemd: the checks
 # on vagrant/ (`vagrant validate`, `systemd-analyze verify`); iptables + nftables: checking that the
-# agent adds no rule
+# agent adds no rule; wrk: the lab request-rate bench (bench/lab_rate.py)
 APT_PKGS="bpfcc-tools python3-bpfcc libbpfcc iproute2 iputils-ping curl prometheus python3-venv
-          util-linux procps tcpdump ethtool make etcd-server vagrant systemd iptables nftables"
+          util-linux procps tcpdump ethtool make etcd-server vagrant systemd iptables nftables wrk"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

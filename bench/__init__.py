@@ -1,0 +1,1 @@
+"""Benches (not tests): timings live here, never in test asserts. See README "Bench"."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from datapath import abi
@@ -51,12 +52,22 @@ class IdTable:
         self.table = table
         table.setdefault("services", {})
         table.setdefault("backends", {})
+        # per kind: the ids in use, and no free id below the cursor (so a new id is O(1))
+        self._used = {kind: set(table[kind].values()) for kind in ("services", "backends")}
+        self._cursor = {kind: 1 for kind in ("services", "backends")}
 
     def _get(self, kind: str, key: str, limit: int) -> int:
         ids = self.table[kind]
         if key not in ids:
-            used = set(ids.values())
-            ids[key] = next(n for n in range(1, limit) if n not in used)
+            used = self._used[kind]
+            n = self._cursor[kind]
+            while n in used:
+                n += 1
+            if n >= limit:
+                raise ValueError(f"no free {kind[:-1]} id below {limit}")
+            ids[key] = n
+            used.add(n)
+            self._cursor[kind] = n + 1
         return ids[key]
 
     def service(self, key: str) -> int:
@@ -68,7 +79,9 @@ class IdTable:
     def prune(self, services: set[str], backends: set[str]) -> None:
         for kind, keep in (("services", services), ("backends", backends)):
             for k in set(self.table[kind]) - keep:
-                del self.table[kind][k]
+                n = self.table[kind].pop(k)
+                self._used[kind].discard(n)
+                self._cursor[kind] = min(self._cursor[kind], n)
 
 
 def cluster_ips(services, cidr: str) -> dict[str, str]:
@@ -179,14 +192,33 @@ def _target_port(pod, port) -> int | None:
     return None
 
 
-def _endpoints(manifests, svc, port, pod_ips, view) -> list[tuple[str, int, str, int, bool]]:
+class _Index:
+    """Pods by (namespace, label, value) and EndpointSlices by (namespace, service), built once
+    a plan, so finding a service's backends does not scan every pod (10k services x 30k pods)."""
+
+    def __init__(self, manifests):
+        self.by_label: dict[tuple[str, str, str], list] = defaultdict(list)
+        for pod in sorted(manifests.pods.values(), key=lambda p: p.key):
+            for k, v in pod.labels:
+                self.by_label[(pod.namespace, k, v)].append(pod)
+        self.slices: dict[tuple[str, str], list] = defaultdict(list)
+        for sl in sorted(manifests.endpointslices.values(), key=lambda e: e.key):
+            self.slices[(sl.namespace, sl.serviceName)].append(sl)
+
+    def selected(self, svc) -> list:
+        """The pods (in name order) a service's non-empty selector matches."""
+        sel = svc.selector_dict
+        lists = [self.by_label.get((svc.namespace, k, v), []) for k, v in sel.items()]
+        return [p for p in min(lists, key=len) if sel.items() <= p.label_dict.items()]
+
+
+def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int, bool]]:
     """(ip, port, name, state, local) of a service port's backends, from pods or
     EndpointSlices; local: the backend is a pod on this node."""
     out = []
     if svc.selector is not None:
-        for pod in sorted(manifests.pods.values(), key=lambda p: p.key):
-            if pod.namespace != svc.namespace or pod.key not in pod_ips or not pod.ready or \
-                    not svc.selector_dict.items() <= pod.label_dict.items():
+        for pod in index.selected(svc):
+            if pod.key not in pod_ips or not pod.ready:
                 continue
             tp = _target_port(pod, port)
             if tp is not None:
@@ -194,7 +226,7 @@ def _endpoints(manifests, svc, port, pod_ips, view) -> list[tuple[str, int, str,
                 ip = pod_ips[pod.key]
                 out.append((ip, tp, pod.key, state, ip in view.local_ips))
         return out
-    for sl in manifests.slices_for(svc):
+    for sl in index.slices.get((svc.namespace, svc.name), []):
         ports = [p for p in sl.ports if p.protocol == port.protocol and
                  (p.name == port.name or (len(sl.ports) == 1 and len(svc.ports) == 1))]
         for p in ports:
@@ -232,6 +264,7 @@ def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str,
     vips = cluster_ips(svcs, cidr)
     lbs = lb_ips(svcs, manifests.ippools.values())
     nps = node_ports(svcs, view.node_port_range)
+    index = _Index(manifests)
     used_services, used_backends = set(), set()
     names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
     svc_map = plan.maps["cilium_lb4_services_v2"]
@@ -242,7 +275,7 @@ def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str,
         for i, port in enumerate(svc.ports):
             proto = PROTO[port.protocol]
             backends, listed = [], []     # backends: (id, ip, local) of active backends
-            for ip, tp, who, state, local in _endpoints(manifests, svc, port, pod_ips, view):
+            for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view):
                 bkey = f"{ip}:{tp}/{port.protocol}"
                 bid = ids.backend(bkey)
                 used_backends.add(bkey)

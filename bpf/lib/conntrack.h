@@ -10,6 +10,7 @@
  *   ct_now()                      seconds of the monotonic clock (bpf_ktime_get_ns)
  *   ct_lookup(tuple)              the entry, or NULL
  *   ct_create(tuple, entry)       returns 0 or -DROP_CT_CREATE_FAILED
+ *   ct_delete(tuple)              remove the entry, if any
  *   ct_refresh(entry, tcp_flags, is_tcp, bytes)   account a packet and extend the lifetime
  */
 #ifndef DP_LIB_CONNTRACK_H
@@ -42,6 +43,14 @@ static __always_inline int ct_create(struct ipv4_ct_tuple *tuple, struct ct_entr
 	else
 		ret = cilium_ct_any4_global.update(tuple, entry);
 	return ret < 0 ? -DROP_CT_CREATE_FAILED : 0;
+}
+
+static __always_inline void ct_delete(struct ipv4_ct_tuple *tuple)
+{
+	if (tuple->nexthdr == IPPROTO_TCP)
+		cilium_ct4_global.delete(tuple);
+	else
+		cilium_ct_any4_global.delete(tuple);
 }
 
 static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,

@@ -256,6 +256,28 @@ static __always_inline struct lb4_service *lb4_lookup(struct lb4_key *key,
 	return svc;
 }
 
+/* A pod opening a flow straight to an address and port (not a service) that was its backend
+ * through a service a moment ago, from the same source port: the service flow is over (one
+ * socket cannot hold both), so its reply entry goes, or the new flow's replies would be turned
+ * into the frontend. Only on a flow's first packet: a TCP SYN, or any UDP datagram. */
+static __always_inline void lb4_forget_service_reply(const struct lb4_pkt *pkt)
+{
+	struct ipv4_ct_tuple reply = {};
+	struct ct_entry *ct;
+
+	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & (TCP_FLAG_SYN | 0x10)) != TCP_FLAG_SYN)
+		return;
+	reply.daddr = pkt->saddr;
+	reply.saddr = pkt->daddr;
+	reply.dport = pkt->sport;
+	reply.sport = pkt->dport;
+	reply.nexthdr = pkt->proto;
+	reply.flags = TUPLE_F_IN;
+	ct = ct_lookup(&reply);
+	if (ct && ct->rev_nat_index && !(ct->flags & CT_F_LB_LOOPBACK))
+		ct_delete(&reply);
+}
+
 /* The load-balancing decision for a parsed packet, independent of the hook (tc or XDP): the
  * frontend, the flow's backend (conntrack, affinity, Maglev or random) and the reply entry.
  * Returns LB_XLATED with *out set to the backend and *loopback to whether the client is its own
@@ -277,8 +299,11 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	int loopback, ret;
 
 	svc = lb4_lookup(&key, &pkt, internal, &ret);
-	if (!svc)
+	if (!svc) {
+		if (!ret && internal)
+			lb4_forget_service_reply(&pkt);
 		return ret;
+	}
 	rev_nat_index = svc->rev_nat_index;
 
 	lb4_tuple(&tuple, &pkt, TUPLE_F_SERVICE);

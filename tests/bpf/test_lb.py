@@ -304,3 +304,24 @@ def test_icmp_error_about_an_unrelated_flow_is_untouched(maps, from_container):
                       / ICMP(type=3, code=3) / quoted))
     res = run(from_container, err)
     testrun.assert_packet(P.routed(err, src_mac=P.LXC_A_MAC, dst_mac=P.POD_A_MAC), res.data)
+
+
+def test_direct_flow_on_a_former_service_tuple_drops_the_stale_reply_entry(maps,
+                                                                          from_container):
+    """A pod that talked to a backend through the service and then connects to the backend's
+    own address from the same source port: the backend's replies must not come back as the
+    frontend (the old flow's reply entry goes on the new flow's SYN)."""
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=44000))
+    rep = (P.POD_A_IP, P.POD_B_IP, 44000, BPORT, 6, abi.TUPLE_F_IN)
+    assert ct(maps, "cilium_ct4_global", *rep) is not None
+    direct = Ether(bytes(Ether(src=P.POD_A_MAC, dst=P.LXC_A_MAC)
+                         / IP(src=P.POD_A_IP, dst=P.POD_B_IP) / TCP(sport=44000, dport=BPORT,
+                                                                    flags="S")))
+    run(from_container, direct)
+    assert ct(maps, "cilium_ct4_global", *rep) is None
+    sender(maps, P.POD_B_IP)
+    reply = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                        / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64)
+                        / TCP(sport=BPORT, dport=44000, flags="SA")))
+    assert Ether(run(from_container, reply).data)[IP].src == P.POD_B_IP    # not the VIP

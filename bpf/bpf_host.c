@@ -51,6 +51,9 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 		ret = nodeport_lb4(skb, cfg);
 		if (ret != 0)
 			return ret;
+		ret = nodeport_icmp_error_ingress(skb);
+		if (ret != 0)
+			return ret;
 		ret = snat_v4_ingress(skb, cfg);
 		if (ret < 0)
 			return ret;

@@ -12,6 +12,10 @@
  * API:
  *   nodeport_lb4(skb, cfg)         returns 0 (no service frontend: go on), CTX_ACT_REDIRECT /
  *                                  CTX_ACT_OK (sent on) or a negative DROP_*
+ *   nodeport_icmp_error_ingress(skb)
+ *                                  an ICMP error from outside about a local backend's reply:
+ *                                  to the backend's pod; returns 0 (not such an error),
+ *                                  CTX_ACT_REDIRECT or a negative DROP_*
  *   nodeport_rev_nat_ingress(skb)  a remote backend's reply, already reverse-SNATed: the
  *                                  frontend back, then to the client; returns 0 (not such a
  *                                  reply), CTX_ACT_REDIRECT / CTX_ACT_OK or a negative DROP_*
@@ -55,6 +59,62 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 	/* not a pod (a node, or an address outside the cluster): route it here, since the stack
 	 * would take the node's own source address on a received packet for a martian */
 	return fib_redirect_v4(skb);
+}
+
+/* An ICMP error from outside about what a local backend sent to a client through a frontend
+ * (a router's "fragmentation needed" or "port unreachable" quoting frontend -> client): the
+ * quoted source and the outer destination become the backend, so the error reaches the pod's
+ * socket. Returns 0 (not such an error), CTX_ACT_REDIRECT or a negative DROP_*. */
+static __always_inline int nodeport_icmp_error_ingress(struct __sk_buff *skb)
+{
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
+	struct ipv4_ct_tuple tuple = {};
+	struct lb4_backend *backend;
+	struct endpoint_info *ep;
+	struct icmp_err err = {};
+	struct ct_entry *ct;
+	__be32 frontend;
+	int ret;
+
+	if ((void *)(ip + 1) > ctx_data_end(skb))
+		return -DROP_INVALID;
+	if (ip->protocol != IPPROTO_ICMP)
+		return 0;
+	ret = icmp_err_parse(skb, &err);
+	if (ret <= 0)
+		return ret;
+	/* the flow's service entry, in the client's orientation: client -> frontend */
+	tuple.saddr = err.inner.daddr;
+	tuple.daddr = err.inner.saddr;
+	tuple.sport = err.dport;
+	tuple.dport = err.sport;
+	tuple.nexthdr = err.inner.protocol;
+	tuple.flags = TUPLE_F_SERVICE;
+	ct = ct_lookup(&tuple);
+	if (!ct)
+		return 0;
+	backend = lb4_backend(ct->backend_id);
+	if (!backend)
+		return 0;
+	ep = lookup_ip4_endpoint(backend->address);
+	if (!ep || (ep->flags & ENDPOINT_F_HOST))
+		return 0;               /* only local backends: a remote one's flow left SNATed */
+	frontend = err.inner.saddr;
+	ret = icmp_err_rewrite_inner(skb, &err, offsetof(struct iphdr, saddr), frontend,
+				     backend->address, offsetof(struct tcphdr, source), err.sport,
+				     backend->port);
+	if (ret < 0)
+		return ret;
+	ip = ctx_data(skb) + ETH_HLEN;
+	if ((void *)(ip + 1) > ctx_data_end(skb))
+		return -DROP_INVALID;
+	if (ip->daddr == frontend) {
+		ret = icmp_err_rewrite_outer(skb, offsetof(struct iphdr, daddr), frontend,
+					     backend->address);
+		if (ret < 0)
+			return ret;
+	}
+	return ipv4_local_delivery(skb, ep);
 }
 
 static __always_inline int nodeport_rev_nat_ingress(struct __sk_buff *skb)

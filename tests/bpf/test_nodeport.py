@@ -307,3 +307,28 @@ def test_local_backends_icmp_error_leaves_with_the_frontend(host, from_netdev, t
             / IP(src=NODE_IP, dst=EXT, ttl=err[IP].ttl, id=err[IP].id)
             / ICMP(type=3, code=3) / IPerror(bytes(quoted)))
     testrun.assert_packet(Ether(bytes(want)), res.data)
+
+
+def test_icmp_error_from_outside_about_a_local_backends_reply_reaches_the_pod(host,
+                                                                             from_netdev):
+    """A router between the node and the client says "fragmentation needed" about the reply
+    (node:nodePort -> client): the pod that sent it gets the error, quoting itself."""
+    from scapy.layers.inet import ICMP, IPerror, TCPerror
+    m = setup(host, masquerade=False)
+    frontend(m, [(1, P.POD_B_IP, BPORT)])
+    run(from_netdev, to_nodeport(sport=51040))
+    sent = IP(src=NODE_IP, dst=EXT, ttl=63, id=77) / TCP(sport=NODE_PORT, dport=51040,
+                                                         flags="PA") / (b"x" * 20)
+    sent = IP(bytes(sent))
+    err = in_pkt("198.51.100.1", NODE_IP, ICMP(type=3, code=4, nexthopmtu=1400) / bytes(sent))
+    res = run(from_netdev, err)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    quoted = IPerror(bytes(sent))
+    quoted.src = P.POD_B_IP
+    quoted[TCPerror].sport = BPORT
+    del quoted.chksum
+    del quoted[TCPerror].chksum
+    want = (Ether(src=P.LXC_B_MAC, dst=P.POD_B_MAC)
+            / IP(src="198.51.100.1", dst=P.POD_B_IP, ttl=62, id=31)
+            / ICMP(type=3, code=4, nexthopmtu=1400) / IPerror(bytes(quoted)))
+    testrun.assert_packet(Ether(bytes(want)), res.data)

@@ -248,6 +248,7 @@ class Lab:
             "routingMode": topo.routingMode, "tunnelProtocol": "vxlan",
             "ipv4NativeRoutingCIDR": "172.20.0.0/16",
             "autoDirectNodeRoutes": True,
+            "kubeProxyReplacement": True,
             "bpf": {"root": str(self.bpffs), "masquerade": True},
             "prometheus": {"port": 9962},
             "conntrackGCInterval": 10,

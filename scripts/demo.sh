@@ -17,6 +17,13 @@ echo
 echo "\$ datapath lab exec curl-pod -- curl -s http://$web2/   (k8s-ctr -> k8s-w1, native routing)"
 $D lab exec curl-pod -- curl -s -m 5 "http://$web2/"
 echo
+echo "\$ datapath service list"
+$D lab exec k8s-ctr -- datapath service list
+vip=$($D lab exec k8s-ctr -- datapath service list -o json | .venv/bin/python -c 'import json,sys; print([s["frontend"].split(":")[0] for s in json.load(sys.stdin) if s["service"]=="default/webpod"][0])')
+echo
+echo "\$ datapath lab exec curl-pod -- curl -s http://$vip/api   (ClusterIP, x6: backends on all nodes)"
+for _ in 1 2 3 4 5 6; do $D lab exec curl-pod -- curl -s -m 5 "http://$vip/api"; done
+echo
 echo "\$ datapath status"
 $D lab exec k8s-ctr -- datapath status
 echo

@@ -4,8 +4,8 @@
  * here; IPv4 must carry the endpoint's own source address; a service frontend is translated to
  * one of its backends (lib/lb.h); then a destination that is a local endpoint
  * is delivered straight into that pod's netns; a pod on another node is sent there (VXLAN in
- * tunnel mode, FIB redirect in native mode), a NodePort backend's reply first getting its
- * frontend back; anything else continues to the node's stack.
+ * tunnel mode, FIB redirect in native mode), in tunnel mode a NodePort backend's reply first
+ * getting its frontend back; anything else continues to the node's stack.
  * One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS (leaving the pod).
  */
 #include "lib/common.h"
@@ -21,7 +21,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 {
 	struct remote_endpoint_info *info;
 	struct endpoint_info *dst;
+	struct node_config *cfg;
 	struct iphdr *ip;
+	__be32 daddr;
 	int ret = parse_ipv4(skb, &ip);
 
 	if (ret < 0)
@@ -45,18 +47,20 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 	dst = lookup_ip4_endpoint(ip->daddr);
 	if (dst && !(dst->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, dst);
-	info = ipcache_lookup4(ip->daddr);
-	if (info && info->tunnel_endpoint) {
+	daddr = ip->daddr;
+	cfg = node_config();
+	if (cfg && (cfg->flags & NODE_CFG_F_TUNNEL)) {
 		/* a NodePort backend answering a pod on another node: the frontend back now, since
-		 * a tunnel would carry the reply past the native device's egress */
-		ret = lb4_rev_nat(skb, 1);
-		if (ret < 0)
-			return ret;
-		ret = parse_ipv4(skb, &ip);
-		if (ret < 0)
-			return ret;
+		 * the tunnel carries the reply past the native device's egress, where native
+		 * routing gets it (rev-NAT changes the source only: daddr stays) */
+		info = ipcache_lookup4(daddr);
+		if (info && info->tunnel_endpoint) {
+			ret = lb4_rev_nat(skb, 1);
+			if (ret < 0)
+				return ret;
+		}
 	}
-	return ipv4_forward_remote(skb, ip->daddr, self->sec_id);
+	return ipv4_forward_remote(skb, daddr, self->sec_id);
 }
 
 static __always_inline int handle_from_container(struct __sk_buff *skb)

@@ -84,12 +84,7 @@ static __always_inline int nodeport_icmp_error_ingress(struct __sk_buff *skb)
 	if (ret <= 0)
 		return ret;
 	/* the flow's service entry, in the client's orientation: client -> frontend */
-	tuple.saddr = err.inner.daddr;
-	tuple.daddr = err.inner.saddr;
-	tuple.sport = err.dport;
-	tuple.dport = err.sport;
-	tuple.nexthdr = err.inner.protocol;
-	tuple.flags = TUPLE_F_SERVICE;
+	icmp_err_reply_tuple(&tuple, &err, TUPLE_F_SERVICE);
 	ct = ct_lookup(&tuple);
 	if (!ct)
 		return 0;

@@ -20,3 +20,6 @@ def test_wheel_ships_bpf_sources(tmp_path):
     entry = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(whl).read(entry[0]).decode()
     assert "datapath = agent.cli:main" in text and "datapath-cni = agent.cni:main" in text
+    py_files = {str(f.relative_to(ROOT)) for d in ("agent", "datapath")
+                for f in (ROOT / d).rglob("*.py")}
+    assert py_files <= names, f"left out of the wheel: {sorted(py_files - names)}"

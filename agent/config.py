@@ -38,6 +38,7 @@ _FIELDS: dict[str, str] = {
     "loadBalancer.algorithm": "lbAlgorithm",
     "loadBalancer.acceleration": "lbAcceleration",
     "policyEnforcementMode": "policyEnforcementMode",
+    "allowLocalhost": "allowLocalhost",
     "prometheus.enabled": "prometheusEnabled",
     "prometheus.port": "prometheusPort",
     "apiSocket": "apiSocket",
@@ -137,6 +138,7 @@ class Config:
     l2LeaseDuration: int = 15                   # seconds a leader's lease lives unrenewed
     l2LeaseRenewDeadline: int = 5               # a leader unable to renew this long steps down
     l2LeaseRetryPeriod: int = 2                 # seconds between renewals and follower tries
+    allowLocalhost: str = "always"              # the local host reaches local pods: always|policy
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -402,6 +404,13 @@ def _kvstore(r: _Reader, path: str) -> tuple[str | None, tuple[str, ...]]:
     return kind, tuple(endpoints)
 
 
+def _allow_localhost(r: _Reader) -> str:
+    """Cilium's --allow-localhost: auto (always, as Cilium decides in Kubernetes, so kubelet
+    probes reach pods), always, or policy (the host is a peer like any other)."""
+    v = r.enum("allowLocalhost", ("auto", "always", "policy"), "auto")
+    return "always" if v == "auto" else v
+
+
 def parse_config(data: object, path: str) -> Config:
     """Validate an already-parsed YAML object; `path` is the file it came from."""
     path = os.path.abspath(path)
@@ -486,6 +495,7 @@ def parse_config(data: object, path: str) -> Config:
         l2LeaseDuration=l2_lease,
         l2LeaseRenewDeadline=l2_renew,
         l2LeaseRetryPeriod=l2_retry,
+        allowLocalhost=_allow_localhost(r),
         raw=copy.deepcopy(data),
     )
 

@@ -5,7 +5,10 @@ directory (sorted by name; multi-document; `kind: List` expanded), validates Pod
 Services, EndpointSlices, CiliumLoadBalancerIPPools and CiliumL2AnnouncementPolicies the way
 the Kubernetes API server (or Cilium) would for the fields we use, and returns an immutable view
 of them in a `ManifestSet`. Other kinds are listed in `ignored`, not rejected.
-Every problem raises `ManifestError(file, obj, field, reason)`.
+Every problem raises `ManifestError(file, obj, field, reason)`, except in policy objects
+(NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy): those are kept raw in
+`policies` for agent/policy to parse, and a policy whose metadata is bad is left out with its
+error in `policy_errors`, so one bad policy never holds back the rest of the directory.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ __all__ = ["ContainerPort", "Container", "Pod", "Namespace", "ServicePort", "Ser
 _SUFFIXES = (".yaml", ".yml", ".json")
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 _CILIUM = "cilium.io/v2alpha1"
+_NS_NAME_LABEL = "kubernetes.io/metadata.name"   # the API server sets it on every Namespace
 # kind -> (apiVersion, namespaced, how metadata.name is validated)
 _KINDS: dict[str, tuple[str, bool, str]] = {
     "Pod": ("v1", True, "subdomain"),
@@ -37,7 +41,11 @@ _KINDS: dict[str, tuple[str, bool, str]] = {
     "EndpointSlice": ("discovery.k8s.io/v1", True, "subdomain"),
     "CiliumLoadBalancerIPPool": (_CILIUM, False, "subdomain"),
     "CiliumL2AnnouncementPolicy": (_CILIUM, False, "subdomain"),
+    "NetworkPolicy": ("networking.k8s.io/v1", True, "subdomain"),
+    "CiliumNetworkPolicy": ("cilium.io/v2", True, "subdomain"),
+    "CiliumClusterwideNetworkPolicy": ("cilium.io/v2", False, "subdomain"),
 }
+POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 _HANDLED = tuple(_KINDS)
 _SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 _SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -52,6 +60,11 @@ _SPECIAL_NETS = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/32", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/24"))
 
 Labels = tuple[tuple[str, str], ...]
+# libyaml's parser when PyYAML has it (several times faster on a large directory)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# path -> (text, documents): a re-read directory parses only the files whose text changed (the
+# documents are only read, never changed, by everything downstream)
+_PARSED: dict[str, tuple[str, list]] = {}
 
 
 @dataclass(frozen=True)
@@ -231,13 +244,18 @@ class ManifestSet:
     endpointslices: dict[str, EndpointSlice] = field(default_factory=dict)  # key "ns/name"
     ippools: dict[str, LBIPPool] = field(default_factory=dict)              # key name
     l2policies: dict[str, L2Policy] = field(default_factory=dict)           # key name
+    # policy objects, raw: (kind, namespace, name) -> (file, document); parsed by agent/policy
+    policies: dict[tuple[str, str, str], tuple[str, dict]] = field(default_factory=dict)
+    policy_errors: list[str] = field(default_factory=list)  # policies left out, and why
 
     def pods_on(self, node: str) -> list[Pod]:
         return sorted((p for p in self.pods.values() if p.nodeName == node), key=lambda p: p.key)
 
     def namespace_labels(self, ns: str) -> dict[str, str]:
+        """A namespace's labels; one without a manifest still has the name label, as every
+        namespace in Kubernetes does."""
         n = self.namespaces.get(ns)
-        return n.label_dict if n else {}
+        return n.label_dict if n else {_NS_NAME_LABEL: ns}
 
     def services_selecting(self, pod: Pod) -> list[Service]:
         """Services in the pod's namespace whose (non-empty) selector matches its labels."""
@@ -714,6 +732,17 @@ class _Loader:
                 f"{file}: {kind} {m.get('namespace') or 'default'}/{m.get('name', '?')}")
             return
 
+        if kind in POLICY_KINDS:
+            try:
+                self._object(doc, kind, file, where)
+            except ManifestError as e:
+                self.out.policy_errors.append(str(e))
+            return
+        self._object(doc, kind, file, where)
+
+    def _object(self, doc: dict, kind: str, file: str, where: str) -> None:
+        o = _Obj(file, f"<{where}>")
+        meta = doc.get("metadata")
         api_version, namespaced, name_rule = _KINDS[kind]
         o.name = f"{kind} ({where})"
         meta = o.mapping(meta, "metadata", required=True)
@@ -744,8 +773,12 @@ class _Loader:
         if kind == "Pod":
             self.out.pods[key] = _pod(o, doc, ns, name, file)
         elif kind == "Namespace":
+            labels = dict(_labels(o, meta.get("labels")))
+            labels[_NS_NAME_LABEL] = name
             self.out.namespaces[name] = Namespace(
-                name=name, labels=_labels(o, meta.get("labels")), source=file)
+                name=name, labels=tuple(sorted(labels.items())), source=file)
+        elif kind in POLICY_KINDS:
+            self.out.policies[(kind, ns, name)] = (file, doc)
         elif kind == "Service":
             self.out.services[key] = _service(o, doc, ns, name, file)
         elif kind == "EndpointSlice":
@@ -764,17 +797,26 @@ class _Loader:
         except OSError as e:
             raise ManifestError(path, "<file>", "<file>",
                                 (e.strerror or str(e)).lower()) from None
+        cached = _PARSED.get(path)
+        if cached is not None and cached[0] == text:
+            docs = cached[1]
+        else:
+            docs = self._parse(path, text)
+            _PARSED[path] = (text, docs)
+        for i, doc in enumerate(docs):
+            if doc is not None:  # empty documents ("---\n---") are skipped
+                self.document(doc, path, f"document {i + 1}")
+
+    @staticmethod
+    def _parse(path: str, text: str) -> list:
         try:
-            docs = list(yaml.safe_load_all(text))
+            return list(yaml.load_all(text, Loader=_YAML_LOADER))
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<document>"
             raise ManifestError(path, "<yaml>", where, str(e.problem or e.context)) from None
         except yaml.YAMLError as e:
             raise ManifestError(path, "<yaml>", "<document>", str(e)) from None
-        for i, doc in enumerate(docs):
-            if doc is not None:  # empty documents ("---\n---") are skipped
-                self.document(doc, path, f"document {i + 1}")
 
 
 def load_manifests(directory: str) -> ManifestSet:
@@ -784,8 +826,13 @@ def load_manifests(directory: str) -> ManifestSet:
     if not os.path.isdir(directory):
         raise ManifestError(directory, "<directory>", "<path>", "not a directory")
     loader = _Loader()
+    seen = set()
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if name.endswith(_SUFFIXES) and os.path.isfile(path):
+            seen.add(path)
             loader.file(path)
+    prefix = os.path.join(directory, "")
+    for path in [p for p in _PARSED if p.startswith(prefix) and p not in seen]:
+        del _PARSED[path]
     return loader.out

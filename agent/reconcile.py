@@ -12,7 +12,10 @@ plan() emits only differences, in an order that never shows a program a half-bui
 detach first, then map writes, then attaches, then routes, then map deletes. Applying the same
 desired state twice yields no operations the second time. In a map named in `counters` the
 values belong to the datapath (it counts in them): a missing key is created with the desired
-value, an unwanted one deleted, and a present one left alone.
+value, an unwanted one deleted, and a present one left alone. In a map named in `owned_prefix`
+only the value's first N bytes are the agent's (the policy map's verdict; its packet and byte
+counters follow): a value is rewritten only when those bytes differ. Maps are written in name
+order, except that policy entries go first: an endpoint is never reachable before its policy.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ class DatapathState:
     # keys written after every other update of their map (a service frontend after its slots,
     # so no packet sees a count that points past the slots written so far)
     late: set[tuple[str, bytes]] = field(default_factory=set)
+    # map -> how many leading value bytes the agent owns (the rest are datapath counters)
+    owned_prefix: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,23 @@ class Op:
 _ORDER = {"tc_detach": 0, "xdp_detach": 0, "map_update": 1, "tc_attach": 2, "xdp_attach": 2,
           "route_replace": 3, "route_del": 4, "map_delete": 5}
 XDP_MODE = "native"
+_MAPS_FIRST = ("cilium_policy_v2",)
+
+
+def _map_order(name: str) -> tuple[int, str]:
+    return (0 if name in _MAPS_FIRST else 1, name)
 
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
     ops: list[Op] = []
-    for name in sorted(set(desired.maps) | set(actual.maps)):
+    for name in sorted(set(desired.maps) | set(actual.maps), key=_map_order):
         want, have = desired.maps.get(name, {}), actual.maps.get(name, {})
+        n = desired.owned_prefix.get(name)
         for k in sorted(want, key=lambda k: ((name, k) in desired.late, k)):
-            if have.get(k) != want[k] and not (name in desired.counters and k in have):
+            if name in desired.counters and k in have:
+                continue
+            got = have.get(k)
+            if got is None or (got[:n] != want[k][:n] if n else got != want[k]):
                 ops.append(Op("map_update", name, k, want[k]))
         for k in sorted(set(have) - set(want)):
             ops.append(Op("map_delete", name, k))

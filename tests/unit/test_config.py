@@ -56,6 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.lbAlgorithm == "random"
     assert c.lbAcceleration == "disabled"
     assert c.policyEnforcementMode == "default"
+    assert c.allowLocalhost == "always"          # Cilium's auto, in Kubernetes
     assert c.prometheusEnabled is True
     assert c.prometheusPort == 9962
     assert c.apiSocket == "/var/run/datapath/datapath.sock"
@@ -79,6 +80,7 @@ kubeProxyReplacement: true
 bpf: {masquerade: true, root: /mnt/bpf/}
 loadBalancer: {algorithm: maglev, acceleration: best-effort}
 policyEnforcementMode: always
+allowLocalhost: policy
 prometheus: {enabled: false, port: 9000}
 apiSocket: /run/dp.sock
 stateDir: /var/lib/dp
@@ -96,6 +98,7 @@ debug: {enabled: true}
     assert c.bpfMasquerade is True and c.bpfRoot == "/mnt/bpf"  # normalised
     assert (c.lbAlgorithm, c.lbAcceleration) == ("maglev", "best-effort")
     assert c.policyEnforcementMode == "always"
+    assert c.allowLocalhost == "policy"
     assert (c.prometheusEnabled, c.prometheusPort) == (False, 9000)
     assert (c.apiSocket, c.stateDir) == ("/run/dp.sock", "/var/lib/dp")
     assert c.manifests == "/etc/dp/manifests"
@@ -319,6 +322,8 @@ def test_section_must_be_mapping(tmp_path: Path, section: str) -> None:
      "expected one of 'disabled', 'native', 'best-effort', got 'yes'"),
     ({"policyEnforcementMode": "Always"}, "policyEnforcementMode",
      "expected one of 'default', 'always', 'never', got 'Always'"),
+    ({"allowLocalhost": "never"}, "allowLocalhost",
+     "expected one of 'auto', 'always', 'policy', got 'never'"),
     # native routing CIDR
     ({"ipv4NativeRoutingCIDR": "10.0.0.0"}, "ipv4NativeRoutingCIDR",
      "expected an IPv4 CIDR like 10.0.0.0/24, got '10.0.0.0'"),

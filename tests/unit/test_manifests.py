@@ -139,11 +139,13 @@ def test_namespace_labels(tmp_path: Path) -> None:
     path = write(tmp_path, "ns.yaml", namespace("prod", {"env": "prod", "team": "a"}),
                  namespace("empty"))
     ms = load_manifests(str(tmp_path))
-    assert ms.namespace_labels("prod") == {"env": "prod", "team": "a"}
-    assert ms.namespace_labels("empty") == {}
-    assert ms.namespace_labels("undeclared") == {}
-    assert ms.namespaces["prod"] == Namespace("prod", (("env", "prod"), ("team", "a")), path)
-    assert ms.namespaces["prod"].label_dict == {"env": "prod", "team": "a"}
+    # every namespace carries kubernetes.io/metadata.name, as the API server sets it
+    name = "kubernetes.io/metadata.name"
+    assert ms.namespace_labels("prod") == {"env": "prod", "team": "a", name: "prod"}
+    assert ms.namespace_labels("empty") == {name: "empty"}
+    assert ms.namespace_labels("undeclared") == {name: "undeclared"}
+    assert ms.namespaces["prod"] == Namespace(
+        "prod", (("env", "prod"), (name, "prod"), ("team", "a")), path)
 
 
 def test_ignored_kinds(tmp_path: Path) -> None:
@@ -448,3 +450,27 @@ def test_validation_is_all_or_nothing(tmp_path: Path) -> None:
     bad["spec"]["containers"] = []
     e, path = failure(tmp_path, bad, name="b.yaml")
     assert e.file == path and e.obj == "Pod default/bad"
+
+
+def test_policy_objects_are_kept_raw_and_a_bad_one_holds_back_nothing_else(tmp_path: Path) -> None:
+    np = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+          "metadata": {"name": "deny-all", "namespace": "x"}, "spec": {"podSelector": {}}}
+    cnp = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+           "metadata": {"name": "web"}, "spec": {"endpointSelector": {}}}
+    ccnp = {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+            "metadata": {"name": "all", "namespace": "ignored"}, "spec": {}}
+    bad_version = {**np, "apiVersion": "networking.k8s.io/v1beta1",
+                   "metadata": {"name": "old", "namespace": "x"}}
+    bad_name = {**cnp, "metadata": {"name": "Not_A_Name"}}
+    p = write(tmp_path, "pol.yaml", np, cnp, ccnp, bad_version, bad_name, pod("a"))
+    ms = load_manifests(str(tmp_path))
+    assert sorted(ms.policies) == [("CiliumClusterwideNetworkPolicy", "", "all"),
+                                   ("CiliumNetworkPolicy", "default", "web"),
+                                   ("NetworkPolicy", "x", "deny-all")]
+    assert ms.policies[("NetworkPolicy", "x", "deny-all")] == (p, np)
+    assert "default/a" in ms.pods                  # the rest of the directory still loads
+    assert len(ms.policy_errors) == 2
+    assert f"{p}: NetworkPolicy x/old: apiVersion: expected 'networking.k8s.io/v1'" \
+        in ms.policy_errors[0]
+    assert ms.policy_errors[1].startswith(f"{p}: CiliumNetworkPolicy default/Not_A_Name: "
+                                          "metadata.name:")

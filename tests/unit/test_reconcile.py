@@ -104,3 +104,22 @@ def test_xdp_programs_are_diffed_like_tc_ones():
                                 Op("xdp_attach", "eth2", "native", "xdp"),
                                 Op("map_delete", "m", b"k")]
     assert plan(want, DatapathState(xdp=dict(want.xdp))) == []
+
+
+def test_policy_entries_are_written_before_the_endpoint_they_guard():
+    want = DatapathState(maps={"cilium_lxc": {b"ep": b"1"}, "cilium_policy_v2": {b"k": b"v"},
+                               "cilium_ipcache": {b"ip": b"1"}})
+    ops = plan(want, DatapathState(maps={}))
+    assert [o.target for o in ops] == ["cilium_policy_v2", "cilium_ipcache", "cilium_lxc"]
+
+
+def test_owned_prefix_leaves_datapath_counters_alone_but_rewrites_the_verdict():
+    verdict_allow, verdict_deny = b"\x00\x00\x00\x00", b"\x00\x00\x01\x00"
+    zero = b"\x00" * 4
+    want = DatapathState(maps={"cilium_policy_v2": {b"a": verdict_allow + zero,
+                                                     b"b": verdict_deny + zero}},
+                         owned_prefix={"cilium_policy_v2": 4})
+    have = DatapathState(maps={"cilium_policy_v2": {b"a": verdict_allow + b"\x09" * 4,
+                                                     b"b": verdict_allow + b"\x07" * 4}})
+    # a's counters moved (left alone); b's verdict changed (rewritten)
+    assert plan(want, have) == [Op("map_update", "cilium_policy_v2", b"b", verdict_deny + zero)]

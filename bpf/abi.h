@@ -64,6 +64,12 @@
 #ifndef CT_MAP_SIZE_ANY
 #define CT_MAP_SIZE_ANY 262144
 #endif
+#ifndef POLICY_MAP_SIZE
+#define POLICY_MAP_SIZE 65536            /* all endpoints' entries together (-D to change) */
+#endif
+#ifndef IPV4_FRAG_DATAGRAMS_MAP_SIZE
+#define IPV4_FRAG_DATAGRAMS_MAP_SIZE 8192
+#endif
 
 /* ---- conntrack lifetimes in seconds (Cilium's current defaults; -D to change) ---- */
 #ifndef CT_SYN_TIMEOUT
@@ -119,6 +125,8 @@
 #define DROP_INVALID_IDENTITY   171
 #define DROP_UNKNOWN_SENDER     172
 #define DROP_IS_CLUSTER_IP      174
+#define DROP_FRAG_NOT_FOUND     175
+#define DROP_POLICY_DENY        181
 #define DROP_TTL_EXCEEDED       196
 #define DROP_NO_TUNNEL_KEY      147
 
@@ -131,6 +139,7 @@
 #define IDENTITY_REMOTE_NODE    6
 #define IDENTITY_KUBE_APISERVER 7
 #define IDENTITY_INGRESS        8
+#define IDENTITY_SCOPE_LOCAL    (1 << 24)   /* CIDR identities: 16777216 and up (world-like) */
 
 /* ---- node_config.flags ---- */
 #define NODE_CFG_F_TUNNEL       1   /* routingMode tunnel: remote pods through the VXLAN device */
@@ -152,6 +161,9 @@
 #define TUPLE_F_IN              1
 #define TUPLE_F_RELATED         2
 #define TUPLE_F_SERVICE         4
+/* ours: a policy-tracked flow of a local endpoint, with TUPLE_F_OUT (the endpoint opened it) or
+ * TUPLE_F_IN (a peer opened it) */
+#define TUPLE_F_POLICY          8
 #define CT_F_RX_CLOSING         1
 #define CT_F_TX_CLOSING         2
 #define CT_F_SEEN_NON_SYN       4
@@ -187,6 +199,12 @@
 #define BE_STATE_TERMINATING    1
 #define BE_STATE_QUARANTINED    2
 #define BE_STATE_MAINTENANCE    3
+
+/* ---- identity policy (cilium_policy_v2): directions and LPM prefix lengths ---- */
+#define POLICY_INGRESS          0
+#define POLICY_EGRESS           1
+#define POLICY_PREFIX_BASE      56  /* bits of sec_label + endpoint_id + egress: always matched */
+#define POLICY_FULL_PREFIX      80  /* + protocol (8) + dport (16) */
 
 /* ---- endpoint key families (Cilium's ENDPOINT_KEY_*) ---- */
 #define ENDPOINT_KEY_IPV4 1
@@ -389,6 +407,42 @@ struct netdev_info {
 struct agent_liveness {
 	__u64 last_seen;        /* ns of the monotonic clock (bpf_ktime_get_ns) */
 	__u64 max_age;          /* ns; 0: never answer */
+};
+
+/* cilium_policy_v2 key (LPM trie, one map for every endpoint) */
+struct policy_key {
+	__u32  lpm_key_prefixlen;   /* POLICY_PREFIX_BASE, + 8 with a protocol, + port bits */
+	__u32  sec_label;           /* the peer's security identity; 0 = any peer */
+	__u16  endpoint_id;         /* the local endpoint (endpoint_info.lxc_id) */
+	__u8   egress;              /* POLICY_INGRESS or POLICY_EGRESS */
+	__u8   protocol;            /* IPPROTO_*, matched only when the prefix covers it */
+	__be16 dport;               /* destination port, matched on the prefix's port bits */
+	__u16  pad;
+};
+
+/* cilium_policy_v2 value */
+struct policy_entry {
+	__be16 proxy_port;          /* L7 proxy redirection (Cilium's); always 0 here */
+	__u8   deny;                /* 1: deny */
+	__u8   pad0;
+	__u32  pad1;
+	__u64  packets;             /* forward packets this entry decided */
+	__u64  bytes;
+};
+
+/* cilium_ipv4_frag_datagrams key: one fragmented datagram */
+struct ipv4_frag_id {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 id;
+	__u8   proto;
+	__u8   pad;
+};
+
+/* cilium_ipv4_frag_datagrams value: the ports its first fragment carried */
+struct ipv4_frag_l4ports {
+	__be16 sport;
+	__be16 dport;
 };
 
 #endif /* DP_ABI_H */

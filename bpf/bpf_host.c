@@ -4,8 +4,9 @@
  * externalIP is load-balanced (lib/nodeport.h); a reply to a masqueraded or NodePort-SNATed
  * flow gets its pod or client back (reverse SNAT, then reverse DNAT); a packet for a pod on
  * this node is delivered straight into the pod's netns (no forwarding by the node's stack);
- * everything else, including VXLAN to this node, continues to the stack. Every verdict is
- * counted in cilium_metrics under METRIC_INGRESS.
+ * everything else, including VXLAN to this node, continues to the stack. A pod's ingress policy
+ * sees the source address's identity in the ipcache (pods, remote-node, host, world or a CIDR
+ * identity). Every verdict is counted in cilium_metrics under METRIC_INGRESS.
  *
  * cil_to_netdev (tc egress): a local backend's reply to a NodePort client gets the frontend
  * back; then, with bpf.masquerade, a pod's packet leaving the cluster gets the node's address
@@ -61,7 +62,7 @@ static __always_inline int handle_from_netdev(struct __sk_buff *skb)
 		if (ret != 0)
 			return ret;
 	}
-	return ipv4_deliver_if_local(skb);
+	return ipv4_deliver_if_local(skb, 0);  /* the source's identity from the ipcache */
 }
 
 static __always_inline int handle_to_netdev(struct __sk_buff *skb, int masquerade)

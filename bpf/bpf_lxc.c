@@ -2,11 +2,18 @@
  *
  * cil_from_container (tc ingress): everything the pod sends. ARP for its gateway is answered
  * here; IPv4 must carry the endpoint's own source address; a service frontend is translated to
- * one of its backends (lib/lb.h); then a destination that is a local endpoint
- * is delivered straight into that pod's netns; a pod on another node is sent there (VXLAN in
- * tunnel mode, FIB redirect in native mode), in tunnel mode a NodePort backend's reply first
- * getting its frontend back; anything else continues to the node's stack.
- * One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS (leaving the pod).
+ * one of its backends (lib/lb.h); the pod's egress policy is checked on the destination's
+ * identity and port (lib/policy.h: the local endpoint's, else the ipcache's, world without one;
+ * not for a hairpin, the pod reaching itself through a service); then a destination that is a
+ * local endpoint is delivered straight into that pod's netns, through its ingress policy; a pod
+ * on another node is sent there (VXLAN in tunnel mode, FIB redirect in native mode), in tunnel
+ * mode a NodePort backend's reply first getting its frontend back; anything else continues to
+ * the node's stack. One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS
+ * (leaving the pod).
+ *
+ * cil_to_container (tc egress): what the node's stack routes into the pod (the host's own
+ * processes, say): the pod's ingress policy on the source address's identity in the ipcache.
+ * ARP, IPv6 and the rest pass. One exit: every verdict counted under METRIC_INGRESS.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -14,16 +21,20 @@
 #include "lib/eth.h"
 #include "lib/arp.h"
 #include "lib/lb.h"
+#include "lib/ipcache.h"
+#include "lib/policy.h"
 #include "lib/local_delivery.h"
 #include "lib/routing.h"
 
-static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const struct endpoint_info *self)
+static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb,
+						const struct endpoint_info *self)
 {
 	struct remote_endpoint_info *info;
 	struct endpoint_info *dst;
 	struct node_config *cfg;
 	struct iphdr *ip;
 	__be32 daddr;
+	int hairpin, local;
 	int ret = parse_ipv4(skb, &ip);
 
 	if (ret < 0)
@@ -36,7 +47,9 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 	ret = parse_ipv4(skb, &ip);     /* the header may have been rewritten: look again */
 	if (ret < 0)
 		return ret;
+	hairpin = lb4_is_loopback(ip->saddr);       /* a hairpin request, SNATed by lb4_xlate */
 	if (lb4_is_loopback(ip->daddr)) {   /* a hairpin reply: frontend -> the pod again */
+		hairpin = 1;
 		ret = lb4_rev_nat(skb, 0);
 		if (ret < 0)
 			return ret;
@@ -44,10 +57,16 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb, const str
 		if (ret < 0)
 			return ret;
 	}
-	dst = lookup_ip4_endpoint(ip->daddr);
-	if (dst && !(dst->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(skb, dst);
 	daddr = ip->daddr;
+	dst = lookup_ip4_endpoint(daddr);
+	local = dst && !(dst->flags & ENDPOINT_F_HOST);
+	if (hairpin && local)
+		return ipv4_deliver_to_ep(skb, dst);        /* no policy, as Cilium skips it */
+	ret = policy_egress4(skb, self->lxc_id, dst ? dst->sec_id : ipcache_identity4(daddr));
+	if (ret < 0)
+		return ret;
+	if (local)
+		return ipv4_local_delivery(skb, dst, self->sec_id);
 	cfg = node_config();
 	if (cfg && (cfg->flags & NODE_CFG_F_TUNNEL)) {
 		/* a NodePort backend answering a pod on another node: the frontend back now, since
@@ -81,9 +100,39 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 	return handle_ipv4_from_lxc(skb, self);
 }
 
+static __always_inline int handle_to_container(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep;
+	struct iphdr *ip;
+	__be32 saddr;
+	__u16 proto;
+	int ret = parse_eth(skb, &proto);
+
+	if (ret < 0)
+		return ret;
+	if (proto != ETH_P_IP)
+		return CTX_ACT_OK;      /* ARP, IPv6 and the rest pass */
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	saddr = ip->saddr;
+	ep = lookup_ifindex_endpoint(skb->ifindex);
+	if (!ep)
+		return -DROP_NO_CONFIG;         /* no endpoint, no policy to decide with */
+	ret = policy_ingress4(skb, ep->lxc_id, ipcache_identity4(saddr));
+	return ret < 0 ? ret : CTX_ACT_OK;
+}
+
 int cil_from_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
 	return finish(len, handle_from_container(skb), METRIC_EGRESS);
+}
+
+int cil_to_container(struct __sk_buff *skb)
+{
+	__u32 len = skb->len;
+
+	return finish(len, handle_to_container(skb), METRIC_INGRESS);
 }

@@ -1,8 +1,9 @@
 /* bpf_overlay.c - programs on the collect-metadata VXLAN device (cilium_vxlan).
  *
  * cil_from_overlay (tc ingress): a decapsulated packet. The VNI is the sender's security
- * identity; a packet for a local pod is delivered straight into its netns; the rest continues
- * to the stack. One exit: every verdict counted under METRIC_INGRESS.
+ * identity (HOST, another node's own traffic, becomes REMOTE_NODE); a packet for a local pod is
+ * delivered straight into its netns through the pod's ingress policy on that identity; the
+ * rest continues to the stack. One exit: every verdict counted under METRIC_INGRESS.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -26,8 +27,10 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 		return ret;
 	if (src_identity == 0)
 		return -DROP_INVALID_IDENTITY;
+	if (src_identity == IDENTITY_HOST)
+		src_identity = IDENTITY_REMOTE_NODE;    /* another node's host, as Cilium's */
 	skb->cb[0] = src_identity;      /* the source identity travels with the packet (policy) */
-	return ipv4_deliver_if_local(skb);
+	return ipv4_deliver_if_local(skb, src_identity);
 }
 
 int cil_from_overlay(struct __sk_buff *skb)

@@ -27,6 +27,8 @@ L2_RESPONDER_MAP4_SIZE = 4096
 NETDEV_MAP_SIZE = 256
 CT_MAP_SIZE_TCP = 524288
 CT_MAP_SIZE_ANY = 262144
+POLICY_MAP_SIZE = 65536              # all endpoints' entries together
+IPV4_FRAG_DATAGRAMS_MAP_SIZE = 8192
 
 # ---- conntrack lifetimes (seconds) ----
 CT_SYN_TIMEOUT = 60
@@ -39,6 +41,7 @@ TUPLE_F_OUT = 0
 TUPLE_F_IN = 1
 TUPLE_F_RELATED = 2
 TUPLE_F_SERVICE = 4
+TUPLE_F_POLICY = 8                   # ours: a policy-tracked flow, with TUPLE_F_OUT or TUPLE_F_IN
 CT_F_RX_CLOSING = 1
 CT_F_TX_CLOSING = 2
 CT_F_SEEN_NON_SYN = 4
@@ -116,6 +119,8 @@ DROP_NO_FIB = 169
 DROP_INVALID_IDENTITY = 171
 DROP_UNKNOWN_SENDER = 172
 DROP_IS_CLUSTER_IP = 174
+DROP_FRAG_NOT_FOUND = 175
+DROP_POLICY_DENY = 181
 DROP_TTL_EXCEEDED = 196
 DROP_NO_TUNNEL_KEY = 147
 
@@ -128,6 +133,13 @@ IDENTITY_INIT = 5
 IDENTITY_REMOTE_NODE = 6
 IDENTITY_KUBE_APISERVER = 7
 IDENTITY_INGRESS = 8
+IDENTITY_SCOPE_LOCAL = 1 << 24       # CIDR identities: 16777216 and up (world-like)
+
+# ---- identity policy (cilium_policy_v2) ----
+POLICY_INGRESS = 0
+POLICY_EGRESS = 1
+POLICY_PREFIX_BASE = 56              # sec_label + endpoint_id + egress bits: always matched
+POLICY_FULL_PREFIX = 80              # + protocol (8) + dport (16)
 
 # ---- node_config.flags, ipcache prefix base, tunnel port ----
 NODE_CFG_F_TUNNEL = 1
@@ -406,13 +418,42 @@ class U32Key(_Struct):
     _fields_ = [("index", c_uint32)]
 
 
+class PolicyKey(_Struct):
+    """cilium_policy_v2 key (LPM trie, one map for every endpoint); build it with policy_key()."""
+    c_name = "policy_key"
+    _fields_ = [("lpm_key_prefixlen", c_uint32), ("sec_label", c_uint32),
+                ("endpoint_id", c_uint16), ("egress", c_uint8), ("protocol", c_uint8),
+                ("dport", c_uint16), ("pad", c_uint16)]
+
+
+class PolicyEntry(_Struct):
+    """cilium_policy_v2 value: allow or deny, and the forward packets/bytes it decided."""
+    c_name = "policy_entry"
+    _fields_ = [("proxy_port", c_uint16), ("deny", c_uint8), ("pad0", c_uint8),
+                ("pad1", c_uint32), ("packets", c_uint64), ("bytes", c_uint64)]
+
+
+class Ipv4FragId(_Struct):
+    """cilium_ipv4_frag_datagrams key: one fragmented datagram."""
+    c_name = "ipv4_frag_id"
+    _fields_ = [("daddr", c_uint32), ("saddr", c_uint32), ("id", c_uint16), ("proto", c_uint8),
+                ("pad", c_uint8)]
+
+
+class Ipv4FragL4Ports(_Struct):
+    """cilium_ipv4_frag_datagrams value: the ports of the datagram's first fragment."""
+    c_name = "ipv4_frag_l4ports"
+    _fields_ = [("sport", c_uint16), ("dport", c_uint16)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,
                                       Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey,
                                       Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
-                                      NetdevInfo, AgentLiveness)
+                                      NetdevInfo, AgentLiveness, PolicyKey, PolicyEntry,
+                                      Ipv4FragId, Ipv4FragL4Ports)
 
 
 # ---- codecs ----
@@ -468,3 +509,26 @@ def endpoint_info(*, ifindex: int, lxc_id: int, mac: str, node_mac: str, sec_id:
                   flags: int = 0) -> EndpointInfo:
     return EndpointInfo(ifindex=ifindex, lxc_id=lxc_id, flags=flags, mac=mac_to_bytes(mac),
                         node_mac=mac_to_bytes(node_mac), sec_id=sec_id, ip4=ip4_to_be32(ip))
+
+
+def policy_key(endpoint_id: int, identity: int, egress, proto: int = 0, port: int = 0,
+               port_prefix: int = 16) -> PolicyKey:
+    """A cilium_policy_v2 key. identity 0 = any peer; egress: POLICY_EGRESS / True or
+    POLICY_INGRESS / False. proto 0 = any protocol (prefix POLICY_PREFIX_BASE; port ignored);
+    else the prefix covers the protocol and the top port_prefix bits of port (host order; 0 =
+    every port of the protocol, 16 = exactly port; the bits below the prefix are zeroed)."""
+    if not 0 <= port_prefix <= 16:
+        raise ValueError(f"port_prefix must be 0..16, not {port_prefix}")
+    key = PolicyKey(lpm_key_prefixlen=POLICY_PREFIX_BASE, sec_label=identity,
+                    endpoint_id=endpoint_id, egress=POLICY_EGRESS if egress else POLICY_INGRESS)
+    if proto:
+        mask = (0xFFFF << (16 - port_prefix)) & 0xFFFF
+        key.lpm_key_prefixlen = POLICY_PREFIX_BASE + 8 + port_prefix
+        key.protocol = proto
+        key.dport = be16(int(port) & mask)
+    return key
+
+
+def policy_entry(deny: bool = False) -> PolicyEntry:
+    """A cilium_policy_v2 value: allow (the default) or deny, counters at 0."""
+    return PolicyEntry(deny=1 if deny else 0)

@@ -27,6 +27,7 @@ class ProgramSpec:
 
 PROGRAMS = {
     "from-container": ProgramSpec("bpf_lxc.c", "cil_from_container", "tc", "ingress"),
+    "to-container": ProgramSpec("bpf_lxc.c", "cil_to_container", "tc", "egress"),
     "from-netdev": ProgramSpec("bpf_host.c", "cil_from_netdev", "tc", "ingress"),
     "to-netdev": ProgramSpec("bpf_host.c", "cil_to_netdev", "tc", "egress"),
     "to-netdev-nomasq": ProgramSpec("bpf_host.c", "cil_to_netdev_nomasq", "tc", "egress"),
@@ -36,7 +37,7 @@ PROGRAMS = {
 MANAGED_MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_ipcache", "dp_node_config",
                 "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
                 "cilium_lb4_maglev",
-                "cilium_ipmasq_v4", "cilium_l2_responder_v4", "dp_netdev")
+                "cilium_ipmasq_v4", "cilium_l2_responder_v4", "dp_netdev", "cilium_policy_v2")
 
 
 class NodeDatapath:

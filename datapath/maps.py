@@ -40,6 +40,8 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_l2_responder_v4", abi.L2ResponderV4Key, abi.L2ResponderV4Stats),
     MapSpec("dp_netdev", abi.U32Key, abi.NetdevInfo),
     MapSpec("dp_agent_liveness", abi.U32Key, abi.AgentLiveness),
+    MapSpec("cilium_policy_v2", abi.PolicyKey, abi.PolicyEntry),
+    MapSpec("cilium_ipv4_frag_datagrams", abi.Ipv4FragId, abi.Ipv4FragL4Ports),
 )}
 
 

@@ -4,6 +4,10 @@
  * API:
  *   icmp_err_parse(skb, &err)   returns 1 with err filled for an error quoting TCP/UDP, 0 when
  *                               the packet is not such an error, or a negative DROP_*
+ *   icmp_err_load(skb, icmp_off, &err)
+ *                               the quote of the ICMP error at icmp_off, whatever it quotes: err
+ *                               filled (sport/dport: the quoted L4 header's first 4 bytes);
+ *                               returns 1, or 0 when the error is too short to quote a header
  *   icmp_err_rewrite_inner(skb, &err, addr_off, old, new, port_off, old_port, new_port)
  *                               rewrite the quoted address (IP header offset addr_off) and
  *                               port (L4 offset port_off), fixing the quoted IP checksum, the
@@ -31,10 +35,26 @@ struct icmp_err {
 	__be16 dport;
 };
 
+static __always_inline int icmp_err_load(struct __sk_buff *skb, __u32 icmp_off,
+					 struct icmp_err *err)
+{
+	__be16 ports[2];
+
+	err->icmp_csum = icmp_off + 2;
+	err->in_off = icmp_off + 8;
+	if (bpf_skb_load_bytes(skb, err->in_off, &err->inner, sizeof(err->inner)) < 0)
+		return 0;
+	err->in_l4 = err->in_off + err->inner.ihl * 4;
+	if (bpf_skb_load_bytes(skb, err->in_l4, ports, sizeof(ports)) < 0)
+		return 0;
+	err->sport = ports[0];
+	err->dport = ports[1];
+	return 1;
+}
+
 static __always_inline int icmp_err_parse(struct __sk_buff *skb, struct icmp_err *err)
 {
 	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
-	__be16 ports[2];
 	__u32 icmp_off;
 	__u8 type;
 
@@ -47,17 +67,10 @@ static __always_inline int icmp_err_parse(struct __sk_buff *skb, struct icmp_err
 		return -DROP_CT_INVALID_HDR;
 	if (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED)
 		return 0;
-	err->icmp_csum = icmp_off + 2;
-	err->in_off = icmp_off + 8;
-	if (bpf_skb_load_bytes(skb, err->in_off, &err->inner, sizeof(err->inner)) < 0)
+	if (!icmp_err_load(skb, icmp_off, err))
 		return 0;               /* too short to quote a header: leave it to the stack */
 	if (err->inner.protocol != IPPROTO_TCP && err->inner.protocol != IPPROTO_UDP)
 		return 0;
-	err->in_l4 = err->in_off + err->inner.ihl * 4;
-	if (bpf_skb_load_bytes(skb, err->in_l4, ports, sizeof(ports)) < 0)
-		return 0;
-	err->sport = ports[0];
-	err->dport = ports[1];
 	return 1;
 }
 

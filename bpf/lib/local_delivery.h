@@ -3,10 +3,18 @@
  * API:
  *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
  *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth, or NULL
- *   ipv4_deliver_if_local(skb)        an IPv4 packet (Ethernet header validated) for a local
- *                                     pod is delivered; returns CTX_ACT_REDIRECT, CTX_ACT_OK
- *                                     (not for a local pod: the stack decides) or a DROP_*
- *   ipv4_local_delivery(skb, ep)      replies of a load-balanced flow get their frontend back
+ *   ipv4_deliver_if_local(skb, src_identity)
+ *                                     an IPv4 packet (Ethernet header validated) for a local
+ *                                     pod is delivered (ipv4_local_delivery) from src_identity,
+ *                                     0 meaning the source address's identity in the ipcache;
+ *                                     returns CTX_ACT_REDIRECT, CTX_ACT_OK (not for a local pod:
+ *                                     the stack decides) or a negative DROP_*
+ *   ipv4_local_delivery(skb, ep, src_identity)
+ *                                     ingress policy of ep for a packet from src_identity
+ *                                     (lib/policy.h), then ipv4_deliver_to_ep; returns
+ *                                     CTX_ACT_REDIRECT or a negative DROP_*
+ *   ipv4_deliver_to_ep(skb, ep)       without policy (only a hairpin, the pod reaching itself):
+ *                                     replies of a load-balanced flow get their frontend back
  *                                     (lb4_rev_nat), TTL - 1, MACs set to lxc -> pod,
  *                                     bpf_redirect_peer into the pod; returns CTX_ACT_REDIRECT
  *                                     or a negative DROP_*
@@ -17,6 +25,8 @@
 #include "maps.h"
 #include "eth.h"
 #include "lb.h"
+#include "ipcache.h"
+#include "policy.h"
 
 static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
 {
@@ -37,7 +47,8 @@ static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifind
 	return cilium_lxc.lookup(key);
 }
 
-static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __always_inline int ipv4_deliver_to_ep(struct __sk_buff *skb,
+					      const struct endpoint_info *ep)
 {
 	int ret = lb4_rev_nat(skb, 0);
 
@@ -52,7 +63,17 @@ static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, const stru
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
-static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb)
+static __always_inline int ipv4_local_delivery(struct __sk_buff *skb,
+					       const struct endpoint_info *ep, __u32 src_identity)
+{
+	int ret = policy_ingress4(skb, ep->lxc_id, src_identity);
+
+	if (ret < 0)
+		return ret;
+	return ipv4_deliver_to_ep(skb, ep);
+}
+
+static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb, __u32 src_identity)
 {
 	struct endpoint_info *dst;
 	struct iphdr *ip;
@@ -61,9 +82,11 @@ static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb)
 	if (ret < 0)
 		return ret;
 	dst = lookup_ip4_endpoint(ip->daddr);
-	if (dst && !(dst->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(skb, dst);
-	return CTX_ACT_OK;
+	if (!dst || (dst->flags & ENDPOINT_F_HOST))
+		return CTX_ACT_OK;
+	if (!src_identity)
+		src_identity = ipcache_identity4(ip->saddr);
+	return ipv4_local_delivery(skb, dst, src_identity);
 }
 
 #endif /* DP_LIB_LOCAL_DELIVERY_H */

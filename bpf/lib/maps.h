@@ -63,6 +63,14 @@ DP_MAP_F("hash", struct l2_responder_v4_key, struct l2_responder_v4_stats, ciliu
 /* dp_netdev: native device ifindex -> its MAC */
 DP_MAP("hash", __u32, struct netdev_info, dp_netdev, NETDEV_MAP_SIZE);
 
+/* cilium_policy_v2: {endpoint, peer identity, direction, protocol, port} -> allow or deny (LPM) */
+DP_MAP_F("lpm_trie", struct policy_key, struct policy_entry, cilium_policy_v2, POLICY_MAP_SIZE,
+	 BPF_F_NO_PREALLOC);
+
+/* cilium_ipv4_frag_datagrams: a fragmented datagram -> its first fragment's ports (LRU) */
+DP_MAP("lru_hash", struct ipv4_frag_id, struct ipv4_frag_l4ports, cilium_ipv4_frag_datagrams,
+       IPV4_FRAG_DATAGRAMS_MAP_SIZE);
+
 /* dp_agent_liveness: one entry (index 0), the agent's heartbeat */
 DP_MAP("array", __u32, struct agent_liveness, dp_agent_liveness, 1);
 

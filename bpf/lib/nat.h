@@ -9,7 +9,8 @@
  * first and only if free, so two flows never share a port towards one peer. Replies are
  * translated back on the native device's ingress before delivery. Nothing in the cluster is ever
  * masqueraded: destinations in cilium_ipmasq_v4 (native-routing CIDR, nonMasqueradeCIDRs,
- * link-local) and destinations the ipcache knows as cluster members keep the pod's address.
+ * link-local) and destinations the ipcache knows as cluster members keep the pod's address
+ * (world and the CIDR identities policies give outside prefixes are not members).
  * An ICMP error about a masqueraded flow (unreachable, time exceeded) finds the pod too: the
  * outer destination and the quoted source address and port are translated back.
  *
@@ -117,7 +118,7 @@ static __always_inline int snat_v4_needed(__be32 saddr, __be32 daddr)
 	if (cilium_ipmasq_v4.lookup(&mkey))
 		return 0;               /* native-routing CIDR, nonMasqueradeCIDRs, link-local */
 	info = ipcache_lookup4(daddr);
-	if (info && info->sec_identity != IDENTITY_WORLD)
+	if (info && !identity_is_world(info->sec_identity))
 		return 0;               /* a pod, a node or this host: inside the cluster */
 	return 1;
 }

@@ -11,11 +11,13 @@
  *
  * API:
  *   nodeport_lb4(skb, cfg)         returns 0 (no service frontend: go on), CTX_ACT_REDIRECT /
- *                                  CTX_ACT_OK (sent on) or a negative DROP_*
+ *                                  CTX_ACT_OK (sent on) or a negative DROP_*; a local backend's
+ *                                  ingress policy sees the client's identity in the ipcache
  *   nodeport_icmp_error_ingress(skb)
  *                                  an ICMP error from outside about a local backend's reply:
- *                                  to the backend's pod; returns 0 (not such an error),
- *                                  CTX_ACT_REDIRECT or a negative DROP_*
+ *                                  to the backend's pod (RELATED for its ingress policy);
+ *                                  returns 0 (not such an error), CTX_ACT_REDIRECT or a
+ *                                  negative DROP_*
  *   nodeport_rev_nat_ingress(skb)  a remote backend's reply, already reverse-SNATed: the
  *                                  frontend back, then to the client; returns 0 (not such a
  *                                  reply), CTX_ACT_REDIRECT / CTX_ACT_OK or a negative DROP_*
@@ -46,8 +48,8 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 		return ret;
 	daddr = ip->daddr;
 	ep = lookup_ip4_endpoint(daddr);
-	if (ep && !(ep->flags & ENDPOINT_F_HOST))
-		return ipv4_local_delivery(skb, ep);
+	if (ep && !(ep->flags & ENDPOINT_F_HOST))       /* the client's identity, world by default */
+		return ipv4_local_delivery(skb, ep, ipcache_identity4(ip->saddr));
 	if (daddr == cfg->node_ip)
 		return CTX_ACT_OK;      /* a host-network backend on this node: its stack */
 	ret = snat_v4_nodeport(skb, cfg);
@@ -74,6 +76,7 @@ static __always_inline int nodeport_icmp_error_ingress(struct __sk_buff *skb)
 	struct icmp_err err = {};
 	struct ct_entry *ct;
 	__be32 frontend;
+	__u32 src_identity;
 	int ret;
 
 	if ((void *)(ip + 1) > ctx_data_end(skb))
@@ -103,13 +106,14 @@ static __always_inline int nodeport_icmp_error_ingress(struct __sk_buff *skb)
 	ip = ctx_data(skb) + ETH_HLEN;
 	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
+	src_identity = ipcache_identity4(ip->saddr);
 	if (ip->daddr == frontend) {
 		ret = icmp_err_rewrite_outer(skb, offsetof(struct iphdr, daddr), frontend,
 					     backend->address);
 		if (ret < 0)
 			return ret;
 	}
-	return ipv4_local_delivery(skb, ep);
+	return ipv4_local_delivery(skb, ep, src_identity);
 }
 
 static __always_inline int nodeport_rev_nat_ingress(struct __sk_buff *skb)

@@ -10,7 +10,8 @@ MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_n
         "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
         "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity",
         "cilium_snat_v4_external", "cilium_ipmasq_v4", "cilium_lb4_maglev",
-        "cilium_l2_responder_v4", "dp_netdev", "dp_agent_liveness")
+        "cilium_l2_responder_v4", "dp_netdev", "dp_agent_liveness", "cilium_policy_v2",
+        "cilium_ipv4_frag_datagrams")
 
 
 def _clear(obj):
@@ -48,7 +49,8 @@ def _program(source: str, obj_name: str, clean_name: str, entries: dict[str, tup
 
 # module globals, for pytest to collect; lxc / host / xdp / overlay give a clean object
 for _args in (
-        ("bpf_lxc.c", "lxc_obj", "lxc", {"from_container": ("cil_from_container", "tc")}),
+        ("bpf_lxc.c", "lxc_obj", "lxc", {"from_container": ("cil_from_container", "tc"),
+                                         "to_container": ("cil_to_container", "tc")}),
         ("bpf_host.c", "host_obj", "host", {"from_netdev": ("cil_from_netdev", "tc"),
                                             "to_netdev": ("cil_to_netdev", "tc")}),
         ("bpf_xdp.c", "xdp_obj", "xdp", {"xdp_entry": ("cil_xdp_entry", "xdp")}),

@@ -1,9 +1,10 @@
 """Named packets for the test-run fixtures: one node, pod A (172.20.0.10) and pod B (.11)."""
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkInit
 
 POD_A_IP, POD_B_IP, GATEWAY_IP = "172.20.0.10", "172.20.0.11", "172.20.0.1"
 POD_A_MAC, LXC_A_MAC = "02:00:00:00:00:0a", "02:00:00:00:01:0a"
@@ -106,3 +107,79 @@ ARP_REPLY_LB_IP_FROM_W1 = (Ether(src=NODE_W1_MAC, dst=ROUTER_LAN_MAC)
 def truncated_arp_for_lb_ip() -> bytes:
     """The router's request cut in the middle of its body."""
     return bytes(ARP_WHO_HAS_LB_IP)[:14 + 8 + 6]
+
+# ---- identity policy: pod A (endpoint 10, identity 1000) and pod B (11, 1001) on this node ----
+EP_A, ID_A, EP_B, ID_B = 10, 1000, 11, 1001
+ID_C = 1002                       # pod C on k8s-w1
+CIDR_NET, CIDR_EXCEPT = "203.0.113.0/24", "203.0.113.128/25"
+ID_CIDR_NET, ID_CIDR_EXCEPT = 16777217, 16777218      # CIDR identities (IDENTITY_SCOPE_LOCAL)
+CIDR_ALLOWED_IP, CIDR_EXCEPTED_IP = "203.0.113.10", "203.0.113.200"
+
+
+def pod_a_to_pod_b(l4, payload=b"", ident=40):
+    """A packet pod A sends to pod B: its L4 header given."""
+    return Ether(bytes(Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                       / IP(src=POD_A_IP, dst=POD_B_IP, ttl=64, id=ident) / l4 / payload))
+
+
+def pod_b_to_pod_a(l4, payload=b"", ident=41):
+    """A packet pod B sends to pod A (from B's veth)."""
+    return Ether(bytes(Ether(src=POD_B_MAC, dst=LXC_B_MAC)
+                       / IP(src=POD_B_IP, dst=POD_A_IP, ttl=64, id=ident) / l4 / payload))
+
+
+POD_A_TO_POD_B_ACK = pod_a_to_pod_b(TCP(sport=40000, dport=80, flags="A", seq=1001, ack=5001))
+POD_B_TO_POD_A_SYNACK = pod_b_to_pod_a(TCP(sport=80, dport=40000, flags="SA", seq=5000,
+                                           ack=1001))
+POD_B_TO_POD_A_TCP_SYN = pod_b_to_pod_a(TCP(sport=40100, dport=80, flags="S", seq=7000))
+POD_A_TO_POD_B_PING = pod_a_to_pod_b(ICMP(type=8, id=0x4242, seq=1), b"ping")
+POD_B_TO_POD_A_PONG = pod_b_to_pod_a(ICMP(type=0, id=0x4242, seq=1), b"ping")
+# pod B's kernel: nothing listens on udp/53, so it answers POD_A_TO_POD_B_UDP (as it arrived,
+# TTL 63) with a port unreachable
+POD_B_PORT_UNREACHABLE_TO_POD_A = pod_b_to_pod_a(
+    ICMP(type=3, code=3) / bytes(IP(src=POD_A_IP, dst=POD_B_IP, ttl=63, id=2)
+                                 / UDP(sport=40001, dport=53) / b"query"))
+# the same error about a datagram pod A never sent
+POD_B_UNRELATED_UNREACHABLE_TO_POD_A = pod_b_to_pod_a(
+    ICMP(type=3, code=3) / bytes(IP(src=POD_A_IP, dst=POD_B_IP, ttl=63, id=9)
+                                 / UDP(sport=40999, dport=53) / b"query"))
+POD_A_TO_POD_B_SCTP = pod_a_to_pod_b(SCTP(sport=5000, dport=9999) / SCTPChunkInit())
+POD_A_TO_POD_B_SCTP_OTHER_PORT = pod_a_to_pod_b(SCTP(sport=5000, dport=9998) / SCTPChunkInit())
+
+
+def _fragments():
+    """A 48-byte UDP datagram (udp/53) from A to B in two fragments, and a later fragment of
+    another datagram whose first fragment never came."""
+    whole = IP(src=POD_A_IP, dst=POD_B_IP, ttl=64, id=77) / UDP(sport=40020, dport=53) / (b"q" * 40)
+    first, later = fragment(whole, fragsize=24)
+    orphan = later.copy()
+    orphan.id = 78
+    del orphan.chksum
+    return [Ether(bytes(Ether(src=POD_A_MAC, dst=LXC_A_MAC) / f)) for f in (first, later, orphan)]
+
+
+POD_A_TO_POD_B_FRAG_FIRST, POD_A_TO_POD_B_FRAG_LATER, POD_A_TO_POD_B_FRAG_ORPHAN = _fragments()
+POD_A_TO_CIDR_ALLOWED = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                         / IP(src=POD_A_IP, dst=CIDR_ALLOWED_IP, ttl=64, id=42)
+                         / TCP(sport=40030, dport=443, flags="S"))
+POD_A_TO_CIDR_EXCEPTED = (Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                          / IP(src=POD_A_IP, dst=CIDR_EXCEPTED_IP, ttl=64, id=43)
+                          / TCP(sport=40031, dport=443, flags="S"))
+# the node's own process (k8s-ctr's address) to pod A, routed by the stack into lxc A (to-container)
+HOST_TO_POD_A_TCP_SYN = (Ether(src=LXC_A_MAC, dst=POD_A_MAC)
+                         / IP(src=NODE_CTR_IP, dst=POD_A_IP, ttl=64, id=44)
+                         / TCP(sport=50000, dport=8080, flags="S"))
+HOST_TO_POD_A_OTHER_PORT = (Ether(src=LXC_A_MAC, dst=POD_A_MAC)
+                            / IP(src=NODE_CTR_IP, dst=POD_A_IP, ttl=64, id=45)
+                            / TCP(sport=50001, dport=9090, flags="S"))
+ARP_HOST_WHO_HAS_POD_A = (Ether(src=LXC_A_MAC, dst="ff:ff:ff:ff:ff:ff")
+                          / ARP(op="who-has", hwsrc=LXC_A_MAC, psrc=GATEWAY_IP, pdst=POD_A_IP))
+# pod C on k8s-w1 opens a connection to pod B: as it arrives on eth1 (native) or decapsulated
+# from cilium_vxlan (tunnel)
+REMOTE_POD_C_TO_POD_B_SYN = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
+                             / IP(src=POD_C_IP, dst=POD_B_IP, ttl=63, id=46)
+                             / TCP(sport=40040, dport=80, flags="S"))
+# k8s-w1's own address (health checks, say) to pod B through the tunnel: VNI HOST (1)
+NODE_W1_TO_POD_B_SYN = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
+                        / IP(src=NODE_W1_IP, dst=POD_B_IP, ttl=63, id=47)
+                        / TCP(sport=40041, dport=80, flags="S"))

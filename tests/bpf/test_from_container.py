@@ -8,18 +8,17 @@ from datapath import abi, testrun
 from datapath.maps import open_maps, metrics_totals
 
 from . import packets as P
+from .endpoints import add_endpoint
 
 
 @pytest.fixture
 def node(lxc):
-    """Pod A (sender, on lo's ifindex) and pod B registered as local endpoints."""
+    """Pod A (sender, on lo's ifindex) and pod B registered as local endpoints (allow-all)."""
     maps = open_maps(lxc)
-    a = abi.endpoint_info(ifindex=P.LXC_A_IFINDEX, lxc_id=10, mac=P.POD_A_MAC,
-                          node_mac=P.LXC_A_MAC, sec_id=1000, ip=P.POD_A_IP)
-    b = abi.endpoint_info(ifindex=P.LXC_B_IFINDEX, lxc_id=11, mac=P.POD_B_MAC,
-                          node_mac=P.LXC_B_MAC, sec_id=1001, ip=P.POD_B_IP)
-    maps["cilium_lxc"].update(abi.endpoint_key(P.POD_A_IP), a)
-    maps["cilium_lxc"].update(abi.endpoint_key(P.POD_B_IP), b)
+    add_endpoint(maps, P.POD_A_IP, ifindex=P.LXC_A_IFINDEX, lxc_id=10, mac=P.POD_A_MAC,
+                 node_mac=P.LXC_A_MAC, sec_id=1000)
+    add_endpoint(maps, P.POD_B_IP, ifindex=P.LXC_B_IFINDEX, lxc_id=11, mac=P.POD_B_MAC,
+                 node_mac=P.LXC_B_MAC, sec_id=1001)
     maps["dp_ep_ifindex"].update(abi.EpIfindexKey(P.LXC_A_IFINDEX), abi.endpoint_key(P.POD_A_IP))
     return maps
 

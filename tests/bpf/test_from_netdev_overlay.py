@@ -11,12 +11,12 @@ from datapath.maps import metrics_totals, open_maps
 
 from ..nsfork import run_in_netns
 from . import packets as P
+from .endpoints import add_endpoint
 
 
 def _local_pod_b(maps):
-    b = abi.endpoint_info(ifindex=P.LXC_B_IFINDEX, lxc_id=11, mac=P.POD_B_MAC,
-                          node_mac=P.LXC_B_MAC, sec_id=1001, ip=P.POD_B_IP)
-    maps["cilium_lxc"].update(abi.endpoint_key(P.POD_B_IP), b)
+    add_endpoint(maps, P.POD_B_IP, ifindex=P.LXC_B_IFINDEX, lxc_id=11, mac=P.POD_B_MAC,
+                 node_mac=P.LXC_B_MAC, sec_id=1001)
 
 
 def test_from_netdev_delivers_to_local_pod_without_the_stack(host, from_netdev):
@@ -57,9 +57,8 @@ def test_from_overlay_without_tunnel_key_is_dropped_147(overlay, from_overlay):
 
 
 def _pod_a_with_remote_c(maps, flags, tunnel_ifindex=0, ifindex=P.LXC_A_IFINDEX):
-    a = abi.endpoint_info(ifindex=ifindex, lxc_id=10, mac=P.POD_A_MAC, node_mac=P.LXC_A_MAC,
-                          sec_id=1000, ip=P.POD_A_IP)
-    maps["cilium_lxc"].update(abi.endpoint_key(P.POD_A_IP), a)
+    add_endpoint(maps, P.POD_A_IP, ifindex=ifindex, lxc_id=10, mac=P.POD_A_MAC,
+                 node_mac=P.LXC_A_MAC, sec_id=1000)
     maps["dp_ep_ifindex"].update(abi.EpIfindexKey(ifindex), abi.endpoint_key(P.POD_A_IP))
     maps["cilium_ipcache"].update(abi.ipcache_key(f"{P.POD_C_IP}/32"),
                                   abi.remote_endpoint_info(1002, P.NODE_W1_IP))

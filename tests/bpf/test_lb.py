@@ -13,6 +13,7 @@ from datapath import abi, testrun
 from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
+from .endpoints import add_endpoint
 
 VIP, VPORT = "10.96.0.10", 80
 BPORT = 8080
@@ -20,8 +21,8 @@ REV_NAT = 7
 
 
 def _ep(maps, ip, mac, lxc_mac, ifindex, ident):
-    maps["cilium_lxc"].update(abi.endpoint_key(ip), abi.endpoint_info(
-        ifindex=ifindex, lxc_id=ident - 900, mac=mac, node_mac=lxc_mac, sec_id=ident, ip=ip))
+    add_endpoint(maps, ip, ifindex=ifindex, lxc_id=ident - 900, mac=mac, node_mac=lxc_mac,
+                 sec_id=ident)
 
 
 def sender(maps, ip):
@@ -190,7 +191,9 @@ def test_fin_closes_the_entry(maps, from_container):
 def test_non_service_traffic_is_not_tracked(maps, from_container):
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     run(from_container, P.POD_A_TO_POD_B_TCP_SYN)
-    assert len(maps["cilium_ct4_global"]) == 0
+    # only policy's own entries (A's egress, B's ingress): no service or reply entry
+    flags = sorted(k.flags for k, _ in maps["cilium_ct4_global"].items())
+    assert flags == [abi.TUPLE_F_POLICY | abi.TUPLE_F_OUT, abi.TUPLE_F_POLICY | abi.TUPLE_F_IN]
 
 
 def test_hairpin_pod_reaches_itself_through_its_service(maps, from_container):
@@ -220,12 +223,13 @@ def test_conntrack_gc_deletes_only_expired_entries(maps, from_container):
     from agent import ctgc
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     add_service(maps, [(2, P.POD_B_IP, 5353)], proto=17)
-    run(from_container, to_vip(sport=49000))                   # TCP: service + reply entries
-    run(from_container, to_vip(sport=49001, proto="udp"))      # UDP: two more
+    # each flow: service + reply entries, and policy's (A's egress, B's ingress)
+    run(from_container, to_vip(sport=49000))                   # TCP: four
+    run(from_container, to_vip(sport=49001, proto="udp"))      # UDP: four more
     now = time.monotonic()
-    assert ctgc.collect(maps, now) == {"TCP": (2, 0), "non-TCP": (2, 0)}
+    assert ctgc.collect(maps, now) == {"TCP": (4, 0), "non-TCP": (4, 0)}
     # past the SYN and non-TCP lifetimes, before the reply's 8000 s: only those go
-    assert ctgc.collect(maps, now + 120) == {"TCP": (1, 1), "non-TCP": (0, 2)}
+    assert ctgc.collect(maps, now + 120) == {"TCP": (1, 3), "non-TCP": (0, 4)}
     assert ctgc.collect(maps, now + abi.CT_CONNECTION_LIFETIME_TCP + 5) == \
         {"TCP": (0, 1), "non-TCP": (0, 0)}
     assert len(maps["cilium_ct4_global"]) == 0

@@ -11,6 +11,7 @@ from datapath import abi, build, testrun
 from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
+from .endpoints import add_endpoint
 
 NODE_IP, EXT = P.NODE_CTR_IP, "192.0.2.7"
 ROUTER_MAC = "02:00:00:00:aa:fe"
@@ -20,8 +21,8 @@ def setup(obj, masquerade=True):
     m = open_maps(obj)
     for ip, mac, lxc, idx, ident in ((P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, 5, 1000),
                                      (P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, 6, 1001)):
-        m["cilium_lxc"].update(abi.endpoint_key(ip), abi.endpoint_info(
-            ifindex=idx, lxc_id=ident - 900, mac=mac, node_mac=lxc, sec_id=ident, ip=ip))
+        add_endpoint(m, ip, ifindex=idx, lxc_id=ident - 900, mac=mac, node_mac=lxc,
+                     sec_id=ident)
     m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
         flags=abi.NODE_CFG_F_MASQUERADE if masquerade else 0, node_ip=abi.ip4_to_be32(NODE_IP)))
     m["cilium_ipmasq_v4"].update(abi.ipmasq_key("172.20.0.0/16"), abi.U8Value(1))

@@ -1,0 +1,24 @@
+"""Local endpoints for the test-run fixtures: the cilium_lxc entry and, by default, an allow-all
+policy entry per direction (an endpoint with no policy entry at all is denied everything, as
+Cilium's; the agent writes these for an endpoint that does not enforce policy)."""
+from __future__ import annotations
+
+import datapath.loader  # noqa: F401  (registers the policy maps' typed views with open_maps)
+from datapath import abi
+
+
+def allow_all(maps, ep_id: int, *directions) -> None:
+    """One allow-all entry {ep_id, any identity, dir} for each direction (default: both)."""
+    for d in directions or (abi.POLICY_INGRESS, abi.POLICY_EGRESS):
+        maps["cilium_policy_v2"].update(abi.policy_key(ep_id, 0, d), abi.policy_entry())
+
+
+def add_endpoint(maps, ip: str, *, ifindex: int, lxc_id: int, mac: str, node_mac: str,
+                 sec_id: int, flags: int = 0, policy: bool = True) -> abi.EndpointInfo:
+    """A local endpoint at ip; with policy, allow-all in both directions."""
+    info = abi.endpoint_info(ifindex=ifindex, lxc_id=lxc_id, mac=mac, node_mac=node_mac,
+                             sec_id=sec_id, ip=ip, flags=flags)
+    if policy:
+        allow_all(maps, lxc_id)
+    maps["cilium_lxc"].update(abi.endpoint_key(ip), info)
+    return info

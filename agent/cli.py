@@ -93,6 +93,7 @@ def status(ctx, output):
             ("Endpoints", f"{ready} ready" + (f", {other}" if other else "")),
             ("Identities", f"{s['identities'].get('cluster_local', 0)} cluster-local, "
                            f"{s['identities'].get('reserved', 0)} reserved"),
+            ("Policy", _policy_line(s.get("policy") or {})),
             ("Datapath", ", ".join(f"{k} (tag {v})" for k, v in s["datapath"]["programs"].items())
                          + f"; maps pinned in {s['datapath']['pinDir']}"),
             ("Config", "OK" if not cfg["lastError"] else f"Error: {cfg['lastError']}"),
@@ -102,6 +103,14 @@ def status(ctx, output):
             click.echo(f"{k + ':':<24}{v}")
 
     _out(st, output, render)
+
+
+def _policy_line(p: dict) -> str:
+    line = (f"{p.get('policies', 0)} policies in force (revision {p.get('revision', 0)}), "
+            f"enforcement {p.get('mode', 'default')}, localhost {p.get('allowLocalhost')}")
+    for e in p.get("errors", []):
+        line += f"\n{'':<24}Error: {e}"
+    return line
 
 
 def _kvstore_line(kv) -> str:
@@ -131,7 +140,9 @@ def endpoint_list(ctx, output):
         click.echo(fmt.format("", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", "").rstrip())
         for ep in items:
             labels = ep["labels"] or [""]
-            click.echo(fmt.format(ep["id"], "Disabled", "Disabled", ep["identity"], labels[0],
+            enf = ep.get("policyEnforcement") or {}
+            ing, eg = (("Enabled" if enf.get(d) else "Disabled") for d in ("ingress", "egress"))
+            click.echo(fmt.format(ep["id"], ing, eg, ep["identity"], labels[0],
                                   "", ep["ip"], ep["state"]).rstrip())
             for lbl in labels[1:]:
                 click.echo(fmt.format("", "", "", "", lbl, "", "", "").rstrip())
@@ -222,6 +233,33 @@ def bpf_nat_list(ctx, output):
     _out(entries, output, render)
 
 
+@bpf.group("policy")
+def bpf_policy():
+    """Policy maps."""
+
+
+@bpf_policy.command("get")
+@click.argument("endpoint_id")
+@output_opt
+@click.pass_context
+def bpf_policy_get(ctx, endpoint_id, output):
+    """An endpoint's policy map entries (`cilium bpf policy get`)."""
+    rows = _client(ctx).get(f"/v1/bpf/policy/{endpoint_id}")
+
+    def render(items):
+        fmt = "{:<8}{:<11}{:<40}{:<16}{:<12}{:<10}{:<10}{}"
+        click.echo(fmt.format("POLICY", "DIRECTION", "LABELS (source:key[=value])",
+                              "PORT/PROTO", "PROXY PORT", "BYTES", "PACKETS", "PREFIX"))
+        for r in items:
+            labels = r["labels"] or [""]
+            click.echo(fmt.format(r["policy"], r["direction"], labels[0], r["port"],
+                                  r["proxyPort"], r["bytes"], r["packets"], r["prefix"]))
+            for lbl in labels[1:]:
+                click.echo(fmt.format("", "", lbl, "", "", "", "", "").rstrip())
+
+    _out(rows, output, render)
+
+
 @bpf.group("lb")
 def bpf_lb():
     """Load balancer maps."""
@@ -240,6 +278,62 @@ def bpf_lb_list(ctx, output):
             click.echo(f"{r['service']:<26}{r['backend']} ({r['slot']})")
 
     _out(rows, output, render)
+
+
+@cli.group()
+def policy():
+    """Network policies (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy)."""
+
+
+@policy.command("get")
+@output_opt
+@click.pass_context
+def policy_get(ctx, output):
+    """The rules in force (`cilium policy get`)."""
+    got = _client(ctx).get("/v1/policy")
+
+    def render(p):
+        click.echo(json.dumps(p["policies"], indent=2, sort_keys=True))
+        click.echo(f"Revision: {p['revision']}")
+        for e in p["errors"]:
+            click.echo(f"Error: {e}", err=True)
+
+    _out(got, output, render)
+
+
+@policy.command("selectors")
+@output_opt
+@click.pass_context
+def policy_selectors(ctx, output):
+    """Each selector in use and the identities it selects (`cilium policy selectors`)."""
+    rows = _client(ctx).get("/v1/policy/selectors")
+
+    def render(items):
+        click.echo(f"{'SELECTOR':<70}{'USERS':<7}IDENTITIES")
+        for r in items:
+            ids = [str(i) for i in r["identities"]] or [""]
+            click.echo(f"{r['selector']:<70}{r['users']:<7}{ids[0]}")
+            for i in ids[1:]:
+                click.echo(f"{'':<77}{i}")
+
+    _out(rows, output, render)
+
+
+@policy.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+def policy_validate(files):
+    """Check policy files as the agent would read them (`cilium policy validate`)."""
+    from .policy.subsystem import validate_file
+    bad = 0
+    for f in files:
+        try:
+            n = validate_file(f)
+            click.echo(f"{f}: {n} policies valid")
+        except DatapathError as e:
+            click.echo(f"Error: {e}", err=True)
+            bad += 1
+    if bad:
+        sys.exit(1)
 
 
 @cli.group()

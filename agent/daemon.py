@@ -28,7 +28,7 @@ from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
 from datapath.loader import NodeDatapath
 
-from . import api, ctgc, l2announce, services
+from . import api, ctgc, inspect, l2announce, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint
@@ -37,6 +37,7 @@ from .ipam import HostIPAM
 from .kvstore import EtcdClient, EtcdIdentityStore
 from .manifests import ManifestSet, load_manifests
 from .metrics import AgentMetrics
+from .policy.subsystem import PolicySubsystem
 from .reconcile import TUNNEL_DEVICE, DatapathState, apply, plan, read_actual
 from .state import StateFile
 
@@ -47,6 +48,7 @@ log_rec = logging.getLogger("datapath.reconcile")
 log_cl = logging.getLogger("datapath.kvstore")
 
 RESYNC_SECONDS = 10.0
+WATCH_SECONDS = 0.25      # how often the config file and manifests directory are checked
 VXLAN_DEVICE = TUNNEL_DEVICE
 TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
 
@@ -117,6 +119,9 @@ class Agent:
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize})
+        self.policy = PolicySubsystem(self.cfg, self.state, self.metrics)
+        self.policy.load(self.manifests)
+        self._remote_identity_labels: dict[int, tuple[str, ...]] = {}
         self.metrics.bind(self)
         self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
         self._api = None
@@ -166,6 +171,7 @@ class Agent:
                                 "pod": str(rec.get("pod", ""))}
             except (KeyError, TypeError, ValueError) as e:
                 log_cl.warning("ignoring malformed endpoint record %s: %s", ip, e)
+        self._learn_identities({rec["identity"] for rec in good_eps.values()})
         with self.lock:
             self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
             self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
@@ -183,6 +189,26 @@ class Agent:
         self.cluster.set_local(node, eps)
 
     # ---- identities ----
+    def _learn_identities(self, idents: set[int]) -> None:
+        """Labels of identities other nodes allocated (immutable, so fetched once each)."""
+        for n in sorted(idents - set(self._remote_identity_labels)):
+            try:
+                labels = self.identities.labels_of(n)
+            except DatapathError as e:
+                log_cl.warning("labels of identity %d not known yet: %s", n, e)
+                continue
+            if labels is not None:
+                self._remote_identity_labels[n] = labels
+
+    def known_identities(self) -> dict[int, tuple[str, ...]]:
+        """Every identity this node knows, with its labels: reserved, allocated here or seen
+        in the cluster."""
+        out = dict(self._remote_identity_labels)
+        out.update({n: tuple(k.split(";")) if k else () for k, n in
+                    self.identities.table.items()})
+        out.update({n: (f"reserved:{name}",) for name, n in RESERVED.items()})
+        return out
+
     def _resolve_identity(self, ep: Endpoint) -> None:
         pod = self.manifests.pods.get(ep.pod_key)
         if pod is not None:
@@ -216,23 +242,31 @@ class Agent:
         st = DatapathState(maps={"cilium_lxc": {}, "dp_ep_ifindex": {}, "cilium_ipcache": {},
                                  "dp_node_config": {}})
         tags = {name: self.dp.program(name)[1] for name in
-                ("from-container", "from-netdev", "to-netdev", "to-netdev-nomasq",
-                 "from-overlay", "xdp")}
+                ("from-container", "to-container", "from-netdev", "to-netdev",
+                 "to-netdev-nomasq", "from-overlay", "xdp")}
         ipc = st.maps["cilium_ipcache"]
 
         def ipcache(cidr, identity, tunnel=None):
             ipc[bytes(abi.ipcache_key(cidr))] = bytes(abi.remote_endpoint_info(identity, tunnel))
 
         ipcache("0.0.0.0/0", abi.IDENTITY_WORLD)
+        pod_identity = {f"{r['namespace']}/{r['pod']}": int(r["identity"])
+                        for r in self.remote_endpoints.values() if r.get("pod")}
+        live = [ep for ep in self.endpoints.values()
+                if ep.identity and ep.state not in ("disconnecting", "disconnected")]
+        pod_identity.update({ep.pod_key: ep.identity for ep in live})
+        used = set(pod_identity.values()) | set(RESERVED.values())
+        self.policy.set_identities({n: lbl for n, lbl in self.known_identities().items()
+                                    if n in used})
+        self.policy.desired(st, live, self.manifests.pods, pod_identity, ipcache)
         if self.node_ip != "127.0.0.1":
             ipcache(f"{self.node_ip}/32", abi.IDENTITY_HOST)
-        for ep in self.endpoints.values():
-            if not ep.identity or ep.state in ("disconnecting", "disconnected"):
-                continue
+        for ep in live:
             for m, (k, v) in ep.map_entries().items():
                 st.maps[m][k] = v
             ipcache(f"{ep.ip}/32", ep.identity)
             st.tc[(ep.host_ifname, "ingress")] = ("from-container", tags["from-container"])
+            st.tc[(ep.host_ifname, "egress")] = ("to-container", tags["to-container"])
         for node in self.remote_nodes.values():
             ipcache(f"{node['ip']}/32", abi.IDENTITY_REMOTE_NODE)
         for ip, rec in self.remote_endpoints.items():
@@ -240,8 +274,7 @@ class Agent:
 
         pod_ips = {f"{r['namespace']}/{r['pod']}": ip for ip, r in self.remote_endpoints.items()
                    if r.get("pod")}
-        pod_ips.update({ep.pod_key: ep.ip for ep in self.endpoints.values()
-                        if ep.identity and ep.state not in ("disconnecting", "disconnected")})
+        pod_ips.update({ep.pod_key: ep.ip for ep in live})
         lb = services.build(self.manifests, pod_ips, self.lb_ids, cfg.serviceCIDR,
                             services.NodeView(
                                 node_ip=self.node_ip if self.node_ip != "127.0.0.1" else None,
@@ -349,7 +382,7 @@ class Agent:
     def map_pressure(self) -> dict[str, float]:
         """Entries / max entries of the maps that fill with traffic or cluster size."""
         out = {}
-        for name in ("cilium_lxc", "cilium_ipcache", "cilium_lb4_services_v2",
+        for name in ("cilium_lxc", "cilium_ipcache", "cilium_policy_v2", "cilium_lb4_services_v2",
                      "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat", "cilium_lb4_affinity",
                      "cilium_ct4_global", "cilium_ct_any4_global", "cilium_snat_v4_external"):
             m = self.dp.maps.get(name)
@@ -396,6 +429,7 @@ class Agent:
                 log_rec.error("%s failed: %s", op, e)
 
             failed = apply(ops, self.dp, on_error) if ops else 0
+            self.policy.applied(failed == 0)
             if ops:
                 log_rec.info("reconcile (%s): %d ops, %d failed", reason, len(ops), failed)
             for ep in self.endpoints.values():
@@ -499,6 +533,8 @@ class Agent:
             return False
         with self.lock:
             self.cfg, self.manifests = cfg, manifests
+            self.policy.configure(cfg)
+            self.policy.load(manifests)
             self.last_error = None
             self.last_reload = time.time()
             log_cfg.info("config and manifests reloaded")
@@ -518,15 +554,19 @@ class Agent:
         def status(_p, _b):
             return self.status()
 
+        def ep_view(ep: Endpoint) -> dict:
+            ing, eg = self.policy.enforcement(ep.id)
+            return {**ep.to_dict(), "policyEnforcement": {"ingress": ing, "egress": eg}}
+
         def ep_list(_p, _b):
             with self.lock:
-                return [ep.to_dict() for ep in sorted(self.endpoints.values(), key=lambda e: e.id)]
+                return [ep_view(ep) for ep in sorted(self.endpoints.values(), key=lambda e: e.id)]
 
         def ep_get(p, _b):
             with self.lock:
                 for ep in self.endpoints.values():
                     if str(ep.id) == p["id"] or ep.container_id == p["id"]:
-                        return ep.to_dict()
+                        return ep_view(ep)
             raise APIError(f"endpoint {p['id']} not found", 404)
 
         def ep_put(p, b):
@@ -559,56 +599,6 @@ class Agent:
                         for n, lbl in self.identities.items()]
             return out
 
-        def bpf_ct(_p, _b):
-            from datapath import abi
-            now = time.monotonic()
-            out = []
-            for name, proto in ctgc.CT_MAPS.items():
-                for k, v in self.dp.maps[name].items():
-                    out.append({
-                        "map": name, "protocol": proto,
-                        "tuple": f"{abi.be32_to_ip4(k.saddr)}:{abi.be16(k.sport)} -> "
-                                 f"{abi.be32_to_ip4(k.daddr)}:{abi.be16(k.dport)}",
-                        "nexthdr": k.nexthdr, "flags": k.flags,
-                        "expires_in": int(v.lifetime - now), "backend_id": v.backend_id,
-                        "rev_nat_index": v.rev_nat_index, "packets": v.packets,
-                        "bytes": v.bytes, "src_sec_id": v.src_sec_id, "entry_flags": v.flags})
-            return sorted(out, key=lambda e: (e["map"], e["tuple"]))
-
-        def bpf_lb(_p, _b):
-            from datapath import abi
-            backends = {k.backend_id: v for k, v in
-                        self.dp.maps["cilium_lb4_backends_v3"].items()}
-            out = []
-            for k, v in self.dp.maps["cilium_lb4_services_v2"].items():
-                fe = f"{abi.be32_to_ip4(k.address)}:{abi.be16(k.dport)}/{k.proto}"
-                if k.backend_slot == 0:
-                    desc = f"0.0.0.0:0 ({v.rev_nat_index}) [{v.count} backends]"
-                else:
-                    b = backends.get(v.backend_id)
-                    addr = f"{abi.be32_to_ip4(b.address)}:{abi.be16(b.port)}" if b else "?"
-                    desc = f"{addr} ({v.rev_nat_index})"
-                out.append({"service": fe, "slot": k.backend_slot, "backend": desc,
-                            "backend_id": v.backend_id if k.backend_slot else 0})
-            return sorted(out, key=lambda e: (e["service"], e["slot"]))
-
-        def bpf_nat(_p, _b):
-            from datapath import abi
-            now = time.monotonic()
-            protos = {6: "TCP", 17: "UDP", 1: "ICMP"}
-            out = []
-            for k, v in self.dp.maps["cilium_snat_v4_external"].items():
-                egress = k.flags == abi.NAT_DIR_EGRESS
-                out.append({
-                    "protocol": protos.get(k.nexthdr, str(k.nexthdr)),
-                    "direction": "OUT" if egress else "IN",
-                    "tuple": f"{abi.be32_to_ip4(k.saddr)}:{abi.be16(k.sport)} -> "
-                             f"{abi.be32_to_ip4(k.daddr)}:{abi.be16(k.dport)}",
-                    "xlate": ("XLATE_SRC " if egress else "XLATE_DST ")
-                             + f"{abi.be32_to_ip4(v.to_addr)}:{abi.be16(v.to_port)}",
-                    "created_ago": int(now - v.created), "expires_in": int(v.lifetime - now)})
-            return sorted(out, key=lambda e: (e["direction"], e["tuple"]))
-
         def service_list(_p, _b):
             with self.lock:
                 out = [dict(s) for s in self.service_listing]
@@ -620,11 +610,13 @@ class Agent:
                         s["l2Leader"] = leaders[s["service"]]
                 return out
 
-        return {("GET", "/v1/healthz"): lambda p, b: {"ok": True},
+        def labels_of(ident: int) -> list[str]:
+            with self.lock:
+                return list(self.known_identities().get(ident, (f"identity:{ident}",)))
+
+        return {**inspect.routes(self.dp), **self.policy.routes(self.dp, labels_of),
+                ("GET", "/v1/healthz"): lambda p, b: {"ok": True},
                 ("GET", "/v1/service"): service_list,
-                ("GET", "/v1/bpf/ct"): bpf_ct,
-                ("GET", "/v1/bpf/lb"): bpf_lb,
-                ("GET", "/v1/bpf/nat"): bpf_nat,
                 ("GET", "/v1/status"): status,
                 ("GET", "/v1/endpoint"): ep_list,
                 ("GET", "/v1/endpoint/{id}"): ep_get,
@@ -659,6 +651,7 @@ class Agent:
                          "capacity": self.ipam.net.num_addresses - 3},
                 "endpoints": self.endpoint_state_counts(),
                 "identities": self.identity_counts(),
+                "policy": self.policy.status(),
                 "datapath": {"pinDir": cfg.pin_dir(),
                              "programs": {n: self.dp.program(n)[1] for n in
                                           loader.PROGRAMS}},
@@ -698,7 +691,7 @@ class Agent:
         next_resync = time.time() + RESYNC_SECONDS
         gc_interval = float(self.cfg.conntrackGCInterval or ctgc.START)
         next_gc = time.time() + gc_interval
-        while not self.stop_event.wait(1.0):
+        while not self.stop_event.wait(WATCH_SECONDS):
             try:
                 if self._sources_changed():
                     self.reload()

@@ -14,12 +14,18 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
         {family, protocol, status}
     cilium_services_events_total {action}
     cilium_bpf_map_pressure {map_name}     (entries / max entries, read at scrape time)
+    cilium_policy                          (policies in force, read at scrape time)
+    cilium_policy_change_total {outcome}
+    cilium_policy_endpoint_enforcement_status {enforcement}   (none|ingress|egress|both)
+    cilium_policy_implementation_delay {source}    (histogram: a policy change read -> in maps)
+    cilium_policy_regeneration_time_stats_seconds {scope, status}   (histogram)
 """
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from datapath import abi
@@ -61,6 +67,18 @@ class AgentMetrics:
                                     registry=self.registry)
         for outcome in ("success", "fail"):
             self.regenerations.labels(outcome)
+        self.policy_change = Counter("cilium_policy_change", "Number of policy changes by "
+                                     "outcome", ["outcome"], registry=self.registry)
+        for outcome in ("success", "failure"):
+            self.policy_change.labels(outcome)
+        self.policy_implementation_delay = Histogram(
+            "cilium_policy_implementation_delay", "Time between receiving a policy change and "
+            "it being fully deployed into the datapath", ["source"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.policy_regeneration = Histogram(
+            "cilium_policy_regeneration_time_stats_seconds", "Policy regeneration time stats "
+            "labeled by the scope", ["scope", "status"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self._agent = None
 
     def bind(self, agent) -> None:
@@ -142,3 +160,11 @@ class _ScrapeCollector:
         for t, n in sorted(self.agent.identity_counts().items()):
             ident.add_metric([t], n)
         yield ident
+        yield GaugeMetricFamily("cilium_policy", "Number of policies currently loaded",
+                                value=self.agent.policy.count())
+        enf = GaugeMetricFamily("cilium_policy_endpoint_enforcement_status", "Number of "
+                                "endpoints labeled by policy enforcement status",
+                                labels=["enforcement"])
+        for t, n in sorted(self.agent.policy.enforcement_counts().items()):
+            enf.add_metric([t], n)
+        yield enf

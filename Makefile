@@ -16,6 +16,8 @@ test: setup
 BENCH_SERVICES ?= 10000
 bench: setup
 	$(PY) bench/lb_program.py --services $(BENCH_SERVICES)
+	$(PY) bench/policy_program.py
+	$(PY) bench/policy_packet.py
 	$(PY) bench/lab_rate.py
 
 clean-lab: setup

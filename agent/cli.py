@@ -247,7 +247,8 @@ def bpf_policy_get(ctx, endpoint_id, output):
     rows = _client(ctx).get(f"/v1/bpf/policy/{endpoint_id}")
 
     def render(items):
-        fmt = "{:<8}{:<11}{:<40}{:<16}{:<12}{:<10}{:<10}{}"
+        width = max([len(lbl) for r in items for lbl in r["labels"]] + [27]) + 2
+        fmt = "{:<8}{:<11}{:<" + str(width) + "}{:<16}{:<12}{:<10}{:<10}{}"
         click.echo(fmt.format("POLICY", "DIRECTION", "LABELS (source:key[=value])",
                               "PORT/PROTO", "PROXY PORT", "BYTES", "PACKETS", "PREFIX"))
         for r in items:

@@ -23,7 +23,8 @@ def sock(tmp_path):
              "labels": ["reserved:unknown"], "port": "80/TCP", "proxyPort": "NONE", "bytes": 120,
              "packets": 2, "prefix": 80},
             {"policy": "Deny", "direction": "Egress", "identity": 300,
-             "labels": ["k8s:app=web", "k8s:io.kubernetes.pod.namespace=x"],
+             "labels": ["k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=x",
+                        "k8s:io.kubernetes.pod.namespace=x"],
              "port": "8000-8063/TCP", "proxyPort": "NONE", "bytes": 0, "packets": 0,
              "prefix": 74}]
     routes = {("GET", "/v1/endpoint"): lambda p, b: [EP],
@@ -69,7 +70,10 @@ def test_bpf_policy_get_columns_as_cilium(sock):
     assert out[0].split()[:3] == ["POLICY", "DIRECTION", "LABELS"]
     assert out[1].split() == ["Allow", "Ingress", "reserved:unknown", "80/TCP", "NONE", "120",
                               "2", "80"]
-    assert out[2].split()[:4] == ["Deny", "Egress", "k8s:app=web", "8000-8063/TCP"]
+    # a long label widens the column instead of running into PORT/PROTO
+    assert out[2].split()[:4] == ["Deny", "Egress",
+                                  "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=x",
+                                  "8000-8063/TCP"]
     assert out[3].strip() == "k8s:io.kubernetes.pod.namespace=x"
 
 

@@ -36,6 +36,7 @@ from typing import NoReturn
 from datapath.errors import ManifestError
 
 from ..config import describe
+from ..manifests import _Obj
 from .rules import PROTOCOLS, PortRule, Rule, RuleBlock
 from .selector import (ENTITIES, NAMESPACE_LABELS, OPERATORS, POD_NAMESPACE, WILDCARD,
                        CIDRSelector, EntitySelector, LabelSelector, Peer, Requirement,
@@ -73,14 +74,18 @@ _UNSUPPORTED_TO_PORTS = {"rules": "L7 rules need Cilium's L7 proxy",
 _UNSUPPORTED_CIDR_SET = {"cidrGroupRef": "CiliumCIDRGroups",
                          "cidrGroupSelector": "CiliumCIDRGroups"}
 
-class _Ctx:
-    """Error context of one policy object: its file and how it is named."""
 
-    def __init__(self, file: str, obj: str):
-        self.file, self.obj = file, obj
+class _Ctx(_Obj):
+    """Error context of one policy object: its file and how it is named (`obj`), with the
+    manifest loader's field checks and the policy-specific ones below."""
 
-    def fail(self, path: str, reason: str) -> NoReturn:
-        raise ManifestError(self.file, self.obj, path, reason)
+    @property
+    def obj(self) -> str:
+        return self.name
+
+    @obj.setter
+    def obj(self, v: str) -> None:
+        self.name = v
 
     def fields(self, v: object, path: str, known: tuple[str, ...],
                unsupported: Mapping[str, str] | None = None, required: bool = False) -> dict:
@@ -99,13 +104,6 @@ class _Ctx:
                 self.fail(sub, f"unknown field (expected one of {', '.join(known)})")
         return v
 
-    def seq(self, v: object, path: str) -> list:
-        if v is None:
-            return []
-        if not isinstance(v, list):
-            self.fail(path, f"expected a list, got {describe(v)}")
-        return v
-
     def strings(self, v: object, path: str) -> list[str]:
         out = self.seq(v, path)
         for i, s in enumerate(out):
@@ -113,23 +111,9 @@ class _Ctx:
                 self.fail(f"{path}[{i}]", f"expected a string, got {describe(s)}")
         return out
 
-    def choice(self, v: object, path: str, choices: tuple[str, ...], default: str) -> str:
-        if v is None:
-            return default
-        if not isinstance(v, str) or v not in choices:
-            self.fail(path, f"expected one of {', '.join(choices)}, got {describe(v)}")
-        return v
-
     def integer(self, v: object, path: str, lo: int, hi: int) -> int:
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             self.fail(path, f"expected an integer from {lo} to {hi}, got {describe(v)}")
-        return v
-
-    def boolean(self, v: object, path: str, default: bool) -> bool:
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            self.fail(path, f"expected true or false, got {describe(v)}")
         return v
 
     def dns_name(self, v: object, path: str, label: bool) -> str:

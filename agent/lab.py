@@ -100,10 +100,14 @@ class Lab:
         if topo.etcd:
             st["etcd"] = self._etcd(topo, st.get("etcd"))
             self.save(st)
-        for node in topo.nodes:
-            st["nodes"][node.name] = self._node(topo, node, manifests, st["nodes"].get(node.name),
-                                                st.get("agentConfig") or {})
+        spawned = {}
+        for node in topo.nodes:     # every agent compiles its programs: start them together
+            st["nodes"][node.name], spawned[node.name] = self._node(
+                topo, node, manifests, st["nodes"].get(node.name), st.get("agentConfig") or {})
             self.save(st)
+        for name, proc in spawned.items():
+            if proc is not None:
+                self._wait_agent(st["nodes"][name], proc)
         wanted = {}
         for node in st["nodes"]:
             for pod in mset.pods_on(node):
@@ -238,7 +242,9 @@ class Lab:
         raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
 
     def _node(self, topo: Topology, node, manifests: str, have: dict | None,
-              extra: dict) -> dict:
+              extra: dict) -> tuple[dict, subprocess.Popen | None]:
+        """A node's config and record, its agent started when not running (returns the new
+        process, to wait for with _wait_agent, or None)."""
         name, ns = node.name, self.node_ns(node.name)
         ndir = self.dir / name
         ndir.mkdir(parents=True, exist_ok=True)
@@ -272,17 +278,25 @@ class Lab:
         rec.update({"netns": ns, "ip": node.ip, "podCIDR": node.podCIDR,
                     "config": str(cfg_path), "socket": cfg["apiSocket"],
                     "log": str(ndir / "agent.log")})
+        proc = None
         if not _alive(rec.get("agent_pid")):
-            rec["agent_pid"] = self.start_agent(rec)
-        return rec
+            proc = self._spawn_agent(rec)
+            rec["agent_pid"] = proc_ref(proc.pid)
+        return rec, proc
 
     def start_agent(self, rec: dict) -> str:
+        """Start a node's agent and wait until its API answers; returns its process ref."""
+        return self._wait_agent(rec, self._spawn_agent(rec))
+
+    def _spawn_agent(self, rec: dict) -> subprocess.Popen:
         with open(rec["log"], "ab") as log:
-            p = subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent", "--config",
-                                           rec["config"]),
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-        deadline = time.time() + 90
+            return subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent",
+                                              "--config", rec["config"]),
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _wait_agent(self, rec: dict, p: subprocess.Popen) -> str:
+        deadline = time.time() + 180
         while time.time() < deadline:
             if p.poll() is not None:
                 raise LabError(f"agent for {rec['netns']} exited ({p.returncode}); "
@@ -293,7 +307,7 @@ class Lab:
             except DatapathError:
                 time.sleep(0.2)
         _kill(proc_ref(p.pid))
-        raise LabError(f"agent for {rec['netns']} did not answer within 90 s; see {rec['log']}")
+        raise LabError(f"agent for {rec['netns']} did not answer within 180 s; see {rec['log']}")
 
     def stop_agent(self, node: str) -> None:
         """SIGTERM a node's agent and wait for it (the datapath stays, as in production)."""

@@ -480,6 +480,8 @@ class Agent:
                 ep.ip, ep.ifname = body["ip"], body["ifname"]
                 ep.namespace, ep.pod = body["namespace"], body["pod"]
             ep.state = "regenerating"
+            if ep.pod_key not in self.manifests.pods and self._sources_changed():
+                self.reload()       # a pod written just now: its labels decide its identity
             self._resolve_identity(ep)
             self.reconcile(f"endpoint {ep.id} created")
             return ep.to_dict()

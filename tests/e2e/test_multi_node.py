@@ -18,6 +18,7 @@ from agent.topology import TOPOLOGIES
 from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
+from .netpol import TCP80, PolicyLab, R, mismatches, render, write_atomic
 from .traffic import curl, udp_roundtrip
 
 PODS = {"curl-pod": "k8s-ctr", "webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
@@ -786,3 +787,94 @@ def test_pods_reach_every_nodes_nodeport_and_see_the_frontend_answer(cluster):
             assert ans["remoteAddr"].split(":")[0] == cluster.pod_ip("curl-pod"), (node, ans)
     finally:
         path.unlink()
+
+
+# ---------------------------------------------------------------- identity policy across nodes
+
+WEB_POLICY = "policy-cnp-default-web-from-curl.yaml"
+
+
+def _web_from_curl(*entities: str) -> str:
+    """A CNP: webpod pods take ingress from curl pods on 80/TCP only (plus `entities`)."""
+    import yaml
+    ingress = [{"fromEndpoints": [{"matchLabels": {"app": "curl"}}],
+                "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]
+    if entities:
+        ingress.append({"fromEntities": list(entities)})
+    return yaml.safe_dump({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                           "metadata": {"name": "web-from-curl", "namespace": "default"},
+                           "spec": {"endpointSelector": {"matchLabels": {"app": "webpod"}},
+                                    "ingress": ingress}}, sort_keys=False)
+
+
+def _expect_matrix(pl: PolicyLab, *reaches, what: str, timeout: float = 20) -> None:
+    """Probe every source -> target on 80/TCP (each probe bounded to 1 s) until every matrix
+    matches, polled with wait_for; on timeout raise with the matrices and the agents' view."""
+    sources = tuple(dict.fromkeys(s for r in reaches for s in r.sources))
+    targets = tuple(dict.fromkeys(t for r in reaches for t in r.targets))
+    last: dict = {}
+
+    def ok():
+        last.clear()
+        last.update(pl.probe(sources, targets, (TCP80,), timeout=1.0)[TCP80])
+        return not any(mismatches(r, last) for r in reaches)
+    try:
+        wait_for(ok, timeout=timeout, interval=0.3, what=what)
+    except AssertionError:
+        raise AssertionError(f"{what}: still wrong after {timeout:.0f}s\n"
+                             + "\n\n".join(render(r, last) for r in reaches) + "\n\n"
+                             + pl.diagnostics(WEB)) from None
+
+
+def test_cnp_across_nodes_by_vni_or_ipcache(cluster):
+    """A CNP selecting the webpod pods, ingress from curl pods on 80/TCP only, in both routing
+    modes (the peer's identity comes from the VNI in tunnel mode, from the ipcache in native):
+    curl-pod reaches every webpod by pod IP and through the ClusterIP; webpod-1 does not reach
+    the other webpods; another node's host (remote-node) is shut out while a pod's own node gets
+    in (allowLocalhost); fromEntities remote-node lets the other nodes in."""
+    import json
+    from agent.runtime import _bin
+    pl = PolicyLab(cluster, _bin("datapath"))
+    path = cluster.manifests / WEB_POLICY
+    web = ("webpod-1", "webpod-2", "webpod-3")
+    hosts = ("k8s-ctr", "k8s-w1")
+
+    def curl_pod():
+        return R(TCP80, sources=("curl-pod",), targets=web + ("svc:webpod",))
+
+    def webpod_1(allowed: bool):         # not through the service: it may pick webpod-1 itself
+        return R(TCP80, sources=("webpod-1",), targets=("webpod-2", "webpod-3"), default=allowed)
+
+    def nodes(remote: bool):
+        return R(TCP80, sources=hosts, targets=("webpod-1", "webpod-2"), default=remote) \
+            .allow("k8s-ctr", "webpod-1").allow("k8s-w1", "webpod-2")
+    everything = (curl_pod(), webpod_1(True), nodes(True))
+    _expect_matrix(pl, *everything, what="no policy: everything reachable")
+    try:
+        write_atomic(path, _web_from_curl())
+        _expect_matrix(pl, curl_pod(), webpod_1(False), nodes(False),
+                       what="webpods from curl pods on 80/TCP: webpod-1 and remote nodes denied")
+        # the ClusterIP, a few flows, so more than one backend answers: all allowed
+        vip = service_vip(cluster)
+        out = cluster.run("curl-pod", "sh", "-c", f"for i in $(seq 9); do curl -s -m 2 "
+                          f"http://{vip}/api; echo; done", timeout=60).stdout
+        answers = [json.loads(line)["hostname"] for line in out.splitlines() if line.strip()]
+        assert len(answers) == 9 and len(set(answers)) >= 2, out
+        # webpod-1's policy map on k8s-ctr, through the lab's public interface
+        (ep,) = [e for e in cluster.client("k8s-ctr").get("/v1/endpoint")
+                 if e["pod"] == "webpod-1"]
+        p = subprocess.run([*_bin("datapath"), "lab", "exec", "--name", cluster.lab.name,
+                            "k8s-ctr", "--", "datapath", "bpf", "policy", "get", str(ep["id"]),
+                            "-o", "json"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+        rows = json.loads(p.stdout)
+        curl_id = identity_of(cluster, "curl-pod")
+        assert any((r["policy"], r["direction"], r["identity"], r["port"]) ==
+                   ("Allow", "Ingress", curl_id, "80/TCP") for r in rows), rows
+        # other nodes' hosts allowed too (remote-node); webpod-1 still denied
+        write_atomic(path, _web_from_curl("remote-node"))
+        _expect_matrix(pl, curl_pod(), webpod_1(False), nodes(True),
+                       what="+ fromEntities remote-node: every node's host gets in")
+    finally:
+        path.unlink(missing_ok=True)
+        _expect_matrix(pl, *everything, what="policy deleted: everything reachable again")

@@ -14,8 +14,10 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.runtime import _bin
 from agent.topology import TOPOLOGIES
@@ -23,8 +25,8 @@ from datapath import netns
 
 from .conftest import built_lab, copy_manifests, wait_for
 from .netpol import (ALL, ECHO_PORT, EXT, EXT2, EXT_SERVER, NODES, PROBE, TCP80, TCP81, UDP80,
-                     UDP81, PolicyLab, R, ccnp, cnp, expr, file_name, netpol, sel, sel_of,
-                     write_model)
+                     UDP81, TRACE, PolicyLab, R, ccnp, cnp, expr, file_name, netpol,
+                     pod_manifest, sel, sel_of, write_atomic, write_model)
 
 NS_LABEL = "k8s:io.kubernetes.pod.namespace"
 NODE_PORT = 30080
@@ -627,3 +629,206 @@ def test_bad_policy_is_reported_and_changes_nothing(np, tmp_path):
     np.expect(R(TCP80).deny("*", "x/a").allow("x/c", "x/a"),
               what="a policy turned bad: its last good version stays in force")
     _promtool_clean(np.h.metrics("k8s-ctr"), tmp_path)
+
+
+# ---------------------------------------------------------------- enforcement mode, localhost
+
+def _set_agent_config(np, originals: dict, **changes) -> None:
+    """Rewrite every node's agent config file with `changes` (the rest of the YAML as it was),
+    atomically, keeping each file's first text in `originals`; then wait until every agent
+    reports the new settings (it hot-reloads policyEnforcementMode and allowLocalhost)."""
+    st = np.h.lab.load()
+    for node in NODES:
+        path = Path(st["nodes"][node]["config"])
+        text = path.read_text()
+        originals.setdefault(path, text)
+        doc = yaml.safe_load(text)
+        doc.update(changes)
+        write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+    localhost = doc.get("allowLocalhost", "auto")
+    _wait_policy_settings(np, {"mode": doc.get("policyEnforcementMode", "default"),
+                               "allowLocalhost": "always" if localhost == "auto" else localhost})
+
+
+def _restore_agent_config(np, originals: dict) -> None:
+    for path, text in originals.items():
+        write_atomic(path, text)
+    originals.clear()
+    _wait_policy_settings(np, {"mode": "default", "allowLocalhost": "always"})
+
+
+def _wait_policy_settings(np, want: dict) -> None:
+    def settled():
+        got = {n: {k: np.h.client(n).get("/v1/status")["policy"][k] for k in want}
+               for n in NODES}
+        return all(g == want for g in got.values()) or None
+    wait_for(settled, timeout=20, what=f"every agent to report {want}")
+
+
+def _enforced(np, node: str) -> list[tuple[str, dict]]:
+    eps = json.loads(np.cli(node, "endpoint", "list", "-o", "json", check=True).stdout)
+    return [(e.get("pod") or e["ip"], e["policyEnforcement"]) for e in eps]
+
+
+def test_policy_enforcement_mode_always_and_never(np):
+    originals: dict = {}
+    try:
+        _set_agent_config(np, originals, policyEnforcementMode="always")
+        np.expect(R(TCP80, default=False), R(UDP80, default=False),
+                  what="always, no policy at all: no pod reaches another")
+        for node in NODES:
+            eps = _enforced(np, node)
+            assert eps and all(e == {"ingress": True, "egress": True} for _, e in eps), \
+                (node, eps)
+            assert _enforcement(np.h, node)["both"] == len(eps), (node, _enforcement(np.h, node))
+        np.apply(netpol("deny-all", "x", {}, types=["Ingress", "Egress"]))
+        _set_agent_config(np, originals, policyEnforcementMode="never")
+        np.expect(R(TCP80), R(UDP80), what="never: the deny-all policy in x is not enforced")
+        for node in NODES:
+            eps = _enforced(np, node)
+            assert eps and all(e == {"ingress": False, "egress": False} for _, e in eps), \
+                (node, eps)
+        # default again: the same policy is enforced (so "never" was what let everything in)
+        _restore_agent_config(np, originals)
+        np.expect(R(TCP80).deny("*", "x/*").deny("x/*", "*"),
+                  what="default again: deny-all in x enforced")
+    finally:
+        _restore_agent_config(np, originals)
+        np.reset()
+        baseline(np, "policyEnforcementMode default and no policy: all reachable")
+
+
+def _bpf_policy_rows(np, key: str) -> set:
+    rows = json.loads(np.cli(np.node_of(key), "bpf", "policy", "get",
+                             str(np.endpoint(key)["id"]), "-o", "json", check=True).stdout)
+    return {(r["policy"], r["direction"], r["identity"], r["port"]) for r in rows}
+
+
+def test_allow_localhost_policy_makes_the_host_a_peer(np):
+    np.apply(netpol("a-no-ingress", "x", sel(pod="a"), types=["Ingress"]))
+    # k8s-ctr is x/a's host, k8s-w1 x/b's; another node is remote-node, never the local host
+    hosts = ("k8s-ctr", "k8s-w1")
+
+    def from_hosts(local_host_in: bool):
+        return R(TCP80, sources=hosts, targets=("x/a", "x/b")).deny("k8s-w1", "x/a") \
+            .set("k8s-ctr", "x/a", local_host_in)
+    np.expect(R(TCP80).deny("*", "x/a"), from_hosts(True),
+              what="ingress deny-all on x/a, allowLocalhost auto: the local host still gets in")
+    assert ("Allow", "Ingress", 1, "ANY") in _bpf_policy_rows(np, "x/a")
+    originals: dict = {}
+    try:
+        _set_agent_config(np, originals, allowLocalhost="policy")
+        np.expect(R(TCP80).deny("*", "x/a"), from_hosts(False),
+                  what="allowLocalhost policy: the host is a peer like any other")
+        assert not [r for r in _bpf_policy_rows(np, "x/a") if r[:3] == ("Allow", "Ingress", 1)]
+    finally:
+        _restore_agent_config(np, originals)
+    np.expect(R(TCP80).deny("*", "x/a"), from_hosts(True),
+              what="allowLocalhost back to auto: the local host gets in again")
+
+
+# ---------------------------------------------------------------- a pod born under a policy
+
+HAMMER = r"""
+import socket, sys, time
+ip, port, T = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.time()
+while time.time() - start < 120:
+    s = socket.socket(); s.settimeout(T)
+    t = time.time() - start
+    try:
+        s.connect((ip, port)); out = "connected"
+    except socket.timeout:
+        out = "timeout"
+    except OSError as e:
+        out = type(e).__name__
+    s.close()
+    print("%.2f %s" % (t, out), flush=True)
+    if out != "timeout":
+        time.sleep(T)
+"""
+
+
+def test_pod_created_under_a_policy_is_enforced_from_its_first_packet(np):
+    """A NetworkPolicy denies all ingress to pods labelled pod=fresh before any exists; then
+    the Pod x/fresh (on k8s-w1) is added to the manifests and `lab up` creates it. From the
+    moment its endpoint shows, x/a keeps trying to connect to it: no SYN may get through (an
+    allowed one would be refused before the server listens, answered after)."""
+    import threading
+    import time
+    from agent.lab import Lab
+    h, lab = np.h, Lab(np.h.lab.name)
+    pol = netpol("deny-fresh", "x", sel(pod="fresh"), types=["Ingress"])
+    np.apply(pol)
+    wait_for(lambda: all(any(p["name"] == "deny-fresh" for p in json.loads(
+        np.cli(n, "policy", "get", "-o", "json", check=True).stdout)["policies"])
+        for n in NODES), timeout=20, what="deny-fresh in force on every node")
+    pod = pod_manifest("x", "b", {"pod": "fresh"})            # b: on k8s-w1
+    pod["metadata"]["name"] = "fresh"
+    path = np.dir / "pod-x-fresh.yaml"
+    drops = h.metric("cilium_drop_count_total", "k8s-w1", reason="Policy denied")
+    up_error: list = []
+    hammer = None
+
+    def up():
+        try:
+            lab.up()
+        except Exception as e:             # reported below
+            up_error.append(e)
+    try:
+        write_atomic(path, yaml.safe_dump(pod, sort_keys=False))
+        t = threading.Thread(target=up, daemon=True)
+        t.start()
+
+        def fresh_ep():
+            for ep in h.client("k8s-w1").get("/v1/endpoint"):
+                if ep.get("namespace") == "x" and ep["pod"] == "fresh" and ep.get("ip"):
+                    return ep
+            return None
+        ep = wait_for(lambda: fresh_ep() or (None if t.is_alive() else "up() ended"),
+                      timeout=90, interval=0.05, what="x/fresh's endpoint on k8s-w1")
+        assert ep != "up() ended", f"lab up ended without an endpoint for x/fresh: {up_error}"
+        hammer = subprocess.Popen(netns.cmd(h.ns("x/a"), sys.executable, "-c", HAMMER, ep["ip"],
+                                            "80", "0.3"), stdout=subprocess.PIPE, text=True)
+        # the endpoint is listed once its entries are written: its map as first programmed
+        # holds no ingress allow but the local host's (allowLocalhost), egress open
+        first = {(r["policy"], r["direction"], r["identity"], r["port"]) for r in json.loads(
+            np.cli("k8s-w1", "bpf", "policy", "get", str(ep["id"]), "-o", "json",
+                   check=True).stdout)}
+        assert first == {("Allow", "Ingress", 1, "ANY"), ("Allow", "Egress", 0, "ANY")}, first
+        t.join(timeout=120)
+        assert not t.is_alive(), "lab up did not return within 120 s"
+        assert not up_error, f"lab up could not add the pod x/fresh: {up_error[0]!r}"
+        assert "x/fresh" in lab.load()["pods"], lab.load()["pods"].keys()
+        time.sleep(2)                           # the server listens: keep knocking a while
+        hammer.terminate()
+        tries = hammer.communicate(timeout=10)[0].split("\n")
+        tries = [ln for ln in tries if ln.strip()]
+        if TRACE:
+            print(f"[netpol] x/a -> x/fresh from its endpoint on: {tries}", file=sys.stderr)
+        got_in = [ln for ln in tries if not ln.endswith(" timeout")]
+        assert len(tries) >= 5 and not got_in, \
+            f"x/a -> x/fresh before/while it came up (s since its endpoint appeared):\n" \
+            + "\n".join(tries) + "\n" + np.diagnostics(["x/fresh"])
+        log = np.agent_log("k8s-w1")
+        assert not re.search(rf"endpoint {ep['id']} \(x/fresh\) moves from identity", log), \
+            [ln for ln in log.splitlines() if "x/fresh" in ln]
+        assert h.metric("cilium_drop_count_total", "k8s-w1", reason="Policy denied") > drops
+        assert np.endpoint("x/fresh")["policyEnforcement"] == {"ingress": True, "egress": False}
+        np.expect(R(TCP80, sources=("x/a", "x/c", "y/b"), targets=("x/fresh",), default=False),
+                  R(TCP80, sources=("x/fresh",), targets=("x/a", "y/b")),
+                  what="x/fresh: no ingress, egress open")
+        np.delete(pol)                          # the control: it does serve
+        np.expect(R(TCP80, sources=("x/a", "x/c"), targets=("x/fresh",)),
+                  what="deny-fresh deleted: x/fresh reachable")
+    finally:
+        if hammer and hammer.poll() is None:
+            hammer.kill()
+            hammer.wait(timeout=10)
+        path.unlink(missing_ok=True)
+        lab.up()                                # removes the pod again
+        assert "x/fresh" not in lab.load()["pods"]
+        wait_for(lambda: not any(ep.get("namespace") == "x" and ep["pod"] == "fresh"
+                                 for ep in h.client("k8s-w1").get("/v1/endpoint")),
+                 timeout=20, what="x/fresh's endpoint to go")
+        np.delete(pol)

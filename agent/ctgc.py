@@ -7,10 +7,13 @@ API:
     CT_MAPS                          {map name: protocol label}
     collect(maps, now) -> {protocol: (alive, deleted)}
     next_interval(current, ratio) -> seconds
+    forget_endpoint(maps, ip) -> entries deleted    (a removed endpoint's policy-tracked flows)
 """
 from __future__ import annotations
 
 import time
+
+from datapath import abi
 
 CT_MAPS = {"cilium_ct4_global": "TCP", "cilium_ct_any4_global": "non-TCP"}
 NAT_MAP = "cilium_snat_v4_external"
@@ -54,3 +57,18 @@ def next_interval(current: float, ratio: float) -> float:
     elif ratio < 0.05:
         current *= 1.5
     return max(MIN, min(MAX, current))
+
+
+def forget_endpoint(maps: dict, ip: str) -> int:
+    """Delete the policy-tracked flows of a removed endpoint's address, so a pod that gets the
+    address next inherits none of them (as Cilium flushes an endpoint's conntrack). Returns
+    how many entries went."""
+    addr = abi.ip4_to_be32(ip)
+    gone = 0
+    for name in CT_MAPS:
+        m = maps[name]
+        for k, _ in list(m.items()):
+            if k.flags & abi.TUPLE_F_POLICY and addr in (k.saddr, k.daddr):
+                m.delete(k)
+                gone += 1
+    return gone

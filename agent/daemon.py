@@ -21,17 +21,16 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 import ipaddress
-import json
 
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
 from datapath.loader import NodeDatapath
 
-from . import api, ctgc, inspect, l2announce, services
+from . import api, ctgc, inspect, l2announce, netdev, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
-from .endpoint import Endpoint
+from .endpoint import Endpoint, next_endpoint_id
 from .identity import RESERVED, LocalIdentityStore, security_labels
 from .ipam import HostIPAM
 from .kvstore import EtcdClient, EtcdIdentityStore
@@ -109,7 +108,7 @@ class Agent:
         view = self.state.get("cluster") or {}
         self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
         self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
-        self.node_ip = _node_ip(self.cfg)
+        self.node_ip = netdev.node_ip(self.cfg)
         self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
         self.service_listing: list[dict] = []
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
@@ -121,7 +120,9 @@ class Agent:
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize})
         self.policy = PolicySubsystem(self.cfg, self.state, self.metrics)
         self.policy.load(self.manifests)
-        self._remote_identity_labels: dict[int, tuple[str, ...]] = {}
+        # labels of identities other nodes allocated (immutable), kept for restarts
+        self._remote_identity_labels: dict[int, tuple[str, ...]] = {
+            int(k): tuple(v) for k, v in self.state.setdefault("identity_labels", {}).items()}
         self.metrics.bind(self)
         self._fp = (_fingerprint(self.config_path), _fingerprint(self.cfg.manifests))
         self._api = None
@@ -199,11 +200,14 @@ class Agent:
                 continue
             if labels is not None:
                 self._remote_identity_labels[n] = labels
+                self.state["identity_labels"][str(n)] = list(labels)
 
     def known_identities(self) -> dict[int, tuple[str, ...]]:
         """Every identity this node knows, with its labels: reserved, allocated here or seen
         in the cluster."""
         out = dict(self._remote_identity_labels)
+        out.update({ep.identity: tuple(ep.labels) for ep in self.endpoints.values()
+                    if ep.identity})
         out.update({n: tuple(k.split(";")) if k else () for k, n in
                     self.identities.table.items()})
         out.update({n: (f"reserved:{name}",) for name, n in RESERVED.items()})
@@ -259,8 +263,8 @@ class Agent:
         self.policy.set_identities({n: lbl for n, lbl in self.known_identities().items()
                                     if n in used})
         self.policy.desired(st, live, self.manifests.pods, pod_identity, ipcache)
-        if self.node_ip != "127.0.0.1":
-            ipcache(f"{self.node_ip}/32", abi.IDENTITY_HOST)
+        for ip in netdev.host_addresses():       # what the node's own packets may come from
+            ipcache(f"{ip}/32", abi.IDENTITY_HOST)
         for ep in live:
             for m, (k, v) in ep.map_entries().items():
                 st.maps[m][k] = v
@@ -296,11 +300,11 @@ class Agent:
                 st.maps["cilium_ipmasq_v4"][bytes(abi.ipmasq_key(cidr))] = bytes(abi.U8Value(1))
         if cfg.l2Enabled and cfg.lbAcceleration == "disabled":
             flags |= abi.NODE_CFG_F_XDP_L2_ONLY      # XDP for ARP only: NodePort stays in tc
-        node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=_ifindex(VXLAN_DEVICE) if tunnel else 0,
+        node_cfg = abi.NodeConfig(flags=flags, tunnel_ifindex=netdev.ifindex(VXLAN_DEVICE) if tunnel else 0,
                                   node_ip=abi.ip4_to_be32(self.node_ip))
         st.maps["dp_node_config"][bytes(abi.U32Key(0))] = bytes(node_cfg)
         for dev in cfg.devices:
-            if _iface_exists(dev):
+            if netdev.iface_exists(dev):
                 st.tc[(dev, "ingress")] = ("from-netdev", tags["from-netdev"])
                 if cfg.l2Enabled or cfg.lbAcceleration != "disabled":
                     st.xdp[dev] = ("xdp", tags["xdp"])
@@ -320,10 +324,10 @@ class Agent:
     def _l2_desired(self, st: DatapathState) -> None:
         """Native devices' MACs; with l2announcements, the addresses of the services this node
         leads in cilium_l2_responder_v4."""
-        devs = {d: _ifindex(d) for d in self.cfg.devices}
+        devs = {d: netdev.ifindex(d) for d in self.cfg.devices}
         devs = {d: i for d, i in devs.items() if i}
         st.maps["dp_netdev"] = {bytes(abi.U32Key(i)): bytes(abi.NetdevInfo(
-            mac=abi.mac_to_bytes(_mac(d)))) for d, i in devs.items()}
+            mac=abi.mac_to_bytes(netdev.mac(d)))) for d, i in devs.items()}
         st.maps["cilium_l2_responder_v4"] = {}
         st.counters.add("cilium_l2_responder_v4")
         if self.l2 is None:
@@ -392,7 +396,7 @@ class Agent:
 
     def _direct_routes(self) -> dict[str, tuple[str, str]]:
         """Routes to each peer's pod CIDR via its node IP, for peers on a device's own subnet."""
-        subnets = {dev: _device_subnets(dev) for dev in self.cfg.devices}
+        subnets = {dev: netdev.device_subnets(dev) for dev in self.cfg.devices}
         out = {}
         for node in self.remote_nodes.values():
             ip = ipaddress.ip_address(node["ip"])
@@ -411,16 +415,16 @@ class Agent:
 
     def _interfaces(self) -> set[str]:
         out = {ep.host_ifname for ep in self.endpoints.values()} | set(self.cfg.devices)
-        if _iface_exists(VXLAN_DEVICE):
+        if netdev.iface_exists(VXLAN_DEVICE):
             out.add(VXLAN_DEVICE)
-        return {i for i in out if _iface_exists(i)}
+        return {i for i in out if netdev.iface_exists(i)}
 
     def reconcile(self, reason: str) -> int:
         """Bring the datapath to the desired state; returns how many operations failed."""
         with self.lock:
             desired = self.desired_state()
             actual = read_actual(self.dp, self._interfaces(), xdp_interfaces={
-                d for d in self.cfg.devices if _iface_exists(d)})
+                d for d in self.cfg.devices if netdev.iface_exists(d)})
             ops = plan(desired, actual)
             failed_targets: set = set()
 
@@ -435,7 +439,8 @@ class Agent:
             for ep in self.endpoints.values():
                 if ep.state not in ("regenerating", "restoring", "not-ready"):
                     continue
-                mine = {ep.host_ifname} | {k for k, _ in ep.map_entries().values()}
+                mine = {ep.host_ifname} | {k for k, _ in ep.map_entries().values()} | \
+                    self.policy.row_keys(ep.id)
                 if mine & failed_targets:
                     ep.state = "not-ready"
                     self.metrics.regenerations.labels("fail").inc()
@@ -464,13 +469,12 @@ class Agent:
                                "node", 400) from None
             ep = self.endpoints.get(cid)
             if ep is None:
-                ep = Endpoint(id=self.state["next_endpoint_id"], container_id=cid,
+                ep = Endpoint(id=self._new_endpoint_id(), container_id=cid,
                               namespace=body["namespace"], pod=body["pod"],
                               ifname=body["ifname"], host_ifname=body["host_ifname"],
                               host_ifindex=ifindex, ip=body["ip"], mac=body["mac"],
                               host_mac=body["host_mac"], netns=body["netns"],
                               pod_labels=dict(body.get("labels") or {}))
-                self.state["next_endpoint_id"] += 1
                 self.endpoints[cid] = ep
                 log_ep.info("endpoint %d created for %s (%s on %s)", ep.id, ep.pod_key, ep.ip,
                             ep.host_ifname)
@@ -486,6 +490,12 @@ class Agent:
             self.reconcile(f"endpoint {ep.id} created")
             return ep.to_dict()
 
+    def _new_endpoint_id(self) -> int:
+        n = next_endpoint_id({ep.id for ep in self.endpoints.values()},
+                             self.state["next_endpoint_id"])
+        self.state["next_endpoint_id"] = n + 1
+        return n
+
     def remove_endpoint(self, cid: str, why: str) -> bool:
         with self.lock:
             ep = self.endpoints.get(cid)
@@ -495,9 +505,10 @@ class Agent:
                 return False
             ep.state = "disconnecting"
             self.reconcile(f"endpoint {ep.id} removed: {why}")
-            if _iface_exists(ep.host_ifname):
+            if netdev.iface_exists(ep.host_ifname):
                 subprocess.run(["ip", "link", "del", ep.host_ifname], capture_output=True)
             self.ipam.release(cid)
+            ctgc.forget_endpoint(self.dp.maps, ep.ip)    # its address may be handed out again
             ep.state = "disconnected"
             del self.endpoints[cid]
             log_ep.info("endpoint %d (%s) removed: %s", ep.id, ep.pod_key, why)
@@ -506,7 +517,7 @@ class Agent:
 
     def _drop_vanished(self) -> None:
         for cid, ep in list(self.endpoints.items()):
-            if not _iface_exists(ep.host_ifname):
+            if not netdev.iface_exists(ep.host_ifname):
                 self.remove_endpoint(cid, f"interface {ep.host_ifname} is gone")
 
     def sync_manifests(self) -> None:
@@ -659,7 +670,7 @@ class Agent:
                                           loader.PROGRAMS}},
                 "config": {"path": self.config_path, "lastError": self.last_error,
                            "lastReload": self.last_reload},
-                "prometheus": (f"http://{_node_ip(cfg)}:{cfg.prometheusPort}/metrics"
+                "prometheus": (f"http://{netdev.node_ip(cfg)}:{cfg.prometheusPort}/metrics"
                                if cfg.prometheusEnabled else None),
                 "apiSocket": cfg.apiSocket,
             }
@@ -671,7 +682,7 @@ class Agent:
         signal.signal(signal.SIGHUP, lambda *_: self._fp_reset())
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         if self.cfg.routingMode == "tunnel":
-            _ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
+            netdev.ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
         with self.lock:
             for ep in self.endpoints.values():
                 ep.state = "restoring"
@@ -704,6 +715,8 @@ class Agent:
                         for ep in self.endpoints.values():
                             if ep.state == "waiting-for-identity":
                                 self._resolve_identity(ep)
+                        self._learn_identities({int(r["identity"]) for r in
+                                                self.remote_endpoints.values()})
                         self.reconcile("periodic resync")
                 if time.time() >= next_gc:
                     gc_interval = self.conntrack_gc(gc_interval)
@@ -758,55 +771,3 @@ class Agent:
                 srv.shutdown()
         with self.lock:
             self.save()
-
-
-def _iface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return False
-
-
-def _ifindex(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return 0
-
-
-def _mac(dev: str) -> str:
-    p = subprocess.run(["ip", "-j", "link", "show", "dev", dev], capture_output=True, text=True)
-    links = json.loads(p.stdout or "[]")
-    return links[0].get("address", "00:00:00:00:00:00") if links else "00:00:00:00:00:00"
-
-
-def _device_subnets(dev: str) -> list:
-    p = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True,
-                       text=True)
-    return [ipaddress.ip_interface(line.split()[3]).network for line in p.stdout.splitlines()
-            if " inet " in line]
-
-
-def _ensure_vxlan(name: str, mtu: int) -> None:
-    """The collect-metadata VXLAN device on Cilium's port; created once, kept across restarts.
-    For the node's own packets to remote pods (routes with `encap`): its MTU (the pods' MTU)
-    leaves room for the encapsulation, and no ARP (a request would carry no tunnel endpoint;
-    the far end's from-overlay sets the MACs on delivery)."""
-    if not _iface_exists(name):
-        subprocess.run(["ip", "link", "add", name, "type", "vxlan", "external", "dstport",
-                        str(abi.TUNNEL_PORT)], check=True, capture_output=True)
-    subprocess.run(["ip", "link", "set", name, "mtu", str(mtu), "arp", "off", "up"], check=True,
-                   capture_output=True)
-
-
-def _node_ip(cfg) -> str:
-    """The first IPv4 address on the first configured device, else the node's hostname."""
-    for dev in cfg.devices:
-        p = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True,
-                           text=True)
-        for line in p.stdout.splitlines():
-            parts = line.split()
-            if "inet" in parts:
-                return parts[parts.index("inet") + 1].split("/")[0]
-    return "127.0.0.1"

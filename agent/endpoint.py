@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from datapath import abi
 
+MAX_ENDPOINT_ID = 65535     # policy keys hold the endpoint id in 16 bits
+
 STATES = ("waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
           "restoring", "ready", "disconnecting", "disconnected", "invalid")
 
@@ -51,3 +53,14 @@ class Endpoint:
                                  node_mac=self.host_mac, sec_id=self.identity, ip=self.ip)
         return {"cilium_lxc": (bytes(key), bytes(info)),
                 "dp_ep_ifindex": (bytes(abi.EpIfindexKey(self.host_ifindex)), bytes(key))}
+
+
+def next_endpoint_id(used: set[int], start: int) -> int:
+    """The first free endpoint id from `start` on, wrapping to 1 after MAX_ENDPOINT_ID (ids of
+    removed endpoints come back only after a full turn)."""
+    n = start if 1 <= start <= MAX_ENDPOINT_ID else 1
+    for _ in range(MAX_ENDPOINT_ID):
+        if n not in used:
+            return n
+        n = n + 1 if n < MAX_ENDPOINT_ID else 1
+    raise RuntimeError("no free endpoint id")

@@ -35,7 +35,6 @@ from scapy.layers.inet import IP, TCP                       # noqa: E402
 from scapy.layers.l2 import Ether                           # noqa: E402
 
 from datapath import abi, build, testrun                   # noqa: E402
-from datapath import loader                                # noqa: E402,F401  (policy maps)
 from datapath.maps import open_maps                        # noqa: E402
 
 # (ip, pod MAC, lxc MAC, ifindex, endpoint id, identity): a sender and a receiver per setting

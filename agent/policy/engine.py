@@ -161,9 +161,11 @@ class PolicyEngine:
     def _sync_cidr_identities(self) -> None:
         named = {str(p) for rules in self._rules.values() for r in rules for peer in r.peers()
                  if isinstance(peer, CIDRSelector) for p in peer.prefixes() if p.prefixlen}
+        # a number released now is not handed out in the same pass: its old prefix's ipcache
+        # row goes only after the new rows are written
+        used = set(self.cidr_ids.values())
         for prefix in sorted(set(self.cidr_ids) - named):
             self._cache.remove_identity(self.cidr_ids.pop(prefix))
-        used = set(self.cidr_ids.values())
         ident = CIDR_IDENTITY_BASE
         for prefix in sorted(named - set(self.cidr_ids)):
             while ident in used:

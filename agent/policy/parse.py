@@ -31,9 +31,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import NoReturn
-
-from datapath.errors import ManifestError
 
 from ..config import describe
 from ..manifests import _Obj
@@ -319,9 +316,17 @@ def _np_peer(c: _Ctx, v: object, path: str, ns: str) -> Peer:
         return pods.add(_in_namespace(ns))
     namespaces = _selector(c, m["namespaceSelector"], f"{path}.namespaceSelector",
                            _namespace_key)
-    if not namespaces.requirements:   # every namespace: pods only
-        namespaces = namespaces.add(Requirement(POD_NAMESPACE, "Exists"))
-    return pods.add(*namespaces.requirements)
+    return _pods_only(pods.add(*namespaces.requirements))
+
+
+def _pods_only(sel: LabelSelector) -> LabelSelector:
+    """A selector of pods: one with only NotIn / DoesNotExist requirements would also match
+    world, host and CIDR identities (they carry no k8s: labels), so it gets `Exists` on the
+    pod namespace; a positive requirement on a k8s: label already implies a pod."""
+    if any(r.operator in ("In", "Exists") and r.key.startswith("k8s:")
+           for r in sel.requirements):
+        return sel
+    return sel.add(Requirement(POD_NAMESPACE, "Exists"))
 
 
 def _port_name(c: _Ctx, v: str, path: str) -> str:
@@ -435,8 +440,10 @@ def _endpoint_selector(c: _Ctx, v: object, path: str, ns: str) -> LabelSelector:
     """As Cilium's getEndpointSelector: no namespace key and no reserved: key -> this
     namespace's pods (a namespaced policy) or pods of any namespace (a cluster-wide one)."""
     sel = _selector(c, v, path, _cilium_key)
-    if sel.has_source("reserved") or sel.has_key(POD_NAMESPACE):
+    if sel.has_source("reserved"):
         return sel
+    if sel.has_key(POD_NAMESPACE):
+        return _pods_only(sel)
     return sel.add(_in_namespace(ns) if ns else Requirement(POD_NAMESPACE, "Exists"))
 
 

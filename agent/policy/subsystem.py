@@ -131,6 +131,12 @@ class PolicySubsystem:
             self._changed_at = None
 
     # ---- views ----
+    def row_keys(self, ep_id: int) -> set[bytes]:
+        """The policy map keys of an endpoint as last computed (a failed write makes it
+        not-ready)."""
+        hit = self._rows.get(ep_id)
+        return set(hit[1]) if hit else set()
+
     def enforcement(self, ep_id: int) -> tuple[bool, bool]:
         return self._enforcement.get(ep_id, (False, False))
 

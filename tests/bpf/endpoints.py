@@ -3,7 +3,6 @@ policy entry per direction (an endpoint with no policy entry at all is denied ev
 Cilium's; the agent writes these for an endpoint that does not enforce policy)."""
 from __future__ import annotations
 
-import datapath.loader  # noqa: F401  (registers the policy maps' typed views with open_maps)
 from datapath import abi
 
 

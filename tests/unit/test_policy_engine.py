@@ -139,13 +139,18 @@ def test_cidr_identities_allocated_stable_and_released() -> None:
     entries = policy(e).entries
     assert {k.identity for k in entries if k.egress == EGRESS} == {2, 16777216, 16777217}
 
-    # 10.1.0.0/16 no longer named: released; a new prefix takes the lowest free number
+    # 10.1.0.0/16 no longer named: released; a new prefix in the same change does not take
+    # its number (the old prefix's ipcache row is still there while the new rows go in)
     e.load(objects(cnp("out", {"endpointSelector": {}, "egress": [{"toCIDR": [
         "10.0.0.0/8", "192.168.0.0/16", "172.16.0.0/12"]}]})))
     assert table == {"192.168.0.0/16": 16777216, "10.0.0.0/8": 16777217,
-                     "172.16.0.0/12": 16777218}
+                     "172.16.0.0/12": 16777219}
     assert {k.identity for k in policy(e).entries if k.egress == EGRESS} == {
-        16777216, 16777217, 16777218}
+        16777216, 16777217, 16777219}
+    # a later change may use the freed number again
+    e.load(objects(cnp("out", {"endpointSelector": {}, "egress": [{"toCIDR": [
+        "10.0.0.0/8", "192.168.0.0/16", "172.16.0.0/12", "198.51.100.0/24"]}]})))
+    assert table["198.51.100.0/24"] == 16777218
     e.load({})
     assert table == {} and e.cidr_identities() == {}
     assert e.selectors() == []

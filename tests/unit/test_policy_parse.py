@@ -458,3 +458,25 @@ def test_cnp_spec_errors() -> None:
     assert e.obj == "CiliumClusterwideNetworkPolicy cw"
     assert str(e).startswith(f"{FILE}: CiliumClusterwideNetworkPolicy cw: "
                              "spec.ingress[0].fromEntities[0]: ")
+
+
+def test_negative_namespace_selectors_select_pods_only() -> None:
+    """A peer of only NotIn/DoesNotExist requirements must not pick up world, host, remote-node
+    or CIDR identities (none carries namespace labels); it still selects pods elsewhere."""
+    from agent.policy.selector import label_map
+    not_y = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                   "values": ["y"]}]}
+    k8s_peer = one(np({"podSelector": {}, "egress": [{"to": [{"namespaceSelector": not_y}]}],
+                       "policyTypes": ["Egress"]})).egress[0].peers[0]
+    cnp_peer = one(cnp({"endpointSelector": {}, "egress": [{"toEndpoints": [
+        {"matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "NotIn",
+                               "values": ["y"]}]}]}]})).egress[0].peers[0]
+    pod_z = label_map(["k8s:io.kubernetes.pod.namespace=z",
+                       "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=z"])
+    pod_y = label_map(["k8s:io.kubernetes.pod.namespace=y",
+                       "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=y"])
+    for peer in (k8s_peer, cnp_peer):
+        assert peer.matches(pod_z) and not peer.matches(pod_y)
+        for others in (["reserved:world"], ["reserved:host"], ["reserved:remote-node"],
+                       ["cidr:203.0.113.0/24", "reserved:world"]):
+            assert not peer.matches(label_map(others)), (peer, others)

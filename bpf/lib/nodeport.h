@@ -6,8 +6,10 @@
  * A local backend gets the packet straight into its pod with the client's address kept; its
  * reply is given the frontend back when it leaves the pod for another pod (from-container,
  * before a tunnel could hide it) or on the native device's egress. A backend on another node
- * gets the packet SNATed to this node (lib/nat.h) and sent there in the routing mode; its reply
- * comes back to this node, is reverse-SNATed, given the frontend back and sent to the client.
+ * gets the packet SNATed to this node (lib/nat.h) and sent there in the routing mode, from this
+ * node's host (VNI HOST in tunnel mode), so that its ingress policy sees remote-node in both
+ * modes; its reply comes back to this node, is reverse-SNATed, given the frontend back and sent
+ * to the client.
  *
  * API:
  *   nodeport_lb4(skb, cfg)         returns 0 (no service frontend: go on), CTX_ACT_REDIRECT /
@@ -55,7 +57,10 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 	ret = snat_v4_nodeport(skb, cfg);
 	if (ret < 0)
 		return ret;
-	ret = ipv4_forward_remote(skb, daddr, IDENTITY_WORLD);
+	/* SNATed to this node: it comes from this node's host, VNI HOST in tunnel mode (the
+	 * backend's node checks it as remote-node, as the ipcache names this node's address in
+	 * native routing) */
+	ret = ipv4_forward_remote(skb, daddr, IDENTITY_HOST);
 	if (ret != CTX_ACT_OK)
 		return ret;
 	/* not a pod (a node, or an address outside the cluster): route it here, since the stack

@@ -1,8 +1,9 @@
 /* lib/policy.h - identity policy on the packet path, as Cilium enforces it.
  *
  * Every packet of a flow's forward direction is checked, new and established alike (a deny
- * added later stops an established flow); replies, and ICMP errors about a tracked flow
- * (RELATED), pass on conntrack alone. The decision is two LPM lookups in cilium_policy_v2:
+ * added later stops an established flow); replies, and ICMP errors about a tracked flow of the
+ * endpoint's (RELATED: the error quotes a packet the endpoint sent, on ingress, or received, on
+ * egress), pass on conntrack alone. The decision is two LPM lookups in cilium_policy_v2:
  * L1 = {endpoint, peer identity, direction, protocol, dport} and L2 = the same with identity 0
  * (any peer). A deny entry in either drops (DROP_POLICY_DENY); else a match in either allows;
  * else DROP_POLICY. The deciding entry (the deny one; on allow L1 if it matched, else L2) counts
@@ -23,9 +24,11 @@
  *
  * API:
  *   policy_egress4(skb, ep_id, dst_identity)   endpoint ep_id sends the packet (valid IPv4
- *                                              header) to dst_identity: 0 to go on, or a
- *                                              negative DROP_*
- *   policy_ingress4(skb, ep_id, src_identity)  endpoint ep_id receives it from src_identity:
+ *                                              header, the endpoint's address as its source)
+ *                                              to dst_identity: 0 to go on, or a negative
+ *                                              DROP_*
+ *   policy_ingress4(skb, ep_id, src_identity)  endpoint ep_id receives it (the endpoint's
+ *                                              address as its destination) from src_identity:
  *                                              the same
  *   policy_can_access(ep_id, identity, dir, proto, dport, bytes)
  *                                              the decision alone, counted in the deciding
@@ -213,8 +216,8 @@ static __always_inline int policy_ct_restarts(const struct ct_entry *ct,
 	       (CT_F_RX_CLOSING | CT_F_TX_CLOSING);
 }
 
-/* The endpoint's side of a flow in direction dir: related and replies pass, the forward
- * direction is decided by policy and tracked. Returns 0 or a negative DROP_*. */
+/* The endpoint's side of a flow in direction dir: its related errors and replies pass, the
+ * forward direction is decided by policy and tracked. Returns 0 or a negative DROP_*. */
 static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 peer_id,
 				      __u8 dir)
 {
@@ -228,9 +231,15 @@ static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 
 	if (ret < 0)
 		return ret;
 	is_tcp = pkt.tuple.nexthdr == IPPROTO_TCP;
-	/* RELATED: the quote is a packet of this endpoint's flow, either way round */
-	if (pkt.related && (policy_ct_find(&pkt.quoted, 1, own, &key) ||
-			    policy_ct_find(&pkt.quoted, 0, other, &key)))
+	/* RELATED: the quote is the endpoint's own packet (on ingress one it sent: quoted source =
+	 * the outer destination; on egress one it received: quoted destination = the outer
+	 * source), of a tracked flow, either way round. Without the address check an error
+	 * quoting any endpoint's flow on this node would pass into (or out of) this one. */
+	if (pkt.related &&
+	    (dir == POLICY_EGRESS ? pkt.quoted.daddr == pkt.tuple.saddr :
+				    pkt.quoted.saddr == pkt.tuple.daddr) &&
+	    (policy_ct_find(&pkt.quoted, 1, own, &key) ||
+	     policy_ct_find(&pkt.quoted, 0, other, &key)))
 		return 0;
 	ct = policy_ct_find(&pkt.tuple, 1, other, &key);
 	if (ct && !policy_ct_restarts(ct, &pkt)) {              /* REPLY */

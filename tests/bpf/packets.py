@@ -143,6 +143,18 @@ POD_B_PORT_UNREACHABLE_TO_POD_A = pod_b_to_pod_a(
 POD_B_UNRELATED_UNREACHABLE_TO_POD_A = pod_b_to_pod_a(
     ICMP(type=3, code=3) / bytes(IP(src=POD_A_IP, dst=POD_B_IP, ttl=63, id=9)
                                  / UDP(sport=40999, dport=53) / b"query"))
+# pod B's datagram to pod C on k8s-w1: a flow of pod C's (and B's) in conntrack, not A's
+POD_B_TO_REMOTE_POD_C_UDP = Ether(bytes(Ether(src=POD_B_MAC, dst=LXC_B_MAC)
+                                        / IP(src=POD_B_IP, dst=POD_C_IP, ttl=64, id=48)
+                                        / UDP(sport=40200, dport=53) / b"query"))
+# errors about that flow that pod A has no part in: B tells A about B's datagram to C (A never
+# sent it), and A tells B about C's answer to B (A never received it)
+POD_B_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_A = pod_b_to_pod_a(
+    ICMP(type=3, code=3) / bytes(IP(src=POD_B_IP, dst=POD_C_IP, ttl=63, id=48)
+                                 / UDP(sport=40200, dport=53) / b"query"))
+POD_A_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_B = pod_a_to_pod_b(
+    ICMP(type=3, code=3) / bytes(IP(src=POD_C_IP, dst=POD_B_IP, ttl=63, id=49)
+                                 / UDP(sport=53, dport=40200) / b"answer"))
 POD_A_TO_POD_B_SCTP = pod_a_to_pod_b(SCTP(sport=5000, dport=9999) / SCTPChunkInit())
 POD_A_TO_POD_B_SCTP_OTHER_PORT = pod_a_to_pod_b(SCTP(sport=5000, dport=9998) / SCTPChunkInit())
 

@@ -1,9 +1,10 @@
 """BPF_PROG_TEST_RUN cases for services reached from outside (lib/nodeport.h) on the native
 device, and for Maglev backend selection (lib/lb.h): a new NodePort flow to a local backend
-(client address kept), to a remote backend (SNAT to the node), the remote backend's reply
-(reverse SNAT + reverse DNAT), the local backend's reply leaving (reverse DNAT in to-netdev), an
-established flow, externalTrafficPolicy Local without a local backend, a ClusterIP from
-outside, two-scope frontends, and Maglev picking by the flow hash. Packets byte for byte."""
+(client address kept), to a remote backend (SNAT to the node; in tunnel mode VNI 1, the
+host), the remote backend's reply (reverse SNAT + reverse DNAT), the local backend's reply
+leaving (reverse DNAT in to-netdev), an established flow, externalTrafficPolicy Local without
+a local backend, a ClusterIP from outside, two-scope frontends, and Maglev picking by the flow
+hash. Packets byte for byte."""
 from __future__ import annotations
 
 import pytest
@@ -108,6 +109,64 @@ def test_remote_backend_gets_the_flow_snated_to_the_node_and_the_reply_goes_back
     # the next packet of the flow reuses both translations
     again = Ether(run(from_netdev, to_nodeport(sport=51002, flags="A")).data)
     assert (again[IP].src, again[TCP].sport, again[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
+
+
+MOCK_SET_TUNNEL_KEY = """
+/* test mock: the tunnel key set for the packet comes back in skb->cb[1] (VNI) and cb[2] (the
+ * remote node, host order) */
+static __always_inline int mock_skb_set_tunnel_key(struct __sk_buff *skb,
+						   struct bpf_tunnel_key *key, __u32 size,
+						   __u64 flags)
+{
+	skb->cb[1] = key->tunnel_id;
+	skb->cb[2] = key->remote_ipv4;
+	return 0;
+}
+#define bpf_skb_set_tunnel_key mock_skb_set_tunnel_key
+"""
+
+
+@pytest.fixture(scope="session")
+def host_tunnel_mock_obj(privileged):
+    """bpf_host.c with bpf_skb_set_tunnel_key mocked: a test run cannot read the key back."""
+    from datapath import build
+    bpf = build.bpf_dir()
+    text = (build.amalgamate(bpf / "lib" / "common.h") + MOCK_SET_TUNNEL_KEY
+            + build.amalgamate(bpf / "bpf_host.c"))
+    return build.compile_text(text, name="bpf_host.c (mock tunnel key)")
+
+
+@pytest.fixture
+def host_tunnel_mock(host_tunnel_mock_obj):
+    from datapath import build
+    from datapath.maps import open_maps
+    fn = build.load(host_tunnel_mock_obj, "cil_from_netdev", "tc")
+    for table in open_maps(host_tunnel_mock_obj).values():
+        table.clear()
+    yield host_tunnel_mock_obj, fn
+    for table in open_maps(host_tunnel_mock_obj).values():
+        table.clear()
+
+
+def test_remote_backend_in_tunnel_mode_is_sent_from_the_host(host_tunnel_mock):
+    """Tunnel mode: the SNATed flow goes to the backend's node with VNI HOST (1), which that
+    node's from-overlay checks as remote-node (6), the identity native routing gets from the
+    ipcache for this node's address; never world (2)."""
+    obj, from_netdev = host_tunnel_mock
+    m = setup(obj, masquerade=False)
+    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
+        flags=abi.NODE_CFG_F_TUNNEL, tunnel_ifindex=1, node_ip=abi.ip4_to_be32(NODE_IP)))
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    pkt = to_nodeport(sport=51003)
+    res = testrun.run(from_netdev.fd, pkt, ctx=testrun.tc_ctx(1))
+    assert res.retval == abi.CTX_ACT_REDIRECT                      # into the tunnel
+    nat_port = Ether(res.data)[TCP].sport
+    want = rebuilt(pkt, fields=[(IP, "dst", REMOTE_POD), (TCP, "dport", BPORT),
+                                (IP, "src", NODE_IP), (TCP, "sport", nat_port)], ttl_dec=True)
+    testrun.assert_packet(want, res.data)
+    assert res.ctx.cb[1] == abi.IDENTITY_HOST
+    assert res.ctx.cb[2] == int.from_bytes(bytes(map(int, REMOTE_NODE.split("."))), "big")
 
 
 def test_udp_nodeport_to_a_local_backend(host, from_netdev):

@@ -247,6 +247,24 @@ def test_related_icmp_error_passes(pods, from_container):
     assert res.retval == abi.CTX_ACT_DROP and metric(pods, abi.DROP_POLICY)[0] == 1
 
 
+def test_related_icmp_error_must_quote_the_endpoints_own_packet(pods, from_container):
+    """An error quoting a tracked flow that is not the endpoint's (B's datagram to pod C) is
+    no RELATED for it: A receiving it from B (no ingress entry) drops 133, and so does A
+    sending one (no egress entry); B allows everything, so only A's side decides."""
+    allow_all(pods, P.EP_B)
+    sender(pods, P.POD_B_IP)
+    assert run(from_container, P.POD_B_TO_REMOTE_POD_C_UDP).retval == abi.CTX_ACT_OK
+    assert ct(pods, P.POD_C_IP, P.POD_B_IP, 53, 40200, UDP_P, abi.TUPLE_F_OUT) is not None
+    err = P.POD_B_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_A
+    res = run(from_container, err)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY) == (1, len(err))
+    sender(pods, P.POD_A_IP)
+    err = P.POD_A_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_B
+    assert run(from_container, err).retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY)[0] == 2
+
+
 def test_established_flow_is_rechecked_after_a_deny_is_added(pods, from_container):
     allow_all(pods, P.EP_B)
     allow = rule(pods, P.EP_A, P.ID_B, OUT, TCP_P, 80)

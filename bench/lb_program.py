@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,8 +32,8 @@ if __package__ in (None, ""):          # run as a script: make the repo importab
 from agent import services                                    # noqa: E402
 from agent.manifests import load_manifests                    # noqa: E402
 from agent.reconcile import DatapathState, apply, plan, read_actual   # noqa: E402
-from datapath import netns                                    # noqa: E402
-from datapath.loader import NodeDatapath, remove_pins         # noqa: E402
+from datapath.loader import NodeDatapath                      # noqa: E402
+from bench import isolated                                    # noqa: E402
 
 SERVICE_CIDR = "10.96.0.0/16"
 LB_MAPS = tuple(services.SERVICE_MAPS)
@@ -150,35 +146,9 @@ def measure(n_services: int, per: int, workdir: Path, pin_dir: str, log=print) -
 
 
 def run(n_services: int = 10000, per: int = 3, log=print) -> dict:
-    """Make a private netns and pin dir, run `measure` inside the netns in a child process,
-    remove both whatever happens; returns the child's results."""
-    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
-    ns, pin_dir = f"dpbench-{tag}", f"/sys/fs/bpf/dpbench-{tag}"
-    netns.add(ns)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
-            result = Path(tmp) / "result.json"
-            argv = netns.cmd(ns, sys.executable, str(Path(__file__).resolve()), "--inside",
-                             "--services", str(n_services), "--backends", str(per),
-                             "--pin-dir", pin_dir, "--workdir", tmp, "--result", str(result))
-            tail: list[str] = []
-            with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) as p:
-                try:
-                    for line in p.stdout:
-                        log(f"  {line.rstrip()}")
-                        tail = (tail + [line])[-40:]
-                    p.wait(timeout=60)
-                finally:
-                    if p.poll() is None:
-                        p.kill()
-            if p.returncode != 0:
-                raise RuntimeError(f"bench child failed ({p.returncode}):\n{''.join(tail)}")
-            return json.loads(result.read_text())
-    finally:
-        if os.path.isdir(pin_dir):      # the child removes it; this covers a crashed child
-            remove_pins(pin_dir)
-        netns.delete(ns)
+    """`measure` in a private netns and pin dir (bench/isolated.py); returns its results."""
+    return isolated.run(__file__, ["--services", str(n_services), "--backends", str(per)], log,
+                        timeout=60)
 
 
 def _ops(r: dict) -> str:
@@ -217,19 +187,11 @@ def main(argv=None) -> int:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--backends", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--pin-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
+    isolated.add_child_options(ap)
     a = ap.parse_args(argv)
     if a.inside:
-        try:
-            r = measure(a.services, a.backends, Path(a.workdir), a.pin_dir,
-                        log=lambda s: print(s, flush=True))
-            Path(a.result).write_text(json.dumps(r))
-        finally:
-            remove_pins(a.pin_dir)
-        return 0
+        return isolated.child(a, lambda work, pins, log: measure(a.services, a.backends, work,
+                                                                  pins, log=log))
     r = run(a.services, a.backends, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0

@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,8 +40,8 @@ from agent.manifests import load_manifests                    # noqa: E402
 from agent.metrics import AgentMetrics                        # noqa: E402
 from agent.policy.subsystem import PolicySubsystem            # noqa: E402
 from agent.reconcile import DatapathState, apply, plan, read_actual   # noqa: E402
-from datapath import netns                                    # noqa: E402
-from datapath.loader import NodeDatapath, remove_pins         # noqa: E402
+from datapath.loader import NodeDatapath                      # noqa: E402
+from bench import isolated                                    # noqa: E402
 
 NAMESPACES = 10
 APPS = 20
@@ -221,28 +218,9 @@ def measure(n_eps: int, n_pols: int, runs: int, workdir: Path, pin_dir: str, log
 
 
 def run(n_eps: int, n_pols: int, runs: int, log=print) -> dict:
-    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
-    ns, pin_dir = f"dpbench-{tag}", f"/sys/fs/bpf/dpbench-{tag}"
-    netns.add(ns)
-    try:
-        with tempfile.TemporaryDirectory(prefix="dpbench-") as tmp:
-            result = Path(tmp) / "result.json"
-            work = Path(tmp) / "manifests"
-            work.mkdir()
-            argv = netns.cmd(ns, sys.executable, str(Path(__file__).resolve()), "--inside",
-                             "--endpoints", str(n_eps), "--policies", str(n_pols),
-                             "--runs", str(runs), "--pin-dir", pin_dir, "--workdir", str(work),
-                             "--result", str(result))
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-            for line in p.stdout.splitlines():
-                log(f"  {line}")
-            if p.returncode != 0:
-                raise RuntimeError(f"bench child failed ({p.returncode}):\n{p.stderr[-3000:]}")
-            return json.loads(result.read_text())
-    finally:
-        if os.path.isdir(pin_dir):
-            remove_pins(pin_dir)
-        netns.delete(ns)
+    """`measure` in a private netns and pin dir (bench/isolated.py); returns its results."""
+    return isolated.run(__file__, ["--endpoints", str(n_eps), "--policies", str(n_pols),
+                                   "--runs", str(runs)], log)
 
 
 def report(r: dict) -> str:
@@ -274,19 +252,11 @@ def main(argv=None) -> int:
     ap.add_argument("--policies", type=int, default=200)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--pin-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
+    isolated.add_child_options(ap)
     a = ap.parse_args(argv)
     if a.inside:
-        try:
-            r = measure(a.endpoints, a.policies, a.runs, Path(a.workdir), a.pin_dir,
-                        log=lambda s: print(s, flush=True))
-            Path(a.result).write_text(json.dumps(r))
-        finally:
-            remove_pins(a.pin_dir)
-        return 0
+        return isolated.child(a, lambda work, pins, log: measure(
+            a.endpoints, a.policies, a.runs, work, pins, log=log))
     r = run(a.endpoints, a.policies, a.runs, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0

@@ -6,6 +6,7 @@ API:
     run(script, args, log) -> dict         parent side: the child's results
     add_child_options(ap)                  the hidden options the child is started with
     child(a, measure) -> int               child side: measure(workdir, pin_dir, log) -> dict
+    Timer()                                t(phase, fn, *args): call fn, keep its seconds
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -71,3 +73,16 @@ def child(a: argparse.Namespace, measure: Callable[[Path, str, Callable], dict])
     finally:
         remove_pins(a.pin_dir)
     return 0
+
+
+class Timer:
+    """Seconds per named phase: t("read", fn, *args) calls fn and records how long it took."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.phases[name] = time.perf_counter() - t
+        return out

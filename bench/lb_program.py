@@ -34,6 +34,7 @@ from agent.manifests import load_manifests                    # noqa: E402
 from agent.reconcile import DatapathState, apply, plan, read_actual   # noqa: E402
 from datapath.loader import NodeDatapath                      # noqa: E402
 from bench import isolated                                    # noqa: E402
+from bench.isolated import Timer                              # noqa: E402
 
 SERVICE_CIDR = "10.96.0.0/16"
 LB_MAPS = tuple(services.SERVICE_MAPS)
@@ -73,17 +74,6 @@ def write_manifests(directory: Path, n_services: int, per: int) -> dict[str, str
                 ips[f"{NAMESPACE}/s{i}-{j}"] = pod_ip(i * per + j)
         (directory / f"bench-{start:06d}.yaml").write_text("---\n".join(docs))
     return ips
-
-
-class Timer:
-    def __init__(self):
-        self.phases: dict[str, float] = {}
-
-    def __call__(self, name: str, fn, *args):
-        t = time.perf_counter()
-        out = fn(*args)
-        self.phases[name] = time.perf_counter() - t
-        return out
 
 
 def reconcile(dp, manifests, pod_ips, ids, counter: Counter) -> dict:

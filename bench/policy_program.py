@@ -42,6 +42,7 @@ from agent.policy.subsystem import PolicySubsystem            # noqa: E402
 from agent.reconcile import DatapathState, apply, plan, read_actual   # noqa: E402
 from datapath.loader import NodeDatapath                      # noqa: E402
 from bench import isolated                                    # noqa: E402
+from bench.isolated import Timer                              # noqa: E402
 
 NAMESPACES = 10
 APPS = 20
@@ -162,17 +163,6 @@ class Node:
                                if outcome == "success"),
                 "failed": failed, "errors": errors[:5],
                 "policy_entries": len(desired.maps["cilium_policy_v2"])}
-
-
-class Timer:
-    def __init__(self):
-        self.phases: dict[str, float] = {}
-
-    def __call__(self, name: str, fn, *args):
-        t = time.perf_counter()
-        out = fn(*args)
-        self.phases[name] = time.perf_counter() - t
-        return out
 
 
 def median_case(runs: list[dict]) -> dict:

@@ -16,6 +16,7 @@ from datapath import abi, testrun
 from datapath.maps import metrics_totals
 
 from . import packets as P
+from .conftest import mocked_object
 from .test_nat import EXT, NODE_IP, in_pkt, out_pkt, rebuilt, run, setup
 
 NODE_PORT = 30080
@@ -129,11 +130,7 @@ static __always_inline int mock_skb_set_tunnel_key(struct __sk_buff *skb,
 @pytest.fixture(scope="session")
 def host_tunnel_mock_obj(privileged):
     """bpf_host.c with bpf_skb_set_tunnel_key mocked: a test run cannot read the key back."""
-    from datapath import build
-    bpf = build.bpf_dir()
-    text = (build.amalgamate(bpf / "lib" / "common.h") + MOCK_SET_TUNNEL_KEY
-            + build.amalgamate(bpf / "bpf_host.c"))
-    return build.compile_text(text, name="bpf_host.c (mock tunnel key)")
+    return mocked_object("bpf_host.c", MOCK_SET_TUNNEL_KEY)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from datapath import abi, build, testrun
 from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
+from .conftest import mocked_object
 from .endpoints import add_endpoint, allow_all
 
 IN, OUT = abi.POLICY_INGRESS, abi.POLICY_EGRESS
@@ -470,10 +471,7 @@ static __always_inline int mock_skb_get_tunnel_key(struct __sk_buff *skb,
 def overlay_mock_obj(privileged):
     """bpf_overlay.c with bpf_skb_get_tunnel_key mocked (a test run carries no tunnel
     metadata), as Cilium's BPF tests mock helpers."""
-    bpf = build.bpf_dir()
-    text = (build.amalgamate(bpf / "lib" / "common.h") + MOCK_TUNNEL_KEY
-            + build.amalgamate(bpf / "bpf_overlay.c"))
-    return build.compile_text(text, name="bpf_overlay.c (mock tunnel key)")
+    return mocked_object("bpf_overlay.c", MOCK_TUNNEL_KEY)
 
 
 @pytest.fixture

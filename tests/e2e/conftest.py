@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,15 @@ ports: [{{name: p, port: {target}, protocol: {proto}}}]
 endpoints:
   - addresses: [{address}]
 """
+
+
+def promtool_clean(text: str, tmp_path) -> None:
+    """`promtool check metrics` has nothing to say about a metrics page."""
+    f = tmp_path / "metrics.txt"
+    f.write_text(text)
+    p = subprocess.run(f"promtool check metrics < {f}", shell=True, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
 
 
 def wait_for(fn, timeout: float = 15, interval: float = 0.2, what: str = "condition"):

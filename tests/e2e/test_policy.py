@@ -23,7 +23,7 @@ from agent.runtime import _bin
 from agent.topology import TOPOLOGIES
 from datapath import netns
 
-from .conftest import built_lab, copy_manifests, wait_for
+from .conftest import built_lab, copy_manifests, promtool_clean, wait_for
 from .netpol import (ALL, ECHO_PORT, EXT, EXT2, EXT_SERVER, NODES, PROBE, TCP80, TCP81, UDP80,
                      UDP81, TRACE, PolicyLab, R, ccnp, cnp, expr, file_name, netpol,
                      pod_manifest, sel, sel_of, write_atomic, write_model)
@@ -473,14 +473,6 @@ def test_replies_never_need_an_allow_in_the_other_direction(np):
 
 # ---------------------------------------------------------------- observability
 
-def _promtool_clean(text: str, tmp_path) -> None:
-    f = tmp_path / "metrics.txt"
-    f.write_text(text)
-    p = subprocess.run(f"promtool check metrics < {f}", shell=True, capture_output=True,
-                       text=True)
-    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
-
-
 def _row(out: str, ip: str) -> list[str]:
     for line in out.splitlines():
         if ip in line.split():
@@ -559,7 +551,7 @@ def test_cli_and_metrics_show_policy(np, tmp_path):
                                           "both": 0}
     assert h.metric("cilium_policy_implementation_delay_count", "k8s-ctr") >= 1
     assert "cilium_policy_regeneration_time_stats_seconds_bucket" in text
-    _promtool_clean(text, tmp_path)
+    promtool_clean(text, tmp_path)
 
     # the text form last: columns as Cilium prints them, each value in its own column
     text = np.cli("k8s-ctr", "bpf", "policy", "get", str(ep_a), check=True).stdout
@@ -628,7 +620,7 @@ def test_bad_policy_is_reported_and_changes_nothing(np, tmp_path):
     assert "spec.ingress[0].from[0].podSelektor" in status, status
     np.expect(R(TCP80).deny("*", "x/a").allow("x/c", "x/a"),
               what="a policy turned bad: its last good version stays in force")
-    _promtool_clean(np.h.metrics("k8s-ctr"), tmp_path)
+    promtool_clean(np.h.metrics("k8s-ctr"), tmp_path)
 
 
 # ---------------------------------------------------------------- enforcement mode, localhost

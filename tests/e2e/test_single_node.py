@@ -15,7 +15,7 @@ import pytest
 from agent.lab import _alive
 from datapath import attach, netns
 
-from .conftest import wait_for
+from .conftest import promtool_clean, wait_for
 from .traffic import TCP_CLIENT, TCP_ECHO, curl, udp_roundtrip
 
 def test_pods_exchange_ping_tcp_udp(lab):
@@ -74,17 +74,9 @@ def _forwarded(lab) -> float:
     return _metric(lab.metrics(), "cilium_forward_count_total", direction="EGRESS")
 
 
-def _promtool_clean(text: str, tmp_path) -> None:
-    f = tmp_path / "metrics.txt"
-    f.write_text(text)
-    p = subprocess.run(f"promtool check metrics < {f}", shell=True, capture_output=True,
-                       text=True)
-    assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
-
-
 def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
     text = lab.metrics()
-    _promtool_clean(text, tmp_path)
+    promtool_clean(text, tmp_path)
     for name in ("cilium_forward_count_total", "cilium_forward_bytes_total",
                  "cilium_endpoint_state", "cilium_endpoint_regenerations_total",
                  "cilium_bpf_map_ops_total", "cilium_identity"):
@@ -108,7 +100,7 @@ def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
     assert _metric(text, "cilium_drop_bytes_total", reason="Invalid source ip",
                    direction="EGRESS") > 0
     assert _metric(text, "cilium_endpoint_state", endpoint_state="ready") == 4
-    _promtool_clean(text, tmp_path)          # again, now that drop series exist
+    promtool_clean(text, tmp_path)          # again, now that drop series exist
 
 
 def test_lab_up_twice_is_a_no_op(lab):

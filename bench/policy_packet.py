@@ -6,7 +6,10 @@ Two settings of the same program and packet:
     allow-all   neither endpoint enforces: one allow-all entry per endpoint and direction
     50 rules    both enforce: the sender's egress and the receiver's ingress hold 50 entries
                 each (49 other identities and ports, and the one that matches)
-Both live side by side in the one policy map (two sender/receiver pairs). A run is `calls` test
+Both live side by side in the one policy map (two sender/receiver pairs). The policy revision
+(dp_policy_revision, `--revision`, default 1 as the agent keeps it) lets each flow's conntrack
+entry cache its verdict, so an established packet skips the LPM lookups; `--revision 0` measures
+the uncached path, every packet decided. A run is `calls` test
 runs (BPF_PROG_TEST_RUN with `repeat`: the kernel's own timing, ns per packet) of each setting,
 alternating call by call so both see the same machine; a run's value is the median of its
 calls, and the median of the runs is reported with the ratio. The packet carries TTL 255: a
@@ -16,7 +19,8 @@ stays below 255, so every repeat is a real delivery).
 Isolation: the programs are compiled without pinning (maps private to this process) and run on
 ifindex 1 (lo); nothing is attached. The process pins itself to one CPU when it can.
 
-    python bench/policy_packet.py [--runs 7] [--calls 200] [--repeat 250] [--cpu N] [--json]
+    python bench/policy_packet.py [--runs 7] [--calls 200] [--repeat 250] [--revision 1]
+                                  [--cpu N] [--json]
 """
 from __future__ import annotations
 
@@ -82,8 +86,14 @@ def _send_as(maps, sender) -> None:
     maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(sender[0]))
 
 
+def _set_revision(obj, revision: int) -> None:
+    """dp_policy_revision[0], as the agent writes it (0: nothing cached)."""
+    table = obj["dp_policy_revision"]
+    table[table.Key(0)] = table.Leaf(revision, 0)
+
+
 def measure(runs: int = 7, calls: int = 200, repeat: int = 250, cpu: int | None = None,
-            log=print) -> dict:
+            log=print, revision: int = 1) -> dict:
     if not 1 <= repeat <= 254:
         raise ValueError("repeat must be 1..254 (each repeat takes one off the TTL of 255)")
     pinned = None
@@ -103,6 +113,7 @@ def measure(runs: int = 7, calls: int = 200, repeat: int = 250, cpu: int | None 
     for m in maps.values():
         m.clear()
     entries = _setup(maps)
+    _set_revision(obj, revision)
     ctx = testrun.tc_ctx(1)
     acks = {}
     for setting, (a, b) in PAIRS.items():      # open each flow: both ends' entries exist
@@ -126,7 +137,7 @@ def measure(runs: int = 7, calls: int = 200, repeat: int = 250, cpu: int | None 
         log(f"run {i + 1}/{runs}: " + ", ".join(f"{s} {per_run[s][-1]:.0f} ns" for s in PAIRS))
     med = {s: statistics.median(v) for s, v in per_run.items()}
     names = list(PAIRS)
-    return {"runs": runs, "calls": calls, "repeat": repeat, "cpu": pinned,
+    return {"runs": runs, "calls": calls, "repeat": repeat, "cpu": pinned, "revision": revision,
             "packets_per_run": calls * repeat, "compile_seconds": compile_s,
             "policy_entries": entries, "ns_per_packet": per_run, "median_ns": med,
             "ratio": med[names[1]] / med[names[0]]}
@@ -136,7 +147,8 @@ def report(r: dict) -> str:
     a, b = r["median_ns"]
     lines = [f"cil_from_container, pod -> pod on one node, established TCP flow: "
              f"{r['runs']} runs x {r['packets_per_run']} packets (test runs of {r['repeat']}), "
-             f"CPU {r['cpu'] if r['cpu'] is not None else 'not pinned'}",
+             f"CPU {r['cpu'] if r['cpu'] is not None else 'not pinned'}, policy revision "
+             f"{r['revision']} ({'verdicts cached' if r['revision'] else 'every packet decided'})",
              "",
              f"| {'policy':<32} | {'entries':>7} | {'median ns/packet':>16} | "
              f"{'range':>15} |",
@@ -155,11 +167,13 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=7, help="runs per setting (median)")
     ap.add_argument("--calls", type=int, default=200, help="test runs per run")
     ap.add_argument("--repeat", type=int, default=250, help="packets per test run (1..254)")
+    ap.add_argument("--revision", type=int, default=1,
+                    help="dp_policy_revision (0: no verdict cache, every packet decided)")
     ap.add_argument("--cpu", type=int, help="CPU to pin to (default: the highest allowed)")
     ap.add_argument("--json", action="store_true", help="print the raw results as JSON")
     a = ap.parse_args(argv)
     r = measure(a.runs, a.calls, a.repeat, a.cpu,
-                log=lambda s: print(s, file=sys.stderr, flush=True))
+                log=lambda s: print(s, file=sys.stderr, flush=True), revision=a.revision)
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0
 

@@ -381,7 +381,8 @@ struct ct_entry {
 	__u16 rev_nat_index;    /* reply entries: the service to translate back to */
 	__u16 flags;            /* CT_F_* */
 	__u32 src_sec_id;
-	__u32 pad;
+	__u32 policy_rev;       /* policy-tracked forward entries: the dp_policy_revision at which
+				 * policy last allowed the flow (0: not cached) */
 };
 
 /* cilium_l2_responder_v4 key: an address this node announces on one native device */
@@ -430,6 +431,15 @@ struct policy_entry {
 	__u64  bytes;
 };
 
+/* dp_policy_revision value (array, index 0): bumped by the agent after every change it
+ * writes to cilium_policy_v2. A flow's forward entry caches the revision its policy verdict was
+ * taken at (ct_entry.policy_rev); established packets skip the policy lookups while it still
+ * matches. 0 (never written): nothing is cached, every packet is decided. */
+struct policy_revision {
+	__u32 revision;
+	__u32 pad;
+};
+
 /* cilium_ipv4_frag_datagrams key: one fragmented datagram */
 struct ipv4_frag_id {
 	__be32 daddr;
@@ -443,6 +453,55 @@ struct ipv4_frag_id {
 struct ipv4_frag_l4ports {
 	__be16 sport;
 	__be16 dport;
+};
+
+/* ---- XDP NodePort flow cache (lib/xdp_flow.h; the XDP path's own block) ---- */
+
+/* dp_xdp_flow4 entries (an LRU with per-CPU lists: an entry only caches, losing one costs a
+ * slow-path packet) */
+#ifndef XDP_FLOW_MAP_SIZE
+#define XDP_FLOW_MAP_SIZE 65536
+#endif
+
+/* how long a cached flow is used before one packet takes the slow path again (ns of the coarse
+ * clock): it refreshes conntrack and NAT, re-checks the service and the route, refills it */
+#ifndef XDP_FLOW_REVALIDATE_NS
+#define XDP_FLOW_REVALIDATE_NS 1000000000
+#endif
+
+#define XDP_FLOW_F_LOCAL 1              /* the backend is a local pod: DNAT only, then XDP_PASS */
+
+/* dp_xdp_flow_stats indexes (per-CPU __u64 counters) */
+#define XDP_FLOW_STAT_HIT 0             /* packets sent from the cache */
+#define XDP_FLOW_STAT_FILL 1            /* entries filled (or refilled) by the slow path */
+#define XDP_FLOW_STATS 2
+
+/* dp_xdp_flow4 key: a NodePort flow as it arrives (client -> frontend) */
+struct xdp_flow4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8   proto;
+	__u8   pad[3];
+};
+
+/* dp_xdp_flow4 value: everything an established packet of the flow needs */
+struct xdp_flow4 {
+	__u64  filled_ns;           /* coarse clock when the slow path last filled it */
+	__u32  backend_id;          /* checked against cilium_lb4_backends_v3 on every packet */
+	__u32  ifindex;             /* the device the flow arrives on */
+	__u32  egress_ifindex;      /* where it leaves (remote backend) */
+	__be32 backend_addr;        /* new destination */
+	__be32 nat_addr;            /* new source (remote backend; local: the client's own) */
+	__be16 backend_port;
+	__be16 nat_port;
+	__u16  l3_diff;             /* folded one's complement difference for the IP checksum */
+	__u16  l4_diff;             /* the same for the TCP/UDP checksum */
+	__u8   dmac[6];             /* next hop */
+	__u8   smac[6];             /* egress device */
+	__u8   flags;               /* XDP_FLOW_F_* */
+	__u8   pad[3];
 };
 
 #endif /* DP_ABI_H */

@@ -9,7 +9,8 @@
  * on another node is sent there (VXLAN in tunnel mode, FIB redirect in native mode), in tunnel
  * mode a NodePort backend's reply first getting its frontend back; anything else continues to
  * the node's stack. One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS
- * (leaving the pod).
+ * (leaving the pod). A TCP/UDP packet is parsed once (lb4_parse) and that view, kept in step
+ * with the DNAT, serves load balancing and both ends' policy, with one clock read.
  *
  * cil_to_container (tc egress): what the node's stack routes into the pod (the host's own
  * processes, say): the pod's ingress policy on the source address's identity in the ipcache.
@@ -32,23 +33,33 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb,
 	struct remote_endpoint_info *info;
 	struct endpoint_info *dst;
 	struct node_config *cfg;
+	struct lb4_pkt pkt = {};
 	struct iphdr *ip;
-	__be32 daddr;
-	int hairpin, local;
+	__be32 saddr, daddr;
+	__u32 now = 0;
+	int hairpin, local, l4;
 	int ret = parse_ipv4(skb, &ip);
 
 	if (ret < 0)
 		return ret;
 	if (ip->saddr != self->ip4)
 		return -DROP_INVALID_SIP;
-	ret = lb4_xlate(skb, self->sec_id, 1);
-	if (ret < 0)
-		return ret;
-	ret = parse_ipv4(skb, &ip);     /* the header may have been rewritten: look again */
-	if (ret < 0)
-		return ret;
-	hairpin = lb4_is_loopback(ip->saddr);       /* a hairpin request, SNATed by lb4_xlate */
-	if (lb4_is_loopback(ip->daddr)) {   /* a hairpin reply: frontend -> the pod again */
+	saddr = ip->saddr;
+	daddr = ip->daddr;
+	/* TCP and UDP (not fragments) are parsed once here and the view passed down (pkt follows
+	 * the rewrites); anything else takes each step's own parse */
+	l4 = lb4_parse(skb, &pkt);
+	if (l4 < 0)
+		return l4;
+	if (l4) {
+		ret = lb4_xlate_pkt(skb, &pkt, self->sec_id, 1);
+		if (ret < 0)
+			return ret;
+		saddr = pkt.saddr;
+		daddr = pkt.daddr;
+	}
+	hairpin = lb4_is_loopback(saddr);   /* a hairpin request, SNATed by lb4_xlate */
+	if (lb4_is_loopback(daddr)) {       /* a hairpin reply: frontend -> the pod again */
 		hairpin = 1;
 		ret = lb4_rev_nat(skb, 0);
 		if (ret < 0)
@@ -56,17 +67,29 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb,
 		ret = parse_ipv4(skb, &ip);
 		if (ret < 0)
 			return ret;
+		daddr = ip->daddr;
+		if (l4) {
+			l4 = lb4_parse(skb, &pkt);
+			if (l4 < 0)
+				return l4;
+		}
 	}
-	daddr = ip->daddr;
 	dst = lookup_ip4_endpoint(daddr);
 	local = dst && !(dst->flags & ENDPOINT_F_HOST);
 	if (hairpin && local)
 		return ipv4_deliver_to_ep(skb, dst);        /* no policy, as Cilium skips it */
-	ret = policy_egress4(skb, self->lxc_id, dst ? dst->sec_id : ipcache_identity4(daddr));
+	if (l4) {
+		now = ct_now();         /* one clock read for both ends' conntrack */
+		ret = policy_ct4_lb(&pkt, self->lxc_id,
+				    dst ? dst->sec_id : ipcache_identity4(daddr), POLICY_EGRESS, now);
+	} else
+		ret = policy_egress4(skb, self->lxc_id,
+				     dst ? dst->sec_id : ipcache_identity4(daddr));
 	if (ret < 0)
 		return ret;
 	if (local)
-		return ipv4_local_delivery(skb, dst, self->sec_id);
+		return l4 ? ipv4_local_delivery_pkt(skb, dst, self->sec_id, &pkt, now) :
+			    ipv4_local_delivery(skb, dst, self->sec_id);
 	cfg = node_config();
 	if (cfg && (cfg->flags & NODE_CFG_F_TUNNEL)) {
 		/* a NodePort backend answering a pod on another node: the frontend back now, since

@@ -152,6 +152,14 @@ NAT_F_CLOSING = 1
 IPCACHE_PREFIX_BASE = 32
 TUNNEL_PORT = 8472
 
+# ---- XDP NodePort flow cache (bpf/lib/xdp_flow.h; the XDP path's own block) ----
+XDP_FLOW_MAP_SIZE = 65536
+XDP_FLOW_REVALIDATE_NS = 1000000000     # a cached flow's slow-path packet once a second
+XDP_FLOW_F_LOCAL = 1
+XDP_FLOW_STAT_HIT = 0                   # dp_xdp_flow_stats: packets sent from the cache
+XDP_FLOW_STAT_FILL = 1                  # entries (re)filled by the slow path
+XDP_FLOW_STATS = 2
+
 # Every reason string a metric may carry (Cilium's, verbatim). Keys not in abi.h are reasons
 # Cilium has that our programs do not produce yet; they keep their numbers reserved.
 REASON_STRINGS: dict[int, str] = {
@@ -214,9 +222,43 @@ CONSTANTS = {k: v for k, v in dict(globals()).items()
 Mac = c_uint8 * 6
 
 
+_SCALAR = {ctypes.sizeof(c_uint8): "B", ctypes.sizeof(c_uint16): "H", ctypes.sizeof(c_uint32): "I",
+           8: "Q"}
+
+
+def _packer(cls) -> struct.Struct:
+    """A struct.Struct with the same bytes as `cls`'s layout: its non-pad fields in order
+    (scalars as native integers, arrays as bytes), pads and alignment gaps zero."""
+    fmt, at = "<", 0
+    for name, ctype, *_ in cls._fields_:
+        f = getattr(cls, name)
+        if f.offset > at:
+            fmt += f"{f.offset - at}x"
+        if name.startswith("pad"):
+            fmt += f"{f.size}x"
+        elif issubclass(ctype, ctypes.Array):
+            fmt += f"{f.size}s"
+        else:
+            fmt += _SCALAR[f.size]
+        at = f.offset + f.size
+    if ctypes.sizeof(cls) > at:
+        fmt += f"{ctypes.sizeof(cls) - at}x"
+    return struct.Struct(fmt)
+
+
 class _Struct(ctypes.Structure):
     def to_bytes(self) -> bytes:
         return bytes(self)
+
+    @classmethod
+    def pack(cls, *values) -> bytes:
+        """The struct's bytes from its non-pad fields' values, in order (fast: no ctypes
+        object; the bytes are the same as bytes(cls(...)))."""
+        p = cls.__dict__.get("_struct")
+        if p is None:
+            p = _packer(cls)
+            setattr(cls, "_struct", p)
+        return p.pack(*values)
 
     @classmethod
     def from_bytes(cls, data: bytes):
@@ -366,7 +408,7 @@ class CtEntry(_Struct):
     c_name = "ct_entry"
     _fields_ = [("backend_id", c_uint64), ("packets", c_uint64), ("bytes", c_uint64),
                 ("lifetime", c_uint32), ("rev_nat_index", c_uint16), ("flags", c_uint16),
-                ("src_sec_id", c_uint32), ("pad", c_uint32)]
+                ("src_sec_id", c_uint32), ("policy_rev", c_uint32)]
 
 
 class Ipv4NatEntry(_Struct):
@@ -433,6 +475,12 @@ class PolicyEntry(_Struct):
                 ("pad1", c_uint32), ("packets", c_uint64), ("bytes", c_uint64)]
 
 
+class PolicyRevision(_Struct):
+    """dp_policy_revision value (index 0): bumped by the agent after each policy map change."""
+    c_name = "policy_revision"
+    _fields_ = [("revision", c_uint32), ("pad", c_uint32)]
+
+
 class Ipv4FragId(_Struct):
     """cilium_ipv4_frag_datagrams key: one fragmented datagram."""
     c_name = "ipv4_frag_id"
@@ -446,6 +494,24 @@ class Ipv4FragL4Ports(_Struct):
     _fields_ = [("sport", c_uint16), ("dport", c_uint16)]
 
 
+# ---- XDP NodePort flow cache (bpf/lib/xdp_flow.h) ----
+class XdpFlow4Key(_Struct):
+    """dp_xdp_flow4 key: a NodePort flow as it arrives (client -> frontend)."""
+    c_name = "xdp_flow4_key"
+    _fields_ = [("saddr", c_uint32), ("daddr", c_uint32), ("sport", c_uint16),
+                ("dport", c_uint16), ("proto", c_uint8), ("pad", c_uint8 * 3)]
+
+
+class XdpFlow4(_Struct):
+    """dp_xdp_flow4 value: what an established packet of the flow needs (rewrite, next hop)."""
+    c_name = "xdp_flow4"
+    _fields_ = [("filled_ns", c_uint64), ("backend_id", c_uint32), ("ifindex", c_uint32),
+                ("egress_ifindex", c_uint32), ("backend_addr", c_uint32),
+                ("nat_addr", c_uint32), ("backend_port", c_uint16), ("nat_port", c_uint16),
+                ("l3_diff", c_uint16), ("l4_diff", c_uint16), ("dmac", Mac), ("smac", Mac),
+                ("flags", c_uint8), ("pad", c_uint8 * 3)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
@@ -453,7 +519,8 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, M
                                       Lb4AffinityKey, LbAffinityVal, Ipv4NatEntry, IpmasqKey,
                                       Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
                                       NetdevInfo, AgentLiveness, PolicyKey, PolicyEntry,
-                                      Ipv4FragId, Ipv4FragL4Ports)
+                                      Ipv4FragId, Ipv4FragL4Ports, PolicyRevision,
+                                      XdpFlow4Key, XdpFlow4)
 
 
 # ---- codecs ----

@@ -7,11 +7,15 @@
  * deletes expired entries (its GC); LRU eviction is the backstop.
  *
  * API:
- *   ct_now()                      seconds of the monotonic clock (bpf_ktime_get_ns)
+ *   ct_now()                      seconds of the monotonic clock (its coarse reading: one tick
+ *                                 old at most, and far cheaper than bpf_ktime_get_ns)
  *   ct_lookup(tuple)              the entry, or NULL
  *   ct_create(tuple, entry)       returns 0 or -DROP_CT_CREATE_FAILED
  *   ct_delete(tuple)              remove the entry, if any
  *   ct_refresh(entry, tcp_flags, is_tcp, bytes)   account a packet and extend the lifetime
+ *   ct_refresh_at(entry, tcp_flags, is_tcp, bytes, now)   the same with the clock already read;
+ *                                 the lifetime is written only when it changes (once a second
+ *                                 on an established flow)
  */
 #ifndef DP_LIB_CONNTRACK_H
 #define DP_LIB_CONNTRACK_H
@@ -22,9 +26,14 @@
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
 
+/* bpf_ktime_get_coarse_ns (kernel 5.11): CLOCK_MONOTONIC_COARSE, the same clock as
+ * bpf_ktime_get_ns (and the agent's time.monotonic()) read at the last tick, without touching
+ * the clocksource. */
+static __u64 (*ct_coarse_ns)(void) = (void *)BPF_FUNC_ktime_get_coarse_ns;
+
 static __always_inline __u32 ct_now(void)
 {
-	return bpf_ktime_get_ns() / 1000000000ULL;
+	return ct_coarse_ns() / 1000000000ULL;
 }
 
 static __always_inline struct ct_entry *ct_lookup(struct ipv4_ct_tuple *tuple)
@@ -53,13 +62,13 @@ static __always_inline void ct_delete(struct ipv4_ct_tuple *tuple)
 		cilium_ct_any4_global.delete(tuple);
 }
 
-static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
-				       __u32 bytes)
+static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
+					  __u32 bytes, __u32 now)
 {
 	__u32 life = CT_CONNECTION_LIFETIME_NONTCP;
 
 	if (is_tcp) {
-		if (!(tcp_flags & TCP_FLAG_SYN))
+		if (!(tcp_flags & TCP_FLAG_SYN) && !(entry->flags & CT_F_SEEN_NON_SYN))
 			entry->flags |= CT_F_SEEN_NON_SYN;
 		if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 			entry->flags |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
@@ -71,9 +80,16 @@ static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, i
 		else
 			life = CT_SYN_TIMEOUT;
 	}
-	entry->lifetime = ct_now() + life;
+	if (entry->lifetime != now + life)      /* Cilium's report interval: a second at most */
+		entry->lifetime = now + life;
 	entry->packets += 1;
 	entry->bytes += bytes;
+}
+
+static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
+				       __u32 bytes)
+{
+	ct_refresh_at(entry, tcp_flags, is_tcp, bytes, ct_now());
 }
 
 #endif /* DP_LIB_CONNTRACK_H */

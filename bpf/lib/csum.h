@@ -1,5 +1,6 @@
 /* lib/csum.h - incremental Internet checksum updates (RFC 1624) for programs that rewrite
- * headers in place through direct packet access (XDP has no l3/l4_csum_replace helpers).
+ * headers in place through direct packet access (XDP has no l3/l4_csum_replace helpers; tc uses
+ * them for the IP header checksum, which is never offloaded, to save a helper call).
  * Values are taken as they lie in the packet (network order); the one's complement sum does
  * not depend on byte order as long as both sides are read the same way.
  *

@@ -55,6 +55,13 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct iphdr **ipp)
 
 static __always_inline int eth_rewrite(struct __sk_buff *skb, const __u8 *smac, const __u8 *dmac)
 {
+	struct ethhdr *eth = ctx_data(skb);
+
+	if ((void *)(eth + 1) <= ctx_data_end(skb)) {  /* in place: no helper call */
+		__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+		return 0;
+	}
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dmac, ETH_ALEN, 0) < 0)
 		return -DROP_WRITE_ERROR;
 	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), smac, ETH_ALEN, 0) < 0)

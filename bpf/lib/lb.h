@@ -4,7 +4,8 @@
  * its conntrack entry remembers while that backend still exists (terminating backends finish
  * their flows), else a random active slot 1..count. The packet is DNATed to the backend with
  * L3/L4 checksums fixed incrementally, and a reply entry is created so the client's node turns
- * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery). A pod that
+ * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery); an
+ * established flow checks that entry again only with a SYN or once a second. A pod that
  * reaches itself through a service (hairpin) is also SNATed to IPV4_LOOPBACK, so its own stack
  * sees a peer; the reply to IPV4_LOOPBACK is turned back into frontend -> pod. A service with
  * SVC_FLAG_AFFINITY (ClientIP) sends a client's new flows to its last backend while that is
@@ -23,9 +24,14 @@
  *   lb4_decide(pkt, src_identity, internal, &backend, &loopback)
  *                                  the hook-independent decision (tc and XDP); returns
  *                                  LB_XLATED, 0 or a negative DROP_*
+ *   lb4_parse(skb, &pkt)           the L4 view (struct lb4_pkt) of a TCP/UDP packet that is not
+ *                                  a fragment: 1, 0 (load balancing does not apply) or a
+ *                                  negative DROP_*
  *   lb4_xlate(skb, src_identity, internal)
  *                                  returns LB_XLATED, 0 (not a service), -DROP_NO_SERVICE (no
  *                                  backend), -DROP_IS_CLUSTER_IP, or another negative DROP_*
+ *   lb4_xlate_pkt(skb, &pkt, src_identity, internal)
+ *                                  the same for a packet lb4_parse took; pkt follows the rewrite
  *   lb4_rev_nat(skb, nodeport_only)
  *                                  a reply, or an ICMP error about the flow; returns LB_XLATED,
  *                                  0 (not of a service flow; with nodeport_only, of a
@@ -41,6 +47,7 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "icmp.h"
+#include "csum.h"
 
 #define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
 #define IP_DADDR_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
@@ -64,6 +71,7 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct lb4_pkt *pkt)
 {
 	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	__be16 ports[2];
+	__u8 *l4;
 
 	if ((void *)(ip + 1) > ctx_data_end(skb))
 		return -DROP_INVALID;
@@ -77,6 +85,16 @@ static __always_inline int lb4_parse(struct __sk_buff *skb, struct lb4_pkt *pkt)
 	pkt->proto = ip->protocol;
 	pkt->len = skb->len;
 	pkt->tcp_flags = 0;
+	/* the first 14 bytes of a TCP header (to its flags), 4 of a UDP one: read in place when
+	 * the linear part holds them, through the helper otherwise (same result, same errors) */
+	l4 = (__u8 *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 14) <= ctx_data_end(skb)) {
+		pkt->sport = *(__be16 *)l4;
+		pkt->dport = *(__be16 *)(l4 + 2);
+		if (pkt->proto == IPPROTO_TCP)
+			pkt->tcp_flags = l4[13];
+		return 1;
+	}
 	if (bpf_skb_load_bytes(skb, pkt->l4_off, ports, sizeof(ports)) < 0)
 		return -DROP_CT_INVALID_HDR;
 	pkt->sport = ports[0];
@@ -99,7 +117,48 @@ static __always_inline void lb4_tuple(struct ipv4_ct_tuple *tuple, const struct 
 	tuple->flags = flags;
 }
 
-/* Rewrite one address (at addr_off) and one port (at l4_off + port_off) with checksums. */
+/* Write len bytes at off: in place when the linear part holds them, else with the helper. */
+static __always_inline int lb4_store(struct __sk_buff *skb, __u32 off, const void *from,
+				     __u32 len)
+{
+	__u8 *p;
+
+	if (off < 256) {        /* a header offset: bounded for the verifier */
+		__u64 o = off;
+
+		asm volatile("%0 &= 0xff" : "+r"(o));
+		p = ctx_data(skb) + o;
+		if (len == 4 && p + 4 <= (__u8 *)ctx_data_end(skb)) {
+			__builtin_memcpy(p, from, 4);
+			return 0;
+		}
+		if (len == 2 && p + 2 <= (__u8 *)ctx_data_end(skb)) {
+			__builtin_memcpy(p, from, 2);
+			return 0;
+		}
+	}
+	return bpf_skb_store_bytes(skb, off, from, len, 0) < 0 ? -DROP_WRITE_ERROR : 0;
+}
+
+/* The IP header checksum for an address change: computed in place (the IP checksum is never
+ * offloaded, so this is what bpf_l3_csum_replace would write), else by the helper. */
+static __always_inline int lb4_l3_csum(struct __sk_buff *skb, __be32 from, __be32 to)
+{
+	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
+	__u16 sum;
+
+	if ((void *)(ip + 1) <= ctx_data_end(skb)) {
+		sum = ip->check;
+		dp_csum_replace4(&sum, from, to);
+		ip->check = sum;
+		return 0;
+	}
+	return bpf_l3_csum_replace(skb, IP_CSUM_OFF, from, to, 4) < 0 ? -DROP_CSUM_L3 : 0;
+}
+
+/* Rewrite one address (at addr_off) and one port (at l4_off + port_off) with checksums: the
+ * TCP/UDP checksum through bpf_l4_csum_replace (it knows the skb's checksum state: partial,
+ * complete, none), the IP checksum and the bytes in place. */
 static __always_inline int lb4_rewrite(struct __sk_buff *skb, const struct lb4_pkt *pkt,
 				       __u32 addr_off, __be32 old_addr, __be32 new_addr,
 				       __u32 port_off, __be16 old_port, __be16 new_port)
@@ -108,22 +167,27 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, const struct lb4_p
 					offsetof(struct tcphdr, check) :
 					offsetof(struct udphdr, check));
 	__u64 mangled0 = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int ret;
 
 	if (old_addr != new_addr) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr,
 					BPF_F_PSEUDO_HDR | mangled0 | 4) < 0)
 			return -DROP_CSUM_L4;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_addr, new_addr, 4) < 0)
-			return -DROP_CSUM_L3;
-		if (bpf_skb_store_bytes(skb, addr_off, &new_addr, 4, 0) < 0)
-			return -DROP_WRITE_ERROR;
 	}
 	if (old_port != new_port) {
 		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled0 | 2) < 0)
 			return -DROP_CSUM_L4;
-		if (bpf_skb_store_bytes(skb, pkt->l4_off + port_off, &new_port, 2, 0) < 0)
-			return -DROP_WRITE_ERROR;
 	}
+	if (old_addr != new_addr) {
+		ret = lb4_l3_csum(skb, old_addr, new_addr);
+		if (ret < 0)
+			return ret;
+		ret = lb4_store(skb, addr_off, &new_addr, 4);
+		if (ret < 0)
+			return ret;
+	}
+	if (old_port != new_port)
+		return lb4_store(skb, pkt->l4_off + port_off, &new_port, 2);
 	return 0;
 }
 
@@ -293,7 +357,7 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	struct ipv4_ct_tuple tuple = {}, reply = {};
 	struct ct_entry *ct, *rct, entry = {};
 	struct lb4_pkt pkt = *p;
-	__u32 backend_id = 0;
+	__u32 backend_id = 0, now, lifetime = 0;
 	__u16 rev_nat_index;
 	__u8 rflags;
 	int loopback, ret;
@@ -331,13 +395,23 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		ret = ct_create(&tuple, &entry);
 		if (ret < 0)
 			return ret;
+		ct = NULL;
 	} else {
-		ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+		now = ct_now();
+		lifetime = ct->lifetime;
+		ct_refresh_at(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
 	}
 	lb4_affinity_update(svc, pkt.saddr, rev_nat_index, backend_id);
 
 	/* the reply orientation, for lb4_rev_nat on the way back; a hairpin answers IPV4_LOOPBACK */
 	loopback = internal && backend->address == pkt.saddr;
+	/* an established flow's reply entry was made with its first packet: it is checked again
+	 * only with a SYN or when the flow's lifetime moves on (once a second at most) */
+	if (ct && ct->lifetime == lifetime && !(pkt.tcp_flags & TCP_FLAG_SYN)) {
+		*out = backend;
+		*loopback_out = loopback;
+		return LB_XLATED;
+	}
 	reply.daddr = loopback ? bpf_htonl(IPV4_LOOPBACK_HOST) : pkt.saddr;
 	reply.saddr = backend->address;
 	reply.dport = pkt.sport;
@@ -367,27 +441,45 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	return LB_XLATED;
 }
 
+/* lb4_xlate for a packet lb4_parse took: pkt follows the rewrite (destination, and the source
+ * of a hairpin). Returns LB_XLATED, 0 (not a service) or a negative DROP_*. */
+static __always_inline int lb4_xlate_pkt(struct __sk_buff *skb, struct lb4_pkt *pkt,
+					 __u32 src_identity, int internal)
+{
+	struct lb4_backend *backend = NULL;
+	__be32 baddr;
+	__be16 bport;
+	int loopback = 0, ret;
+
+	ret = lb4_decide(pkt, src_identity, internal, &backend, &loopback);
+	if (ret != LB_XLATED || !backend)
+		return ret;
+	baddr = backend->address;
+	bport = backend->port;
+	ret = lb4_rewrite(skb, pkt, IP_DADDR_OFF, pkt->daddr, baddr,
+			  offsetof(struct tcphdr, dest), pkt->dport, bport);
+	if (ret < 0)
+		return ret;
+	pkt->daddr = baddr;
+	pkt->dport = bport;
+	if (loopback) {
+		ret = lb4_rewrite(skb, pkt, IP_SADDR_OFF, pkt->saddr,
+				  bpf_htonl(IPV4_LOOPBACK_HOST), offsetof(struct tcphdr, source),
+				  pkt->sport, pkt->sport);
+		pkt->saddr = bpf_htonl(IPV4_LOOPBACK_HOST);
+	}
+	return ret < 0 ? ret : LB_XLATED;
+}
+
 /* Returns LB_XLATED (DNATed to a backend), 0 (not a service) or a negative DROP_*. */
 static __always_inline int lb4_xlate(struct __sk_buff *skb, __u32 src_identity, int internal)
 {
-	struct lb4_backend *backend = NULL;
 	struct lb4_pkt pkt = {};
-	int loopback = 0, ret = lb4_parse(skb, &pkt);
+	int ret = lb4_parse(skb, &pkt);
 
 	if (ret <= 0)
 		return ret;
-	ret = lb4_decide(&pkt, src_identity, internal, &backend, &loopback);
-	if (ret != LB_XLATED || !backend)
-		return ret;
-	ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, backend->address,
-			  offsetof(struct tcphdr, dest), pkt.dport, backend->port);
-	if (ret < 0)
-		return ret;
-	if (loopback)
-		ret = lb4_rewrite(skb, &pkt, IP_SADDR_OFF, pkt.saddr,
-				  bpf_htonl(IPV4_LOOPBACK_HOST), offsetof(struct tcphdr, source),
-				  pkt.sport, pkt.sport);
-	return ret < 0 ? ret : LB_XLATED;
+	return lb4_xlate_pkt(skb, &pkt, src_identity, internal);
 }
 
 /* An ICMP error about a load-balanced flow: the quoted packet is client -> backend (with

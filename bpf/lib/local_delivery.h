@@ -13,6 +13,9 @@
  *                                     ingress policy of ep for a packet from src_identity
  *                                     (lib/policy.h), then ipv4_deliver_to_ep; returns
  *                                     CTX_ACT_REDIRECT or a negative DROP_*
+ *   ipv4_local_delivery_pkt(skb, ep, src_identity, &lb_pkt, now)
+ *                                     the same for a packet lb4_parse took (parsed once, the
+ *                                     clock read once)
  *   ipv4_deliver_to_ep(skb, ep)       without policy (only a hairpin, the pod reaching itself):
  *                                     replies of a load-balanced flow get their frontend back
  *                                     (lb4_rev_nat), TTL - 1, MACs set to lxc -> pod,
@@ -71,6 +74,29 @@ static __always_inline int ipv4_local_delivery(struct __sk_buff *skb,
 	if (ret < 0)
 		return ret;
 	return ipv4_deliver_to_ep(skb, ep);
+}
+
+/* ipv4_local_delivery for a packet lb4_parse took. A forward packet of a flow tracked into the
+ * pod is no service reply (that would be the same socket pair the other way round), so it
+ * skips lb4_rev_nat's lookup. */
+static __always_inline int ipv4_local_delivery_pkt(struct __sk_buff *skb,
+						   const struct endpoint_info *ep,
+						   __u32 src_identity, const struct lb4_pkt *pkt,
+						   __u32 now)
+{
+	int ret = policy_ct4_lb(pkt, ep->lxc_id, src_identity, POLICY_INGRESS, now);
+
+	if (ret < 0)
+		return ret;
+	if (ret != POLICY_ESTABLISHED)
+		return ipv4_deliver_to_ep(skb, ep);
+	ret = ipv4_dec_ttl(skb);
+	if (ret < 0)
+		return ret;
+	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
+	if (ret < 0)
+		return ret;
+	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
 static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb, __u32 src_identity)

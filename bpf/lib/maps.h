@@ -71,6 +71,9 @@ DP_MAP_F("lpm_trie", struct policy_key, struct policy_entry, cilium_policy_v2, P
 DP_MAP("lru_hash", struct ipv4_frag_id, struct ipv4_frag_l4ports, cilium_ipv4_frag_datagrams,
        IPV4_FRAG_DATAGRAMS_MAP_SIZE);
 
+/* dp_policy_revision: one entry (index 0), bumped by the agent after each policy map change */
+DP_MAP("array", __u32, struct policy_revision, dp_policy_revision, 1);
+
 /* dp_agent_liveness: one entry (index 0), the agent's heartbeat */
 DP_MAP("array", __u32, struct agent_liveness, dp_agent_liveness, 1);
 

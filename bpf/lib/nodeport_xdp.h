@@ -11,6 +11,12 @@
  * the tc path. A drop is counted in cilium_metrics under METRIC_INGRESS; passed packets are
  * counted by tc, sent ones here.
  *
+ * A packet that is not for a frontend passes after one lookup, as before the flow cache. Then
+ * the flow cache (lib/xdp_flow.h): a hit is one lookup (plus its backend's) and one checksum
+ * difference each for IP and TCP/UDP; the slow path below runs for new flows, misses and once a
+ * second per flow, and fills the cache for established packets. The packet is parsed once
+ * (xdp_lb4_parse) and the parsed view passed down.
+ *
  * API:
  *   nodeport_lb4_xdp(ctx)   returns XDP_PASS, XDP_TX, a redirect, or a negative DROP_*
  */
@@ -20,6 +26,7 @@
 #include "lb.h"
 #include "nat.h"
 #include "csum.h"
+#include "xdp_flow.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -93,16 +100,26 @@ static __always_inline int nodeport_lb4_xdp(struct xdp_md *ctx)
 	struct lb4_backend *backend = NULL;
 	struct endpoint_info *ep;
 	struct lb4_pkt pkt = {}, natted;
+	struct lb4_key skey = {};
 	struct iphdr *ip;
 	struct ethhdr *eth;
 	void *l4;
 	__be32 to_addr = 0;
 	__be16 to_port = 0;
 	__u16 old_ttl;
-	int loopback = 0, ret;
+	int loopback = 0, fill = 0, ret;
 
 	if (!cfg || !xdp_lb4_parse(ctx, &pkt, &ip, &l4))
 		return XDP_PASS;
+	/* not a frontend: the one lookup everything else pays, as before the cache */
+	skey.address = pkt.daddr;
+	skey.dport = pkt.dport;
+	skey.proto = pkt.proto;
+	if (!cilium_lb4_services_v2.lookup(&skey))
+		return XDP_PASS;
+	ret = xdp_flow_fast(ctx, &pkt, ip, l4, cfg, &fill);
+	if (ret != XDP_FLOW_MISS)
+		return ret;
 	ret = lb4_decide(&pkt, IDENTITY_WORLD, 0, &backend, &loopback);
 	if (ret != LB_XLATED || !backend)
 		return ret < 0 ? ret : XDP_PASS;
@@ -110,6 +127,8 @@ static __always_inline int nodeport_lb4_xdp(struct xdp_md *ctx)
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
 		xdp_lb4_rewrite(ip, l4, pkt.proto == IPPROTO_UDP, backend->address, backend->port,
 				0, 0, 0);
+		if (fill)
+			xdp_flow_fill(ctx, &pkt, ip, l4, 0, XDP_FLOW_F_LOCAL, 0, NULL, NULL);
 		return XDP_PASS;        /* tc delivers it into the pod */
 	}
 	if (cfg->flags & NODE_CFG_F_TUNNEL)
@@ -141,6 +160,8 @@ static __always_inline int nodeport_lb4_xdp(struct xdp_md *ctx)
 		return -DROP_INVALID;
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (fill)
+		xdp_flow_fill(ctx, &pkt, ip, l4, old_ttl, 0, fib.ifindex, fib.smac, fib.dmac);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(fib.ifindex, 0);

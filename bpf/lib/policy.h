@@ -22,6 +22,14 @@
  * packet whose reversed tuple is the other direction's entry is a reply; a TCP SYN on a closed
  * entry starts over (Cilium's CT_NEW).
  *
+ * Verdict cache: a forward entry remembers the dp_policy_revision at which policy allowed the
+ * flow (ct_entry.policy_rev) and the peer identity it was decided for (src_sec_id). While the
+ * agent's revision (bumped after every policy map change) and the peer's identity are still
+ * those, an established packet passes on that one conntrack lookup, without the LPM lookups;
+ * any change sends its next packet through the full decision again (a removed allow or a new
+ * deny drops it there). Revision 0 (the agent never wrote one) caches nothing. The deciding
+ * policy entry counts the packets that were decided; the flow's conntrack entry counts all.
+ *
  * API:
  *   policy_egress4(skb, ep_id, dst_identity)   endpoint ep_id sends the packet (valid IPv4
  *                                              header, the endpoint's address as its source)
@@ -35,6 +43,12 @@
  *                                              entry: 0, -DROP_POLICY or -DROP_POLICY_DENY
  *   policy_parse4(skb, &pkt)                   the packet's policy view (struct policy_pkt):
  *                                              0 or a negative DROP_*
+ *   policy_ct4_lb(lb_pkt, ep_id, identity, dir, now)
+ *                                              the same decision for a packet already parsed
+ *                                              by lb4_parse (TCP/UDP, not a fragment), the
+ *                                              clock read once (ct_now()) by the caller: 0,
+ *                                              POLICY_ESTABLISHED (a forward packet of a
+ *                                              tracked flow) or a negative DROP_*
  */
 #ifndef DP_LIB_POLICY_H
 #define DP_LIB_POLICY_H
@@ -44,6 +58,9 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "icmp.h"
+#include "lb.h"
+
+#define POLICY_ESTABLISHED 1   /* policy_ct4_*: a forward packet of a tracked flow, passed */
 
 #define IP_MF_FLAG   0x2000
 #define IP_FRAG_OFF  0x1FFF
@@ -74,6 +91,13 @@ static __always_inline int policy_l4_ports(struct __sk_buff *skb, __u32 off, __u
 
 	ports[0] = ports[1] = 0;
 	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		__be16 *l4 = ctx_data(skb) + off;
+
+		if ((void *)(l4 + 2) <= ctx_data_end(skb)) {    /* linear: no helper call */
+			ports[0] = l4[0];
+			ports[1] = l4[1];
+			return 0;
+		}
 		if (bpf_skb_load_bytes(skb, off, ports, 4) < 0)
 			return -DROP_CT_INVALID_HDR;
 		return 0;
@@ -153,8 +177,14 @@ static __always_inline int policy_parse4(struct __sk_buff *skb, struct policy_pk
 	pkt->tuple.dport = frag_ports.dport = ports[1];
 	if ((frag & IP_MF_FLAG) && policy_has_ports(proto))
 		cilium_ipv4_frag_datagrams.update(&frag_id, &frag_ports);
-	if (proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, off + 13, &pkt->tcp_flags, 1) < 0)
-		return -DROP_CT_INVALID_HDR;
+	if (proto == IPPROTO_TCP) {
+		__u8 *flags = ctx_data(skb) + off + 13;
+
+		if ((void *)(flags + 1) <= ctx_data_end(skb))
+			pkt->tcp_flags = *flags;
+		else if (bpf_skb_load_bytes(skb, off + 13, &pkt->tcp_flags, 1) < 0)
+			return -DROP_CT_INVALID_HDR;
+	}
 	if (proto == IPPROTO_ICMP && (ret == ICMP_DEST_UNREACH || ret == ICMP_TIME_EXCEEDED ||
 				      ret == ICMP_PARAMETERPROB_TYPE))
 		policy_parse_quote(skb, off, pkt);
@@ -216,50 +246,95 @@ static __always_inline int policy_ct_restarts(const struct ct_entry *ct,
 	       (CT_F_RX_CLOSING | CT_F_TX_CLOSING);
 }
 
-/* The endpoint's side of a flow in direction dir: its related errors and replies pass, the
- * forward direction is decided by policy and tracked. Returns 0 or a negative DROP_*. */
-static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 peer_id,
-				      __u8 dir)
+/* The agent's policy revision, 0 when it never wrote one (nothing is cached then). */
+static __always_inline __u32 policy_revision(void)
 {
-	struct policy_pkt pkt = {};
-	struct ipv4_ct_tuple key = {};
-	struct ct_entry *ct, entry = {};
-	__u8 own = dir == POLICY_EGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
-	__u8 other = own ^ TUPLE_F_IN;
-	int is_tcp, ret = policy_parse4(skb, &pkt);
+	__u32 zero = 0;
+	struct policy_revision *rev = dp_policy_revision.lookup(&zero);
 
-	if (ret < 0)
-		return ret;
-	is_tcp = pkt.tuple.nexthdr == IPPROTO_TCP;
+	return rev ? rev->revision : 0;
+}
+
+/* The endpoint's side of a flow in direction dir, for a parsed packet: its related errors and
+ * replies pass, the forward direction is decided by policy (or by the verdict its entry
+ * caches) and tracked. Returns 0, POLICY_ESTABLISHED or a negative DROP_*. */
+static __always_inline int policy_ct4_pkt(const struct policy_pkt *pkt, __u16 ep_id,
+					  __u32 peer_id, __u8 dir, __u32 now)
+{
+	struct ipv4_ct_tuple key = {}, rkey = {};
+	struct ct_entry *ct, *own, entry = {};
+	__u8 owndir = dir == POLICY_EGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
+	__u8 other = owndir ^ TUPLE_F_IN;
+	__u32 rev;
+	int is_tcp = pkt->tuple.nexthdr == IPPROTO_TCP, ret;
+
 	/* RELATED: the quote is the endpoint's own packet (on ingress one it sent: quoted source =
 	 * the outer destination; on egress one it received: quoted destination = the outer
 	 * source), of a tracked flow, either way round. Without the address check an error
 	 * quoting any endpoint's flow on this node would pass into (or out of) this one. */
-	if (pkt.related &&
-	    (dir == POLICY_EGRESS ? pkt.quoted.daddr == pkt.tuple.saddr :
-				    pkt.quoted.saddr == pkt.tuple.daddr) &&
-	    (policy_ct_find(&pkt.quoted, 1, own, &key) ||
-	     policy_ct_find(&pkt.quoted, 0, other, &key)))
+	if (pkt->related &&
+	    (dir == POLICY_EGRESS ? pkt->quoted.daddr == pkt->tuple.saddr :
+				    pkt->quoted.saddr == pkt->tuple.daddr) &&
+	    (policy_ct_find(&pkt->quoted, 1, owndir, &rkey) ||
+	     policy_ct_find(&pkt->quoted, 0, other, &rkey)))
 		return 0;
-	ct = policy_ct_find(&pkt.tuple, 1, other, &key);
-	if (ct && !policy_ct_restarts(ct, &pkt)) {              /* REPLY */
-		ct_refresh(ct, pkt.tcp_flags, is_tcp, pkt.len);
+	/* ESTABLISHED with a cached verdict still valid: one lookup */
+	rev = policy_revision();
+	own = policy_ct_find(&pkt->tuple, 0, owndir, &key);
+	if (own && rev && own->policy_rev == rev && own->src_sec_id == peer_id &&
+	    !policy_ct_restarts(own, pkt)) {
+		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now);
+		return POLICY_ESTABLISHED;
+	}
+	ct = policy_ct_find(&pkt->tuple, 1, other, &rkey);
+	if (ct && !policy_ct_restarts(ct, pkt)) {               /* REPLY */
+		ct_refresh_at(ct, pkt->tcp_flags, is_tcp, pkt->len, now);
 		return 0;
 	}
-	ret = policy_can_access(ep_id, peer_id, dir, pkt.tuple.nexthdr,
-				pkt.tuple.nexthdr == IPPROTO_ICMP ? 0 : pkt.tuple.dport, pkt.len);
+	ret = policy_can_access(ep_id, peer_id, dir, pkt->tuple.nexthdr,
+				pkt->tuple.nexthdr == IPPROTO_ICMP ? 0 : pkt->tuple.dport, pkt->len);
 	if (ret < 0)
 		return ret;
-	ct = policy_ct_find(&pkt.tuple, 0, own, &key);
-	if (ct) {                                               /* ESTABLISHED */
-		if (policy_ct_restarts(ct, &pkt))
-			ct->flags = 0;
-		ct_refresh(ct, pkt.tcp_flags, is_tcp, pkt.len);
-		return 0;
+	if (own) {                                              /* ESTABLISHED, decided */
+		if (policy_ct_restarts(own, pkt))
+			own->flags = 0;
+		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now);
+		own->src_sec_id = peer_id;
+		own->policy_rev = rev;  /* read before the decision: a later bump re-decides */
+		return POLICY_ESTABLISHED;
 	}
 	entry.src_sec_id = peer_id;                             /* NEW */
-	ct_refresh(&entry, pkt.tcp_flags, is_tcp, pkt.len);
+	entry.policy_rev = rev;
+	ct_refresh_at(&entry, pkt->tcp_flags, is_tcp, pkt->len, now);
 	return ct_create(&key, &entry);
+}
+
+static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 peer_id,
+				      __u8 dir)
+{
+	struct policy_pkt pkt = {};
+	int ret = policy_parse4(skb, &pkt);
+
+	if (ret < 0)
+		return ret;
+	ret = policy_ct4_pkt(&pkt, ep_id, peer_id, dir, ct_now());
+	return ret < 0 ? ret : 0;
+}
+
+/* A packet lb4_parse took (TCP/UDP, not a fragment): its policy view needs no second parse. */
+static __always_inline int policy_ct4_lb(const struct lb4_pkt *p, __u16 ep_id, __u32 peer_id,
+					 __u8 dir, __u32 now)
+{
+	struct policy_pkt pkt = {};
+
+	pkt.tuple.daddr = p->daddr;
+	pkt.tuple.saddr = p->saddr;
+	pkt.tuple.dport = p->dport;
+	pkt.tuple.sport = p->sport;
+	pkt.tuple.nexthdr = p->proto;
+	pkt.len = p->len;
+	pkt.tcp_flags = p->tcp_flags;
+	return policy_ct4_pkt(&pkt, ep_id, peer_id, dir, now);
 }
 
 static __always_inline int policy_egress4(struct __sk_buff *skb, __u16 ep_id, __u32 dst_identity)

@@ -11,7 +11,7 @@ MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_n
         "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity",
         "cilium_snat_v4_external", "cilium_ipmasq_v4", "cilium_lb4_maglev",
         "cilium_l2_responder_v4", "dp_netdev", "dp_agent_liveness", "cilium_policy_v2",
-        "cilium_ipv4_frag_datagrams")
+        "cilium_ipv4_frag_datagrams", "dp_policy_revision")
 
 
 def mocked_object(source: str, mock: str):
@@ -22,9 +22,19 @@ def mocked_object(source: str, mock: str):
     return build.compile_text(text, name=f"{source} (mocked)")
 
 
+# maps only some objects hold (the XDP flow cache): cleared where present
+OPTIONAL_MAPS = ("dp_xdp_flow4", "dp_xdp_flow_stats")
+
+
 def _clear(obj):
     for name in MAPS:
         obj[name].clear()
+    for name in OPTIONAL_MAPS:
+        try:
+            table = obj[name]
+        except KeyError:
+            continue
+        table.clear()
 
 
 def _program(source: str, obj_name: str, clean_name: str, entries: dict[str, tuple[str, str]]):

@@ -1,7 +1,8 @@
 """BPF_PROG_TEST_RUN cases for identity policy (lib/policy.h): the two-lookup decision (allow,
 no entry 133, deny 181, deny over allow both ways, wildcard port, port range, any protocol,
 SCTP), conntrack (replies both ways, related ICMP errors, an established flow re-checked after
-a deny, ICMP echo), fragments (175 without a first fragment), CIDR identities with an except,
+a deny, ICMP echo), the verdict cached in conntrack (skipped lookups while dp_policy_revision
+holds, a removed allow dropping the flow once it is bumped, a relabelled peer), fragments (175 without a first fragment), CIDR identities with an except,
 and every enforcement point: from-container (egress after ClusterIP DNAT, ingress on local
 delivery, no policy for a hairpin), to-container (the host), from-netdev (ipcache identity),
 from-overlay (VNI, HOST as REMOTE_NODE). Packets byte for byte; the drop reason counted in
@@ -276,6 +277,77 @@ def test_established_flow_is_rechecked_after_a_deny_is_added(pods, from_containe
     assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_DROP
     assert counted(pods, deny) == (1, len(P.POD_A_TO_POD_B_ACK))
     assert metric(pods, abi.DROP_POLICY_DENY)[0] == 1
+
+
+# ---- the verdict cached in conntrack (dp_policy_revision) ----
+
+@pytest.fixture
+def revision(lxc):
+    """set(n): the agent's policy revision (dp_policy_revision[0]); back to 0 (no caching)
+    after the test, since the clean fixture does not know this map."""
+    table = lxc["dp_policy_revision"]
+
+    def set_revision(n: int) -> None:
+        table[table.Key(0)] = table.Leaf(n, 0)
+
+    yield set_revision
+    set_revision(0)
+
+
+def test_cached_verdict_skips_the_lookups_until_the_revision_moves(pods, from_container,
+                                                                   revision):
+    revision(1)
+    allow_all(pods, P.EP_B)
+    allow = rule(pods, P.EP_A, P.ID_B, OUT, TCP_P, 80)
+    res = run(from_container, P.POD_A_TO_POD_B_TCP_SYN)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    testrun.assert_packet(delivered_to_b(P.POD_A_TO_POD_B_TCP_SYN), res.data)
+    out = ct(pods, P.POD_B_IP, P.POD_A_IP, 80, 40000, TCP_P, abi.TUPLE_F_OUT)
+    assert out.policy_rev == 1 and out.src_sec_id == P.ID_B
+    for _ in range(3):
+        res = run(from_container, P.POD_A_TO_POD_B_ACK)
+        assert res.retval == abi.CTX_ACT_REDIRECT
+        testrun.assert_packet(delivered_to_b(P.POD_A_TO_POD_B_ACK), res.data)
+    assert counted(pods, allow)[0] == 1                 # only the first packet was decided
+    out = ct(pods, P.POD_B_IP, P.POD_A_IP, 80, 40000, TCP_P, abi.TUPLE_F_OUT)
+    assert out.packets == 4                             # conntrack counts them all
+    revision(2)                                         # any change: the next packet decides
+    assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_REDIRECT
+    assert counted(pods, allow)[0] == 2
+    assert ct(pods, P.POD_B_IP, P.POD_A_IP, 80, 40000, TCP_P, abi.TUPLE_F_OUT).policy_rev == 2
+
+
+def test_removed_allow_drops_an_established_flow_once_the_revision_is_bumped(
+        pods, from_container, revision):
+    revision(7)
+    allow_all(pods, P.EP_B)
+    allow = rule(pods, P.EP_A, P.ID_B, OUT, TCP_P, 80)
+    assert run(from_container, P.POD_A_TO_POD_B_TCP_SYN).retval == abi.CTX_ACT_REDIRECT
+    assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_REDIRECT
+    pods["cilium_policy_v2"].delete(allow)
+    # the agent bumps the revision after writing the maps: until then the cache stands
+    assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_REDIRECT
+    revision(8)
+    res = run(from_container, P.POD_A_TO_POD_B_ACK)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY) == (1, len(P.POD_A_TO_POD_B_ACK))
+    assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_DROP   # stays
+    assert metric(pods, abi.DROP_POLICY)[0] == 2
+
+
+def test_cached_verdict_is_per_peer_identity(pods, from_container, revision):
+    """A peer whose identity changes is decided again without a revision bump (an identity
+    change need not touch the policy map)."""
+    revision(1)
+    allow_all(pods, P.EP_A)
+    rule(pods, P.EP_B, P.ID_A, IN, TCP_P, 80)
+    assert run(from_container, P.POD_A_TO_POD_B_TCP_SYN).retval == abi.CTX_ACT_REDIRECT
+    assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_REDIRECT
+    add_endpoint(pods, P.POD_A_IP, ifindex=P.LXC_A_IFINDEX, lxc_id=P.EP_A, mac=P.POD_A_MAC,
+                 node_mac=P.LXC_A_MAC, sec_id=P.ID_A + 77, policy=False)   # A relabelled
+    res = run(from_container, P.POD_A_TO_POD_B_ACK)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY) == (1, len(P.POD_A_TO_POD_B_ACK))
 
 
 # ---- fragments ----

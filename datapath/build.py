@@ -3,9 +3,18 @@
 Settings go in as -D flags only. BCC rewrites map method calls (`map.lookup(&k)`) only in the
 file it is given, so `amalgamate` inlines our own quoted `#include "..."` headers into one unit,
 with `#line` markers so compiler errors still name the real header and line.
+
+API:
+    amalgamate(path) -> str            a source with our headers inlined
+    compile_program(source, defines)   a BCC object (cached per process); load(obj, fn, type)
+    build_stamp(sources, defines)      sha256 hex of everything a compile depends on (sources'
+                                       amalgamated text, -D flags, kernel release, BCC version,
+                                       fixed cflags): equal stamps give the same programs
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import re
 import threading
@@ -72,6 +81,42 @@ def _flag(name: str, value) -> str:
     return f"-D{name}={value}"
 
 
+_CFLAGS = ("-Wno-macro-redefined", "-Wno-incompatible-pointer-types-discards-qualifiers")
+
+
+def _dflags(defines: Mapping[str, object]) -> list[str]:
+    return [_flag(k, v) for k, v in sorted(defines.items())]
+
+
+def bcc_version() -> str:
+    """BCC's version, read from its package without importing it (importing loads libbcc)."""
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or not spec.submodule_search_locations:
+        return "none"
+    for loc in spec.submodule_search_locations:
+        f = Path(loc) / "version.py"
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip("'\"")
+    return "unknown"
+
+
+def build_stamp(sources, defines: Mapping[str, object] | None = None) -> str:
+    """sha256 (hex) over each source's amalgamated text, the sorted -D flags, the kernel release,
+    BCC's version and our fixed cflags: what decides the programs a compile produces."""
+    h = hashlib.sha256()
+    for source in sorted(set(sources)):
+        src = bpf_dir() / source
+        if not src.is_file():
+            raise BuildError(f"no BPF source {src}")
+        h.update(f"source {source}\n".encode() + amalgamate(src).encode() + b"\0")
+    for part in (*_dflags(dict(defines or {})), f"kernel {os.uname().release}",
+                 f"bcc {bcc_version()}", *_CFLAGS):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
 def compile_program(source: str, defines: Mapping[str, object] | None = None):
     """Compile bpf/<source> with -D defines; the same pair returns the same BCC object."""
     src = bpf_dir() / source
@@ -90,9 +135,8 @@ def compile_text(text: str, defines: Mapping[str, object] | None = None, *, name
         check_toolchain()
         from bcc import BPF
 
-        cflags = [f"-I{bpf_dir()}", "-Wno-macro-redefined",
-                  "-Wno-incompatible-pointer-types-discards-qualifiers"]
-        cflags += [_flag(k, v) for k, v in sorted(defines.items())]
+        cflags = [f"-I{bpf_dir()}", *_CFLAGS]
+        cflags += _dflags(defines)
         try:
             b = BPF(text=text, cflags=cflags)
         except Exception as e:  # BCC raises bare Exception

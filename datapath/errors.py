@@ -4,7 +4,8 @@
     ├── BuildError            BPF source could not be compiled or loaded
     │   └── MissingDependency BCC or kernel headers absent (message names the fix)
     ├── AttachError           tc / XDP attach or detach failed
-    ├── MapError              a BPF map operation failed
+    ├── MapError              a BPF map operation failed (.errno: the syscall's errno, or None)
+    ├── BPFObjectError        a bpffs pin could not be made or opened, or an fd not described
     ├── ConfigError           a config file is invalid (names file, key and reason)
     ├── ManifestError         a manifest is invalid (names file, object and field)
     ├── StateError            persisted agent state is unreadable or inconsistent
@@ -34,7 +35,15 @@ class AttachError(DatapathError):
 
 
 class MapError(DatapathError):
-    pass
+    def __init__(self, message: str, errno: int | None = None):
+        self.errno = errno
+        super().__init__(message)
+
+
+class BPFObjectError(DatapathError):
+    def __init__(self, message: str, errno: int | None = None):
+        self.errno = errno
+        super().__init__(message)
 
 
 class ConfigError(DatapathError):

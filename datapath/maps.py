@@ -1,15 +1,25 @@
-"""Typed access to the BPF maps through the abi.py mirrors. BCC's own ctypes types are used only
-at the boundary (bytes in, bytes out), so abi.py stays the one Python description of each struct.
+"""Typed access to the BPF maps through the abi.py mirrors, over an fd-based raw map
+(datapath/bpfsys.py RawMap: bytes in, bytes out), so abi.py stays the one Python description of
+each struct and a map opens the same way from a BCC table (tests) or from its bpffs pin (agent).
 
 MAP_SPECS names every map the agent reads or writes with its key and value mirror.
+
+API:
+    TypedMap(raw, spec, on_op)      get / update / delete / items / clear / len, read_raw() (fast,
+                                    batched), .spec, .name, .max_entries, .table (the RawMap)
+    open_maps(bpf_obj, on_op)       typed handles on a compiled BCC object's maps
+    open_pinned(pin_dir, on_op)     typed handles on the maps pinned under pin_dir (no BCC)
+    metrics_totals(m)               cilium_metrics summed over CPUs
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from . import abi
-from .errors import MapError
+from .bpfsys import RawMap
+from .errors import BPFObjectError, MapError
 
 OpHook = Callable[[str, str, str], None]   # (map_name, operation, outcome)
 
@@ -42,71 +52,100 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("dp_agent_liveness", abi.U32Key, abi.AgentLiveness),
     MapSpec("cilium_policy_v2", abi.PolicyKey, abi.PolicyEntry),
     MapSpec("cilium_ipv4_frag_datagrams", abi.Ipv4FragId, abi.Ipv4FragL4Ports),
+    MapSpec("dp_policy_revision", abi.U32Key, abi.PolicyRevision),
 )}
 
 
 class TypedMap:
-    """One BPF map seen through its mirror types; every write reports to `on_op` (metrics)."""
+    """One BPF map seen through its mirror types; every write reports to `on_op` (metrics).
+    `table` is the RawMap underneath (its `max_entries` too)."""
 
-    def __init__(self, table, spec: MapSpec, on_op: OpHook | None = None):
+    def __init__(self, table: RawMap, spec: MapSpec, on_op: OpHook | None = None):
         self.table, self.spec, self.name = table, spec, spec.name
+        self.max_entries = table.max_entries
         self._on_op = on_op or (lambda *a: None)
+        self._slot = (table.value_size + 7) // 8 * 8     # one CPU's share of a per-CPU value
 
-    def _k(self, key):
-        return self.table.Key.from_buffer_copy(bytes(key))
+    def _value(self, raw: bytes):
+        if self.spec.percpu:
+            n = self._slot
+            return [self.spec.value.from_bytes(raw[i:i + n][:self.table.value_size])
+                    for i in range(0, len(raw), n)]
+        return self.spec.value.from_bytes(raw)
+
+    def _raw_value(self, value) -> bytes:
+        """A per-CPU map takes one value per CPU (a list), or one value for every CPU."""
+        if not self.spec.percpu:
+            return bytes(value)
+        per = list(value) if isinstance(value, (list, tuple)) else \
+            [value] * (self.table.value_len // self._slot)
+        return b"".join(bytes(v).ljust(self._slot, b"\0") for v in per)
 
     def get(self, key):
-        try:
-            raw = self.table[self._k(key)]
-        except KeyError:
-            return None
-        if self.spec.percpu:
-            return [self.spec.value.from_bytes(bytes(v)) for v in raw]
-        return self.spec.value.from_bytes(bytes(raw))
+        raw = self.table.lookup(bytes(key))
+        return None if raw is None else self._value(raw)
 
     def update(self, key, value) -> None:
         try:
-            self.table[self._k(key)] = self.table.Leaf.from_buffer_copy(bytes(value))
+            self.table.update(bytes(key), self._raw_value(value))
         except Exception as e:
             self._on_op(self.name, "update", "fail")
-            raise MapError(f"{self.name}: update {key!r} failed: {e}") from e
+            raise MapError(f"{self.name}: update {key!r} failed: {e}",
+                           getattr(e, "errno", None)) from e
         self._on_op(self.name, "update", "success")
 
     def delete(self, key) -> bool:
         try:
-            del self.table[self._k(key)]
-        except KeyError:
-            return False
+            found = self.table.delete(bytes(key))
         except Exception as e:
             self._on_op(self.name, "delete", "fail")
-            raise MapError(f"{self.name}: delete {key!r} failed: {e}") from e
+            raise MapError(f"{self.name}: delete {key!r} failed: {e}",
+                           getattr(e, "errno", None)) from e
+        if not found:
+            return False
         self._on_op(self.name, "delete", "success")
         return True
 
+    def read_raw(self) -> dict[bytes, bytes]:
+        """Every entry as raw bytes, read in batches (one syscall per few thousand entries)."""
+        return self.table.read_raw()
+
     def items(self) -> Iterator[tuple]:
-        for k, v in self.table.items():
-            key = self.spec.key.from_bytes(bytes(k))
-            if self.spec.percpu:
-                yield key, [self.spec.value.from_bytes(bytes(x)) for x in v]
-            else:
-                yield key, self.spec.value.from_bytes(bytes(v))
+        for k, v in self.table.read_raw().items():
+            yield self.spec.key.from_bytes(k), self._value(v)
 
     def clear(self) -> None:
         self.table.clear()
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.keys())
+        return len(self.table)
 
 
 def open_maps(bpf_obj, on_op: OpHook | None = None) -> dict[str, TypedMap]:
-    """Typed handles for every map in MAP_SPECS that the compiled object holds."""
+    """Typed handles for every map in MAP_SPECS that the compiled BCC object holds (the object
+    keeps the fds; each handle keeps its table alive)."""
     out = {}
     for name, spec in MAP_SPECS.items():
         try:
             table = bpf_obj[name]
         except KeyError:
             continue
-        out[name] = TypedMap(table, spec, on_op)
+        out[name] = TypedMap(RawMap(table.map_fd, owner=table, name=name), spec, on_op)
+    return out
+
+
+def open_pinned(pin_dir: str, on_op: OpHook | None = None) -> dict[str, TypedMap]:
+    """Typed handles for every map in MAP_SPECS pinned as pin_dir/<name> (no BCC)."""
+    out = {}
+    for name, spec in MAP_SPECS.items():
+        path = os.path.join(pin_dir, name)
+        try:
+            raw = RawMap.from_pin(path, name=name)
+        except BPFObjectError as e:
+            if e.errno == 2:            # ENOENT: not pinned here
+                continue
+            raise
+        out[name] = TypedMap(raw, spec, on_op)
     return out
 
 

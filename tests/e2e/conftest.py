@@ -40,11 +40,8 @@ class LabHandle:
 
     def pinned_map(self, name: str, node: str = "k8s-ctr") -> dict[bytes, bytes]:
         """A map's contents read from its bpffs pin (not through the agent)."""
-        from datapath import build
-        from datapath.maps import open_maps
-        pin_dir = f"{self.lab.bpffs}/datapath/{node}"
-        obj = build.compile_program("bpf_lxc.c", {"DP_PIN_DIR": pin_dir})   # opens the pins
-        return {bytes(k): bytes(v) for k, v in open_maps(obj)[name].items()}
+        from datapath.maps import open_pinned
+        return open_pinned(f"{self.lab.bpffs}/datapath/{node}")[name].read_raw()
 
     def metric(self, name: str, node: str = "k8s-ctr", **labels) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""

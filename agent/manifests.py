@@ -1,20 +1,51 @@
 """Kubernetes manifests: the one place that reads and validates the directory of manifest YAML.
 
-`load_manifests(directory)` reads every *.yaml, *.yml and *.json file directly inside the
-directory (sorted by name; multi-document; `kind: List` expanded), validates Pods, Namespaces,
-Services, EndpointSlices, CiliumLoadBalancerIPPools and CiliumL2AnnouncementPolicies the way
-the Kubernetes API server (or Cilium) would for the fields we use, and returns an immutable view
-of them in a `ManifestSet`. Other kinds are listed in `ignored`, not rejected.
-Every problem raises `ManifestError(file, obj, field, reason)`, except in policy objects
-(NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy): those are kept raw in
-`policies` for agent/policy to parse, and a policy whose metadata is bad is left out with its
-error in `policy_errors`, so one bad policy never holds back the rest of the directory.
+API:
+    load_manifests(directory) -> ManifestSet
+        Read and validate every *.yaml, *.yml and *.json file directly inside the directory
+        (sorted by name; multi-document; `kind: List` expanded).
+    ManifestStore(directory)                  the same directory, kept and re-read incrementally
+        .load() -> ManifestSet                read every file (text already seen is not re-parsed)
+        .update(changed_paths) -> (ManifestSet, ManifestDelta)
+                                              re-read only those files (created, modified or
+                                              deleted; the directory's own path: all of them)
+        .manifests                            the last good ManifestSet (None before a load)
+        .directory                            the directory, without a trailing '/'
+    ManifestDelta                             what one update changed: for each of pods,
+        namespaces, services, endpointslices, ippools, l2policies and policies a KindDelta (a
+        frozenset of every key touched, with .added / .changed / .removed); ignored_changed,
+        policy_errors_changed; .empty; .merged(later) -> the two as one. EMPTY_DELTA: none.
+
+Pods, Namespaces, Services, EndpointSlices, CiliumLoadBalancerIPPools and
+CiliumL2AnnouncementPolicies are validated the way the Kubernetes API server (or Cilium) would
+for the fields we use and returned in an immutable view, a `ManifestSet`; other kinds are listed in
+`ignored`, not rejected. Every problem raises `ManifestError(file, obj, field, reason)`, except in
+policy objects (NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy): those are
+kept raw in `policies` for agent/policy to parse, and a policy whose metadata is bad (or that is
+defined twice) is left out with its error in `policy_errors`, so one bad policy never holds back
+the rest of the directory.
+
+All or nothing: when a file is bad, load / update raise and the store keeps its last good state
+(the next update is relative to it). An object that did not change stays the same Python object
+from one ManifestSet to the next (consumers may compare with `is`); a ManifestSet is never
+changed once returned (dicts of kinds an update did not touch are shared between sets).
+
+How it is fast (see README): YAML is parsed by libyaml's event stream into plain dicts and lists
+without PyYAML's Python-level composer and constructor (anything unusual -- aliases, merge keys,
+tags, errors -- goes through yaml.load_all instead, which stays the reference); each file is cut
+into its documents ('---' lines) and a document whose text did not change is neither parsed nor
+validated again; the garbage collector is paused while a load builds its objects.
 """
 from __future__ import annotations
 
+import bisect
+import gc
 import ipaddress
+import itertools
+import operator
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -27,7 +58,8 @@ from .config import describe
 
 __all__ = ["ContainerPort", "Container", "Pod", "Namespace", "ServicePort", "Service",
            "SliceEndpoint", "EndpointSlicePort", "EndpointSlice", "IPPoolBlock", "LBIPPool",
-           "L2Policy", "ManifestSet", "load_manifests"]
+           "L2Policy", "ManifestSet", "KindDelta", "ManifestDelta", "EMPTY_DELTA", "ManifestStore",
+           "load_manifests"]
 
 _SUFFIXES = (".yaml", ".yml", ".json")
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -47,6 +79,8 @@ _KINDS: dict[str, tuple[str, bool, str]] = {
 }
 POLICY_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 _HANDLED = tuple(_KINDS)
+_HANDLED_SET = frozenset(_KINDS)
+_POLICY_SET = frozenset(POLICY_KINDS)
 _SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 _SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -56,15 +90,24 @@ _DNS_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_HAS_LOWER = re.compile(r"[a-z]")
 _SPECIAL_NETS = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/32", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/24"))
 
 Labels = tuple[tuple[str, str], ...]
-# libyaml's parser when PyYAML has it (several times faster on a large directory)
+# values already found valid (names repeat: namespaces, nodes, container and port names, labels)
+_GOOD_DNS_LABELS: set = set()
+_GOOD_DNS_SUBDOMAINS: set = set()
+_GOOD_LABELS: set = set()     # (key, value)
+
+
+def _remember(good: set, v: object) -> None:
+    if len(good) >= 100_000:
+        good.clear()
+    good.add(v)
+
+# the reference YAML loader: libyaml's parser when PyYAML has it, with PyYAML's constructor
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# path -> (text, documents): a re-read directory parses only the files whose text changed (the
-# documents are only read, never changed, by everything downstream)
-_PARSED: dict[str, tuple[str, list]] = {}
 
 
 @dataclass(frozen=True)
@@ -340,12 +383,15 @@ class _Obj:
 
     def iana_name(self, v: object, path: str) -> str:
         if not (isinstance(v, str) and len(v) <= 15 and _PORT_NAME.match(v)
-                and "--" not in v and re.search(r"[a-z]", v)):
+                and "--" not in v and _HAS_LOWER.search(v)):
             self.fail(path, "expected an IANA service name (at most 15 lowercase letters, "
                             f"digits and '-', with at least one letter), got {describe(v)}")
         return v
 
     def dns_name(self, v: object, path: str, label: bool) -> str:
+        good = _GOOD_DNS_LABELS if label else _GOOD_DNS_SUBDOMAINS
+        if type(v) is str and v in good:
+            return v
         if label:
             what, rx, limit, chars = "DNS-1123 label", _DNS_LABEL, 63, "'-'"
         else:
@@ -355,6 +401,8 @@ class _Obj:
         if not isinstance(v, str) or len(v) > limit or not rx.match(v):
             self.fail(path, f"expected a {what} (lowercase letters, digits, {chars}, at most "
                             f"{limit}, starting and ending with a letter or digit), got {describe(v)}")
+        if type(v) is str:
+            _remember(good, v)
         return v
 
 
@@ -369,6 +417,9 @@ def _dns_1035(o: _Obj, v: object, path: str) -> str:
 def _labels(o: _Obj, v: object, where: str = "metadata.labels") -> Labels:
     out: dict[str, str] = {}
     for k, val in o.mapping(v, where).items():
+        if type(val) is str and (k, val) in _GOOD_LABELS:   # (str keys and values only)
+            out[k] = val
+            continue
         path = f"{where}[{k}]"
         if not isinstance(k, str):
             o.fail(where, f"label keys must be strings, got {describe(k)}")
@@ -384,6 +435,8 @@ def _labels(o: _Obj, v: object, where: str = "metadata.labels") -> Labels:
             o.fail(path, "label value must be empty or at most 63 letters, digits, '-', '_' "
                          f"or '.', starting and ending with a letter or digit, got {val!r}")
         out[k] = val
+        if type(k) is str and type(val) is str:
+            _remember(_GOOD_LABELS, (k, val))
     return tuple(sorted(out.items()))
 
 
@@ -467,7 +520,7 @@ def _service_port(o: _Obj, v: object, path: str, stype: str, several: bool) -> S
     if tp is not None:
         if isinstance(tp, str):
             ok = len(tp) <= 15 and _PORT_NAME.match(tp) and "--" not in tp \
-                and re.search(r"[a-z]", tp)
+                and _HAS_LOWER.search(tp)
         else:
             ok = isinstance(tp, int) and not isinstance(tp, bool) and 1 <= tp <= 65535
         if not ok:
@@ -702,137 +755,836 @@ def _l2policy(o: _Obj, doc: dict, name: str, file: str) -> L2Policy:
         source=file)
 
 
+# ---- YAML: libyaml's events straight to dicts and lists -------------------------------------
+
+try:
+    from yaml._yaml import CParser as _CParser
+except ImportError:          # PyYAML without libyaml: the reference loader does everything
+    _CParser = None
+from yaml.events import (MappingEndEvent, MappingStartEvent, ScalarEvent,  # noqa: E402
+                         SequenceEndEvent, SequenceStartEvent, StreamEndEvent)
+from yaml.nodes import ScalarNode  # noqa: E402
+
+_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers   # first char -> [(tag, regexp)]
+_STR_TAG = "tag:yaml.org,2002:str"
+# tags whose scalars SafeConstructor builds without looking at anything else
+_SCALAR_TAGS = frozenset({_STR_TAG, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                          "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+                          "tag:yaml.org,2002:timestamp"})
+_MAP_TAGS = (None, "!", "tag:yaml.org,2002:map")
+_SEQ_TAGS = (None, "!", "tag:yaml.org,2002:seq")
+_CONSTRUCTOR = yaml.SafeLoader("")   # only its scalar constructors are used (they keep no state)
+_PLAIN: dict[str, object] = {}       # plain scalar -> its value, for ones that may not be strings
+_MISSING = object()
+
+
+class _Unusual(Exception):
+    """Something the fast path leaves to PyYAML's own loader."""
+
+
+def _resolve_plain(value: str) -> object:
+    """What SafeLoader makes of a plain (unquoted, untagged) scalar, as its resolver does."""
+    tag = _STR_TAG
+    for t, rx in _RESOLVERS.get(value[:1], ()):
+        if rx.match(value):
+            tag = t
+            break
+    if tag not in _SCALAR_TAGS:      # '<<' (merge), '=' (value)
+        raise _Unusual
+    out = value if tag == _STR_TAG else \
+        _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, ScalarNode(tag, value))
+    if len(_PLAIN) > 4096:
+        _PLAIN.clear()
+    _PLAIN[value] = out
+    return out
+
+
+def _tagged(ev) -> object:
+    tag = ev.tag
+    if tag == "!":                   # the non-specific tag: a string
+        return ev.value
+    if tag not in _SCALAR_TAGS:
+        raise _Unusual
+    return ev.value if tag == _STR_TAG else _CONSTRUCTOR.yaml_constructors[tag](
+        _CONSTRUCTOR, ScalarNode(tag, ev.value, style=ev.style))
+
+
+def _node(ev, get) -> object:
+    """The value that starts with event `ev`; `get` returns the next event."""
+    cls = type(ev)
+    if cls is MappingStartEvent:
+        if ev.tag not in _MAP_TAGS:
+            raise _Unusual
+        out: dict = {}
+        while True:
+            k = get()
+            kc = type(k)
+            if kc is ScalarEvent:
+                if k.tag is not None:
+                    key = _tagged(k)
+                else:
+                    key = k.value
+                    if k.implicit[0] and key[:1] in _RESOLVERS:
+                        key = _PLAIN.get(key, _MISSING)
+                        if key is _MISSING:
+                            key = _resolve_plain(k.value)
+            elif kc is MappingEndEvent:
+                return out
+            else:                    # a collection or an alias as a key
+                raise _Unusual
+            v = get()
+            if type(v) is ScalarEvent:
+                if v.tag is not None:
+                    out[key] = _tagged(v)
+                else:
+                    val = v.value
+                    if v.implicit[0] and val[:1] in _RESOLVERS:
+                        val = _PLAIN.get(val, _MISSING)
+                        if val is _MISSING:
+                            val = _resolve_plain(v.value)
+                    out[key] = val
+            else:
+                out[key] = _node(v, get)
+    if cls is ScalarEvent:
+        if ev.tag is not None:
+            return _tagged(ev)
+        val = ev.value
+        if ev.implicit[0] and val[:1] in _RESOLVERS:
+            val = _PLAIN.get(val, _MISSING)
+            if val is _MISSING:
+                val = _resolve_plain(ev.value)
+        return val
+    if cls is SequenceStartEvent:
+        if ev.tag not in _SEQ_TAGS:
+            raise _Unusual
+        seq: list = []
+        append = seq.append
+        while True:
+            e = get()
+            if type(e) is SequenceEndEvent:
+                return seq
+            append(_node(e, get))
+    raise _Unusual                   # an alias
+
+
+def _fast_load_all(text: str) -> list:
+    """yaml.load_all(text, SafeLoader)'s documents, built from libyaml's events; raises
+    _Unusual (or a YAMLError) for anything it does not do the same way."""
+    parser = _CParser(text)
+    get = parser.get_event
+    try:
+        get()                        # stream start
+        docs = []
+        while True:
+            ev = get()               # document start, or stream end
+            if type(ev) is StreamEndEvent:
+                return docs
+            docs.append(_node(get(), get))
+            get()                    # document end
+    finally:
+        parser.dispose()
+
+
+def _parse(path: str, text: str) -> list:
+    """The documents of one YAML text; a syntax error is a ManifestError naming its line."""
+    if _CParser is not None:
+        try:
+            return _fast_load_all(text)
+        except Exception:    # noqa: BLE001 -- the reference loader decides, and words the error
+            pass
+    try:
+        return list(yaml.load_all(text, Loader=_YAML_LOADER))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<document>"
+        raise ManifestError(path, "<yaml>", where, str(e.problem or e.context)) from None
+    except yaml.YAMLError as e:
+        raise ManifestError(path, "<yaml>", "<document>", str(e)) from None
+
+
+# a line that starts a document: libyaml ends every node before it (even in a flow collection or
+# a quoted scalar, where it is an error), so the pieces of a text cut there parse to the same
+# documents as the whole text
+_DOC_START = re.compile(r"\n(?=---(?:[ \t\r\n]|$))")
+
+
+def _split(text: str) -> list[str]:
+    """`text` cut before each document start line; the pieces concatenate back to it. A text
+    with directives (%YAML, %TAG: they belong to the document after them) stays whole."""
+    if text[:1] == "%" or "\n%" in text:
+        return [text]
+    cuts = [m.end() for m in _DOC_START.finditer(text)]
+    if not cuts:
+        return [text]
+    return [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+
+
+# ---- validation of one document ------------------------------------------------------------
+
+# items a document yields, in order:
+#   (_OBJ, ident, attr, key, obj)   an object of a validated kind; ident = (kind, ns, name)
+#   (_POLICY, ident, (file, doc))   a policy object, kept raw
+#   (_POLICY_ERROR, message)        a policy left out
+#   (_IGNORED, "file: Kind ns/name")
+_OBJ, _POLICY, _POLICY_ERROR, _IGNORED = range(4)
+_ATTR = {"Pod": "pods", "Namespace": "namespaces", "Service": "services",
+         "EndpointSlice": "endpointslices", "CiliumLoadBalancerIPPool": "ippools",
+         "CiliumL2AnnouncementPolicy": "l2policies"}
+_KIND_ATTRS = ("pods", "namespaces", "services", "endpointslices", "ippools", "l2policies")
+
+
+def _object_name(ident: tuple[str, str, str]) -> str:
+    kind, ns, name = ident
+    return f"{kind} {ns}/{name}" if _KINDS[kind][1] else f"{kind} {name}"
+
+
+def _duplicate(ident: tuple[str, str, str], file: str, first: str) -> ManifestError:
+    return ManifestError(file, _object_name(ident), "metadata.name",
+                         f"duplicate {ident[0]}: already defined in {first}")
+
+
+def _document(doc: object, file: str, where: str, out: list, claim) -> None:
+    """Validate one document (a List: each item), appending its items to `out`. `claim(ident)`
+    is called for each object of a validated kind before its body is checked, and raises when
+    the object is already defined."""
+    o = _Obj(file, f"<{where}>")
+    if not isinstance(doc, dict):
+        o.fail("<document>", f"expected a mapping (a Kubernetes object), got {describe(doc)}")
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        o.fail("kind", "required field is missing" if kind is None
+               else f"expected a string, got {describe(kind)}")
+    if kind == "List":
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            o.fail("items", f"expected a list, got {describe(items)}")
+        for i, item in enumerate(items):
+            _document(item, file, f"{where} items[{i}]", out, claim)
+        return
+    if kind not in _HANDLED_SET:
+        for h in _HANDLED:  # 'pod' silently ignored would be a trap
+            if kind.lower() == h.lower():
+                o.fail("kind", f"unknown kind {kind!r}, did you mean {h!r}?")
+        meta = doc.get("metadata")
+        m = meta if isinstance(meta, dict) else {}
+        out.append((_IGNORED,
+                    f"{file}: {kind} {m.get('namespace') or 'default'}/{m.get('name', '?')}"))
+        return
+    if kind in _POLICY_SET:
+        try:
+            ident = _header(o, doc, kind, where)
+        except ManifestError as e:
+            out.append((_POLICY_ERROR, str(e)))
+        else:
+            out.append((_POLICY, ident, (file, doc)))
+        return
+    ident = _header(o, doc, kind, where)
+    claim(ident)
+    _, ns, name = ident
+    if kind == "Pod":
+        obj: object = _pod(o, doc, ns, name, file)
+    elif kind == "Namespace":
+        labels = dict(_labels(o, doc["metadata"].get("labels")))
+        labels[_NS_NAME_LABEL] = name
+        obj = Namespace(name=name, labels=tuple(sorted(labels.items())), source=file)
+    elif kind == "Service":
+        obj = _service(o, doc, ns, name, file)
+    elif kind == "EndpointSlice":
+        obj = _endpointslice(o, doc, ns, name, file)
+    elif kind == "CiliumLoadBalancerIPPool":
+        obj = _ippool(o, doc, name, file)
+    else:
+        obj = _l2policy(o, doc, name, file)
+    key = name if kind in ("Namespace", "CiliumLoadBalancerIPPool",
+                           "CiliumL2AnnouncementPolicy") else f"{ns}/{name}"
+    out.append((_OBJ, ident, _ATTR[kind], key, obj))
+
+
+def _header(o: _Obj, doc: dict, kind: str, where: str) -> tuple[str, str, str]:
+    """metadata and apiVersion of a handled kind; returns (kind, namespace, name)."""
+    api_version, namespaced, name_rule = _KINDS[kind]
+    o.name = f"{kind} ({where})"
+    meta = o.mapping(doc.get("metadata"), "metadata", required=True)
+    raw_name = meta.get("name")
+    if namespaced:
+        raw_ns = meta.get("namespace") or "default"
+        if isinstance(raw_name, str) and raw_name and isinstance(raw_ns, str):
+            o.name = f"{kind} {raw_ns}/{raw_name}"
+        ns = o.dns_name(raw_ns, "metadata.namespace", label=True)
+    else:  # cluster-scoped: metadata.namespace is ignored, as the API server does
+        if isinstance(raw_name, str) and raw_name:
+            o.name = f"{kind} {raw_name}"
+        ns = ""
+    if name_rule == "1035":
+        name = _dns_1035(o, raw_name, "metadata.name")
+    else:
+        name = o.dns_name(raw_name, "metadata.name", label=name_rule == "label")
+    if doc.get("apiVersion") != api_version:
+        v = doc.get("apiVersion")
+        o.fail("apiVersion", f"required field is missing (expected {api_version!r})"
+               if v is None else f"expected {api_version!r} for {kind}, got {describe(v)}")
+    return (kind, ns, name)
+
+
+# ---- files, cut into documents -------------------------------------------------------------
+
+class _Chunk:
+    """One piece of a file (see _split) and what its documents yield. A piece object stands at
+    one place of one file only."""
+    __slots__ = ("text", "ndocs", "objs", "policy", "ignored", "offset")
+
+    def __init__(self, text: str, ndocs: int, items: list, offset: int):
+        self.text, self.ndocs = text, ndocs
+        self.objs = [i for i in items if i[0] == _OBJ]
+        self.policy = [i for i in items if i[0] in (_POLICY, _POLICY_ERROR)]
+        self.ignored = [i[1] for i in items if i[0] == _IGNORED]
+        # a policy error names its document by number: reusable only at the same place
+        self.offset = offset if any(i[0] == _POLICY_ERROR for i in self.policy) else None
+
+
+class _File:
+    """One manifest file as last read: its text and its pieces in order."""
+    __slots__ = ("text", "chunks", "policy", "ignored", "fixed")
+
+    def __init__(self, text: str, chunks: list[_Chunk], scan: bool = True):
+        self.text, self.chunks = text, chunks
+        self.policy: list = []       # policy items, in order
+        self.ignored: list[str] = []
+        self.fixed = False           # a piece is tied to its place (see _Chunk.offset)
+        if scan:                     # (skipped when no piece old or new has any of them)
+            self.policy = [i for c in chunks if c.policy for i in c.policy]
+            self.ignored = [s for c in chunks if c.ignored for s in c.ignored]
+            self.fixed = any(c.offset is not None for c in chunks)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise ManifestError(path, "<file>", "<file>", "not UTF-8 text") from None
+    except OSError as e:
+        raise ManifestError(path, "<file>", "<file>", (e.strerror or str(e)).lower()) from None
+
+
+def _validate(path: str, docs: list, offset: int, claim) -> list:
+    items: list = []
+    for i, doc in enumerate(docs):
+        if doc is not None:  # empty documents ("---\n---") are skipped
+            _document(doc, path, f"document {offset + i + 1}", items, claim)
+    return items
+
+
+_TEXT = operator.attrgetter("text")
+_NDOCS = operator.attrgetter("ndocs")
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix (memcmp-speed slices, halving)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    while lo < hi and a[lo] == b[lo]:
+        lo += 1
+    return lo
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """Length of the longest common suffix, at most `limit`."""
+    lo, hi = 0, min(len(a), len(b), limit)
+    if hi == 0 or a[len(a) - hi:] == b[len(b) - hi:]:
+        return hi
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        if a[len(a) - mid:len(a) - lo] == b[len(b) - mid:len(b) - lo]:
+            lo = mid
+        else:
+            hi = mid
+    while lo < hi and a[len(a) - lo - 1] == b[len(b) - lo - 1]:
+        lo += 1
+    return lo
+
+
+class _Plan:
+    """What re-reading one file takes: the pieces of its new text, those of the old reading
+    that stay (same text, same place in the document order or no tie to it), the new ones
+    still to parse and validate, and the old ones that went away."""
+    __slots__ = ("path", "text", "old", "pieces", "kept", "new", "removed", "parsed")
+
+    def __init__(self, path: str, text: str | None, old: _File | None):
+        self.path, self.text, self.old = path, text, old
+        self.pieces: list[str] = []
+        self.kept: list[_Chunk | None] = []     # per piece: the old chunk it keeps, or None
+        self.new: list[int] = []               # indices of the pieces to parse and validate
+        self.parsed: dict[int, list] = {}
+        if text is None:                       # deleted
+            self.removed = list(old.chunks) if old is not None else []
+            return
+        if old is None or old.fixed or len(old.chunks) < 2 or text[:1] == "%" or \
+                "\n%" in text:
+            self._all(text, old)
+            return
+        # only the text between the common prefix and the common suffix is cut again
+        otext, chunks = old.text, old.chunks
+        p = _common_prefix(otext, text)
+        s = _common_suffix(otext, text, min(len(otext), len(text)) - p)
+        ends = list(itertools.accumulate(map(len, map(_TEXT, chunks))))
+        a = bisect.bisect_right(ends, p - 4)             # chunks [0, a) end well inside it
+        tail = len(otext) - s                           # the suffix starts there (old text)
+        b = a
+        while b < len(chunks) and (ends[b - 1] if b else 0) - 1 < tail:
+            b += 1                                     # chunks [b, n) start inside the suffix
+        start = ends[a - 1] if a else 0
+        stop = (ends[b - 1] if b else 0) + len(text) - len(otext)
+        middle = _split(text[start:stop]) if stop > start else []
+        if len(middle) == 1 and middle[0] == "":
+            middle = []
+        spare = {c.text: c for c in chunks[a:b]}
+        self.pieces = list(map(_TEXT, chunks[:a])) + middle + list(map(_TEXT, chunks[b:]))
+        mid = [spare.pop(m, None) for m in middle]
+        self.kept = chunks[:a] + mid + chunks[b:]
+        self.new = [a + j for j, c in enumerate(mid) if c is None]
+        kept_mid = {id(c) for c in mid if c is not None}
+        self.removed = [c for c in chunks[a:b] if id(c) not in kept_mid]
+
+    def _all(self, text: str, old: _File | None) -> None:
+        self.pieces = _split(text)
+        if old is None:
+            self.kept, self.new, self.removed = [None] * len(self.pieces), \
+                list(range(len(self.pieces))), []
+            return
+        spare: dict[str, list[_Chunk]] = {}
+        for c in old.chunks:
+            spare.setdefault(c.text, []).append(c)
+        kept: list[_Chunk | None] = []
+        offset = 0
+        for i, piece in enumerate(self.pieces):
+            same = spare.get(piece)
+            c = same.pop(0) if same else None
+            if c is not None and c.offset is not None and c.offset != offset:
+                c = None                     # its policy errors would name the wrong document
+            kept.append(c)
+            if old.fixed:
+                offset += c.ndocs if c is not None else len(self._docs(i))
+        self.kept = kept
+        self.new = [i for i, c in enumerate(kept) if c is None]
+        ids = {id(c) for c in kept if c is not None}
+        self.removed = [c for c in old.chunks if id(c) not in ids]
+
+    def _docs(self, i: int) -> list:
+        """The documents of new piece i (parsed once)."""
+        if i not in self.parsed:
+            self.parsed[i] = _parse(self.path, self.pieces[i])
+        return self.parsed[i]
+
+    def parse(self) -> None:
+        """Parse every new piece (raises the file's YAML error as the whole text words it)."""
+        missing = [i for i in self.new if i not in self.parsed]
+        path, text, pieces = self.path, self.text, self.pieces
+        whole: list | None = None
+        if len(missing) > 8 and len(missing) * 2 > len(pieces):
+            # mostly new text: one parse of the whole text costs less than one a piece; past the
+            # first piece each piece starts one document, so the documents map to the pieces
+            whole = _parse(path, text)
+            try:
+                first = _parse(path, pieces[0]) if len(pieces) > 1 else whole
+            except ManifestError:
+                first = None
+            if first is not None and len(first) + len(pieces) - 1 == len(whole):
+                self.parsed = {0: first}
+                self.parsed.update((i, whole[len(first) + i - 1:len(first) + i])
+                                   for i in range(1, len(pieces)))
+                whole = None
+        else:
+            try:
+                for i in missing:
+                    self._docs(i)
+            except ManifestError:
+                whole = _parse(path, text)   # raises the error as the whole text words it
+        if whole is not None:   # the pieces do not parse as the whole does: keep it whole
+            self.removed += [c for c in self.kept if c is not None]
+            self.pieces, self.kept, self.new, self.parsed = [text], [None], [0], {0: whole}
+
+    def finish(self, claim, new_objs: dict) -> _File:
+        """Validate the new pieces in order (claim(ident) for each object) into the new file;
+        the new pieces' objects go into new_objs (ident -> item)."""
+        chunks = list(self.kept)
+        added: list[_Chunk] = []
+        if self.new:
+            first, last = self.new[0], self.new[-1]
+            offset = sum(map(_NDOCS, chunks[:first]))
+            path = self.path
+            for i in range(first, last + 1):
+                c = chunks[i]
+                if c is None:
+                    docs = self.parsed[i]
+                    c = chunks[i] = _Chunk(self.pieces[i], len(docs),
+                                           _validate(path, docs, offset, claim), offset)
+                    added.append(c)
+                    for item in c.objs:
+                        new_objs[item[1]] = item
+                offset += c.ndocs
+        old = self.old
+        scan = old is None or bool(old.policy or old.ignored or old.fixed) or any(
+            c.policy or c.ignored or c.offset is not None for c in added + self.removed)
+        return _File(self.text, chunks, scan)  # type: ignore[arg-type]
+
+
+# ---- the store -----------------------------------------------------------------------------
+
+class KindDelta(frozenset):
+    """The keys of one kind that an update touched (a frozenset of all of them), split into
+    .added, .changed and .removed."""
+    added: frozenset
+    changed: frozenset
+    removed: frozenset
+
+    def __new__(cls, added=(), changed=(), removed=()):
+        added, changed, removed = frozenset(added), frozenset(changed), frozenset(removed)
+        self = super().__new__(cls, added | changed | removed)
+        self.added, self.changed, self.removed = added, changed, removed
+        return self
+
+    def __repr__(self) -> str:
+        return (f"KindDelta(added={sorted(self.added)!r}, changed={sorted(self.changed)!r}, "
+                f"removed={sorted(self.removed)!r})")
+
+    def __reduce__(self):
+        return (KindDelta, (self.added, self.changed, self.removed))
+
+    def merged(self, later: "KindDelta") -> "KindDelta":
+        """This change followed by `later`, as one change from before this to after `later`."""
+        added, changed, removed = set(self.added), set(self.changed), set(self.removed)
+        for k in later.added:
+            if k in removed:             # removed then added back: changed
+                removed.discard(k)
+                changed.add(k)
+            else:
+                added.add(k)
+        for k in later.changed:
+            if k not in added:
+                changed.add(k)
+        for k in later.removed:
+            if k in added:               # added then removed: as if never there
+                added.discard(k)
+            else:
+                changed.discard(k)
+                removed.add(k)
+        return KindDelta(added, changed, removed)
+
+
+_NO_KEYS = KindDelta()
+_DELTA_KINDS = _KIND_ATTRS + ("policies",)
+
+
+@dataclass(frozen=True)
+class ManifestDelta:
+    """What an update changed, by kind (keys as in ManifestSet: "ns/name", a name, or for
+    policies (kind, ns, name)); ignored / policy_errors: whether those lists changed."""
+    pods: KindDelta = _NO_KEYS
+    namespaces: KindDelta = _NO_KEYS
+    services: KindDelta = _NO_KEYS
+    endpointslices: KindDelta = _NO_KEYS
+    ippools: KindDelta = _NO_KEYS
+    l2policies: KindDelta = _NO_KEYS
+    policies: KindDelta = _NO_KEYS
+    ignored_changed: bool = False
+    policy_errors_changed: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (any(getattr(self, k) for k in _DELTA_KINDS)
+                    or self.ignored_changed or self.policy_errors_changed)
+
+    def merged(self, later: "ManifestDelta") -> "ManifestDelta":
+        """This delta followed by `later`, as one."""
+        if later.empty:
+            return self
+        if self.empty:
+            return later
+        return ManifestDelta(
+            **{k: getattr(self, k).merged(getattr(later, k)) for k in _DELTA_KINDS},
+            ignored_changed=self.ignored_changed or later.ignored_changed,
+            policy_errors_changed=self.policy_errors_changed or later.policy_errors_changed)
+
+
+EMPTY_DELTA = ManifestDelta()
+
+
+class _NoGC:
+    """The cyclic garbage collector paused while a load builds (and keeps) many objects: each
+    collection would walk all of them again."""
+
+    def __enter__(self) -> None:
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc) -> None:
+        if self.was:
+            gc.enable()
+
+
+class ManifestStore:
+    """A manifests directory kept in memory, re-read file by file (see the module's API).
+    Not thread-safe: one caller at a time."""
+
+    def __init__(self, directory: str):
+        self.directory = directory.rstrip("/") or "/"
+        self._prefix = directory             # as given: files are named os.path.join(it, name)
+        self._files: dict[str, _File] = {}   # path -> its last good reading
+        self._owner: dict[tuple[str, str, str], str] = {}   # ident of a validated kind -> path
+        self._policy_files: set[str] = set()      # files with policy objects or errors
+        self._ignored_files: set[str] = set()     # files with objects of other kinds
+        self._pending: set[str] = set()           # paths of the last failed update
+        self.manifests: ManifestSet | None = None
+
+    def _check_dir(self) -> None:
+        d = self._prefix
+        if not os.path.exists(d):
+            raise ManifestError(d, "<directory>", "<path>", "no such directory")
+        if not os.path.isdir(d):
+            raise ManifestError(d, "<directory>", "<path>", "not a directory")
+
+    def _listing(self) -> list[str]:
+        self._check_dir()
+        out = []
+        for name in os.listdir(self._prefix):
+            path = os.path.join(self._prefix, name)
+            if name.endswith(_SUFFIXES) and os.path.isfile(path):
+                out.append(path)
+        return out
+
+    def load(self) -> ManifestSet:
+        """Read every file of the directory; raise the first problem (keeping the last good
+        state). Text this store has already seen is not parsed or validated again."""
+        return self._apply(set(self._listing()) | set(self._files))[0]
+
+    def update(self, changed_paths) -> tuple[ManifestSet, ManifestDelta]:
+        """Re-read the given paths (files of the directory that were created, modified or
+        deleted; other paths are left out; the directory itself, or a sub-directory or symlink
+        to one in it: all files) and return the new set and what changed."""
+        rescan = False
+        paths: set[str] = set()
+        for p in changed_paths:
+            p = os.fspath(p)
+            if p.rstrip("/") == self.directory or \
+                    os.path.abspath(p) == os.path.abspath(self.directory):
+                rescan = True
+                continue
+            head, name = os.path.split(p)
+            if head != self.directory and os.path.abspath(head) != \
+                    os.path.abspath(self.directory):
+                continue
+            path = os.path.join(self._prefix, name)
+            if name.endswith(_SUFFIXES):
+                paths.add(path)
+            elif os.path.isdir(path):   # e.g. a ConfigMap volume's '..data' link swapped
+                rescan = True
+        if rescan or self.manifests is None:
+            paths |= set(self._listing()) | set(self._files)
+        else:
+            self._check_dir()
+        return self._apply(paths)
+
+    def _apply(self, paths: set[str]) -> tuple[ManifestSet, ManifestDelta]:
+        # the paths of a failed update are read again with the next ones: the directory is
+        # taken whole or not at all, as a full load would
+        paths = set(paths) | self._pending
+        with _NoGC():
+            try:
+                out = self._apply_paths(paths)
+            except ManifestError:
+                self._pending = paths
+                raise
+        self._pending = set()
+        return out
+
+    def _apply_paths(self, paths: set[str]) -> tuple[ManifestSet, ManifestDelta]:
+        cur = self.manifests if self.manifests is not None else ManifestSet()
+        plans: list[_Plan] = []
+        for path in sorted(paths):             # the order a full load reads them
+            text = _read(path) if os.path.isfile(path) else None
+            old = self._files.get(path)
+            if (text is None and old is None) or (old is not None and text == old.text):
+                continue
+            plans.append(_Plan(path, text, old))
+        if not plans and self.manifests is not None:
+            return self.manifests, EMPTY_DELTA
+        errors: dict[str, ManifestError] = {}
+        for plan in plans:
+            try:
+                plan.parse()
+            except ManifestError as e:      # raised in file order, below
+                errors[plan.path] = e
+
+        # objects of pieces that went away are free to be defined anew
+        owner = self._owner
+        removed = {item[1]: item for plan in plans for c in plan.removed for item in c.objs}
+        claims: dict[tuple[str, str, str], str] = {}
+        new_objs: dict[tuple[str, str, str], tuple] = {}
+        new_files: list[tuple[str, _File | None]] = []
+        for plan in plans:
+            path = plan.path
+            if path in errors:
+                raise errors[path]
+
+            def claim(ident, path=path):
+                first = claims.get(ident)
+                if first is None and ident not in removed:
+                    first = owner.get(ident)
+                if first is not None:
+                    if first <= path:
+                        raise _duplicate(ident, path, first)
+                    raise _duplicate(ident, first, path)  # a full load would meet it there
+                claims[ident] = path
+            new_files.append((path, plan.finish(claim, new_objs) if plan.text is not None
+                              else None))
+
+        # all good: what changed, and the new set
+        touched: dict[str, dict] = {}          # attr -> {key: new object, or None: gone}
+        for ident, (_, _, attr, key, _obj) in removed.items():
+            if ident not in new_objs:
+                touched.setdefault(attr, {})[key] = None
+                del owner[ident]
+        for ident, (_, _, attr, key, obj) in new_objs.items():
+            touched.setdefault(attr, {})[key] = obj
+        owner.update(claims)
+
+        kinds: dict[str, KindDelta] = {}
+        dicts: dict[str, dict] = {}
+        for attr, entries in touched.items():
+            d = getattr(cur, attr)
+            added, changes, gone = [], [], []
+            for key, obj in entries.items():
+                old_obj = d.get(key)
+                if obj is None:
+                    if old_obj is not None:
+                        gone.append(key)
+                elif old_obj is None:
+                    added.append(key)
+                elif old_obj is not obj:
+                    if old_obj == obj:
+                        entries[key] = old_obj  # the same object: consumers compare with `is`
+                    else:
+                        changes.append(key)
+            if added or changes or gone:
+                nd = dict(d)
+                for key in gone:
+                    del nd[key]
+                for key in added:
+                    nd[key] = entries[key]
+                for key in changes:
+                    nd[key] = entries[key]
+                dicts[attr] = nd
+                kinds[attr] = KindDelta(added, changes, gone)
+
+        versions: list[_File] = []
+        for path, f in new_files:
+            old = self._files.pop(path, None)
+            if old is not None:
+                versions.append(old)
+            if f is not None:
+                self._files[path] = f
+                versions.append(f)
+            for has, paths_with in ((f is not None and f.policy, self._policy_files),
+                                    (f is not None and f.ignored, self._ignored_files)):
+                if has:
+                    paths_with.add(path)
+                else:
+                    paths_with.discard(path)
+
+        policies, policy_errors, ignored = cur.policies, cur.policy_errors, cur.ignored
+        if any(f.policy for f in versions):
+            policies, policy_errors = self._policies()
+            kinds["policies"], policies = _policy_delta(cur.policies, policies)
+            if policy_errors == cur.policy_errors:
+                policy_errors = cur.policy_errors
+        if any(f.ignored for f in versions):
+            ignored = [s for p in sorted(self._ignored_files) for s in self._files[p].ignored]
+            if ignored == cur.ignored:
+                ignored = cur.ignored
+        out = ManifestSet(
+            namespaces=dicts.get("namespaces", cur.namespaces), pods=dicts.get("pods", cur.pods),
+            ignored=ignored, services=dicts.get("services", cur.services),
+            endpointslices=dicts.get("endpointslices", cur.endpointslices),
+            ippools=dicts.get("ippools", cur.ippools),
+            l2policies=dicts.get("l2policies", cur.l2policies),
+            policies=policies, policy_errors=policy_errors)
+        delta = ManifestDelta(**kinds, ignored_changed=ignored is not cur.ignored,
+                              policy_errors_changed=policy_errors is not cur.policy_errors)
+        self.manifests = out
+        return out, delta
+
+    def _policies(self) -> tuple[dict, list[str]]:
+        """Every file's policies in file order: the first definition of each wins, as in a full
+        load; later ones are policy errors."""
+        policies: dict[tuple[str, str, str], tuple[str, dict]] = {}
+        errors: list[str] = []
+        first: dict[tuple[str, str, str], str] = {}
+        for path in sorted(self._policy_files):
+            for item in self._files[path].policy:
+                if item[0] == _POLICY_ERROR:
+                    errors.append(item[1])
+                    continue
+                ident = item[1]
+                if ident in first:
+                    errors.append(str(_duplicate(ident, path, first[ident])))
+                else:
+                    first[ident] = path
+                    policies[ident] = item[2]
+        return policies, errors
+
+
+def _policy_delta(old: dict, new: dict) -> tuple[KindDelta, dict]:
+    """What changed between two policies dicts; returns it and `new` with unchanged values
+    (or the whole of `old`, when nothing changed) kept as the same objects."""
+    added, changed = [], []
+    for k, v in new.items():
+        o = old.get(k)
+        if o is None:
+            added.append(k)
+        elif o is not v:
+            if o == v:
+                new[k] = o
+            else:
+                changed.append(k)
+    removed = [k for k in old if k not in new]
+    if not (added or changed or removed):
+        return _NO_KEYS, old
+    return KindDelta(added, changed, removed), new
+
+
 class _Loader:
+    """One file read on its own (agent/policy's validate_file): .file(path), then .out."""
+
     def __init__(self) -> None:
         self.out = ManifestSet()
-        self.seen: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> file
-
-    def document(self, doc: object, file: str, where: str) -> None:
-        o = _Obj(file, f"<{where}>")
-        if not isinstance(doc, dict):
-            o.fail("<document>", f"expected a mapping (a Kubernetes object), got {describe(doc)}")
-        kind = doc.get("kind")
-        if not isinstance(kind, str) or not kind:
-            o.fail("kind", "required field is missing" if kind is None
-                   else f"expected a string, got {describe(kind)}")
-        if kind == "List":
-            items = doc.get("items") or []
-            if not isinstance(items, list):
-                o.fail("items", f"expected a list, got {describe(items)}")
-            for i, item in enumerate(items):
-                self.document(item, file, f"{where} items[{i}]")
-            return
-        meta = doc.get("metadata")
-        if kind not in _HANDLED:
-            for h in _HANDLED:  # 'pod' silently ignored would be a trap
-                if kind.lower() == h.lower():
-                    o.fail("kind", f"unknown kind {kind!r}, did you mean {h!r}?")
-            m = meta if isinstance(meta, dict) else {}
-            self.out.ignored.append(
-                f"{file}: {kind} {m.get('namespace') or 'default'}/{m.get('name', '?')}")
-            return
-
-        if kind in POLICY_KINDS:
-            try:
-                self._object(doc, kind, file, where)
-            except ManifestError as e:
-                self.out.policy_errors.append(str(e))
-            return
-        self._object(doc, kind, file, where)
-
-    def _object(self, doc: dict, kind: str, file: str, where: str) -> None:
-        o = _Obj(file, f"<{where}>")
-        meta = doc.get("metadata")
-        api_version, namespaced, name_rule = _KINDS[kind]
-        o.name = f"{kind} ({where})"
-        meta = o.mapping(meta, "metadata", required=True)
-        raw_name = meta.get("name")
-        if namespaced:
-            raw_ns = meta.get("namespace") or "default"
-            if isinstance(raw_name, str) and raw_name and isinstance(raw_ns, str):
-                o.name = f"{kind} {raw_ns}/{raw_name}"
-            ns = o.dns_name(raw_ns, "metadata.namespace", label=True)
-        else:  # cluster-scoped: metadata.namespace is ignored, as the API server does
-            if isinstance(raw_name, str) and raw_name:
-                o.name = f"{kind} {raw_name}"
-            ns = ""
-        if name_rule == "1035":
-            name = _dns_1035(o, raw_name, "metadata.name")
-        else:
-            name = o.dns_name(raw_name, "metadata.name", label=name_rule == "label")
-        if doc.get("apiVersion") != api_version:
-            v = doc.get("apiVersion")
-            o.fail("apiVersion", f"required field is missing (expected {api_version!r})"
-                   if v is None else f"expected {api_version!r} for {kind}, got {describe(v)}")
-
-        ident = (kind, ns, name)
-        if ident in self.seen:
-            o.fail("metadata.name", f"duplicate {kind}: already defined in {self.seen[ident]}")
-        self.seen[ident] = file
-        key = f"{ns}/{name}"
-        if kind == "Pod":
-            self.out.pods[key] = _pod(o, doc, ns, name, file)
-        elif kind == "Namespace":
-            labels = dict(_labels(o, meta.get("labels")))
-            labels[_NS_NAME_LABEL] = name
-            self.out.namespaces[name] = Namespace(
-                name=name, labels=tuple(sorted(labels.items())), source=file)
-        elif kind in POLICY_KINDS:
-            self.out.policies[(kind, ns, name)] = (file, doc)
-        elif kind == "Service":
-            self.out.services[key] = _service(o, doc, ns, name, file)
-        elif kind == "EndpointSlice":
-            self.out.endpointslices[key] = _endpointslice(o, doc, ns, name, file)
-        elif kind == "CiliumLoadBalancerIPPool":
-            self.out.ippools[name] = _ippool(o, doc, name, file)
-        else:
-            self.out.l2policies[name] = _l2policy(o, doc, name, file)
 
     def file(self, path: str) -> None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError:
-            raise ManifestError(path, "<file>", "<file>", "not UTF-8 text") from None
-        except OSError as e:
-            raise ManifestError(path, "<file>", "<file>",
-                                (e.strerror or str(e)).lower()) from None
-        cached = _PARSED.get(path)
-        if cached is not None and cached[0] == text:
-            docs = cached[1]
-        else:
-            docs = self._parse(path, text)
-            _PARSED[path] = (text, docs)
-        for i, doc in enumerate(docs):
-            if doc is not None:  # empty documents ("---\n---") are skipped
-                self.document(doc, path, f"document {i + 1}")
+        store = ManifestStore(os.path.dirname(path) or ".")
+        self.out = store._apply({path})[0]
 
-    @staticmethod
-    def _parse(path: str, text: str) -> list:
-        try:
-            return list(yaml.load_all(text, Loader=_YAML_LOADER))
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<document>"
-            raise ManifestError(path, "<yaml>", where, str(e.problem or e.context)) from None
-        except yaml.YAMLError as e:
-            raise ManifestError(path, "<yaml>", "<document>", str(e)) from None
+
+# load_manifests keeps a store per directory (the few last used), so reading a directory again
+# parses and validates only the documents whose text changed
+_STORES: dict[str, ManifestStore] = {}
+_STORES_KEPT = 8
+_STORES_LOCK = threading.Lock()
 
 
 def load_manifests(directory: str) -> ManifestSet:
     """Read and validate every manifest file directly inside `directory`."""
-    if not os.path.exists(directory):
-        raise ManifestError(directory, "<directory>", "<path>", "no such directory")
-    if not os.path.isdir(directory):
-        raise ManifestError(directory, "<directory>", "<path>", "not a directory")
-    loader = _Loader()
-    seen = set()
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
-        if name.endswith(_SUFFIXES) and os.path.isfile(path):
-            seen.add(path)
-            loader.file(path)
-    prefix = os.path.join(directory, "")
-    for path in [p for p in _PARSED if p.startswith(prefix) and p not in seen]:
-        del _PARSED[path]
-    return loader.out
+    with _STORES_LOCK:
+        store = _STORES.pop(directory, None) or ManifestStore(directory)
+        try:
+            return store.load()
+        finally:
+            _STORES[directory] = store
+            while len(_STORES) > _STORES_KEPT:
+                del _STORES[next(iter(_STORES))]

@@ -63,6 +63,8 @@ _FIELDS: dict[str, str] = {
     "l2announcements.leaseDuration": "l2LeaseDuration",
     "l2announcements.leaseRenewDeadline": "l2LeaseRenewDeadline",
     "l2announcements.leaseRetryPeriod": "l2LeaseRetryPeriod",
+    "reconciler.minInterval": "reconcileMinInterval",
+    "reconciler.fullInterval": "reconcileFullInterval",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -139,6 +141,8 @@ class Config:
     l2LeaseRenewDeadline: int = 5               # a leader unable to renew this long steps down
     l2LeaseRetryPeriod: int = 2                 # seconds between renewals and follower tries
     allowLocalhost: str = "always"              # the local host reaches local pods: always|policy
+    reconcileMinInterval: float = 0.1           # seconds between two incremental syncs (bursts coalesce)
+    reconcileFullInterval: float = 300.0        # seconds between full read-back reconciliations
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -347,6 +351,18 @@ def _seconds(r: _Reader, key: str, default: int) -> int:
     return v
 
 
+def _duration(r: _Reader, key: str, default: float, lo: float, hi: float) -> float:
+    """Seconds, given as a number or a duration like '100ms', '15s' or '5m'."""
+    v = r.get(key, default)
+    if isinstance(v, str):
+        m = re.match(r"^(\d+(?:\.\d+)?)(ms|s|m)$", v.strip())
+        v = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)] if m else v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        r.fail(key, f"expected a duration from {lo:g}s to {hi:g}s (seconds, or like '100ms', "
+                    f"'15s', '5m'), got {describe(v)}")
+    return float(v)
+
+
 def _l2_leases(r: _Reader) -> tuple[int, int, int]:
     """leaseDuration > leaseRenewDeadline > leaseRetryPeriod, as leader election needs: a
     leader steps down before its lease can expire, and renews more than once in time."""
@@ -496,6 +512,8 @@ def parse_config(data: object, path: str) -> Config:
         l2LeaseRenewDeadline=l2_renew,
         l2LeaseRetryPeriod=l2_retry,
         allowLocalhost=_allow_localhost(r),
+        reconcileMinInterval=_duration(r, "reconciler.minInterval", 0.1, 0, 60),
+        reconcileFullInterval=_duration(r, "reconciler.fullInterval", 300, 1, 86400),
         raw=copy.deepcopy(data),
     )
 

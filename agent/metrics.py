@@ -19,6 +19,10 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
     cilium_policy_endpoint_enforcement_status {enforcement}   (none|ingress|egress|both)
     cilium_policy_implementation_delay {source}    (histogram: a policy change read -> in maps)
     cilium_policy_regeneration_time_stats_seconds {scope, status}   (histogram)
+    cilium_reconciler_incremental_total / _errors_total / _duration_seconds {module_id}
+    cilium_reconciler_full_total / _errors_total / _duration_seconds {module_id}
+    cilium_reconciler_full_out_of_sync_total {module_id}   (entries a full reconciliation
+        found out of sync and repaired; module_id is the map, or tc / xdp / route)
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from datapath.maps import metrics_totals
 
 disable_created_metrics()          # Cilium exports no *_created series
 
+MODULE = "agent.datapath"          # the module_id of the datapath reconciler's metrics
 ENDPOINT_STATES = ("waiting-for-identity", "not-ready", "waiting-to-regenerate", "regenerating",
                    "restoring", "ready", "disconnecting", "disconnected", "invalid")
 
@@ -79,7 +84,33 @@ class AgentMetrics:
             "cilium_policy_regeneration_time_stats_seconds", "Policy regeneration time stats "
             "labeled by the scope", ["scope", "status"], registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        r = self.registry
+        self.rec_count = {k: Counter(f"cilium_reconciler_{k}", f"Number of {k} reconciliations "
+                                     "performed", ["module_id"], registry=r)
+                          for k in ("incremental", "full")}
+        self.rec_errors = {k: Counter(f"cilium_reconciler_{k}_errors", "Total number of errors "
+                                      f"encountered during {k} reconciliation", ["module_id"],
+                                      registry=r) for k in ("incremental", "full")}
+        self.rec_seconds = {k: Histogram(
+            f"cilium_reconciler_{k}_duration_seconds", f"Histogram of per-operation duration "
+            f"during {k} reconciliation", ["module_id"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+            for k in ("incremental", "full")}
+        self.out_of_sync = Counter("cilium_reconciler_full_out_of_sync", "Number of entries a "
+                                   "full reconciliation found out of sync and repaired",
+                                   ["module_id"], registry=r)
         self._agent = None
+
+    def reconciled(self, full: bool, result) -> None:
+        """One sync of the datapath (agent/reconciler.py Result)."""
+        k = "full" if full else "incremental"
+        self.rec_count[k].labels(MODULE).inc()
+        self.rec_seconds[k].labels(MODULE).observe(result.seconds)
+        if result.failed:
+            self.rec_errors[k].labels(MODULE).inc(len(result.failed))
+        if full:
+            for target, n in result.by_target().items():
+                self.out_of_sync.labels(target).inc(n)
 
     def bind(self, agent) -> None:
         """Attach the running agent whose maps and endpoints the collector reads."""

@@ -73,16 +73,22 @@ def _map_order(name: str) -> tuple[int, str]:
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
     ops: list[Op] = []
+    late = {}
+    for m, k in desired.late:
+        late.setdefault(m, set()).add(k)
     for name in sorted(set(desired.maps) | set(actual.maps), key=_map_order):
         want, have = desired.maps.get(name, {}), actual.maps.get(name, {})
         n = desired.owned_prefix.get(name)
-        for k in sorted(want, key=lambda k: ((name, k) in desired.late, k)):
-            if name in desired.counters and k in have:
-                continue
-            got = have.get(k)
-            if got is None or (got[:n] != want[k][:n] if n else got != want[k]):
-                ops.append(Op("map_update", name, k, want[k]))
-        for k in sorted(set(have) - set(want)):
+        if name in desired.counters:
+            todo = want.keys() - have.keys()
+        elif n:
+            todo = {k for k, v in want.items() if (h := have.get(k)) is None or h[:n] != v[:n]}
+        else:
+            todo = {k for k, _ in want.items() - have.items()}     # missing or different
+        last = late.get(name, set()) & todo
+        for k in sorted(todo - last) + sorted(last):
+            ops.append(Op("map_update", name, k, want[k]))
+        for k in sorted(have.keys() - want.keys()):
             ops.append(Op("map_delete", name, k))
     for (ifname, direction) in sorted(set(desired.tc) | set(actual.tc)):
         want = desired.tc.get((ifname, direction))

@@ -31,8 +31,11 @@ API:
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import ipaddress
+import socket
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -41,6 +44,8 @@ from datapath import abi
 from . import maglev
 
 PROTO = {"TCP": 6, "UDP": 17, "SCTP": 132}
+_KEY, _SVC, _BE_KEY, _BE, _RN_KEY, _RN = (abi.Lb4Key, abi.Lb4Service, abi.Lb4BackendKey,
+                                         abi.Lb4Backend, abi.Lb4ReverseNatKey, abi.Lb4ReverseNat)
 SERVICE_MAPS = ("cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
                 "cilium_lb4_maglev")
 
@@ -76,6 +81,13 @@ class IdTable:
     def backend(self, key: str) -> int:
         return self._get("backends", key, 1 << 32)
 
+    def release(self, kind: str, key: str) -> None:
+        """Free one id ('services' or 'backends') for reuse."""
+        n = self.table[kind].pop(key, None)
+        if n is not None:
+            self._used[kind].discard(n)
+            self._cursor[kind] = min(self._cursor[kind], n)
+
     def prune(self, services: set[str], backends: set[str]) -> None:
         for kind, keep in (("services", services), ("backends", backends)):
             for k in set(self.table[kind]) - keep:
@@ -84,25 +96,106 @@ class IdTable:
                 self._cursor[kind] = min(self._cursor[kind], n)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _hash32(key: str) -> int:
+    """The first 32 bits of a name's SHA-256 (where its ClusterIP or nodePort search starts)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+
+
 def cluster_ips(services, cidr: str) -> dict[str, str]:
-    net = ipaddress.ip_network(cidr)
-    out: dict[str, str] = {}
-    taken = {s.clusterIP for s in services if s.clusterIP and s.clusterIP != "None"}
-    size = net.num_addresses - 2
-    for s in sorted(services, key=lambda s: s.key):
-        if s.clusterIP == "None":
-            continue
-        if s.clusterIP:
-            out[s.key] = s.clusterIP
-            continue
-        start = int.from_bytes(hashlib.sha256(s.key.encode()).digest()[:4], "big") % size
-        for i in range(size):
-            ip = str(net.network_address + 1 + (start + i) % size)
-            if ip not in taken:
-                taken.add(ip)
-                out[s.key] = ip
-                break
-    return out
+    return ClusterIPs(cidr).full(services)
+
+
+class ClusterIPs:
+    """ClusterIP allocation, the same on every agent reading the same manifests: a service's
+    spec.clusterIP when given; otherwise, services in name order, the first free address from
+    where the hash of the name points. Kept incrementally (for 10k services a full pass is
+    ~10 ms): a new service whose search met no later-named service's address, or a removed
+    service whose address no other search skipped, changes nobody else; anything else falls
+    back to the full pass, so the result is always what `full` gives."""
+
+    def __init__(self, cidr: str):
+        net = ipaddress.ip_network(cidr)
+        self.base, self.size = int(net.network_address) + 1, net.num_addresses - 2
+        self.ips: dict[str, str] = {}               # service key -> ClusterIP
+        self._owner: dict[int, str] = {}            # address -> key ("" for a requested one)
+        self._skipped: dict[int, int] = {}          # address -> searches that passed it
+        self._path: dict[str, list[int]] = {}       # key -> the addresses its search passed
+        self._spec: dict[str, str | None] = {}      # key -> spec.clusterIP
+
+    def _ip(self, n: int) -> str:
+        return socket.inet_ntoa(n.to_bytes(4, "big"))
+
+    def full(self, services) -> dict[str, str]:
+        self.ips, self._owner, self._skipped, self._path = {}, {}, {}, {}
+        self._spec = {s.key: s.clusterIP for s in services}
+        for s in services:
+            if s.clusterIP and s.clusterIP != "None":
+                self.ips[s.key] = s.clusterIP
+                self._owner[int(ipaddress.IPv4Address(s.clusterIP))] = ""
+        for s in sorted((s for s in services if not s.clusterIP), key=lambda s: s.key):
+            self._search(s.key, later_ok=True)
+        return self.ips
+
+    def _search(self, key: str, later_ok: bool) -> bool:
+        """Give `key` the first free address of its search; False (nothing changed) when it
+        would pass an address a later-named service holds."""
+        start, path = _hash32(key) % self.size, []
+        for i in range(self.size):
+            n = self.base + (start + i) % self.size
+            holder = self._owner.get(n)
+            if holder is None:
+                self._owner[n] = key
+                self.ips[key] = self._ip(n)
+                self._path[key] = path
+                for m in path:
+                    self._skipped[m] = self._skipped.get(m, 0) + 1
+                return True
+            if holder and holder > key and not later_ok:
+                return False
+            path.append(n)
+        return True                                 # the range is full: no address
+
+    def update(self, services: dict, changed) -> set[str]:
+        """Apply changed service keys; returns the keys whose ClusterIP changed."""
+        moved: set[str] = set()
+        for key in sorted(changed):
+            svc = services.get(key)
+            spec = svc.clusterIP if svc is not None else None
+            if svc is None and key not in self._spec:
+                continue
+            if key in self._spec and svc is not None and spec == self._spec[key]:
+                continue                            # allocation input unchanged
+            if svc is None and not self._spec[key]:
+                if self._remove(key):
+                    moved.add(key)
+                    continue
+            elif svc is not None and key not in self._spec and not spec:
+                self._spec[key] = spec
+                if self._search(key, later_ok=False):
+                    moved.add(key)
+                    continue
+            before = dict(self.ips)
+            self.full(services.values())
+            return moved | {k for k in before.keys() | self.ips.keys()
+                            if before.get(k) != self.ips.get(k)}
+        return moved
+
+    def _remove(self, key: str) -> bool:
+        del self._spec[key]
+        ip = self.ips.get(key)
+        if ip is None:
+            return True
+        n = int(ipaddress.IPv4Address(ip))
+        if self._skipped.get(n):
+            return False                            # someone searched past it: full pass
+        del self.ips[key]
+        del self._owner[n]
+        for m in self._path.pop(key, ()):
+            self._skipped[m] -= 1
+            if not self._skipped[m]:
+                del self._skipped[m]
+        return True
 
 
 @dataclass
@@ -193,23 +286,53 @@ def _target_port(pod, port) -> int | None:
 
 
 class _Index:
-    """Pods by (namespace, label, value) and EndpointSlices by (namespace, service), built once
-    a plan, so finding a service's backends does not scan every pod (10k services x 30k pods)."""
+    """Pods by (namespace, label, value) and EndpointSlices by (namespace, service), so finding a
+    service's backends does not scan every pod (10k services x 30k pods); kept up to date one
+    pod or slice at a time by the planner."""
 
     def __init__(self, manifests):
-        self.by_label: dict[tuple[str, str, str], list] = defaultdict(list)
-        for pod in sorted(manifests.pods.values(), key=lambda p: p.key):
+        self.by_label: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
+        for pod in manifests.pods.values():
+            self.replace_pod(None, pod)
+        self.slices: dict[tuple[str, str], dict[str, object]] = defaultdict(dict)
+        for sl in manifests.endpointslices.values():
+            self.replace_slice(None, sl)
+
+    def replace_pod(self, old, new) -> None:
+        for pod, add in ((old, False), (new, True)):
+            if pod is None:
+                continue
             for k, v in pod.labels:
-                self.by_label[(pod.namespace, k, v)].append(pod)
-        self.slices: dict[tuple[str, str], list] = defaultdict(list)
-        for sl in sorted(manifests.endpointslices.values(), key=lambda e: e.key):
-            self.slices[(sl.namespace, sl.serviceName)].append(sl)
+                bucket = self.by_label[(pod.namespace, k, v)]
+                if add:
+                    bucket[pod.key] = pod
+                else:
+                    bucket.pop(pod.key, None)
+
+    def replace_slice(self, old, new) -> None:
+        for sl, add in ((old, False), (new, True)):
+            if sl is None:
+                continue
+            bucket = self.slices[(sl.namespace, sl.serviceName)]
+            if add:
+                bucket[sl.key] = sl
+            else:
+                bucket.pop(sl.key, None)
+
+    def slices_of(self, svc) -> list:
+        got = self.slices.get((svc.namespace, svc.name), {})
+        return [got[k] for k in sorted(got)]
 
     def selected(self, svc) -> list:
         """The pods (in name order) a service's non-empty selector matches."""
-        sel = svc.selector_dict
-        lists = [self.by_label.get((svc.namespace, k, v), []) for k, v in sel.items()]
-        return [p for p in min(lists, key=len) if sel.items() <= p.label_dict.items()]
+        sel = svc.selector
+        if len(sel) == 1:                  # the bucket is the answer
+            bucket = self.by_label.get((svc.namespace, *sel[0]), {})
+            return [bucket[k] for k in sorted(bucket)]
+        lists = [self.by_label.get((svc.namespace, k, v), {}) for k, v in sel]
+        smallest = min(lists, key=len)
+        want = set(sel)
+        return [smallest[k] for k in sorted(smallest) if want <= set(smallest[k].labels)]
 
 
 def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int, bool]]:
@@ -226,7 +349,7 @@ def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int
                 ip = pod_ips[pod.key]
                 out.append((ip, tp, pod.key, state, ip in view.local_ips))
         return out
-    for sl in index.slices.get((svc.namespace, svc.name), []):
+    for sl in index.slices_of(svc):
         ports = [p for p in sl.ports if p.protocol == port.protocol and
                  (p.name == port.name or (len(sl.ports) == 1 and len(svc.ports) == 1))]
         for p in ports:
@@ -256,93 +379,251 @@ def _frontends(svc, i, port, vip, lb_ip, node_port, view) -> list[tuple[str, str
     return out
 
 
+def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
+    """Everything one service puts in the LB maps on this node, with the ids it uses."""
+    out = _Built()
+    names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
+    maps = out.maps = {m: {} for m in SERVICE_MAPS}
+    svc_map = maps["cilium_lb4_services_v2"]
+    late = set()
+    for i, port in enumerate(svc.ports):
+        proto = PROTO[port.protocol]
+        backends, listed = [], []     # backends: (id, key, local) of active backends
+        for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view):
+            bkey = f"{ip}:{tp}/{port.protocol}"
+            bid = ids.backend(bkey)
+            out.backends.add(bkey)
+            out.addresses.add(ip)
+            maps["cilium_lb4_backends_v3"][_BE_KEY.pack(bid)] = _BE.pack(
+                abi.ip4_to_be32(ip), abi.be16(tp), proto, state, 0, 0)
+            listed.append({"id": bid, "address": bkey, "pod": who, "state": names[state],
+                           "local": local})
+            if state == abi.BE_STATE_ACTIVE:      # terminating: no slot, no new flows
+                backends.append((bid, bkey, local))
+        local = [b for b in backends if b[2]]
+        internal = local if svc.internalTrafficPolicy == "Local" else backends
+        external = local if svc.externalTrafficPolicy == "Local" else backends
+        affinity = svc.sessionAffinity == "ClientIP"
+        algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" \
+            else abi.LB_ALGORITHM_RANDOM
+        for kind, addr, fport, flags in _frontends(svc, i, port, vip, lb_ip, nps.get((svc.key, i)),
+                                                  view):
+            fe = f"{svc.key}:{port.port}/{port.protocol}" if kind == "ClusterIP" else \
+                f"{svc.key}:{port.port}/{port.protocol} {kind} {addr}:{fport}"
+            sid = ids.service(fe)
+            out.frontends.add(fe)
+            flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE \
+                if svc.internalTrafficPolicy == "Local" else 0
+            if kind == "ClusterIP":
+                scopes = [(abi.LB_LOOKUP_SCOPE_EXT, internal)]
+            else:
+                flags |= abi.SVC_FLAG_ROUTABLE
+                if svc.externalTrafficPolicy == "Local":
+                    flags |= abi.SVC_FLAG_EXT_LOCAL_SCOPE
+                scopes = [(abi.LB_LOOKUP_SCOPE_EXT, external)]
+                if internal != external:          # pods here see the internal set
+                    flags2 |= abi.SVC_FLAG2_TWO_SCOPES
+                    scopes.append((abi.LB_LOOKUP_SCOPE_INT, internal))
+            if affinity:
+                flags |= abi.SVC_FLAG_AFFINITY
+            a, dp = abi.ip4_to_be32(addr), abi.be16(fport)
+            for scope, chosen in scopes:
+                for slot, (bid, _, _) in enumerate(chosen, start=1):
+                    svc_map[_KEY.pack(a, dp, slot, proto, scope)] = _SVC.pack(bid, 0, sid, 0, 0, 0)
+                head = _KEY.pack(a, dp, 0, proto, scope)
+                svc_map[head] = _SVC.pack((algo << abi.LB_ALGORITHM_SHIFT) |
+                                          (svc.affinityTimeout if affinity else 0),
+                                          len(chosen), sid, flags, flags2, 0)
+                late.add(("cilium_lb4_services_v2", head))
+            if algo == abi.LB_ALGORITHM_MAGLEV:
+                # one table a frontend: its external backend set (the internal scope of a
+                # two-scope service is picked at random: few flows, all from this node)
+                table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
+                                           view.maglev_size)
+                maps["cilium_lb4_maglev"][_RN_KEY.pack(sid)] = abi.maglev_lut_bytes(table)
+            maps["cilium_lb4_reverse_nat"][_RN_KEY.pack(sid)] = _RN.pack(a, dp)
+            active = {c[0] for c in scopes[0][1]}
+            out.listing.append({
+                "id": sid, "frontend": f"{addr}:{fport}/{port.protocol}",
+                "service": svc.key, "type": kind,
+                "sessionAffinity": svc.sessionAffinity,
+                "trafficPolicy": {"external": svc.externalTrafficPolicy,
+                                  "internal": svc.internalTrafficPolicy},
+                "backends": [b for b in listed if b["state"] != "active" or b["id"] in active]})
+    out.maps = {m: v for m, v in maps.items() if v}
+    out.late = frozenset(late)
+    return out
+
+
+@dataclass
+class _Built:
+    """One service's share of the LB maps, and what it holds of the id tables."""
+    maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    late: frozenset = frozenset()
+    frontends: set[str] = field(default_factory=set)    # IdTable service keys
+    backends: set[str] = field(default_factory=set)     # IdTable backend keys
+    addresses: set[str] = field(default_factory=set)    # backend IPs (for local-IP changes)
+    listing: list[dict] = field(default_factory=list)
+
+
+class ServicePlanner:
+    """services.build made incremental: each service's entries are kept, and a change rebuilds
+    only the services it touches: a changed Service, the Services selecting a changed Pod (by
+    its old and new labels) or a Pod whose address changed, the Service of a changed
+    EndpointSlice, the Services whose ClusterIP, LoadBalancer IP or nodePort allocation moved,
+    and, when this node's local pod addresses change, the Services with a backend there. Any
+    other change of the node view rebuilds everything.
+
+    update() returns {service key: (before, after)} (each a _Built, or None: absent) for what
+    it rebuilt; ids a service
+    stopped using are released on the next update (after the caller applied this one), so an
+    id is never reused while a slot may still point to it."""
+
+    def __init__(self, ids: IdTable, cidr: str):
+        self.ids, self.cidr = ids, cidr
+        self.built: dict[str, _Built] = {}
+        self.manifests = None
+        self.pod_ips: dict[str, str] = {}
+        self.view: NodeView | None = None
+        self.vips = ClusterIPs(cidr)
+        self.lbs: dict[str, str] = {}
+        self.nps: dict = {}
+        self.index: _Index | None = None
+        self._selecting: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self._by_address: dict[str, set[str]] = defaultdict(set)   # backend IP -> services
+        self._users = {"services": defaultdict(int), "backends": defaultdict(int)}
+        self._release: list[tuple[str, str]] = []
+
+    # ---- indexes ----
+    def _index_service(self, svc, add: bool) -> None:
+        for k, v in svc.selector or ():
+            s = self._selecting[(svc.namespace, k, v)]
+            (s.add if add else s.discard)(svc.key)
+
+    def selecting(self, pod) -> set[str]:
+        """Keys of the services (in the pod's namespace) whose selector matches its labels."""
+        out = set()
+        labels = pod.label_dict
+        for k, v in pod.labels:
+            for key in self._selecting.get((pod.namespace, k, v), ()):
+                svc = self.manifests.services.get(key)
+                if svc is not None and dict(svc.selector).items() <= labels.items():
+                    out.add(key)
+        return out
+
+    # ---- planning ----
+    def update(self, manifests, pod_ips: dict[str, str], view: NodeView,
+               delta=None) -> dict[str, tuple[_Built | None, _Built | None]]:
+        """Bring the kept entries to `manifests` / `pod_ips` / `view`. `delta` (a
+        manifests.ManifestDelta) names what changed since the last call; None rebuilds all."""
+        for kind, key in self._release:
+            if not self._users[kind].get(key):
+                self.ids.release(kind, key)
+        self._release = []
+        old_ms, old_ips, old_view = self.manifests, self.pod_ips, self.view
+        full = delta is None or old_ms is None or old_view is None or \
+            dataclasses.replace(view, local_ips=frozenset()) != \
+            dataclasses.replace(old_view, local_ips=frozenset())
+        self.manifests, self.pod_ips, self.view = manifests, pod_ips, view
+        svcs = manifests.services
+        dirty: set[str] = set()
+        if full:
+            self.index = _Index(manifests)
+            self._selecting.clear()
+            for svc in svcs.values():
+                self._index_service(svc, True)
+            dirty = set(svcs) | set(self.built)
+        else:
+            dirty |= self._dirty_from_delta(delta, old_ms)
+            if pod_ips is not old_ips:
+                for key in {k for k in pod_ips.keys() | old_ips.keys()
+                            if pod_ips.get(k) != old_ips.get(k)}:
+                    pod = manifests.pods.get(key)
+                    if pod is not None:
+                        dirty |= self.selecting(pod)
+            for ip in view.local_ips ^ old_view.local_ips:
+                dirty |= self._by_address.get(ip, set())
+        if full:
+            self.vips.full(svcs.values())
+        elif delta.services:
+            dirty |= self.vips.update(svcs, delta.services)
+        # LB IPAM and nodePorts: only LoadBalancer and NodePort services take part
+        ext = ("NodePort", "LoadBalancer")
+        if full or delta.ippools or any(
+                s is not None and s.type in ext for k in delta.services
+                for s in (old_ms.services.get(k), svcs.get(k))):
+            lbs = lb_ips(svcs.values(), manifests.ippools.values())
+            nps = node_ports(svcs.values(), view.node_port_range)
+            dirty |= {k for k in self.lbs.keys() | lbs.keys() if self.lbs.get(k) != lbs.get(k)}
+            dirty |= {k for k, _ in self.nps.keys() ^ nps.keys()}
+            dirty |= {k for k, i in nps.keys() & self.nps.keys() if nps[(k, i)] != self.nps[(k, i)]}
+            self.lbs, self.nps = lbs, nps
+        out: dict[str, tuple[_Built | None, _Built | None]] = {}
+        for key in sorted(dirty):
+            svc = svcs.get(key)
+            vip = self.vips.ips.get(key) if svc is not None else None
+            new = _service_entries(svc, vip, self.lbs.get(key), self.nps, self.index, pod_ips,
+                                   view, self.ids) if vip else None
+            old = self.built.pop(key, None)
+            if new is not None:
+                self.built[key] = new
+            self._account(key, old, new)
+            if old is not None or new is not None:
+                out[key] = (old, new)
+        return out
+
+    def _dirty_from_delta(self, delta, old_ms) -> set[str]:
+        ms, dirty = self.manifests, set()
+        for key in delta.services:
+            dirty.add(key)
+            for svc in (old_ms.services.get(key), ms.services.get(key)):
+                if svc is not None:
+                    self._index_service(svc, svc is ms.services.get(key))
+        for key in delta.pods:
+            old, new = old_ms.pods.get(key), ms.pods.get(key)
+            self.index.replace_pod(old, new)
+            for pod in (old, new):
+                if pod is not None:
+                    dirty |= self.selecting(pod)
+        for key in delta.endpointslices:
+            old, new = old_ms.endpointslices.get(key), ms.endpointslices.get(key)
+            self.index.replace_slice(old, new)
+            for sl in (old, new):
+                if sl is not None:
+                    dirty.add(f"{sl.namespace}/{sl.serviceName}")
+        return dirty
+
+    def _account(self, key: str, old: _Built | None, new: _Built | None) -> None:
+        """Id and address bookkeeping for one rebuilt service."""
+        for b, sign in ((old, -1), (new, 1)):
+            if b is None:
+                continue
+            for kind, keys in (("services", b.frontends), ("backends", b.backends)):
+                users = self._users[kind]
+                for k in keys:
+                    users[k] += sign
+                    if users[k] <= 0:
+                        del users[k]
+                        self._release.append((kind, k))
+            for ip in b.addresses:
+                (self._by_address[ip].add if sign > 0 else self._by_address[ip].discard)(key)
+
+    def listing(self) -> list[dict]:
+        return [row for key in sorted(self.built) for row in self.built[key].listing]
+
+
 def build(manifests, pod_ips: dict[str, str], ids: IdTable, cidr: str,
           view: NodeView = NodeView()) -> Plan:
-    """pod_ips: 'ns/name' -> IP of every pod in the cluster that this node knows."""
+    """The whole service world at once (pod_ips: 'ns/name' -> IP of every pod in the cluster
+    that this node knows); ids no service uses any more are released."""
+    planner = ServicePlanner(ids, cidr)
+    planner.update(manifests, pod_ips, view)
     plan = Plan()
-    svcs = list(manifests.services.values())
-    vips = cluster_ips(svcs, cidr)
-    lbs = lb_ips(svcs, manifests.ippools.values())
-    nps = node_ports(svcs, view.node_port_range)
-    index = _Index(manifests)
-    used_services, used_backends = set(), set()
-    names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
-    svc_map = plan.maps["cilium_lb4_services_v2"]
-    for svc in sorted(svcs, key=lambda s: s.key):
-        vip = vips.get(svc.key)
-        if not vip:
-            continue            # headless
-        for i, port in enumerate(svc.ports):
-            proto = PROTO[port.protocol]
-            backends, listed = [], []     # backends: (id, ip, local) of active backends
-            for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view):
-                bkey = f"{ip}:{tp}/{port.protocol}"
-                bid = ids.backend(bkey)
-                used_backends.add(bkey)
-                plan.maps["cilium_lb4_backends_v3"][bytes(abi.Lb4BackendKey(bid))] = bytes(
-                    abi.Lb4Backend(address=abi.ip4_to_be32(ip), port=abi.be16(tp),
-                                   proto=proto, flags=state))
-                listed.append({"id": bid, "address": bkey, "pod": who, "state": names[state],
-                               "local": local})
-                if state == abi.BE_STATE_ACTIVE:      # terminating: no slot, no new flows
-                    backends.append((bid, bkey, local))
-            local = [b for b in backends if b[2]]
-            internal = local if svc.internalTrafficPolicy == "Local" else backends
-            external = local if svc.externalTrafficPolicy == "Local" else backends
-            affinity = svc.sessionAffinity == "ClientIP"
-            algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" \
-                else abi.LB_ALGORITHM_RANDOM
-            for kind, addr, fport, flags in _frontends(svc, i, port, vip, lbs.get(svc.key),
-                                                      nps.get((svc.key, i)), view):
-                fe = f"{svc.key}:{port.port}/{port.protocol}" if kind == "ClusterIP" else \
-                    f"{svc.key}:{port.port}/{port.protocol} {kind} {addr}:{fport}"
-                sid = ids.service(fe)
-                used_services.add(fe)
-                flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE \
-                    if svc.internalTrafficPolicy == "Local" else 0
-                if kind == "ClusterIP":
-                    scopes = [(abi.LB_LOOKUP_SCOPE_EXT, internal)]
-                else:
-                    flags |= abi.SVC_FLAG_ROUTABLE
-                    if svc.externalTrafficPolicy == "Local":
-                        flags |= abi.SVC_FLAG_EXT_LOCAL_SCOPE
-                    scopes = [(abi.LB_LOOKUP_SCOPE_EXT, external)]
-                    if internal != external:          # pods here see the internal set
-                        flags2 |= abi.SVC_FLAG2_TWO_SCOPES
-                        scopes.append((abi.LB_LOOKUP_SCOPE_INT, internal))
-                if affinity:
-                    flags |= abi.SVC_FLAG_AFFINITY
-                key = abi.Lb4Key(address=abi.ip4_to_be32(addr), dport=abi.be16(fport),
-                                 proto=proto)
-                for scope, chosen in scopes:
-                    for slot, (bid, _, _) in enumerate(chosen, start=1):
-                        k = abi.Lb4Key.from_bytes(bytes(key))
-                        k.backend_slot, k.scope = slot, scope
-                        svc_map[bytes(k)] = bytes(abi.Lb4Service(backend_id=bid,
-                                                                 rev_nat_index=sid))
-                    head = abi.Lb4Key.from_bytes(bytes(key))
-                    head.scope = scope
-                    svc_map[bytes(head)] = bytes(abi.Lb4Service(
-                        count=len(chosen), rev_nat_index=sid, flags=flags, flags2=flags2,
-                        backend_id=(algo << abi.LB_ALGORITHM_SHIFT) |
-                        (svc.affinityTimeout if affinity else 0)))
-                    plan.frontends_last.add(bytes(head))
-                if algo == abi.LB_ALGORITHM_MAGLEV:
-                    # one table a frontend: its external backend set (the internal scope of a
-                    # two-scope service is picked at random: few flows, all from this node)
-                    table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
-                                               view.maglev_size)
-                    plan.maps["cilium_lb4_maglev"][
-                        bytes(abi.Lb4ReverseNatKey(sid))] = abi.maglev_lut_bytes(table)
-                plan.maps["cilium_lb4_reverse_nat"][bytes(abi.Lb4ReverseNatKey(sid))] = bytes(
-                    abi.Lb4ReverseNat(address=abi.ip4_to_be32(addr), port=abi.be16(fport)))
-                plan.listing.append({
-                    "id": sid, "frontend": f"{addr}:{fport}/{port.protocol}",
-                    "service": svc.key, "type": kind,
-                    "sessionAffinity": svc.sessionAffinity,
-                    "trafficPolicy": {"external": svc.externalTrafficPolicy,
-                                      "internal": svc.internalTrafficPolicy},
-                    "backends": [b for b in listed if b["state"] != "active" or
-                                 b["id"] in {c[0] for c in scopes[0][1]}]})
-    ids.prune(used_services, used_backends)
+    for key in sorted(planner.built):
+        b = planner.built[key]
+        for m, entries in b.maps.items():
+            plan.maps[m].update(entries)
+        plan.frontends_last |= {k for _, k in b.late}
+        plan.listing += b.listing
+    ids.prune(set(planner._users["services"]), set(planner._users["backends"]))
     return plan

@@ -20,6 +20,7 @@ API:
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Callable, Iterable
 
@@ -31,6 +32,7 @@ from .engine import PolicyEngine
 log = logging.getLogger("datapath.policy")
 
 POLICY_MAP = "cilium_policy_v2"
+REVISION_MAP = "dp_policy_revision"   # bumped after every change to POLICY_MAP
 # the agent owns the verdict bytes of a policy entry; packets and bytes are the datapath's
 _OWNED = abi.PolicyEntry.packets.offset
 _PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"}
@@ -84,11 +86,12 @@ class PolicySubsystem:
         for prefix, ident in sorted(self.engine.cidr_identities().items()):
             ipcache(prefix, ident)
         by_identity: dict[int, list] = {}
-        for key, ident in pod_identity.items():
-            if key in pods:
-                by_identity.setdefault(ident, []).append(pods[key])
 
         def named_ports_of(identities):
+            if identities is not None and not by_identity:   # only when a rule names a port
+                for key, ident in pod_identity.items():
+                    if key in pods:
+                        by_identity.setdefault(ident, []).append(pods[key])
             chosen = pods.values() if identities is None else \
                 [p for i in identities for p in by_identity.get(i, ())]
             out: dict[str, set] = {}
@@ -129,6 +132,20 @@ class PolicySubsystem:
             self.metrics.policy_implementation_delay.labels("k8s").observe(
                 time.time() - self._changed_at)
             self._changed_at = None
+
+    def bump_revision(self, dp) -> int:
+        """Tell the datapath the policy map changed: established flows' cached verdicts
+        (their conntrack entries remember the revision) are decided again on their next
+        packet. Called after the map writes. A map that reads 0 (new) starts at a random
+        non-zero value, so no verdict cached in pinned conntrack entries is trusted again."""
+        m = dp.maps.get(REVISION_MAP)
+        if m is None:
+            return 0
+        cur = m.get(abi.U32Key(0))
+        rev = cur.revision if cur is not None else 0
+        rev = (rev % 0xFFFFFFFF) + 1 if rev else secrets.randbelow(0xFFFFFFFE) + 1
+        m.update(abi.U32Key(0), abi.PolicyRevision(revision=rev))
+        return rev
 
     # ---- views ----
     def row_keys(self, ep_id: int) -> set[bytes]:

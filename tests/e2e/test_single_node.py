@@ -158,6 +158,47 @@ def test_restart_keeps_established_tcp_and_adopts_state(lab):
         srv.wait(timeout=10)
 
 
+def _bpftool_dump(path: str) -> dict[bytes, bytes]:
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", path], capture_output=True,
+                         text=True, check=True).stdout
+    return {bytes(int(x, 16) for x in e["key"]): bytes(int(x, 16) for x in e["value"])
+            for e in json.loads(out)}
+
+
+def _hex(b: bytes) -> list[str]:
+    return [f"{x:02x}" for x in b]
+
+
+def test_drift_behind_the_agents_back_is_repaired_and_counted(lab):
+    """The agent never reads its maps back on a change; a full reconciliation (at
+    reconciler.fullInterval) does, and puts back an entry changed and one deleted behind its
+    back, counting them in cilium_reconciler_full_out_of_sync_total."""
+    node = lab.node()
+    path = f"{lab.lab.bpffs}/datapath/k8s-ctr/cilium_lb4_services_v2"
+    before = _bpftool_dump(path)
+    (k1, v1), (k2, _) = sorted(before.items())[:2]
+    count = lab.metric("cilium_reconciler_full_out_of_sync_total",
+                       module_id="cilium_lb4_services_v2")
+    cfg = node["config"]
+    good = open(cfg).read()
+    try:
+        with open(cfg, "w") as f:
+            f.write(good + "reconciler:\n  fullInterval: 2s\n")
+        wait_for(lambda: lab.client().get("/v1/status")["config"]["lastReload"], what="reload")
+        subprocess.run(["bpftool", "map", "update", "pinned", path, "key", "hex", *_hex(k1),
+                        "value", "hex", *_hex(bytes(b ^ 0xFF for b in v1))], check=True)
+        subprocess.run(["bpftool", "map", "delete", "pinned", path, "key", "hex", *_hex(k2)],
+                       check=True)
+        assert _bpftool_dump(path) != before
+        wait_for(lambda: _bpftool_dump(path) == before, timeout=20, what="drift repaired")
+        assert lab.metric("cilium_reconciler_full_out_of_sync_total",
+                          module_id="cilium_lb4_services_v2") >= count + 2
+        assert lab.metric("cilium_reconciler_full_total") >= 1
+    finally:
+        with open(cfg, "w") as f:
+            f.write(good)
+
+
 def test_bad_config_is_rejected_and_datapath_unchanged(lab):
     node = lab.node()
     cfg_path = node["config"]
@@ -194,6 +235,39 @@ def test_bad_config_is_rejected_and_datapath_unchanged(lab):
             f.write(good)
     wait_for(lambda: lab.client().get("/v1/status")["config"]["lastError"] is None,
              what="good config to apply again")
+
+
+BURST_SVC = """apiVersion: v1
+kind: Service
+metadata: {{name: burst-{i}, namespace: default}}
+spec:
+  selector: {{app: webpod}}
+  ports: [{{name: http, port: {port}, targetPort: http}}]
+"""
+
+
+def test_a_burst_of_changes_is_coalesced_and_each_change_is_incremental(lab):
+    """40 Service files written at once reach the maps in a few syncs, not 40
+    (reconciler.minInterval); each sync writes only what changed; removing them takes the
+    entries away again, and the services still answer through the ClusterIP."""
+    syncs = lab.metric("cilium_reconciler_incremental_total")
+    fulls = lab.metric("cilium_reconciler_full_total")
+    before = lab.client().get("/v1/service")
+    files = [lab.manifests / f"burst-{i}.yaml" for i in range(40)]
+    try:
+        for i, f in enumerate(files):
+            f.write_text(BURST_SVC.format(i=i, port=8000 + i))
+        wait_for(lambda: len(lab.client().get("/v1/service")) == len(before) + 40,
+                 what="40 new services")
+        assert lab.metric("cilium_reconciler_incremental_total") - syncs < 20
+        assert lab.metric("cilium_reconciler_full_total") == fulls     # no read-back needed
+        svc = next(s for s in lab.client().get("/v1/service") if s["service"] == "default/burst-7")
+        vip = svc["frontend"].split(":")[0]
+        assert "Hostname: webpod" in curl(lab, "curl-pod", f"{vip}:8007").stdout
+    finally:
+        for f in files:
+            f.unlink(missing_ok=True)
+    wait_for(lambda: lab.client().get("/v1/service") == before, what="burst services removed")
 
 
 def test_label_change_moves_endpoint_to_new_identity(lab):

@@ -50,6 +50,20 @@ static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifind
 	return cilium_lxc.lookup(key);
 }
 
+/* The last hop into a pod: TTL, the pod's MACs, straight into its namespace. */
+static __always_inline int ipv4_redirect_to_ep(struct __sk_buff *skb,
+					       const struct endpoint_info *ep)
+{
+	int ret = ipv4_dec_ttl(skb);
+
+	if (ret < 0)
+		return ret;
+	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
+	if (ret < 0)
+		return ret;
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
 static __always_inline int ipv4_deliver_to_ep(struct __sk_buff *skb,
 					      const struct endpoint_info *ep)
 {
@@ -57,13 +71,7 @@ static __always_inline int ipv4_deliver_to_ep(struct __sk_buff *skb,
 
 	if (ret < 0)
 		return ret;
-	ret = ipv4_dec_ttl(skb);
-	if (ret < 0)
-		return ret;
-	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
-	if (ret < 0)
-		return ret;
-	return bpf_redirect_peer(ep->ifindex, 0);
+	return ipv4_redirect_to_ep(skb, ep);
 }
 
 static __always_inline int ipv4_local_delivery(struct __sk_buff *skb,
@@ -90,13 +98,7 @@ static __always_inline int ipv4_local_delivery_pkt(struct __sk_buff *skb,
 		return ret;
 	if (ret != POLICY_ESTABLISHED)
 		return ipv4_deliver_to_ep(skb, ep);
-	ret = ipv4_dec_ttl(skb);
-	if (ret < 0)
-		return ret;
-	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
-	if (ret < 0)
-		return ret;
-	return bpf_redirect_peer(ep->ifindex, 0);
+	return ipv4_redirect_to_ep(skb, ep);
 }
 
 static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb, __u32 src_identity)

@@ -12,13 +12,26 @@ demo: setup
 test: setup
 	$(PY) -m pytest -p no:cacheprovider tests
 
-# Not a test: timings (README "Bench"). BENCH_SERVICES=N to change the 10k services.
+# Not a test: timings (README "Bench"). Every bench writes its JSON (and its PNG charts) into
+# bench/results/, which is committed: the README shows them. BENCH_SERVICES=N changes the
+# 10,000 services of lb_program. The side-by-side benches run the references in
+# ../shared/bench/ (kproxy_baseline.py, pktbench) in the same run.
 BENCH_SERVICES ?= 10000
+R := bench/results
 bench: setup
-	$(PY) bench/lb_program.py --services $(BENCH_SERVICES)
-	$(PY) bench/policy_program.py
-	$(PY) bench/policy_packet.py
-	$(PY) bench/lab_rate.py
+	@mkdir -p $(R)
+	$(PY) bench/lb_program.py --services $(BENCH_SERVICES) --json > $(R)/lb_program.json.tmp
+	@mv $(R)/lb_program.json.tmp $(R)/lb_program.json
+	$(PY) bench/policy_program.py --json > $(R)/policy_program.json.tmp
+	@mv $(R)/policy_program.json.tmp $(R)/policy_program.json
+	$(PY) bench/policy_packet.py --json > $(R)/policy_packet.json.tmp
+	@mv $(R)/policy_packet.json.tmp $(R)/policy_packet.json
+	$(PY) bench/lab_rate.py --json > $(R)/lab_rate.json.tmp
+	@mv $(R)/lab_rate.json.tmp $(R)/lab_rate.json
+	$(PY) bench/packet.py --out $(R)/packet.json
+	$(PY) bench/control_plane.py --out $(R)/control_plane.json
+	$(PY) bench/first_packet.py --out-dir $(R)
+	$(PY) bench/throughput.py --out-dir $(R)
 
 clean-lab: setup
 	$(VENV)/bin/datapath lab down

@@ -11,9 +11,13 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # prometheus: promtool; etcd-server: the multi-node lab's kvstore; vagrant + systemd: the checks
 # on vagrant/ (`vagrant validate`, `systemd-analyze verify`); iptables + nftables: checking that the
-# agent adds no rule; wrk: the lab request-rate bench (bench/lab_rate.py)
+# agent adds no rule; wrk: the lab request-rate bench (bench/lab_rate.py); python3-matplotlib: the
+# bench charts (bench/charts.py, PNGs next to the JSON); iperf3: the throughput bench
+# (bench/throughput.py); clang llvm bpftool libbpf-dev: building Katran's XDP program for the
+# per-packet bench beside ours (../shared/bench/pktbench, used by bench/packet.py)
 APT_PKGS="bpfcc-tools python3-bpfcc libbpfcc iproute2 iputils-ping curl prometheus python3-venv
-          util-linux procps tcpdump ethtool make etcd-server vagrant systemd iptables nftables wrk"
+          util-linux procps tcpdump ethtool make etcd-server vagrant systemd iptables nftables wrk
+          python3-matplotlib iperf3 clang llvm bpftool libbpf-dev"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -25,7 +29,7 @@ if [ -n "$missing" ]; then
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
   # packages we install only for their tools must not leave services running on this host
   if [ -d /run/systemd/system ]; then
-    for svc in etcd prometheus prometheus-node-exporter; do
+    for svc in etcd prometheus prometheus-node-exporter iperf3; do
       case " $missing " in *" ${svc%%-*}"*) systemctl disable --now "$svc" >/dev/null 2>&1 || true ;; esac
     done
   fi

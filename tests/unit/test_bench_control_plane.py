@@ -1,0 +1,57 @@
+"""bench/control_plane.py does not rot: a --quick run (100 services) programs the maps cold,
+applies endpoint and service changes incrementally with the writes they need and no more,
+restarts the real agent on what it left with no map write, writes its JSON and PNG, and leaves
+no namespace or pin behind. Correctness only: its timings are never asserted."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datapath import netns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run(privileged, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cp") / "control_plane.json"
+    before_ns = {n for n in netns.list_names() if n.startswith("dpbench-")}
+    before_pins = {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")}
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "control_plane.py"), "--quick",
+                        "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert {n for n in netns.list_names() if n.startswith("dpbench-")} <= before_ns
+    assert {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")} <= before_pins
+    return json.loads(out.read_text()), out
+
+
+def test_incremental_changes_write_only_what_changed(run):
+    r, _ = run
+    (x,) = r["by_n"]
+    assert x["services"] == 100 and x["pods"] == 300
+    # 100 frontends + 300 slots + 300 backends + 100 reverse NAT + 300 remote pods' ipcache
+    # rows, and the node's own entries
+    assert x["cold_writes"] >= 1100
+    # a backend leaves or joins: its slot(s), the frontend's count, the backend entry
+    assert all(0 < w <= 6 for w in x["endpoint_change"]["map_writes"])
+    # a new service with 3 existing backends: frontend, 3 slots, reverse NAT (backends shared)
+    assert x["new_service"]["map_writes"] == [5] * len(x["new_service"]["map_writes"])
+    assert x["drift_check_ops"] == 0
+
+
+def test_a_restart_adopts_everything_without_writing(run):
+    r, _ = run
+    (x,) = r["by_n"]
+    assert [y["map_writes"] for y in x["restart"]] == [0] * len(x["restart"])
+    assert all(y["rss_mib"] > 0 for y in x["restart"])
+    assert x["restart"][0]["idle_cpu_percent"] >= 0
+
+
+def test_json_and_png_written(run):
+    _, out = run
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

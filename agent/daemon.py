@@ -290,8 +290,8 @@ class Agent:
             else:
                 res = self.rec.flush(self.dp, on_error)
             self.metrics.reconciled(full, res)
-            if full and reason.startswith("startup") or \
-                    any(op.target == "cilium_policy_v2" for op in res.ops):
+            if any(op.target == "cilium_policy_v2" for op in res.ops) or \
+                    not self.policy.revision(self.dp):
                 self.policy.bump_revision(self.dp)     # after the writes: re-decide flows
             self._last_sync = time.monotonic()
             self.policy.applied(not res.failed)

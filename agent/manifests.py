@@ -39,6 +39,7 @@ validated again; the garbage collector is paused while a load builds its objects
 from __future__ import annotations
 
 import bisect
+import functools
 import gc
 import ipaddress
 import itertools
@@ -138,7 +139,7 @@ class Pod:
     terminating: bool = False       # metadata.deletionTimestamp is set: finish flows, take none
     ready: bool = True              # status.conditions Ready is not "False"
 
-    @property
+    @functools.cached_property      # (frozen: computed once, kept in __dict__)
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -184,7 +185,7 @@ class Service:
     labels: Labels
     source: str
 
-    @property
+    @functools.cached_property      # (frozen: computed once, kept in __dict__)
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -227,7 +228,7 @@ class EndpointSlice:
     ports: tuple[EndpointSlicePort, ...]
     source: str
 
-    @property
+    @functools.cached_property      # (frozen: computed once, kept in __dict__)
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 

@@ -165,12 +165,10 @@ def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = 
     failed = 0
     for op in ops:
         try:
-            if op.kind == "map_update":
-                m = dp.maps[op.target]
-                m.update(m.spec.key.from_bytes(op.key), m.spec.value.from_bytes(op.value))
+            if op.kind == "map_update":           # maps take the bytes as they are
+                dp.maps[op.target].update(op.key, op.value)
             elif op.kind == "map_delete":
-                m = dp.maps[op.target]
-                m.delete(m.spec.key.from_bytes(op.key))
+                dp.maps[op.target].delete(op.key)
             elif op.kind == "tc_attach":
                 fd, _ = dp.program(op.value)
                 attach.tc_attach(op.target, fd, op.key, op.value)

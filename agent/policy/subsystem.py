@@ -133,6 +133,13 @@ class PolicySubsystem:
                 time.time() - self._changed_at)
             self._changed_at = None
 
+    def revision(self, dp) -> int:
+        """The policy revision the datapath holds (0: never set; 1 when there is no such map,
+        so nothing tries to set it)."""
+        m = dp.maps.get(REVISION_MAP)
+        cur = m.get(abi.U32Key(0)) if m is not None else None
+        return cur.revision if cur is not None else (0 if m is not None else 1)
+
     def bump_revision(self, dp) -> int:
         """Tell the datapath the policy map changed: established flows' cached verdicts
         (their conntrack entries remember the revision) are decided again on their next

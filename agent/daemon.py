@@ -50,7 +50,6 @@ log_cl = logging.getLogger("datapath.kvstore")
 
 RESYNC_SECONDS = 10.0     # the slow tick: vanished interfaces, pending identities, devices
 WATCH_SECONDS = 1.0       # the longest the main loop sleeps without an event
-REREAD = "SIGHUP: re-read everything"
 SAVE_SECONDS = 1.0        # the state file is written at most this often (endpoint changes: at once)
 VXLAN_DEVICE = TUNNEL_DEVICE
 TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
@@ -99,6 +98,7 @@ class Agent:
         view = self.state.get("cluster") or {}
         self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
         self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
+        self.cluster_gen = 0          # bumped whenever the cluster view is replaced
         self.node_ip = netdev.node_ip(self.cfg)
         self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
@@ -122,6 +122,8 @@ class Agent:
         self._wake = threading.Event()       # set by trigger() from other threads
         self._last_sync = 0.0
         self._unsaved = False
+        self._reread = False                 # SIGHUP: re-read config and every manifest
+        self._retry_paths: set[str] = set()  # changed files a rejected reload did not take
         self._api = None
         self._metrics_srv = None
         self._cluster_thread = None
@@ -177,6 +179,7 @@ class Agent:
         self._learn_identities({rec["identity"] for rec in good_eps.values()})
         with self.lock:
             self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
+            self.cluster_gen += 1
             self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
             self._unsaved = True
         self.trigger("cluster changed")
@@ -193,8 +196,10 @@ class Agent:
         self.cluster.set_local(node, eps)
 
     # ---- identities ----
-    def _learn_identities(self, idents: set[int]) -> None:
-        """Labels of identities other nodes allocated (immutable, so fetched once each)."""
+    def _learn_identities(self, idents: set[int]) -> bool:
+        """Labels of identities other nodes allocated (immutable, so fetched once each);
+        True when some were learned."""
+        learned = False
         for n in sorted(idents - set(self._remote_identity_labels)):
             try:
                 labels = self.identities.labels_of(n)
@@ -204,6 +209,8 @@ class Agent:
             if labels is not None:
                 self._remote_identity_labels[n] = labels
                 self.state["identity_labels"][str(n)] = list(labels)
+                learned = True
+        return learned
 
     def known_identities(self) -> dict[int, tuple[str, ...]]:
         """Every identity this node knows, with its labels: reserved, allocated here or seen
@@ -276,8 +283,12 @@ class Agent:
         how many operations failed."""
         with self.lock:
             delta, self._delta = self._delta, EMPTY_DELTA
-            self._dirty.clear()
-            self.builder.build(self.rec, delta)
+            dirty, self._dirty = self._dirty, set()
+            try:
+                self.builder.build(self.rec, delta)
+            except Exception:
+                self._delta, self._dirty = None, dirty | {"rebuild after an error"}
+                raise
             failed_targets: set = set()
 
             def on_error(op, e):
@@ -382,6 +393,7 @@ class Agent:
             del self.endpoints[cid]
             log_ep.info("endpoint %d (%s) removed: %s", ep.id, ep.pod_key, why)
             self.save()
+            self.trigger(f"endpoint {ep.id} gone")   # its address leaves the node view
             return True
 
     def _drop_vanished(self) -> None:
@@ -404,32 +416,38 @@ class Agent:
 
     # ---- config and manifests ----
     def reload(self, changed: set[str] | None = None) -> bool:
-        """Take in changed files (None: re-read everything); all or nothing. The datapath
-        follows at the next sync. Returns True when applied."""
-        try:
-            cfg = self.cfg
-            if changed is None or self.config_path in changed:
-                cfg = load_config(self.config_path)
-                restart = changed_keys(self.cfg, cfg) & RESTART_KEYS
-                if restart:
-                    raise ConfigError(self.config_path, sorted(restart)[0],
-                                      "changing this key needs an agent restart")
-            store, delta = self.store, EMPTY_DELTA
-            if cfg.manifests != self.cfg.manifests or changed is None:
-                store = ManifestStore(cfg.manifests) if cfg.manifests else None
-                manifests, delta = (store.load() if store else _empty_manifests()), None
-            elif store is not None:
-                mine = {p for p in changed if os.path.dirname(p) == store.directory or
-                        p == store.directory}
-                manifests, delta = store.update(mine) if mine else (self.manifests, EMPTY_DELTA)
-            else:
-                manifests = self.manifests
-        except DatapathError as e:
-            with self.lock:
-                self.last_error = str(e)
-            log_cfg.error("change rejected, keeping the last good state: %s", e)
-            return False
+        """Take in changed files (None: re-read everything); all or nothing: a rejected change
+        keeps the last good state, and its files are taken again with the next change. The
+        datapath follows at the next sync. Returns True when applied."""
         with self.lock:
+            if changed is not None:
+                changed = set(changed) | self._retry_paths
+            try:
+                cfg = self.cfg
+                if changed is None or self.config_path in changed:
+                    cfg = load_config(self.config_path)
+                    restart = changed_keys(self.cfg, cfg) & RESTART_KEYS
+                    if restart:
+                        raise ConfigError(self.config_path, sorted(restart)[0],
+                                          "changing this key needs an agent restart")
+                store, delta = self.store, EMPTY_DELTA
+                if cfg.manifests != self.cfg.manifests or changed is None:
+                    store = ManifestStore(cfg.manifests) if cfg.manifests else None
+                    manifests, delta = (store.load() if store else _empty_manifests()), None
+                elif store is not None:
+                    mine = {p for p in changed if os.path.dirname(p) == store.directory or
+                            p == store.directory}
+                    manifests, delta = store.update(mine) if mine else \
+                        (self.manifests, EMPTY_DELTA)
+                else:
+                    manifests = self.manifests
+            except DatapathError as e:
+                self.last_error = str(e)
+                if changed is not None:
+                    self._retry_paths = changed
+                log_cfg.error("change rejected, keeping the last good state: %s", e)
+                return False
+            self._retry_paths = set()
             new_watch = cfg.manifests != self.cfg.manifests
             if changed is None or cfg != self.cfg:
                 delta = None            # the config shapes every entry: rebuild them all
@@ -565,7 +583,7 @@ class Agent:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
         signal.signal(signal.SIGINT, lambda *_: self._stop())
-        signal.signal(signal.SIGHUP, lambda *_: self.trigger(REREAD))
+        signal.signal(signal.SIGHUP, lambda *_: self._reread_all())
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         if self.cfg.routingMode == "tunnel":
             netdev.ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
@@ -578,6 +596,7 @@ class Agent:
                 self._resolve_identity(ep)
                 ep.state = "restoring"
             self.reconcile("startup: adopt what the datapath holds", full=True)
+            self.builder.planner.prune_ids()     # ids of services gone while the agent was away
         # the manifests, the desired state and the indexes live as long as the agent: keep
         # them out of the collector's full passes (0.35 s each at 10k services)
         gc.freeze()
@@ -593,6 +612,10 @@ class Agent:
                  len(self.endpoints), self.cfg.apiSocket)
         self._loop()
         self.shutdown()
+
+    def _reread_all(self) -> None:
+        self._reread = True
+        self._wake.set()
 
     def _stop(self) -> None:
         self.stop_event.set()
@@ -618,8 +641,8 @@ class Agent:
                 changed = self.watcher.wait(min(max(0.0, min(due) - now), WATCH_SECONDS),
                                             self._wake)
                 self._wake.clear()
-                if REREAD in self._dirty:
-                    self._dirty.discard(REREAD)
+                if self._reread:
+                    self._reread = False
                     self.reload(None)
                 elif changed:
                     self.reload(changed)
@@ -653,10 +676,11 @@ class Agent:
             for ep in self.endpoints.values():
                 if ep.state == "waiting-for-identity":
                     self._resolve_identity(ep)
-            self._learn_identities({int(r["identity"]) for r in self.remote_endpoints.values()})
+            learned = self._learn_identities({int(r["identity"]) for r in
+                                              self.remote_endpoints.values()})
             facts = self.builder.facts
             self.builder.refresh_facts()
-            if self.builder.facts != facts or any(
+            if learned or self.builder.facts != facts or self.rec.has_pending() or any(
                     ep.state in ("waiting-for-identity", "not-ready", "regenerating")
                     for ep in self.endpoints.values()):
                 self.trigger("periodic resync")

@@ -11,8 +11,9 @@ Sections, and what rebuilds each:
     ("cluster",)     the ipcache rows of remote endpoints: when the cluster view changes
     ("svc", key)     one service's LB entries: when services.ServicePlanner says it changed
 Facts about the node's devices (addresses, MACs, subnets) are read with `ip` only when
-`refresh_facts` runs (at start, on a config reload and on the agent's slow tick), never per
-reconcile.
+`refresh_facts` runs (at start and on the agent's slow tick), never per reconcile. Sections
+share no key: a policy's CIDR row for an address an endpoint, a remote pod or the node owns is
+left out (the more specific identity wins, as before).
 
 API:
     NodeFacts.read(cfg) -> NodeFacts
@@ -69,7 +70,8 @@ class DesiredBuilder:
         self.agent = agent
         self.facts = NodeFacts()
         self.planner = services.ServicePlanner(agent.lb_ids, agent.cfg.serviceCIDR)
-        self._cluster_key = None
+        self._cluster_key = None                    # the cluster view's generation last built
+        self._cluster_rows: dict[bytes, bytes] = {}
         self._pod_memo: tuple | None = None         # (key, pod_ips, pod_identity)
 
     @property
@@ -89,7 +91,7 @@ class DesiredBuilder:
         and the identities in use; the same objects come back while nothing changed (the
         service planner compares by `is`)."""
         a = self.agent
-        key = (id(a.remote_endpoints), tuple((ep.pod_key, ep.ip, ep.identity) for ep in live))
+        key = (a.cluster_gen, tuple((ep.pod_key, ep.ip, ep.identity) for ep in live))
         if self._pod_memo is None or self._pod_memo[0] != key:
             ips = {f"{r['namespace']}/{r['pod']}": ip for ip, r in a.remote_endpoints.items()
                    if r.get("pod")}
@@ -105,17 +107,6 @@ class DesiredBuilder:
         live = self._live()
         pod_ips, pod_identity, used = self._pods(live)
 
-        # policy first: it decides which identities and CIDR rows exist
-        a.policy.set_identities({n: lbl for n, lbl in a.known_identities().items() if n in used})
-        pst = DatapathState(maps={"cilium_ipcache": {}})
-
-        def cidr_row(cidr, identity):
-            pst.maps["cilium_ipcache"][bytes(abi.ipcache_key(cidr))] = \
-                bytes(abi.remote_endpoint_info(identity))
-        a.policy.desired(pst, live, a.manifests.pods, pod_identity, cidr_row)
-        rec.owned_prefix.update(pst.owned_prefix)
-        rec.set_section(("policy",), Section(maps=pst.maps))
-
         eps = {"cilium_lxc": {}, "dp_ep_ifindex": {}, "cilium_ipcache": {}}
         for ep in live:
             for m, (k, v) in ep.map_entries().items():
@@ -124,21 +115,40 @@ class DesiredBuilder:
                 bytes(abi.remote_endpoint_info(ep.identity))
         rec.set_section(("endpoints",), Section(maps=eps))
 
-        if self._cluster_key != id(a.remote_endpoints):
-            self._cluster_key = id(a.remote_endpoints)
+        if self._cluster_key != a.cluster_gen:
+            self._cluster_key = a.cluster_gen
             key, info, be32 = abi.IpcacheKey.pack, abi.RemoteEndpointInfo.pack, abi.ip4_to_be32
             host32 = abi.IPCACHE_PREFIX_BASE + 32
-            rows = {key(host32, 0, abi.ENDPOINT_KEY_IPV4, be32(ip)):
-                    info(int(r["identity"]), be32(r["hostIP"]), 0, 0, 0)
-                    for ip, r in a.remote_endpoints.items()}
-            rec.set_section(("cluster",), Section(maps={"cilium_ipcache": rows}))
+            self._cluster_rows = {key(host32, 0, abi.ENDPOINT_KEY_IPV4, be32(ip)):
+                                  info(int(r["identity"]), be32(r["hostIP"]), 0, 0, 0)
+                                  for ip, r in a.remote_endpoints.items()}
+            rec.set_section(("cluster",), Section(maps={"cilium_ipcache": self._cluster_rows}))
+        node = self._node_section()
+        rec.set_section(("node",), node)
 
-        rec.set_section(("node",), self._node_section())
+        # policy: the CIDR identities' ipcache rows, except where an endpoint, a remote pod or
+        # the node itself owns the address (those rows win, as a more specific identity)
+        a.policy.set_identities({n: lbl for n, lbl in a.known_identities().items() if n in used})
+        pst = DatapathState(maps={"cilium_ipcache": {}})
+        taken = (eps["cilium_ipcache"], self._cluster_rows, node.maps["cilium_ipcache"])
+
+        def cidr_row(cidr, identity):      # (0.0.0.0/0 is world: the engine gives it no row)
+            k = bytes(abi.ipcache_key(cidr))
+            if not any(k in t for t in taken):
+                pst.maps["cilium_ipcache"][k] = bytes(abi.remote_endpoint_info(identity))
+        a.policy.desired(pst, live, a.manifests.pods, pod_identity, cidr_row)
+        rec.owned_prefix.update(pst.owned_prefix)
+        rec.set_section(("policy",), Section(maps=pst.maps))
+
         self._services(rec, pod_ips, delta)
         rec.set_links(*self._links(live))
 
     def _services(self, rec: Reconciler, pod_ips: dict, delta) -> None:
         a, cfg = self.agent, self.agent.cfg
+        if self.planner.cidr != cfg.serviceCIDR:   # every ClusterIP moves: start over
+            for key in self.planner.built:
+                rec.set_section(("svc", key), None)
+            self.planner = services.ServicePlanner(a.lb_ids, cfg.serviceCIDR)
         view = services.NodeView(
             node_ip=a.node_ip if a.node_ip != "127.0.0.1" else None,
             local_ips=frozenset(ep.ip for ep in a.endpoints.values() if ep.identity),

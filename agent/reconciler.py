@@ -18,6 +18,7 @@ API:
         .set_section(id, Section | None)         replace (None: remove) one section
         .set_links(tc, xdp, routes)              the desired non-map state
         .flush(dp, on_error) -> Result           ops for what changed since the last flush
+        .has_pending() -> bool                   failed writes waiting for a retry
         .full(dp, interfaces, xdp_interfaces, on_error) -> Result   read back, repair drift
         .desired_state() -> DatapathState        everything desired (for a read-back plan)
 """
@@ -103,6 +104,10 @@ class Reconciler:
             pend.update(changed.keys())
         self.late.difference_update(old.late)
         self.late.update(new.late)
+
+    def has_pending(self) -> bool:
+        """Writes that failed and wait for the next flush."""
+        return any(self.pending.values())
 
     def set_links(self, tc: dict, xdp: dict, routes: dict) -> None:
         self.links = DatapathState(tc=dict(tc), xdp=dict(xdp), routes=dict(routes))

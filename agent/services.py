@@ -608,6 +608,10 @@ class ServicePlanner:
             for ip in b.addresses:
                 (self._by_address[ip].add if sign > 0 else self._by_address[ip].discard)(key)
 
+    def prune_ids(self) -> None:
+        """Forget the ids no kept service uses (services deleted while the agent was away)."""
+        self.ids.prune(set(self._users["services"]), set(self._users["backends"]))
+
     def listing(self) -> list[dict]:
         return [row for key in sorted(self.built) for row in self.built[key].listing]
 

@@ -56,7 +56,9 @@ if __package__ in (None, ""):          # run as a script: make the repo importab
 from bench import isolated                                    # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PKTBENCH = (ROOT / ".." / "shared" / "bench" / "pktbench").resolve()
+# the reference harness beside the project (../shared/bench/pktbench), or PKTBENCH_DIR
+PKTBENCH = Path(os.environ.get("PKTBENCH_DIR") or
+                ROOT / ".." / "shared" / "bench" / "pktbench").resolve()
 DEFAULT_OUT = ROOT / "bench" / "results" / "packet.json"
 
 FRAME_LEN = 64
@@ -648,6 +650,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.quick:
         a.calls, a.rounds, a.lru_size = min(a.calls, 2000), min(a.rounds, 2), 100_000
+    if not (PKTBENCH / "pbcore.py").is_file():
+        sys.exit(f"packet.py: pktbench not found at {PKTBENCH} (its pbcore.py measures every "
+                 "case; it lives in ../shared/bench/pktbench, or set PKTBENCH_DIR)")
     pb = _pb()
     if a.cpu is None:
         a.cpu = pb.default_cpu()

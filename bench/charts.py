@@ -50,13 +50,18 @@ def line_chart(path, title: str, xlabel: str, ylabel: str,
         ax.set_yscale("log")
     else:
         ax.set_ylim(bottom=0)
-    ax.set_title(title)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-    if series:
-        ax.legend(fontsize="small")
+    _finish(ax, title, ylabel, bool(series), which="both")
     return _save(fig, path)
+
+
+def _finish(ax, title: str, ylabel: str, legend: bool, **grid) -> None:
+    """Title, y label, a light grid and, when there are series, the legend."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, **grid)
+    if legend:
+        ax.legend(fontsize="small")
 
 
 def bar_chart(path, title: str, ylabel: str, groups: dict[str, dict[str, float]]) -> Path:
@@ -80,9 +85,5 @@ def bar_chart(path, title: str, ylabel: str, groups: dict[str, dict[str, float]]
     ax.set_xticklabels(cats, rotation=15 if max((len(c) for c in cats), default=0) > 12 else 0,
                        ha="right" if max((len(c) for c in cats), default=0) > 12 else "center",
                        fontsize="small")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, axis="y", alpha=0.3)
-    if names:
-        ax.legend(fontsize="small")
+    _finish(ax, title, ylabel, bool(names), axis="y")
     return _save(fig, path)

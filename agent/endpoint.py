@@ -47,12 +47,13 @@ class Endpoint:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def map_entries(self) -> dict[str, tuple[bytes, bytes]]:
-        """This endpoint's rows in cilium_lxc and dp_ep_ifindex."""
+        """This endpoint's rows in cilium_lxc and dp_ep_ifindex (a copy of the same info, so
+        from-container finds its sender in one lookup)."""
         key = abi.endpoint_key(self.ip)
         info = abi.endpoint_info(ifindex=self.host_ifindex, lxc_id=self.id, mac=self.mac,
                                  node_mac=self.host_mac, sec_id=self.identity, ip=self.ip)
         return {"cilium_lxc": (bytes(key), bytes(info)),
-                "dp_ep_ifindex": (bytes(abi.EpIfindexKey(self.host_ifindex)), bytes(key))}
+                "dp_ep_ifindex": (bytes(abi.EpIfindexKey(self.host_ifindex)), bytes(info))}
 
 
 def next_endpoint_id(used: set[int], start: int) -> int:

@@ -166,11 +166,15 @@ def _fill_lxc(m) -> None:
     """Pods A and B on this node (allow-all policy), from-container on A's veth; a ClusterIP
     service whose one backend is B."""
     from datapath import abi
+    from tests.bpf.endpoints import set_sender
     _endpoints(m)
-    m["dp_ep_ifindex"].update(abi.EpIfindexKey(POD_A[3]), abi.endpoint_key(POD_A[0]))
+    set_sender(m, POD_A[0], POD_A[3])
     m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
         flags=abi.NODE_CFG_F_HOST_ROUTING, node_ip=abi.ip4_to_be32(NODE_IP)))
     _service(m, VIP, VPORT, VIP_REV_NAT, [(2, POD_B[0], BPORT)])
+    # the agent bumps the policy revision after writing policy (agent/policy/subsystem.py);
+    # at 0 conntrack caches no verdict, which no running agent leaves
+    m["dp_policy_revision"].update(abi.U32Key(0), abi.PolicyRevision(revision=1))
 
 
 def new_flow_frames(pb, n: int, r: int, dst: str, dport: int, *, src: str | None = None,

@@ -83,7 +83,8 @@ def _setup(maps) -> dict[str, int]:
 
 def _send_as(maps, sender) -> None:
     """From-container runs on ifindex 1 (lo): make it the sender's veth."""
-    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(sender[0]))
+    from tests.bpf.endpoints import set_sender
+    set_sender(maps, sender[0], 1)
 
 
 def _set_revision(obj, revision: int) -> None:

@@ -12,7 +12,7 @@
 #define ENDPOINTS_MAP_SIZE 65535
 #endif
 #ifndef METRICS_MAP_SIZE
-#define METRICS_MAP_SIZE 1024
+#define METRICS_MAP_SIZE 1024   /* METRICS_INDEX of every reason (8 bits) in 4 directions */
 #endif
 #ifndef IPCACHE_MAP_SIZE
 #define IPCACHE_MAP_SIZE 512000
@@ -95,6 +95,9 @@
 #define METRIC_INGRESS     1
 #define METRIC_EGRESS      2
 #define METRIC_SERVICE     3
+/* cilium_metrics slot of {reason (REASON_FORWARDED or DROP_*), direction (METRIC_*)} */
+#define METRICS_DIR_SHIFT  8
+#define METRICS_INDEX(reason, dir) (((__u32)(dir) << METRICS_DIR_SHIFT) | (__u8)(reason))
 
 /* ---- reasons: 0 is forwarded; drops are Cilium's numbers (>= 130). Datapath functions return
  * them negated (-DROP_*); only the entry point turns them into a verdict and counts them. ---- */
@@ -236,15 +239,8 @@ struct ep_ifindex_key {
 	__u32 ifindex;
 };
 
-/* cilium_metrics key: one verdict reason in one direction */
-struct metrics_key {
-	__u8  reason;           /* REASON_FORWARDED or DROP_* */
-	__u8  dir;              /* METRIC_* */
-	__u16 pad1;
-	__u32 pad2;
-};
-
-/* cilium_metrics value (per CPU): packets and bytes counted for a key */
+/* cilium_metrics value (per CPU): packets and bytes counted for one {reason, direction}; the
+ * map is a per-CPU array indexed by METRICS_INDEX(reason, dir) */
 struct metrics_value {
 	__u64 count;
 	__u64 bytes;

@@ -88,6 +88,17 @@ METRIC_DIR_UNKNOWN = 0
 METRIC_INGRESS = 1
 METRIC_EGRESS = 2
 METRIC_SERVICE = 3
+METRICS_DIR_SHIFT = 8       # cilium_metrics slot: dir << METRICS_DIR_SHIFT | reason
+
+
+def metrics_index(reason: int, direction: int) -> int:
+    """The cilium_metrics slot of {reason, direction} (bpf/abi.h METRICS_INDEX)."""
+    return direction << METRICS_DIR_SHIFT | (reason & 0xFF)
+
+
+def metrics_slot(index: int) -> tuple[int, int]:
+    """(reason, direction) of a cilium_metrics slot."""
+    return index & 0xFF, index >> METRICS_DIR_SHIFT
 DIRECTION_NAMES = {METRIC_DIR_UNKNOWN: "UNKNOWN", METRIC_INGRESS: "INGRESS",
                    METRIC_EGRESS: "EGRESS", METRIC_SERVICE: "SERVICE"}
 
@@ -301,14 +312,8 @@ class EpIfindexKey(_Struct):
     _fields_ = [("ifindex", c_uint32)]
 
 
-class MetricsKey(_Struct):
-    """cilium_metrics key: one verdict reason in one direction."""
-    c_name = "metrics_key"
-    _fields_ = [("reason", c_uint8), ("dir", c_uint8), ("pad1", c_uint16), ("pad2", c_uint32)]
-
-
 class MetricsValue(_Struct):
-    """cilium_metrics value (per CPU)."""
+    """cilium_metrics value (per CPU), in slot metrics_index(reason, dir)."""
     c_name = "metrics_value"
     _fields_ = [("count", c_uint64), ("bytes", c_uint64)]
 
@@ -512,7 +517,7 @@ class XdpFlow4(_Struct):
                 ("flags", c_uint8), ("pad", c_uint8 * 3)]
 
 
-STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey, MetricsKey,
+STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
                                       Lb4ReverseNatKey, Lb4ReverseNat, Ipv4CtTuple, CtEntry,

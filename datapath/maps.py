@@ -34,8 +34,8 @@ class MapSpec:
 
 MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_lxc", abi.EndpointKey, abi.EndpointInfo),
-    MapSpec("dp_ep_ifindex", abi.EpIfindexKey, abi.EndpointKey),
-    MapSpec("cilium_metrics", abi.MetricsKey, abi.MetricsValue, percpu=True),
+    MapSpec("dp_ep_ifindex", abi.EpIfindexKey, abi.EndpointInfo),
+    MapSpec("cilium_metrics", abi.U32Key, abi.MetricsValue, percpu=True),
     MapSpec("cilium_ipcache", abi.IpcacheKey, abi.RemoteEndpointInfo),
     MapSpec("dp_node_config", abi.U32Key, abi.NodeConfig),
     MapSpec("cilium_lb4_services_v2", abi.Lb4Key, abi.Lb4Service),
@@ -150,11 +150,11 @@ def open_pinned(pin_dir: str, on_op: OpHook | None = None) -> dict[str, TypedMap
 
 
 def metrics_totals(m: TypedMap) -> dict[tuple[int, int], tuple[int, int]]:
-    """Sum cilium_metrics over CPUs: {(reason, dir): (packets, bytes)}."""
+    """Sum cilium_metrics over CPUs: {(reason, dir): (packets, bytes)}, for the slots that
+    counted anything (the array holds every slot)."""
     out: dict[tuple[int, int], tuple[int, int]] = {}
     for k, per_cpu in m.items():
         c = sum(v.count for v in per_cpu)
-        b = sum(v.bytes for v in per_cpu)
-        pc, pb = out.get((k.reason, k.dir), (0, 0))
-        out[(k.reason, k.dir)] = (pc + c, pb + b)
+        if c:
+            out[abi.metrics_slot(k.index)] = (c, sum(v.bytes for v in per_cpu))
     return out

@@ -2,7 +2,8 @@
  *
  * API:
  *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
- *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth, or NULL
+ *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth (dp_ep_ifindex
+ *                                     holds a copy of its cilium_lxc entry), or NULL
  *   ipv4_deliver_if_local(skb, src_identity)
  *                                     an IPv4 packet (Ethernet header validated) for a local
  *                                     pod is delivered (ipv4_local_delivery) from src_identity,
@@ -43,11 +44,8 @@ static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
 static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifindex)
 {
 	struct ep_ifindex_key ikey = { .ifindex = ifindex };
-	struct endpoint_key *key = dp_ep_ifindex.lookup(&ikey);
 
-	if (!key)
-		return NULL;
-	return cilium_lxc.lookup(key);
+	return dp_ep_ifindex.lookup(&ikey);
 }
 
 /* The last hop into a pod: TTL, the pod's MACs, straight into its namespace. */

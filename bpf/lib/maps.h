@@ -9,11 +9,13 @@
 /* cilium_lxc: local endpoint address -> delivery info (veth ifindex, MACs, identity) */
 DP_MAP("hash", struct endpoint_key, struct endpoint_info, cilium_lxc, ENDPOINTS_MAP_SIZE);
 
-/* dp_ep_ifindex: host-side veth ifindex -> the endpoint behind it (from-container's own config) */
-DP_MAP("hash", struct ep_ifindex_key, struct endpoint_key, dp_ep_ifindex, ENDPOINTS_MAP_SIZE);
+/* dp_ep_ifindex: host-side veth ifindex -> a copy of the endpoint's cilium_lxc entry (the sender's
+ * own config in one lookup) */
+DP_MAP("hash", struct ep_ifindex_key, struct endpoint_info, dp_ep_ifindex, ENDPOINTS_MAP_SIZE);
 
-/* cilium_metrics: per-CPU packets and bytes for every {reason, direction} verdict */
-DP_MAP("percpu_hash", struct metrics_key, struct metrics_value, cilium_metrics, METRICS_MAP_SIZE);
+/* cilium_metrics: per-CPU packets and bytes, slot METRICS_INDEX(reason, direction) (an array:
+ * the lookup is inlined, no hashing) */
+DP_MAP("percpu_array", __u32, struct metrics_value, cilium_metrics, METRICS_MAP_SIZE);
 
 /* cilium_ipcache: IPv4 prefix -> identity and hosting node (LPM trie) */
 DP_MAP_F("lpm_trie", struct ipcache_key, struct remote_endpoint_info, cilium_ipcache,

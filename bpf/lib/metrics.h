@@ -13,19 +13,12 @@
 
 static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)
 {
-	struct metrics_key key = {};
-	struct metrics_value zero = {}, *val;
+	__u32 idx = METRICS_INDEX(reason, dir);
+	struct metrics_value *val = cilium_metrics.lookup(&idx);
 
-	key.reason = reason;
-	key.dir = dir;
-	val = cilium_metrics.lookup(&key);
-	if (!val) {
-		cilium_metrics.update(&key, &zero);
-		val = cilium_metrics.lookup(&key);
-		if (!val)
-			return;
-	}
-	/* per-CPU value: no other CPU writes it, plain adds are safe */
+	if (!val)
+		return;         /* a direction beyond the array: not counted */
+	/* per-CPU slot: no other CPU writes it, plain adds are safe */
 	val->count += 1;
 	val->bytes += bytes;
 }

@@ -12,6 +12,14 @@ def allow_all(maps, ep_id: int, *directions) -> None:
         maps["cilium_policy_v2"].update(abi.policy_key(ep_id, 0, d), abi.policy_entry())
 
 
+def set_sender(maps, ip: str, ifindex: int) -> None:
+    """Make ifindex the host-side veth of the endpoint at ip: its dp_ep_ifindex row, a copy of
+    the endpoint's cilium_lxc entry, as the agent writes it."""
+    info = maps["cilium_lxc"].get(abi.endpoint_key(ip))
+    assert info is not None, f"no endpoint at {ip}"
+    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(ifindex), info)
+
+
 def add_endpoint(maps, ip: str, *, ifindex: int, lxc_id: int, mac: str, node_mac: str,
                  sec_id: int, flags: int = 0, policy: bool = True) -> abi.EndpointInfo:
     """A local endpoint at ip; with policy, allow-all in both directions."""

@@ -8,7 +8,7 @@ from datapath import abi, testrun
 from datapath.maps import open_maps, metrics_totals
 
 from . import packets as P
-from .endpoints import add_endpoint
+from .endpoints import add_endpoint, set_sender
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def node(lxc):
                  node_mac=P.LXC_A_MAC, sec_id=1000)
     add_endpoint(maps, P.POD_B_IP, ifindex=P.LXC_B_IFINDEX, lxc_id=11, mac=P.POD_B_MAC,
                  node_mac=P.LXC_B_MAC, sec_id=1001)
-    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(P.LXC_A_IFINDEX), abi.endpoint_key(P.POD_A_IP))
+    set_sender(maps, P.POD_A_IP, P.LXC_A_IFINDEX)
     return maps
 
 

@@ -11,7 +11,7 @@ from datapath.maps import metrics_totals, open_maps
 
 from ..nsfork import run_in_netns
 from . import packets as P
-from .endpoints import add_endpoint
+from .endpoints import add_endpoint, set_sender
 
 
 def _local_pod_b(maps):
@@ -59,7 +59,7 @@ def test_from_overlay_without_tunnel_key_is_dropped_147(overlay, from_overlay):
 def _pod_a_with_remote_c(maps, flags, tunnel_ifindex=0, ifindex=P.LXC_A_IFINDEX):
     add_endpoint(maps, P.POD_A_IP, ifindex=ifindex, lxc_id=10, mac=P.POD_A_MAC,
                  node_mac=P.LXC_A_MAC, sec_id=1000)
-    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(ifindex), abi.endpoint_key(P.POD_A_IP))
+    set_sender(maps, P.POD_A_IP, ifindex)
     maps["cilium_ipcache"].update(abi.ipcache_key(f"{P.POD_C_IP}/32"),
                                   abi.remote_endpoint_info(1002, P.NODE_W1_IP))
     maps["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(

@@ -68,7 +68,7 @@ def test_request_for_announced_ip_answered_with_device_mac(announced, xdp_entry)
 def test_anything_else_passes_untouched(announced, xdp_entry, pkt):
     passed_untouched(xdp_entry, pkt)
     assert responses(announced) == 0
-    assert len(announced["cilium_metrics"]) == 0
+    assert metrics_totals(announced["cilium_metrics"]) == {}
 
 
 def test_address_announced_on_another_device_passes(announced, xdp_entry):

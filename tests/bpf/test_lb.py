@@ -13,7 +13,7 @@ from datapath import abi, testrun
 from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
-from .endpoints import add_endpoint
+from .endpoints import add_endpoint, set_sender
 
 VIP, VPORT = "10.96.0.10", 80
 BPORT = 8080
@@ -27,7 +27,7 @@ def _ep(maps, ip, mac, lxc_mac, ifindex, ident):
 
 def sender(maps, ip):
     """Make from-container's interface (lo) belong to the endpoint with this address."""
-    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(ip))
+    set_sender(maps, ip, 1)
 
 
 def add_service(maps, backends, proto=6, vip=VIP, vport=VPORT, active=None, states=None,

@@ -20,7 +20,7 @@ from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
 from .conftest import mocked_object
-from .endpoints import add_endpoint, allow_all
+from .endpoints import add_endpoint, allow_all, set_sender
 
 IN, OUT = abi.POLICY_INGRESS, abi.POLICY_EGRESS
 TCP_P, UDP_P, ICMP_P, SCTP_P = 6, 17, 1, 132
@@ -45,7 +45,7 @@ def metric(maps, reason, direction=abi.METRIC_EGRESS):
 
 def sender(maps, ip):
     """From-container runs on lo (ifindex 1): make it the veth of the endpoint at ip."""
-    maps["dp_ep_ifindex"].update(abi.EpIfindexKey(1), abi.endpoint_key(ip))
+    set_sender(maps, ip, 1)
 
 
 def run(prog, pkt, **ctx):
@@ -345,6 +345,7 @@ def test_cached_verdict_is_per_peer_identity(pods, from_container, revision):
     assert run(from_container, P.POD_A_TO_POD_B_ACK).retval == abi.CTX_ACT_REDIRECT
     add_endpoint(pods, P.POD_A_IP, ifindex=P.LXC_A_IFINDEX, lxc_id=P.EP_A, mac=P.POD_A_MAC,
                  node_mac=P.LXC_A_MAC, sec_id=P.ID_A + 77, policy=False)   # A relabelled
+    sender(pods, P.POD_A_IP)            # both of A's rows, as the agent writes them
     res = run(from_container, P.POD_A_TO_POD_B_ACK)
     assert res.retval == abi.CTX_ACT_DROP
     assert metric(pods, abi.DROP_POLICY) == (1, len(P.POD_A_TO_POD_B_ACK))

@@ -2,6 +2,7 @@
  * program. Owns: DP_MAP (pinned under -DDP_PIN_DIR when given), ctx_data, ctx_pull.
  *
  * API:
+ *   DP_NOMERGE stmt;   keep the statement's calls from being merged with other sites'
  *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
  *   ctx_data(skb), ctx_data_end(skb)   the packet pointers, loaded where used
  *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
@@ -19,6 +20,10 @@
 #include <bcc/proto.h>
 
 #include "../abi.h"
+
+/* on a statement: its calls are never merged with another site's (clang's nomerge), so a map
+ * helper call keeps one constant map, which the verifier inlines or calls directly */
+#define DP_NOMERGE __attribute__((nomerge))
 
 #ifdef DP_PIN_DIR
 #define DP_MAP(type, k, v, name, max) \

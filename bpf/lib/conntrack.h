@@ -36,11 +36,17 @@ static __always_inline __u32 ct_now(void)
 	return ct_coarse_ns() / 1000000000ULL;
 }
 
+/* Each map's call stays its own (DP_NOMERGE): one call site fed either map would keep the
+ * verifier from inlining the lookup and from calling the map's own function directly. */
 static __always_inline struct ct_entry *ct_lookup(struct ipv4_ct_tuple *tuple)
 {
+	struct ct_entry *ct;
+
 	if (tuple->nexthdr == IPPROTO_TCP)
-		return cilium_ct4_global.lookup(tuple);
-	return cilium_ct_any4_global.lookup(tuple);
+		DP_NOMERGE ct = cilium_ct4_global.lookup(tuple);
+	else
+		DP_NOMERGE ct = cilium_ct_any4_global.lookup(tuple);
+	return ct;
 }
 
 static __always_inline int ct_create(struct ipv4_ct_tuple *tuple, struct ct_entry *entry)
@@ -48,18 +54,18 @@ static __always_inline int ct_create(struct ipv4_ct_tuple *tuple, struct ct_entr
 	int ret;
 
 	if (tuple->nexthdr == IPPROTO_TCP)
-		ret = cilium_ct4_global.update(tuple, entry);
+		DP_NOMERGE ret = cilium_ct4_global.update(tuple, entry);
 	else
-		ret = cilium_ct_any4_global.update(tuple, entry);
+		DP_NOMERGE ret = cilium_ct_any4_global.update(tuple, entry);
 	return ret < 0 ? -DROP_CT_CREATE_FAILED : 0;
 }
 
 static __always_inline void ct_delete(struct ipv4_ct_tuple *tuple)
 {
 	if (tuple->nexthdr == IPPROTO_TCP)
-		cilium_ct4_global.delete(tuple);
+		DP_NOMERGE cilium_ct4_global.delete(tuple);
 	else
-		cilium_ct_any4_global.delete(tuple);
+		DP_NOMERGE cilium_ct_any4_global.delete(tuple);
 }
 
 static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,

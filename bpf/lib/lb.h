@@ -369,6 +369,7 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		return ret;
 	}
 	rev_nat_index = svc->rev_nat_index;
+	now = ct_now();         /* one clock read for the flow's entries */
 
 	lb4_tuple(&tuple, &pkt, TUPLE_F_SERVICE);
 	ct = ct_lookup(&tuple);
@@ -391,13 +392,12 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		entry.backend_id = backend_id;
 		entry.rev_nat_index = rev_nat_index;
 		entry.src_sec_id = src_identity;
-		ct_refresh(&entry, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+		ct_refresh_at(&entry, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
 		ret = ct_create(&tuple, &entry);
 		if (ret < 0)
 			return ret;
 		ct = NULL;
 	} else {
-		now = ct_now();
 		lifetime = ct->lifetime;
 		ct_refresh_at(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
 	}
@@ -418,7 +418,9 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	reply.sport = backend->port;
 	reply.nexthdr = pkt.proto;
 	reply.flags = TUPLE_F_IN;
-	rct = ct_lookup(&reply);
+	/* a new flow writes its reply entry without looking first: whatever an earlier flow left
+	 * on this tuple is the old flow's */
+	rct = ct ? ct_lookup(&reply) : NULL;
 	rflags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
 	/* a new entry, or one left by an earlier flow on this tuple through another frontend */
 	if (!rct || rct->rev_nat_index != rev_nat_index || rct->backend_id != backend_id ||
@@ -429,9 +431,9 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		rev.backend_id = backend_id;
 		rev.flags = rflags;
 		rev.src_sec_id = src_identity;
-		ct_refresh(&rev, 0, 0, 0);
+		ct_refresh_at(&rev, 0, 0, 0, now);
 		if (pkt.proto == IPPROTO_TCP)
-			rev.lifetime = ct_now() + CT_CONNECTION_LIFETIME_TCP;
+			rev.lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 		ret = ct_create(&reply, &rev);
 		if (ret < 0)
 			return ret;

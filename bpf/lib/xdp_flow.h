@@ -158,8 +158,7 @@ static __always_inline int xdp_flow_fast(struct xdp_md *ctx, const struct lb4_pk
 
 /* Cache a flow after the slow path rewrote one of its established packets: pkt is the packet
  * as it arrived, ip and l4 its rewritten headers, old_ttl_word the IP TTL/protocol word before
- * (remote: TTL - 1). A UDP flow is cached from its second datagram on (conntrack counts), a TCP
- * flow from its first segment without SYN. */
+ * (remote: TTL - 1). A UDP flow is cached from its second datagram on (conntrack counts). */
 static __always_inline void xdp_flow_fill(struct xdp_md *ctx, const struct lb4_pkt *pkt,
 					  const struct iphdr *ip, const void *l4,
 					  __u16 old_ttl_word, __u8 flags, __u32 egress_ifindex,
@@ -172,10 +171,6 @@ static __always_inline void xdp_flow_fill(struct xdp_md *ctx, const struct lb4_p
 	struct ct_entry *ct;
 	__u32 l3, l4d;
 
-	/* a TCP flow from its first packet without SYN: a SYN (new flow, or a retransmission)
-	 * leaves the cache alone, so a SYN flood fills none of it */
-	if (pkt->proto == IPPROTO_TCP && (pkt->tcp_flags & TCP_FLAG_SYN))
-		return;
 	lb4_tuple(&tuple, pkt, TUPLE_F_SERVICE);
 	ct = ct_lookup(&tuple);
 	if (!ct || (pkt->proto == IPPROTO_UDP && ct->packets < 2))

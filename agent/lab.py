@@ -30,9 +30,11 @@ from datapath import netns
 from datapath.errors import DatapathError, LabError
 
 from .api import Client
+from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
 from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref
 from .topology import Topology, load_topology
+from .values import check_lab_owned, flatten, load_values, merge, parse_set
 
 LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
@@ -67,11 +69,15 @@ class Lab:
 
     # ---- up ----
     def up(self, manifests: str | None = None, topology: str | None = None,
-           routing_mode: str | None = None, agent_config: dict | None = None) -> dict:
-        """agent_config: settings merged into every node's agent config (kept for later ups)."""
+           routing_mode: str | None = None, values: dict | None = None) -> dict:
+        """values: Helm-style agent settings (agent/values.py) merged into the ones kept from
+        earlier ups (a None value drops a key), then into every node's agent config. Every
+        node's config is validated before anything is built or changed."""
         st = self.load()
-        if agent_config is not None:
-            st["agentConfig"] = agent_config
+        kept = st.get("values", st.pop("agentConfig", None) or {})
+        if values:
+            check_lab_owned(values, "lab values (--set/--values)")
+        values = merge(kept, values or {})
         if st.get("topology") and topology and os.path.abspath(topology) != st["topology"]:
             raise LabError(f"lab {self.name} is up with {st['topology']}; run `lab down` first")
         if st.get("routingMode") and routing_mode and routing_mode != st["routingMode"]:
@@ -81,8 +87,12 @@ class Lab:
                              routing_mode or st.get("routingMode"))
         manifests = os.path.abspath(manifests or st.get("manifests") or str(EXAMPLES))
         mset = load_manifests(manifests)      # fail before building anything
+        configs = {node.name: self._node_config(topo, node, manifests, values)
+                   for node in topo.nodes}
+        for name, cfg in configs.items():     # a bad key or value: refused, naming it
+            parse_config(cfg, str(self._config_path(name)))
         st.update({"manifests": manifests, "topology": topo.path,
-                   "routingMode": topo.routingMode})
+                   "routingMode": topo.routingMode, "values": values})
         st.setdefault("others", {})
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bpffs.mkdir(exist_ok=True)
@@ -103,7 +113,7 @@ class Lab:
         spawned = {}
         for node in topo.nodes:     # every agent compiles its programs: start them together
             st["nodes"][node.name], spawned[node.name] = self._node(
-                topo, node, manifests, st["nodes"].get(node.name), st.get("agentConfig") or {})
+                node, configs[node.name], st["nodes"].get(node.name))
             self.save(st)
         for name, proc in spawned.items():
             if proc is not None:
@@ -241,15 +251,14 @@ class Lab:
         _kill(rec["pid"])
         raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
 
-    def _node(self, topo: Topology, node, manifests: str, have: dict | None,
-              extra: dict) -> tuple[dict, subprocess.Popen | None]:
-        """A node's config and record, its agent started when not running (returns the new
-        process, to wait for with _wait_agent, or None)."""
-        name, ns = node.name, self.node_ns(node.name)
-        ndir = self.dir / name
-        ndir.mkdir(parents=True, exist_ok=True)
+    def _config_path(self, node: str) -> Path:
+        return self.dir / node / "config.yaml"
+
+    def _node_config(self, topo: Topology, node, manifests: str, values: dict) -> dict:
+        """A node's agent config: what the lab sets, with the user's values merged in."""
+        ndir = self.dir / node.name
         cfg = {
-            "nodeName": name, "devices": ["eth1"],
+            "nodeName": node.name, "devices": ["eth1"],
             "ipam": {"podCIDR": node.podCIDR},
             "routingMode": topo.routingMode, "tunnelProtocol": "vxlan",
             "ipv4NativeRoutingCIDR": "172.20.0.0/16",
@@ -268,13 +277,26 @@ class Lab:
                         "kvstoreOpt": {"etcd.endpoints": f"http://{etcd_ip}:{ETCD_PORT}"},
                         "kvstoreLeaseTTL": topo.kvstoreLeaseTTL,
                         "cluster": {"name": "default"}})
-        for k, v in extra.items():        # a section merges, a value replaces
-            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-        cfg_path = ndir / "config.yaml"
+        return merge(cfg, values)
+
+    def _node(self, node, cfg: dict, have: dict | None) -> tuple[dict, subprocess.Popen | None]:
+        """A node's config written and its record, its agent started when not running, or
+        restarted when a setting it cannot take live changed (returns the new process, to wait
+        for with _wait_agent, or None). A running agent takes other changes from its file."""
+        name, ns = node.name, self.node_ns(node.name)
+        ndir = self.dir / name
+        ndir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self._config_path(name)
         text = yaml.safe_dump(cfg, sort_keys=False)
-        if not cfg_path.exists() or cfg_path.read_text() != text:
-            cfg_path.write_text(text)
+        old = cfg_path.read_text() if cfg_path.exists() else None
         rec = dict(have or {})
+        if old is not None and old != text and _alive(rec.get("agent_pid")) and \
+                self._needs_restart(old, cfg, str(cfg_path)):
+            _kill(rec.get("agent_pid"), timeout=30)
+        if old != text:
+            tmp = cfg_path.with_name(f".{cfg_path.name}.tmp")     # the agent watches the file:
+            tmp.write_text(text)                                  # never half of it
+            os.replace(tmp, cfg_path)
         rec.update({"netns": ns, "ip": node.ip, "podCIDR": node.podCIDR,
                     "config": str(cfg_path), "socket": cfg["apiSocket"],
                     "log": str(ndir / "agent.log")})
@@ -283,6 +305,14 @@ class Lab:
             proc = self._spawn_agent(rec)
             rec["agent_pid"] = proc_ref(proc.pid)
         return rec, proc
+
+    @staticmethod
+    def _needs_restart(old_text: str, new: dict, path: str) -> bool:
+        try:
+            old_cfg = parse_config(yaml.safe_load(old_text), path)
+        except (DatapathError, yaml.YAMLError):
+            return True                 # an unreadable old config: start afresh
+        return bool(changed_keys(old_cfg, parse_config(new, path)) & RESTART_KEYS)
 
     def start_agent(self, rec: dict) -> str:
         """Start a node's agent and wait until its API answers; returns its process ref."""
@@ -369,6 +399,8 @@ class Lab:
         out = {"name": self.name, "manifests": st.get("manifests"),
                "topology": st.get("topology"), "routingMode": st.get("routingMode"),
                "etcd": (st["etcd"]["url"] if st.get("etcd") else None),
+               "values": {k: v for k, v in flatten(st.get("values",
+                                                           st.get("agentConfig") or {}))},
                "nodes": [], "pods": [],
                "others": [{"name": n, "netns": r["netns"], "role": r["role"]}
                           for n, r in sorted(st.get("others", {}).items())]}
@@ -400,6 +432,15 @@ class Lab:
                        f"(nodes: {', '.join(sorted(st['nodes'])) or 'none'})")
 
 
+def _show(v) -> str:
+    """A value as --set writes it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "{" + ",".join(_show(x) for x in v) + "}"
+    return "null" if v is None else str(v)
+
+
 name_opt = click.option("--name", "lab_name", default="default", show_default=True,
                         help="Lab name; other than 'default' it prefixes every namespace.")
 
@@ -417,9 +458,20 @@ def lab():
               help="Topology YAML (default: examples/topologies/default.yaml).")
 @click.option("--routing-mode", type=click.Choice(["native", "tunnel"]), default=None,
               help="Override the topology's routingMode.")
-def up(lab_name, manifests, topology, routing_mode):
-    """Build the lab (idempotent)."""
-    st = Lab(lab_name).up(manifests, topology, routing_mode)
+@click.option("--values", "values_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="A YAML file of Helm values for every agent (repeatable; later files win).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A Helm value for every agent, e.g. loadBalancer.algorithm=maglev "
+                   "(repeatable, applied after --values; KEY=null drops a kept value).")
+def up(lab_name, manifests, topology, routing_mode, values_files, sets):
+    """Build the lab (idempotent). Values given are kept for later `lab up` calls."""
+    values: dict = {}
+    for f in values_files:
+        values = merge(values, load_values(f), keep_none=True)
+    for s in sets:
+        values = merge(values, parse_set(s), keep_none=True)
+    st = Lab(lab_name).up(manifests, topology, routing_mode, values)
     click.echo(f"lab {lab_name}: {len(st['nodes'])} node(s), {len(st['pods'])} pod(s) up "
                f"({st['routingMode']} routing)")
 
@@ -448,6 +500,8 @@ def lab_status(lab_name, output):
     for o in s["others"]:
         click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
     click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
+    click.echo("values:  " + (", ".join(f"{k}={_show(v)}" for k, v in s["values"].items())
+                              or "none (the lab's defaults)"))
     click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")
     for p in s["pods"]:
         click.echo(f"{p['name']:<24}{p['node']:<12}{p['ip'] or '-':<16}{p['process']}")

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from agent.lab import _alive
+from agent.runtime import _bin
 from datapath import attach, netns
 
 from .conftest import promtool_clean, wait_for
@@ -108,6 +109,56 @@ def test_lab_up_twice_is_a_no_op(lab):
     lab.lab.up()
     after = lab.lab.load()
     assert after == before
+
+
+def test_lab_up_set_reaches_the_agent_is_kept_and_shown(lab):
+    """`lab up --set` as a user runs it: a bad value is refused naming its key with nothing
+    changed; a setting the agent takes live reaches it without a restart; values are kept for
+    later ups and shown by `lab status`; one the agent cannot take live restarts it; null drops
+    a value again."""
+    def up(*sets: str) -> subprocess.CompletedProcess:
+        argv = [*_bin("datapath"), "lab", "up", "--name", lab.lab.name]
+        for s in sets:
+            argv += ["--set", s]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    def mode():
+        return lab.client().get("/v1/status")["policy"]["mode"]
+
+    def status() -> tuple[dict, str]:
+        base = [*_bin("datapath"), "lab", "status", "--name", lab.lab.name]
+        js = subprocess.run([*base, "-o", "json"], capture_output=True, text=True, check=True)
+        return json.loads(js.stdout), subprocess.run(base, capture_output=True, text=True,
+                                                     check=True).stdout
+
+    pid = lab.node()["agent_pid"]
+    cfg_text = open(lab.node()["config"]).read()
+    r = up("policyEnforcementMode=sometimes")
+    assert r.returncode != 0
+    assert "policyEnforcementMode" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr
+    assert open(lab.node()["config"]).read() == cfg_text and lab.node()["agent_pid"] == pid
+    try:
+        r = up("policyEnforcementMode=always")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: mode() == "always" or None, timeout=20, what="policy mode always")
+        assert lab.node()["agent_pid"] == pid           # taken live, from its config file
+        assert up().returncode == 0                     # kept by a later up
+        js, text = status()
+        assert js["values"] == {"policyEnforcementMode": "always"}
+        assert "values:  policyEnforcementMode=always" in text
+        assert mode() == "always"
+        r = up("kvstoreLeaseTTL=30")                    # a key the agent takes only at start
+        assert r.returncode == 0, r.stderr
+        new_pid = lab.node()["agent_pid"]
+        assert new_pid != pid and _alive(new_pid)
+        assert lab.client().get("/v1/status")["config"]["lastError"] is None
+        assert status()[0]["values"] == {"kvstoreLeaseTTL": 30, "policyEnforcementMode": "always"}
+    finally:
+        r = up("policyEnforcementMode=null", "kvstoreLeaseTTL=null")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: mode() == "default" or None, timeout=20, what="policy mode default")
+    assert status()[0]["values"] == {}
 
 
 def test_restart_keeps_established_tcp_and_adopts_state(lab):

@@ -89,6 +89,8 @@ METRIC_INGRESS = 1
 METRIC_EGRESS = 2
 METRIC_SERVICE = 3
 METRICS_DIR_SHIFT = 8       # cilium_metrics slot: dir << METRICS_DIR_SHIFT | reason
+DIRECTION_NAMES = {METRIC_DIR_UNKNOWN: "UNKNOWN", METRIC_INGRESS: "INGRESS",
+                   METRIC_EGRESS: "EGRESS", METRIC_SERVICE: "SERVICE"}
 
 
 def metrics_index(reason: int, direction: int) -> int:
@@ -99,8 +101,7 @@ def metrics_index(reason: int, direction: int) -> int:
 def metrics_slot(index: int) -> tuple[int, int]:
     """(reason, direction) of a cilium_metrics slot."""
     return index & 0xFF, index >> METRICS_DIR_SHIFT
-DIRECTION_NAMES = {METRIC_DIR_UNKNOWN: "UNKNOWN", METRIC_INGRESS: "INGRESS",
-                   METRIC_EGRESS: "EGRESS", METRIC_SERVICE: "SERVICE"}
+
 
 # ---- reasons (Cilium's numbers; the strings are pkg/monitor/api/drop.go's) ----
 REASON_FORWARDED = 0

@@ -11,7 +11,8 @@ API:
     PROGRAMS                          attachable programs: name -> (source, function, type, hook)
     NodeDatapath(pin_dir, on_op, defines)
         .maps, .program(name) -> (fd, tag), .read_map(name) (batched), .stamp,
-        .adopted (True: opened from pins without compiling; else .why_compiled says why),
+        .adopted (True: opened from pins without compiling; else .why_compiled says why,
+        with the map pins of another layout it dropped first, also in .dropped_pins),
         .bcc_object(source) (compiles now if adopted)
     remove_pins(pin_dir)              unlink our pins, maps and programs (`datapath cleanup`)
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from . import bpfsys, build
 from .errors import BPFObjectError, BuildError
-from .maps import OpHook, open_maps, open_pinned
+from .maps import OpHook, drop_stale_pins, open_maps, open_pinned
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,16 @@ class NodeDatapath:
         self._on_op = on_op
         self._objs = {}
         self._progs = {}          # name -> (object holding the fd, tag)
+        self.dropped_pins: list[str] = []
         self.stamp = build.build_stamp({s.source for s in PROGRAMS.values()}, self.defines)
         self.adopted = self._adopt()
         if not self.adopted:
+            # BCC reuses a map pinned under the name; one of another layout (left by an older
+            # version) would fail the verifier or be misread: it goes, and is made anew
+            self.dropped_pins = drop_stale_pins(pin_dir)
+            if self.dropped_pins:
+                self.why_compiled += "; map pins of another layout dropped and made anew (" + \
+                    "; ".join(self.dropped_pins) + ")"
             self._compile()
 
     # ---- the two ways in ----

@@ -2,23 +2,27 @@
 (datapath/bpfsys.py RawMap: bytes in, bytes out), so abi.py stays the one Python description of
 each struct and a map opens the same way from a BCC table (tests) or from its bpffs pin (agent).
 
-MAP_SPECS names every map the agent reads or writes with its key and value mirror.
+MAP_SPECS names every map the agent reads or writes with its BPF map type and its key and value
+mirrors (tests/bpf/test_loader_adopt.py checks them against what BCC compiled).
 
 API:
     TypedMap(raw, spec, on_op)      get / update / delete / items / clear / len, read_raw() (fast,
                                     batched), .spec, .name, .max_entries, .table (the RawMap)
     open_maps(bpf_obj, on_op)       typed handles on a compiled BCC object's maps
     open_pinned(pin_dir, on_op)     typed handles on the maps pinned under pin_dir (no BCC)
+    pin_layout_problem(path, spec)  why a pinned map cannot serve as spec (type, key, value size)
+    drop_stale_pins(pin_dir)        unlink the map pins of another layout (before a compile)
     metrics_totals(m)               cilium_metrics summed over CPUs
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import abi
-from .bpfsys import RawMap
+from . import abi, bpfsys
+from .bpfsys import PERCPU_TYPES, RawMap
 from .errors import BPFObjectError, MapError
 
 OpHook = Callable[[str, str, str], None]   # (map_name, operation, outcome)
@@ -27,32 +31,38 @@ OpHook = Callable[[str, str, str], None]   # (map_name, operation, outcome)
 @dataclass(frozen=True)
 class MapSpec:
     name: str
+    kind: int           # the BPF map type (bpfsys.MAP_*), as bpf/lib/maps.h declares it
     key: type
     value: type
-    percpu: bool = False
+
+    @property
+    def percpu(self) -> bool:
+        return self.kind in PERCPU_TYPES
 
 
 MAP_SPECS = {s.name: s for s in (
-    MapSpec("cilium_lxc", abi.EndpointKey, abi.EndpointInfo),
-    MapSpec("dp_ep_ifindex", abi.EpIfindexKey, abi.EndpointInfo),
-    MapSpec("cilium_metrics", abi.U32Key, abi.MetricsValue, percpu=True),
-    MapSpec("cilium_ipcache", abi.IpcacheKey, abi.RemoteEndpointInfo),
-    MapSpec("dp_node_config", abi.U32Key, abi.NodeConfig),
-    MapSpec("cilium_lb4_services_v2", abi.Lb4Key, abi.Lb4Service),
-    MapSpec("cilium_lb4_backends_v3", abi.Lb4BackendKey, abi.Lb4Backend),
-    MapSpec("cilium_lb4_reverse_nat", abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
-    MapSpec("cilium_lb4_maglev", abi.Lb4ReverseNatKey, abi.Lb4MaglevLut),
-    MapSpec("cilium_lb4_affinity", abi.Lb4AffinityKey, abi.LbAffinityVal),
-    MapSpec("cilium_snat_v4_external", abi.Ipv4CtTuple, abi.Ipv4NatEntry),
-    MapSpec("cilium_ipmasq_v4", abi.IpmasqKey, abi.U8Value),
-    MapSpec("cilium_ct4_global", abi.Ipv4CtTuple, abi.CtEntry),
-    MapSpec("cilium_ct_any4_global", abi.Ipv4CtTuple, abi.CtEntry),
-    MapSpec("cilium_l2_responder_v4", abi.L2ResponderV4Key, abi.L2ResponderV4Stats),
-    MapSpec("dp_netdev", abi.U32Key, abi.NetdevInfo),
-    MapSpec("dp_agent_liveness", abi.U32Key, abi.AgentLiveness),
-    MapSpec("cilium_policy_v2", abi.PolicyKey, abi.PolicyEntry),
-    MapSpec("cilium_ipv4_frag_datagrams", abi.Ipv4FragId, abi.Ipv4FragL4Ports),
-    MapSpec("dp_policy_revision", abi.U32Key, abi.PolicyRevision),
+    MapSpec("cilium_lxc", bpfsys.MAP_HASH, abi.EndpointKey, abi.EndpointInfo),
+    MapSpec("dp_ep_ifindex", bpfsys.MAP_HASH, abi.EpIfindexKey, abi.EndpointInfo),
+    MapSpec("cilium_metrics", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key, abi.MetricsValue),
+    MapSpec("cilium_ipcache", bpfsys.MAP_LPM_TRIE, abi.IpcacheKey, abi.RemoteEndpointInfo),
+    MapSpec("dp_node_config", bpfsys.MAP_ARRAY, abi.U32Key, abi.NodeConfig),
+    MapSpec("cilium_lb4_services_v2", bpfsys.MAP_HASH, abi.Lb4Key, abi.Lb4Service),
+    MapSpec("cilium_lb4_backends_v3", bpfsys.MAP_HASH, abi.Lb4BackendKey, abi.Lb4Backend),
+    MapSpec("cilium_lb4_reverse_nat", bpfsys.MAP_HASH, abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
+    MapSpec("cilium_lb4_maglev", bpfsys.MAP_HASH, abi.Lb4ReverseNatKey, abi.Lb4MaglevLut),
+    MapSpec("cilium_lb4_affinity", bpfsys.MAP_LRU_HASH, abi.Lb4AffinityKey, abi.LbAffinityVal),
+    MapSpec("cilium_snat_v4_external", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.Ipv4NatEntry),
+    MapSpec("cilium_ipmasq_v4", bpfsys.MAP_LPM_TRIE, abi.IpmasqKey, abi.U8Value),
+    MapSpec("cilium_ct4_global", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_ct_any4_global", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_l2_responder_v4", bpfsys.MAP_HASH, abi.L2ResponderV4Key,
+            abi.L2ResponderV4Stats),
+    MapSpec("dp_netdev", bpfsys.MAP_HASH, abi.U32Key, abi.NetdevInfo),
+    MapSpec("dp_agent_liveness", bpfsys.MAP_ARRAY, abi.U32Key, abi.AgentLiveness),
+    MapSpec("cilium_policy_v2", bpfsys.MAP_LPM_TRIE, abi.PolicyKey, abi.PolicyEntry),
+    MapSpec("cilium_ipv4_frag_datagrams", bpfsys.MAP_LRU_HASH, abi.Ipv4FragId,
+            abi.Ipv4FragL4Ports),
+    MapSpec("dp_policy_revision", bpfsys.MAP_ARRAY, abi.U32Key, abi.PolicyRevision),
 )}
 
 
@@ -147,6 +157,41 @@ def open_pinned(pin_dir: str, on_op: OpHook | None = None) -> dict[str, TypedMap
             raise
         out[name] = TypedMap(raw, spec, on_op)
     return out
+
+
+def pin_layout_problem(path: str, spec: MapSpec) -> str | None:
+    """Why the map pinned at path cannot serve as spec (another type, key or value size: a pin
+    left by an older version), or None when it can (or nothing is pinned there)."""
+    try:
+        raw = RawMap.from_pin(path, name=spec.name)
+    except BPFObjectError as e:
+        if e.errno == 2:
+            return None
+        raise
+    try:
+        info = raw.info
+        want = (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
+        have = (info.type, info.key_size, info.value_size)
+        if have == want:
+            return None
+        return f"type {have[0]}, key {have[1]} B, value {have[2]} B pinned; " \
+               f"the programs declare type {want[0]}, key {want[1]} B, value {want[2]} B"
+    finally:
+        raw.close()
+
+
+def drop_stale_pins(pin_dir: str) -> list[str]:
+    """Unlink every map pin in pin_dir whose layout the current programs do not declare, so a
+    compile creates the map anew instead of failing on (or silently misreading) the old one.
+    Programs still running keep their own reference. Returns "name: why" for each one."""
+    dropped = []
+    for name, spec in MAP_SPECS.items():
+        path = os.path.join(pin_dir, name)
+        why = pin_layout_problem(path, spec)
+        if why:
+            os.unlink(path)
+            dropped.append(f"{name}: {why}")
+    return dropped
 
 
 def metrics_totals(m: TypedMap) -> dict[tuple[int, int], tuple[int, int]]:

@@ -4,6 +4,7 @@ both), a program using a map that is no longer the pinned one is not adopted, a 
 new stamp that compiles and replaces the old program pins, and remove_pins leaves nothing."""
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 
@@ -11,6 +12,7 @@ import pytest
 
 from datapath import abi, bpfsys, build, loader
 from datapath.loader import PROGRAMS, NodeDatapath, remove_pins
+from datapath.maps import MAP_SPECS, metrics_totals, pin_layout_problem
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,46 @@ def test_a_changed_define_compiles_a_new_stamp(first, pin_dir, monkeypatch):
     _no_compile(monkeypatch)
     assert NodeDatapath(pin_dir, defines={"DP_TEST_UNUSED_SETTING": 1}).adopted
     monkeypatch.undo()
+
+
+def test_map_specs_declare_what_bcc_compiled(first):
+    """MAP_SPECS' map types and key/value sizes are the ones the programs declare (the stale-pin
+    check compares pins against them)."""
+    for name, m in first.maps.items():
+        spec = MAP_SPECS[name]
+        assert (m.table.info.type, m.table.key_size, m.table.value_size) == \
+            (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value)), name
+        assert pin_layout_problem(os.path.join(first.pin_dir, name), spec) is None
+
+
+def test_pins_of_an_older_layout_are_dropped_and_made_anew(first, pin_dir):
+    """An upgrade whose maps changed layout (cilium_metrics was a per-CPU hash keyed by 8 bytes,
+    dp_ep_ifindex held an 8-byte endpoint key): the old pins would fail the verifier or be
+    misread, so the compile drops them and pins new ones; the other maps stay."""
+    old = {"cilium_metrics": (bpfsys.MAP_PERCPU_HASH, 8, 16, 1024),
+           "dp_ep_ifindex": (bpfsys.MAP_HASH, 4, 8, 65535)}
+    kept = {n: m.table.info.id for n, m in first.maps.items() if n not in old}
+    held = []
+    for name, (kind, ks, vs, n) in old.items():
+        os.unlink(os.path.join(pin_dir, name))
+        held.append(bpfsys.RawMap(bpfsys.map_create(kind, ks, vs, n, 0, name)))
+        bpfsys.obj_pin(held[-1].fd, os.path.join(pin_dir, name))
+    assert "key 8 B" in pin_layout_problem(os.path.join(pin_dir, "cilium_metrics"),
+                                           MAP_SPECS["cilium_metrics"])
+    dp = NodeDatapath(pin_dir, defines={"DP_TEST_UNUSED_SETTING": 2})
+    assert not dp.adopted and sorted(d.split(":")[0] for d in dp.dropped_pins) == sorted(old)
+    assert "another layout" in dp.why_compiled
+    for name in old:
+        info = dp.maps[name].table.info
+        assert info.id != held[0].info.id and info.id != held[1].info.id
+        assert pin_layout_problem(os.path.join(pin_dir, name), MAP_SPECS[name]) is None
+    assert {n: m.table.info.id for n, m in dp.maps.items() if n not in old} == kept
+    m = dp.maps["cilium_metrics"]            # the array the programs count in
+    m.update(abi.U32Key(abi.metrics_index(abi.REASON_FORWARDED, abi.METRIC_EGRESS)),
+             abi.MetricsValue(count=2, bytes=128))
+    assert metrics_totals(m) == {(abi.REASON_FORWARDED, abi.METRIC_EGRESS): (
+        2 * bpfsys.possible_cpus(), 128 * bpfsys.possible_cpus())}
+    m.clear()
 
 
 def test_remove_pins_leaves_nothing(first, pin_dir):

@@ -16,6 +16,9 @@
  *   ct_refresh_at(entry, tcp_flags, is_tcp, bytes, now)   the same with the clock already read;
  *                                 the lifetime is written only when it changes (once a second
  *                                 on an established flow)
+ *   ct_tcp_reopens(entry, tcp_flags)  a TCP SYN (no ACK) meeting an entry both sides closed: a
+ *                                 new connection on an old tuple
+ *   ct_reopen(entry)              start such an entry over (closing and seen flags cleared)
  */
 #ifndef DP_LIB_CONNTRACK_H
 #define DP_LIB_CONNTRACK_H
@@ -90,6 +93,18 @@ static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags
 		entry->lifetime = now + life;
 	entry->packets += 1;
 	entry->bytes += bytes;
+}
+
+static __always_inline int ct_tcp_reopens(const struct ct_entry *entry, __u8 tcp_flags)
+{
+	return (tcp_flags & (TCP_FLAG_SYN | 0x10)) == TCP_FLAG_SYN &&
+	       (entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
+	       (CT_F_RX_CLOSING | CT_F_TX_CLOSING);
+}
+
+static __always_inline void ct_reopen(struct ct_entry *entry)
+{
+	entry->flags &= ~(CT_F_RX_CLOSING | CT_F_TX_CLOSING | CT_F_SEEN_NON_SYN);
 }
 
 static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,

@@ -399,6 +399,9 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		ct = NULL;
 	} else {
 		lifetime = ct->lifetime;
+		/* a new connection on a closed flow's tuple keeps the backend, not the close */
+		if (pkt.proto == IPPROTO_TCP && ct_tcp_reopens(ct, pkt.tcp_flags))
+			ct_reopen(ct);
 		ct_refresh_at(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
 	}
 	lb4_affinity_update(svc, pkt.saddr, rev_nat_index, backend_id);
@@ -422,9 +425,11 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	 * on this tuple is the old flow's */
 	rct = ct ? ct_lookup(&reply) : NULL;
 	rflags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
-	/* a new entry, or one left by an earlier flow on this tuple through another frontend */
+	/* a new entry, or one left by an earlier flow on this tuple through another frontend, or
+	 * one a new connection finds closed */
 	if (!rct || rct->rev_nat_index != rev_nat_index || rct->backend_id != backend_id ||
-	    (rct->flags & (CT_F_LB_LOOPBACK | CT_F_NODEPORT)) != rflags) {
+	    (rct->flags & (CT_F_LB_LOOPBACK | CT_F_NODEPORT)) != rflags ||
+	    (pkt.proto == IPPROTO_TCP && ct_tcp_reopens(rct, pkt.tcp_flags))) {
 		struct ct_entry rev = {};
 
 		rev.rev_nat_index = rev_nat_index;

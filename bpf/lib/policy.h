@@ -240,10 +240,7 @@ static __always_inline struct ct_entry *policy_ct_find(const struct ipv4_ct_tupl
 static __always_inline int policy_ct_restarts(const struct ct_entry *ct,
 					      const struct policy_pkt *pkt)
 {
-	return pkt->tuple.nexthdr == IPPROTO_TCP &&
-	       (pkt->tcp_flags & (TCP_FLAG_SYN | 0x10)) == TCP_FLAG_SYN &&
-	       (ct->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
-	       (CT_F_RX_CLOSING | CT_F_TX_CLOSING);
+	return pkt->tuple.nexthdr == IPPROTO_TCP && ct_tcp_reopens(ct, pkt->tcp_flags);
 }
 
 /* The agent's policy revision, 0 when it never wrote one (nothing is cached then). */

@@ -188,6 +188,44 @@ def test_fin_closes_the_entry(maps, from_container):
     assert svc.lifetime - time.monotonic() <= abi.CT_CLOSE_TIMEOUT + 1
 
 
+def test_syn_on_a_closed_flow_reopens_it_with_its_backend(maps, from_container):
+    """A new connection from the same client port after both sides closed (a SYN without ACK
+    meeting closing entries): the service and reply entries start over with the SYN lifetime,
+    instead of a new connection living on the close timeout (and losing its backend to the GC
+    once idle for 10 s)."""
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+    run(from_container, to_vip(sport=47100))
+    run(from_container, to_vip(sport=47100, flags="A"))
+    run(from_container, to_vip(sport=47100, flags="FA"))
+    sender(maps, P.POD_B_IP)
+    fin = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                      / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64)
+                      / TCP(sport=BPORT, dport=47100, flags="FA", seq=5, ack=2)))
+    assert run(from_container, fin).retval == abi.CTX_ACT_REDIRECT
+    closing = abi.CT_F_RX_CLOSING | abi.CT_F_TX_CLOSING
+
+    def entries():
+        return (ct(maps, "cilium_ct4_global", VIP, P.POD_A_IP, VPORT, 47100, 6,
+                   abi.TUPLE_F_SERVICE),
+                ct(maps, "cilium_ct4_global", P.POD_A_IP, P.POD_B_IP, 47100, BPORT, 6,
+                   abi.TUPLE_F_IN))
+    svc, rep = entries()
+    assert svc.flags & closing == closing and rep.flags & closing == closing
+    assert svc.lifetime - time.monotonic() <= abi.CT_CLOSE_TIMEOUT + 1
+    sender(maps, P.POD_A_IP)
+    pkt = to_vip(sport=47100)
+    res = run(from_container, pkt)
+    assert res.retval == abi.CTX_ACT_REDIRECT
+    testrun.assert_packet(translated(pkt, P.POD_B_IP, BPORT, P.LXC_B_MAC, P.POD_B_MAC), res.data)
+    svc, rep = entries()
+    assert svc.flags & closing == 0 and rep.flags & closing == 0
+    assert svc.backend_id == rep.backend_id == 1
+    assert abi.CT_CLOSE_TIMEOUT + 5 < svc.lifetime - time.monotonic() <= abi.CT_SYN_TIMEOUT + 1
+    assert rep.lifetime - time.monotonic() > abi.CT_CLOSE_TIMEOUT + 5
+    run(from_container, to_vip(sport=47100, flags="A"))           # and it establishes again
+    assert entries()[0].lifetime - time.monotonic() > abi.CT_SYN_TIMEOUT
+
+
 def test_non_service_traffic_is_not_tracked(maps, from_container):
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     run(from_container, P.POD_A_TO_POD_B_TCP_SYN)

@@ -12,9 +12,13 @@ API:
     map_lookup_batch(fd, info) -> dict[bytes, bytes]   every element, in batches (falls back to
                                                   get_next_key + lookup where batches are refused)
     map_count(fd, info) -> int                   how many elements (batched the same way)
+    map_update_batch / map_delete_batch(fd, keys, [values,] count) -> (done, errno)
+                                                  one BPF_MAP_UPDATE_BATCH / _DELETE_BATCH call
     possible_cpus()                              /sys/devices/system/cpu/possible
     RawMap(fd, owner=None) / RawMap.from_pin(path)   one map: lookup, update, delete, keys,
-                                                  read_raw, clear, max_entries, value_len
+                                                  read_raw, clear, max_entries, value_len,
+                                                  update_batch / delete_batch (many elements in
+                                                  order, few syscalls), per_cpu(value)
 """
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
 _CMD_NAMES = {v: k for k, v in list(globals().items()) if k.startswith("BPF_") and isinstance(v, int)}
 
 # map types (enum bpf_map_type) and update flags
@@ -370,6 +376,37 @@ def map_count(fd: int, info: MapInfo) -> int:
         return sum(1 for _ in map_keys(fd, info.key_size))
 
 
+def _batch_call(cmd: int, fd: int, keys, values, count: int, flags: int) -> tuple[int, int]:
+    attr = _BatchAttr(0, 0, ctypes.addressof(keys), ctypes.addressof(values) if values else 0,
+                      count, fd, flags, 0)
+    rc, n = _bpf(cmd, attr)
+    if rc >= 0:
+        return count, 0
+    # the kernel writes back how many elements it took before the failing one; a call refused
+    # as a whole (no batch op for the map type, bad attributes) leaves count as it was
+    done = attr.count if attr.count < count else 0
+    return done, n
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int,
+                     flags: int = BPF_ANY) -> tuple[int, int]:
+    """One BPF_MAP_UPDATE_BATCH of `count` elements (keys and values each packed back to back,
+    per-CPU values for every possible CPU): the kernel writes them one by one in order and stops
+    at the first it refuses. Returns (elements written, errno): errno 0 when all were; else
+    element `written` failed, or the call was refused as a whole (written 0; ENOTSUPP / EINVAL
+    where the map type has no batch update)."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    v = ctypes.create_string_buffer(values, len(values))
+    return _batch_call(BPF_MAP_UPDATE_BATCH, fd, k, v, count, flags)
+
+
+def map_delete_batch(fd: int, keys: bytes, count: int) -> tuple[int, int]:
+    """One BPF_MAP_DELETE_BATCH of `count` keys, in order, stopping at the first refused (ENOENT
+    for a key not there); (elements deleted, errno) as map_update_batch."""
+    k = ctypes.create_string_buffer(keys, len(keys))
+    return _batch_call(BPF_MAP_DELETE_BATCH, fd, k, None, count, 0)
+
+
 class RawMap:
     """One BPF map by fd, bytes in and bytes out. `owner` keeps alive whatever holds the fd (a BCC
     table); without one, the RawMap owns the fd and closes it."""
@@ -383,6 +420,7 @@ class RawMap:
         self.max_entries, self.value_len = self.info.max_entries, self.info.value_len
         self.percpu = self.info.percpu
         self.is_array = self.info.type in ARRAY_TYPES
+        self.batch_ok = True        # False once the kernel refused a batch update / delete
 
     @classmethod
     def from_pin(cls, path: str, name: str | None = None) -> RawMap:
@@ -432,6 +470,57 @@ class RawMap:
             return map_delete(self.fd, key)
         except MapError as e:
             raise self._what(e) from None
+
+    def per_cpu(self, value: bytes) -> bytes:
+        """One value (value_size bytes) as a per-CPU map takes it: the same for every CPU."""
+        slot = (self.value_size + 7) // 8 * 8
+        return bytes(value).ljust(slot, b"\0") * (self.value_len // slot)
+
+    def _batched(self, cmd: int, keys: list[bytes], values: list[bytes] | None,
+                 flags: int) -> int:
+        """Elements [0, n) written (or deleted) in batches of at most _BATCH_BYTES, in order;
+        n < len(keys) when element n was refused, has the wrong size, or the map type takes no
+        batches (remembered: the next call returns 0 at once)."""
+        if not self.batch_ok or not keys:
+            return 0
+        ks, vs = self.key_size, self.value_len
+        total = len(keys)
+        bad = total
+        if set(map(len, keys)) != {ks}:
+            bad = next(i for i, k in enumerate(keys) if len(k) != ks)
+        if values is not None and set(map(len, values[:bad])) - {vs}:
+            bad = next(i for i, v in enumerate(values[:bad]) if len(v) != vs)
+        per = max(1, _BATCH_BYTES // (ks + (vs if values is not None else 0)))
+        done = 0
+        while done < bad:
+            stop = min(bad, done + per)
+            kraw = b"".join(keys[done:stop])
+            if values is None:
+                got, n = map_delete_batch(self.fd, kraw, stop - done)
+            else:
+                got, n = map_update_batch(self.fd, kraw, b"".join(values[done:stop]),
+                                          stop - done, flags)
+            done += got
+            if n:
+                if got == 0 and n in (_ENOTSUPP, _errno.ENOTSUP, _errno.EOPNOTSUPP):
+                    self.batch_ok = False       # this map type has no batch op
+                return done
+        return done
+
+    def update_batch(self, keys: list[bytes], values: list[bytes], flags: int = BPF_ANY) -> int:
+        """Write keys[i] = values[i] in order by BPF_MAP_UPDATE_BATCH (values value_len bytes
+        each: per_cpu() for a per-CPU map); returns how many were written. Fewer than given: the
+        element at that index was refused (or the map type takes no batch update): write the
+        rest one by one with update() to learn why (the caller's fallback)."""
+        return self._batched(BPF_MAP_UPDATE_BATCH, keys, values, flags)
+
+    def delete_batch(self, keys: list[bytes]) -> int:
+        """Delete keys in order by BPF_MAP_DELETE_BATCH; returns how many were deleted, as
+        update_batch (a key not there stops the batch: delete() it and go on). Arrays: 0 (their
+        delete is a zeroing update)."""
+        if self.is_array:
+            return 0
+        return self._batched(BPF_MAP_DELETE_BATCH, keys, None, 0)
 
     def keys(self) -> Iterator[bytes]:
         return map_keys(self.fd, self.key_size)

@@ -1,6 +1,8 @@
 """datapath/bpfsys.py, the bpf(2) syscall without BCC, on throwaway maps: element operations on
 hash, LPM trie, LRU and per-CPU maps, batch read equal to an item-by-item read (and the fallback
-when batches are refused), pin / open / describe, errors carrying their errno."""
+when batches are refused), batch update / delete (in order, stopping at the element the kernel
+refuses, a refusal of the map type remembered), pin / open / describe, errors carrying their
+errno."""
 from __future__ import annotations
 
 import errno
@@ -125,7 +127,7 @@ def test_percpu_values_hold_every_cpu(privileged):
     assert m.read_raw() == {_u32(7): value}
     # through TypedMap: one value per CPU, or one value given for every CPU
     t = TypedMap(_map(bpfsys.MAP_PERCPU_HASH, 4, 16, 16), MapSpec(
-        "t", abi.U32Key, abi.MetricsValue, percpu=True))
+        "t", bpfsys.MAP_PERCPU_HASH, abi.U32Key, abi.MetricsValue))
     t.update(abi.U32Key(1), abi.MetricsValue(count=3, bytes=300))
     got = t.get(abi.U32Key(1))
     assert len(got) == cpus and all((v.count, v.bytes) == (3, 300) for v in got)
@@ -165,6 +167,59 @@ def test_batch_falls_back_when_refused(privileged, monkeypatch):
     with pytest.raises(MapError) as e:
         bpfsys.map_lookup_batch(m.fd, m.info, fallback=False)
     assert e.value.errno == 524 and "ENOTSUPP" in str(e.value)
+
+
+def test_batch_update_and_delete_on_every_type(privileged):
+    maps = [_map(bpfsys.MAP_HASH, 4, 8, 5000), _map(bpfsys.MAP_LRU_HASH, 4, 8, 5000),
+            _map(bpfsys.MAP_PERCPU_HASH, 4, 8, 5000), _map(bpfsys.MAP_ARRAY, 4, 8, 5000),
+            _map(bpfsys.MAP_PERCPU_ARRAY, 4, 8, 5000),
+            _map(bpfsys.MAP_LPM_TRIE, 8, 8, 5000, bpfsys.BPF_F_NO_PREALLOC)]
+    for m in maps:
+        lpm = m.info.type == bpfsys.MAP_LPM_TRIE
+        keys = [_lpm(32, 10, i >> 8, i & 255, 1) if lpm else _u32(i) for i in range(3000)]
+        one = [struct.pack("<Q", i * 3) for i in range(3000)]
+        values = [m.per_cpu(v) for v in one] if m.percpu else one
+        assert m.update_batch(keys, values) == 3000, m.info
+        assert m.read_raw() == {**(m.read_raw() if m.is_array else {}), **dict(zip(keys, values))}
+        assert all(m.lookup(k) == v for k, v in zip(keys[::97], values[::97]))
+        if m.percpu:             # the value is every CPU's, as TypedMap's update writes it
+            assert values[5] == struct.pack("<Q", 15) * bpfsys.possible_cpus()
+        assert m.delete_batch(keys[:1000]) == (0 if m.is_array else 1000)
+        if not m.is_array:
+            assert len(m) == 2000 and m.lookup(keys[0]) is None and m.lookup(keys[1000])
+
+
+def test_batch_stops_at_the_element_the_kernel_refuses(privileged):
+    m = _map(bpfsys.MAP_HASH, 4, 8, 10)
+    keys = [_u32(i) for i in range(16)]
+    assert m.update_batch(keys, [bytes(8)] * 16) == 10          # full: E2BIG at the 11th
+    assert len(m) == 10 and m.lookup(keys[10]) is None
+    m.update(keys[0], b"x" * 8)
+    assert m.update_batch(keys[:4], [b"y" * 8] * 4, bpfsys.BPF_NOEXIST) == 0   # EEXIST at once
+    assert m.lookup(keys[0]) == b"x" * 8 and m.batch_ok       # an element's error: batches go on
+    assert m.delete_batch([keys[0], keys[1], keys[12], keys[2]]) == 2   # keys[12] is not there
+    assert m.lookup(keys[2]) is not None and m.lookup(keys[1]) is None
+    # a key or value of the wrong size stops the batch before it, with nothing sent for it
+    assert m.update_batch([keys[1], b"\0\0", keys[3]], [bytes(8)] * 3) == 1
+    assert m.update_batch([keys[1], keys[3]], [bytes(8), bytes(4)]) == 1
+
+
+def test_batch_update_refused_is_remembered(privileged, monkeypatch):
+    m = _map(bpfsys.MAP_HASH, 4, 4, 64)
+    real = bpfsys._bpf
+    calls = []
+
+    def refuse_batches(cmd, attr):
+        if cmd in (bpfsys.BPF_MAP_UPDATE_BATCH, bpfsys.BPF_MAP_DELETE_BATCH):
+            calls.append(cmd)
+            return -1, 524                      # the kernel's ENOTSUPP: count left as it was
+        return real(cmd, attr)
+
+    monkeypatch.setattr(bpfsys, "_bpf", refuse_batches)
+    keys = [_u32(i) for i in range(8)]
+    assert m.update_batch(keys, keys) == 0 and not m.batch_ok and len(m) == 0
+    assert m.update_batch(keys, keys) == 0 and len(calls) == 1  # not asked again
+    assert m.delete_batch(keys) == 0 and len(calls) == 1
 
 
 def test_pin_get_and_info(pin_dir):

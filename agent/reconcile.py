@@ -16,10 +16,18 @@ value, an unwanted one deleted, and a present one left alone. In a map named in 
 only the value's first N bytes are the agent's (the policy map's verdict; its packet and byte
 counters follow): a value is rewritten only when those bytes differ. Maps are written in name
 order, except that policy entries go first: an endpoint is never reachable before its policy.
+apply() hands a run of BATCH_MIN or more updates (or deletes) of one map to the kernel in
+BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH calls, which write the elements in the same order;
+where a batch stops at an element, or the map type takes none, the rest of the run goes one by
+one, so a failing op is reported (and counted) exactly as it would be alone.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
 import json
+import operator
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,18 +55,37 @@ class DatapathState:
     owned_prefix: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Op:
-    kind: str            # tc_detach | xdp_detach | map_update | tc_attach | xdp_attach |
-                         # route_replace | route_del | map_delete
-    target: str          # map name or interface
-    key: bytes | str = b""
-    value: bytes | str = b""
+class Op(tuple):
+    """One operation, immutable and hashable: Op(kind, target, key=b"", value=b"") with
+    .kind      tc_detach | xdp_detach | map_update | tc_attach | xdp_attach | route_replace |
+               route_del | map_delete
+    .target    map name or interface
+    .key, .value
+    (a tuple: a full plan makes 10^5 of them, and a frozen dataclass costs 3x as much each)."""
+    __slots__ = ()
+
+    def __new__(cls, kind: str, target: str, key: bytes | str = b"", value: bytes | str = b""):
+        return tuple.__new__(cls, (kind, target, key, value))
+
+    kind = property(operator.itemgetter(0))
+    target = property(operator.itemgetter(1))
+    key = property(operator.itemgetter(2))
+    value = property(operator.itemgetter(3))
+
+    def __getnewargs__(self):            # pickle / copy: Op(*fields), not Op(fields)
+        return tuple(self)
+
+    def __repr__(self):
+        return f"Op(kind={self.kind!r}, target={self.target!r}, key={self.key!r}, " \
+               f"value={self.value!r})"
 
     def __str__(self):
         if self.kind.startswith("map"):
             return f"{self.kind} {self.target} {self.key.hex()}"
         return f"{self.kind} {self.target} {self.key} {self.value}"
+
+
+_op = functools.partial(tuple.__new__, Op)    # Op from one (kind, target, key, value) tuple
 
 
 _ORDER = {"tc_detach": 0, "xdp_detach": 0, "map_update": 1, "tc_attach": 2, "xdp_attach": 2,
@@ -72,7 +99,9 @@ def _map_order(name: str) -> tuple[int, str]:
 
 
 def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
-    ops: list[Op] = []
+    updates: list[Op] = []            # map ops by kind: the bulk of a plan, already in order
+    deletes: list[Op] = []
+    ops: list[Op] = []                # the rest (links), sorted by kind at the end
     late = {}
     for m, k in desired.late:
         late.setdefault(m, set()).add(k)
@@ -83,13 +112,16 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
             todo = want.keys() - have.keys()
         elif n:
             todo = {k for k, v in want.items() if (h := have.get(k)) is None or h[:n] != v[:n]}
+        elif not have:
+            todo = want.keys()
         else:
-            todo = {k for k, _ in want.items() - have.items()}     # missing or different
+            todo = {k for k, v in want.items() if have.get(k) != v}   # missing or different
         last = late.get(name, set()) & todo
-        for k in sorted(todo - last) + sorted(last):
-            ops.append(Op("map_update", name, k, want[k]))
-        for k in sorted(have.keys() - want.keys()):
-            ops.append(Op("map_delete", name, k))
+        updates += [_op(("map_update", name, k, want[k]))
+                    for k in sorted(todo - last) + sorted(last)]
+        if have:
+            deletes += [_op(("map_delete", name, k, b""))
+                        for k in sorted(have.keys() - want.keys())]
     for (ifname, direction) in sorted(set(desired.tc) | set(actual.tc)):
         want = desired.tc.get((ifname, direction))
         have = actual.tc.get((ifname, direction))
@@ -109,7 +141,10 @@ def plan(desired: DatapathState, actual: DatapathState) -> list[Op]:
             ops.append(Op("route_replace", dst, want[0], want[1]))
         elif have and not want:
             ops.append(Op("route_del", dst, have[0], have[1]))
-    return sorted(ops, key=lambda o: _ORDER[o.kind])   # stable: keeps per-kind order
+    ops.sort(key=lambda o: _ORDER[o.kind])               # stable: keeps per-kind order
+    first = _ORDER["map_update"]
+    return [o for o in ops if _ORDER[o.kind] < first] + updates + \
+        [o for o in ops if _ORDER[o.kind] > first] + deletes   # map_delete: the last kind
 
 
 def read_routes() -> dict[str, tuple[str, str]]:
@@ -160,8 +195,79 @@ def read_actual(dp, interfaces: set[str], maps=MANAGED_MAPS,
     return st
 
 
+BATCH_MIN = 16   # a run of at least this many updates (or deletes) of one map goes in batches
+_KIND_TARGET = operator.itemgetter(0, 1)     # an Op's (kind, target), key, value
+_KEY, _VALUE = operator.itemgetter(2), operator.itemgetter(3)
+
+
+def _count_hook(tm):
+    """(hook, takes_count) of a typed map's op hook (datapath/maps.py TypedMap's on_op): a hook
+    with a 4th parameter takes how many elements one call reports."""
+    hook = getattr(tm, "_on_op", None)
+    if hook is None:
+        return None, False
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return hook, False
+    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return hook, n >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _batch(ops: list[Op], dp) -> int:
+    """Write a run of map_update (or map_delete) ops of one map by the raw map's batch call,
+    in order; returns how many leading ops were applied (the caller applies the rest one by
+    one). 0 when the map has no batch call or takes values that are not bytes."""
+    tm = dp.maps[ops[0].target]
+    raw = getattr(tm, "table", None)
+    if raw is None or not hasattr(raw, "update_batch") or not raw.batch_ok:
+        return 0
+    keys = list(map(_KEY, ops))
+    if set(map(type, keys)) != {bytes}:
+        return 0
+    if ops[0].kind == "map_update":
+        values = list(map(_VALUE, ops))
+        if set(map(type, values)) != {bytes}:
+            return 0
+        if raw.percpu:                           # one value for every CPU, as update() does
+            values = [v if len(v) == raw.value_len else raw.per_cpu(v) for v in values]
+        done, what = raw.update_batch(keys, values), "update"
+    else:
+        done, what = raw.delete_batch(keys), "delete"
+    if done:
+        hook, counted = _count_hook(tm)
+        if hook is not None:
+            if counted:
+                hook(tm.name, what, "success", done)
+            else:
+                for _ in range(done):
+                    hook(tm.name, what, "success")
+    return done
+
+
+
+
+
 def apply(ops: list[Op], dp, on_error: Callable[[Op, Exception], None] | None = None) -> int:
-    """Execute ops in order; returns how many failed (each reported to on_error)."""
+    """Execute ops in order; returns how many failed (each reported to on_error). A run of
+    BATCH_MIN or more updates (or deletes) of one map goes to the kernel in batches, in the
+    same order; when a batch stops at an element (or the map takes no batches) the rest of the
+    run is applied one by one, so each failing op is found and reported as it would be alone."""
+    failed = 0
+    maps = getattr(dp, "maps", {})
+    for (kind, target), run in itertools.groupby(ops, _KIND_TARGET):
+        run = list(run)
+        if len(run) >= BATCH_MIN and kind in ("map_update", "map_delete") and target in maps:
+            try:
+                done = _batch(run, dp)
+            except Exception:  # noqa: BLE001 -- the one-by-one path reports the error
+                done = 0
+            run = run[done:]
+        failed += _apply_each(run, dp, on_error)
+    return failed
+
+
+def _apply_each(ops: list[Op], dp, on_error) -> int:
     failed = 0
     for op in ops:
         try:

@@ -142,3 +142,121 @@ def test_links_are_diffed_against_what_was_applied(monkeypatch):
     assert [o.kind for o in rec.flush(dp).ops] == ["tc_attach"]
     assert rec.flush(dp).ops == []
     assert len(calls) == 1
+
+
+# ---- batches: a long run of one map's updates (or deletes) goes in BPF_MAP_*_BATCH calls ----
+
+class FakeTable:
+    """RawMap's batch side over a FakeMap: writes in order, stops at a key in `fail` (the
+    kernel's partial batch) or refuses every call (`refuse`: a map type without batches)."""
+
+    def __init__(self, m, refuse=False):
+        self.m, self.refuse = m, refuse
+        self.batch_ok, self.percpu, self.value_len = True, False, None
+        self.calls = []
+
+    def _run(self, keys, each):
+        self.calls.append(list(keys))
+        if self.refuse:
+            return 0
+        for i, k in enumerate(keys):
+            if k in self.m.fail or each(i, k) is False:
+                return i
+        return len(keys)
+
+    def update_batch(self, keys, values):
+        return self._run(keys, lambda i, k: self.m.data.__setitem__(k, values[i]))
+
+    def delete_batch(self, keys):
+        return self._run(keys, lambda i, k: self.m.data.pop(k, None) is not None)
+
+
+def batch_dp(refuse=False, counted=True):
+    dp = FakeDP()
+    hooked = []
+    for m in dp.maps.values():
+        m.table = FakeTable(m, refuse)
+        m._on_op = ((lambda name, op, outcome, n=1: hooked.append((name, op, outcome, n)))
+                    if counted else (lambda name, op, outcome: hooked.append((name, op, outcome))))
+    return dp, hooked
+
+
+def keys(n, prefix=b"k"):
+    return {prefix + b"%03d" % i: b"v%d" % i for i in range(n)}
+
+
+def test_a_long_run_goes_in_one_batch_in_order_with_late_keys_last():
+    dp, hooked = batch_dp()
+    rec = Reconciler()
+    want = keys(40)
+    rec.set_section("s", Section(maps={SVC: want, BE: {b"b": b"1"}},
+                                 late=frozenset({(SVC, b"k000")})))
+    res = rec.flush(dp)
+    assert not res.failed and len(res.ops) == 41
+    table = dp.maps[SVC].table
+    assert table.calls == [sorted(want)[1:] + [b"k000"]]          # one call; the late key last
+    assert dp.maps[SVC].writes == 0 and dp.maps[BE].writes == 1   # nothing one by one but BE
+    assert dp.maps[SVC].data == want
+    assert hooked == [(SVC, "update", "success", 40)]             # counted once, for 40
+    assert rec.flush(dp).ops == []                                # recorded as written
+    rec.set_section("s", Section(maps={BE: {b"b": b"1"}}))
+    res = rec.flush(dp)
+    assert [o.kind for o in res.ops] == ["map_delete"] * 40 and not res.failed
+    assert table.calls[-1] == sorted(want) and dp.maps[SVC].data == {}
+
+
+def test_a_refused_batch_falls_back_to_one_by_one():
+    dp, _ = batch_dp(refuse=True)
+    rec = Reconciler()
+    rec.set_section("s", Section(maps={SVC: keys(20)}))
+    res = rec.flush(dp)
+    assert not res.failed and len(dp.maps[SVC].table.calls) == 1
+    assert dp.maps[SVC].writes == 20 and dp.maps[SVC].data == keys(20)
+
+
+def test_a_batch_stopped_by_one_key_finds_it_and_keeps_only_it_pending():
+    dp, hooked = batch_dp(counted=False)
+    rec = Reconciler()
+    dp.maps[SVC].fail = {b"k007"}
+    errors = []
+    rec.set_section("s", Section(maps={SVC: keys(30)}))
+    res = rec.flush(dp, lambda op, e: errors.append(op.key))
+    assert [o.key for o, _ in res.failed] == [b"k007"] and errors == [b"k007"]
+    assert len(hooked) == 7                       # a hook without a count: once per element
+    assert dp.maps[SVC].writes == 22              # after the failing key: one by one
+    assert set(dp.maps[SVC].data) == set(keys(30)) - {b"k007"}
+    assert rec.has_pending()
+    dp.maps[SVC].fail = set()
+    res = rec.flush(dp)
+    assert [o.key for o in res.ops] == [b"k007"] and not res.failed and not rec.has_pending()
+    assert dp.maps[SVC].data == keys(30)
+
+
+def test_full_reconcile_repairs_drift_in_batches(no_routes):
+    dp, _ = batch_dp()
+    rec = Reconciler()
+    want = keys(50)
+    rec.set_section("s", Section(maps={SVC: want}))
+    assert len(rec.full(dp, set(), set()).ops) == 50             # cold: every key written
+    assert rec.full(dp, set(), set()).ops == []                  # adopted: nothing
+    for k in list(want)[:20]:
+        dp.maps[SVC].data[k] = b"corrupt"
+    for i in range(20):
+        dp.maps[SVC].data[b"stray%02d" % i] = b"x"
+    res = rec.full(dp, set(), set())
+    assert res.by_target() == {SVC: 40} and not res.failed
+    assert dp.maps[SVC].data == want
+
+
+def test_an_op_is_an_immutable_value():
+    import copy
+    import pickle
+
+    from agent.reconcile import Op
+    op = Op("map_update", SVC, b"k", b"v")
+    assert (op.kind, op.target, op.key, op.value) == ("map_update", SVC, b"k", b"v")
+    assert Op("xdp_detach", "eth0") == Op("xdp_detach", "eth0", b"", b"") and hash(op)
+    assert pickle.loads(pickle.dumps(op)) == op == copy.copy(op)
+    assert str(op) == f"map_update {SVC} 6b" and repr(op).startswith("Op(kind='map_update'")
+    with pytest.raises(AttributeError):
+        op.key = b"x"

@@ -13,7 +13,8 @@ Sections, and what rebuilds each:
 Facts about the node's devices (addresses, MACs, subnets) are read with `ip` only when
 `refresh_facts` runs (at start and on the agent's slow tick), never per reconcile. Sections
 share no key: a policy's CIDR row for an address an endpoint, a remote pod or the node owns is
-left out (the more specific identity wins, as before).
+left out (the more specific identity wins, as before). A build runs with the cyclic collector
+paused, and a big one (a full rebuild) freezes what it made (agent/gcpause.py).
 
 API:
     NodeFacts.read(cfg) -> NodeFacts
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 from datapath import abi
 
-from . import l2announce, netdev, services
+from . import gcpause, l2announce, netdev, services
 from .identity import RESERVED
 from .reconcile import TUNNEL_DEVICE, DatapathState
 from .reconciler import Reconciler, Section
@@ -93,16 +94,22 @@ class DesiredBuilder:
         a = self.agent
         key = (a.cluster_gen, tuple((ep.pod_key, ep.ip, ep.identity) for ep in live))
         if self._pod_memo is None or self._pod_memo[0] != key:
-            ips = {f"{r['namespace']}/{r['pod']}": ip for ip, r in a.remote_endpoints.items()
-                   if r.get("pod")}
-            idents = {f"{r['namespace']}/{r['pod']}": int(r["identity"])
-                      for r in a.remote_endpoints.values() if r.get("pod")}
+            ips, idents = {}, {}
+            for ip, r in a.remote_endpoints.items():
+                if r.get("pod"):
+                    k = f"{r['namespace']}/{r['pod']}"
+                    ips[k], idents[k] = ip, int(r["identity"])
             for ep in live:
                 ips[ep.pod_key], idents[ep.pod_key] = ep.ip, ep.identity
             self._pod_memo = (key, ips, idents, set(idents.values()) | set(RESERVED.values()))
         return self._pod_memo[1:]
 
     def build(self, rec: Reconciler, delta) -> None:
+        # a full build makes ~10^6 long-lived objects: no collection meanwhile, frozen after
+        with gcpause.paused(freeze_over=100_000):
+            self._build(rec, delta)
+
+    def _build(self, rec: Reconciler, delta) -> None:
         a = self.agent
         live = self._live()
         pod_ips, pod_identity, used = self._pods(live)
@@ -155,19 +162,22 @@ class DesiredBuilder:
             node_name=cfg.nodeName, node_port_range=cfg.nodePortRange,
             algorithm=cfg.lbAlgorithm, maglev_size=cfg.maglevTableSize)
         changed = self.planner.update(a.manifests, pod_ips, view, delta)
-        events = a.metrics.services_events
+        counts = {"add": 0, "delete": 0, "update": 0}
         for key, (old, built) in changed.items():
             rec.set_section(("svc", key), Section(maps=built.maps, late=built.late)
                             if built else None)
-            before = {s["frontend"]: s for s in (old.listing if old else ())}
-            after = {s["frontend"]: s for s in (built.listing if built else ())}
-            for fe in after.keys() - before.keys():
-                events.labels("add").inc()
-            for fe in before.keys() - after.keys():
-                events.labels("delete").inc()
-            for fe in after.keys() & before.keys():
-                if after[fe] != before[fe]:
-                    events.labels("update").inc()
+            if old is None or built is None:        # every frontend added, or deleted
+                counts["add" if old is None else "delete"] += len(
+                    {s["frontend"] for s in (built or old).listing})
+                continue
+            before = {s["frontend"]: s for s in old.listing}
+            after = {s["frontend"]: s for s in built.listing}
+            counts["add"] += len(after.keys() - before.keys())
+            counts["delete"] += len(before.keys() - after.keys())
+            counts["update"] += sum(after[fe] != before[fe] for fe in after.keys() & before.keys())
+        for what, n in counts.items():
+            if n:
+                a.metrics.services_events.labels(what).inc(n)
 
     def _node_section(self) -> Section:
         a, cfg, f = self.agent, self.agent.cfg, self.facts

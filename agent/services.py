@@ -340,14 +340,16 @@ def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int
     EndpointSlices; local: the backend is a pod on this node."""
     out = []
     if svc.selector is not None:
+        local_ips = view.local_ips
+        number = port.targetPort if isinstance(port.targetPort, int) else None
         for pod in index.selected(svc):
-            if pod.key not in pod_ips or not pod.ready:
+            ip = pod_ips.get(pod.key)
+            if ip is None or not pod.ready:
                 continue
-            tp = _target_port(pod, port)
+            tp = number if number is not None else _target_port(pod, port)
             if tp is not None:
-                state = abi.BE_STATE_TERMINATING if pod.terminating else abi.BE_STATE_ACTIVE
-                ip = pod_ips[pod.key]
-                out.append((ip, tp, pod.key, state, ip in view.local_ips))
+                out.append((ip, tp, pod.key, _TERMINATING if pod.terminating else _ACTIVE,
+                            ip in local_ips))
         return out
     for sl in index.slices_of(svc):
         ports = [p for p in sl.ports if p.protocol == port.protocol and
@@ -379,46 +381,66 @@ def _frontends(svc, i, port, vip, lb_ip, node_port, view) -> list[tuple[str, str
     return out
 
 
+_ACTIVE, _TERMINATING = abi.BE_STATE_ACTIVE, abi.BE_STATE_TERMINATING
+_STATE_NAMES = {_ACTIVE: "active", _TERMINATING: "terminating"}
+_PACK_KEY, _PACK_SVC, _PACK_BE_KEY, _PACK_BE, _PACK_RN_KEY, _PACK_RN = (
+    _KEY.pack, _SVC.pack, _BE_KEY.pack, _BE.pack, _RN_KEY.pack, _RN.pack)
+
+
 def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
     """Everything one service puts in the LB maps on this node, with the ids it uses."""
     out = _Built()
-    names = {abi.BE_STATE_ACTIVE: "active", abi.BE_STATE_TERMINATING: "terminating"}
-    maps = out.maps = {m: {} for m in SERVICE_MAPS}
-    svc_map = maps["cilium_lb4_services_v2"]
+    svc_map: dict[bytes, bytes] = {}
+    be_map: dict[bytes, bytes] = {}
+    rn_map: dict[bytes, bytes] = {}
+    mg_map: dict[bytes, bytes] = {}
     late = set()
+    be32, be16 = abi.ip4_to_be32, abi.be16
+    backend_id, service_id = ids.backend, ids.service
+    known_backends, known_services = ids.table["backends"], ids.table["services"]
+    out_backends, out_addresses, out_frontends = out.backends, out.addresses, out.frontends
+    listing = out.listing
+    int_local = svc.internalTrafficPolicy == "Local"
+    ext_local = svc.externalTrafficPolicy == "Local"
+    affinity = svc.sessionAffinity == "ClientIP"
+    algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" else abi.LB_ALGORITHM_RANDOM
+    head_word = (algo << abi.LB_ALGORITHM_SHIFT) | (svc.affinityTimeout if affinity else 0)
+    traffic = {"external": svc.externalTrafficPolicy, "internal": svc.internalTrafficPolicy}
     for i, port in enumerate(svc.ports):
-        proto = PROTO[port.protocol]
+        pname = port.protocol
+        proto = PROTO[pname]
         backends, listed = [], []     # backends: (id, key, local) of active backends
         for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view):
-            bkey = f"{ip}:{tp}/{port.protocol}"
-            bid = ids.backend(bkey)
-            out.backends.add(bkey)
-            out.addresses.add(ip)
-            maps["cilium_lb4_backends_v3"][_BE_KEY.pack(bid)] = _BE.pack(
-                abi.ip4_to_be32(ip), abi.be16(tp), proto, state, 0, 0)
-            listed.append({"id": bid, "address": bkey, "pod": who, "state": names[state],
+            bkey = f"{ip}:{tp}/{pname}"
+            bid = known_backends.get(bkey) or backend_id(bkey)    # (ids start at 1)
+            out_backends.add(bkey)
+            out_addresses.add(ip)
+            be_map[_PACK_BE_KEY(bid)] = _PACK_BE(be32(ip), be16(tp), proto, state, 0, 0)
+            listed.append({"id": bid, "address": bkey, "pod": who, "state": _STATE_NAMES[state],
                            "local": local})
-            if state == abi.BE_STATE_ACTIVE:      # terminating: no slot, no new flows
+            if state == _ACTIVE:                  # terminating: no slot, no new flows
                 backends.append((bid, bkey, local))
-        local = [b for b in backends if b[2]]
-        internal = local if svc.internalTrafficPolicy == "Local" else backends
-        external = local if svc.externalTrafficPolicy == "Local" else backends
-        affinity = svc.sessionAffinity == "ClientIP"
-        algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" \
-            else abi.LB_ALGORITHM_RANDOM
-        for kind, addr, fport, flags in _frontends(svc, i, port, vip, lb_ip, nps.get((svc.key, i)),
-                                                  view):
-            fe = f"{svc.key}:{port.port}/{port.protocol}" if kind == "ClusterIP" else \
-                f"{svc.key}:{port.port}/{port.protocol} {kind} {addr}:{fport}"
-            sid = ids.service(fe)
-            out.frontends.add(fe)
-            flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE \
-                if svc.internalTrafficPolicy == "Local" else 0
+        if int_local or ext_local:
+            local = [b for b in backends if b[2]]
+            internal = local if int_local else backends
+            external = local if ext_local else backends
+        else:
+            internal = external = backends
+        svc_port = f"{svc.key}:{port.port}/{pname}"
+        if lb_ip or svc.externalIPs or svc.type != "ClusterIP":
+            frontends = _frontends(svc, i, port, vip, lb_ip, nps.get((svc.key, i)), view)
+        else:                                     # (the common case, without the call)
+            frontends = [("ClusterIP", vip, port.port, 0)] if vip else []
+        for kind, addr, fport, flags in frontends:
+            fe = svc_port if kind == "ClusterIP" else f"{svc_port} {kind} {addr}:{fport}"
+            sid = known_services.get(fe) or service_id(fe)
+            out_frontends.add(fe)
+            flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE if int_local else 0
             if kind == "ClusterIP":
                 scopes = [(abi.LB_LOOKUP_SCOPE_EXT, internal)]
             else:
                 flags |= abi.SVC_FLAG_ROUTABLE
-                if svc.externalTrafficPolicy == "Local":
+                if ext_local:
                     flags |= abi.SVC_FLAG_EXT_LOCAL_SCOPE
                 scopes = [(abi.LB_LOOKUP_SCOPE_EXT, external)]
                 if internal != external:          # pods here see the internal set
@@ -426,31 +448,38 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
                     scopes.append((abi.LB_LOOKUP_SCOPE_INT, internal))
             if affinity:
                 flags |= abi.SVC_FLAG_AFFINITY
-            a, dp = abi.ip4_to_be32(addr), abi.be16(fport)
+            a, dp = be32(addr), be16(fport)
             for scope, chosen in scopes:
                 for slot, (bid, _, _) in enumerate(chosen, start=1):
-                    svc_map[_KEY.pack(a, dp, slot, proto, scope)] = _SVC.pack(bid, 0, sid, 0, 0, 0)
-                head = _KEY.pack(a, dp, 0, proto, scope)
-                svc_map[head] = _SVC.pack((algo << abi.LB_ALGORITHM_SHIFT) |
-                                          (svc.affinityTimeout if affinity else 0),
-                                          len(chosen), sid, flags, flags2, 0)
+                    svc_map[_PACK_KEY(a, dp, slot, proto, scope)] = _PACK_SVC(bid, 0, sid, 0, 0, 0)
+                head = _PACK_KEY(a, dp, 0, proto, scope)
+                svc_map[head] = _PACK_SVC(head_word, len(chosen), sid, flags, flags2, 0)
                 late.add(("cilium_lb4_services_v2", head))
+            rn_key = _PACK_RN_KEY(sid)
             if algo == abi.LB_ALGORITHM_MAGLEV:
                 # one table a frontend: its external backend set (the internal scope of a
                 # two-scope service is picked at random: few flows, all from this node)
                 table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
                                            view.maglev_size)
-                maps["cilium_lb4_maglev"][_RN_KEY.pack(sid)] = abi.maglev_lut_bytes(table)
-            maps["cilium_lb4_reverse_nat"][_RN_KEY.pack(sid)] = _RN.pack(a, dp)
-            active = {c[0] for c in scopes[0][1]}
-            out.listing.append({
-                "id": sid, "frontend": f"{addr}:{fport}/{port.protocol}",
+                mg_map[rn_key] = abi.maglev_lut_bytes(table)
+            rn_map[rn_key] = _PACK_RN(a, dp)
+            chosen = scopes[0][1]
+            if len(chosen) == len(listed) or not listed:  # every listed backend is in the set
+                rows = list(listed)
+            else:
+                active = {c[0] for c in chosen}
+                rows = [b for b in listed if b["state"] != "active" or b["id"] in active]
+            listing.append({
+                "id": sid, "frontend": f"{addr}:{fport}/{pname}",
                 "service": svc.key, "type": kind,
                 "sessionAffinity": svc.sessionAffinity,
-                "trafficPolicy": {"external": svc.externalTrafficPolicy,
-                                  "internal": svc.internalTrafficPolicy},
-                "backends": [b for b in listed if b["state"] != "active" or b["id"] in active]})
-    out.maps = {m: v for m, v in maps.items() if v}
+                "trafficPolicy": dict(traffic), "backends": rows})
+    maps = {}
+    for name, entries in (("cilium_lb4_services_v2", svc_map), ("cilium_lb4_backends_v3", be_map),
+                          ("cilium_lb4_reverse_nat", rn_map), ("cilium_lb4_maglev", mg_map)):
+        if entries:
+            maps[name] = entries
+    out.maps = maps
     out.late = frozenset(late)
     return out
 

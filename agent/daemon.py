@@ -53,6 +53,7 @@ WATCH_SECONDS = 1.0       # the longest the main loop sleeps without an event
 SAVE_SECONDS = 1.0        # the state file is written at most this often (endpoint changes: at once)
 VXLAN_DEVICE = TUNNEL_DEVICE
 TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
+MANIFEST_CACHE = "manifests.cache"   # in stateDir: the parsed manifests across restarts
 
 
 def _empty_manifests() -> ManifestSet:
@@ -63,7 +64,8 @@ class Agent:
     def __init__(self, config_path: str):
         self.config_path = os.path.abspath(config_path)
         self.cfg = load_config(self.config_path)
-        self.store = ManifestStore(self.cfg.manifests) if self.cfg.manifests else None
+        self.store = ManifestStore(self.cfg.manifests, cache=os.path.join(
+            self.cfg.stateDir, MANIFEST_CACHE)) if self.cfg.manifests else None
         self.manifests = self.store.load() if self.store else _empty_manifests()
         # what changed in the manifests since the last sync (None: everything)
         self._delta: ManifestDelta | None = None
@@ -104,7 +106,7 @@ class Agent:
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
-        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
+        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self._map_op, defines={
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize})
@@ -127,6 +129,10 @@ class Agent:
         self._api = None
         self._metrics_srv = None
         self._cluster_thread = None
+
+    def _map_op(self, map_name: str, operation: str, outcome: str, n: int = 1) -> None:
+        """The maps' op hook; n: the elements one batch call wrote (agent/reconcile.py)."""
+        self.metrics.map_ops.labels(map_name, operation, outcome).inc(n)
 
     # ---- state ----
     def save(self) -> None:
@@ -726,3 +732,5 @@ class Agent:
                 srv.shutdown()
         with self.lock:
             self.save()
+            if self.store is not None:
+                self.store.save_cache()

@@ -4,8 +4,12 @@ API:
     load_manifests(directory) -> ManifestSet
         Read and validate every *.yaml, *.yml and *.json file directly inside the directory
         (sorted by name; multi-document; `kind: List` expanded).
-    ManifestStore(directory)                  the same directory, kept and re-read incrementally
+    ManifestStore(directory, cache=None)      the same directory, kept and re-read incrementally;
+                                              `cache`: a file where .save_cache() keeps the store
+                                              across restarts (see "The cache" below)
         .load() -> ManifestSet                read every file (text already seen is not re-parsed)
+        .save_cache() -> bool                 write the cache if the store changed since it was
+                                              read or written (False: nothing to write / no cache)
         .update(changed_paths) -> (ManifestSet, ManifestDelta)
                                               re-read only those files (created, modified or
                                               deleted; the directory's own path: all of them)
@@ -35,17 +39,32 @@ without PyYAML's Python-level composer and constructor (anything unusual -- alia
 tags, errors -- goes through yaml.load_all instead, which stays the reference); each file is cut
 into its documents ('---' lines) and a document whose text did not change is neither parsed nor
 validated again; the garbage collector is paused while a load builds its objects.
+
+The cache (a restart): the store's whole state (each file's text, its pieces and the objects
+they gave) pickled to one file in the agent's state directory, after a load that parsed
+something and at shutdown. A store given that file restores it before its first load; the load
+then reads every file as it always does and compares its text with the cached text, so only
+what changed while the agent was down is parsed and validated, and the files always win. The
+cache is used only when its header matches: a format version, a hash of this module's source
+(a code change invalidates it), the Python version and the directory; its payload carries a
+digest. A missing, stale, corrupt or unreadable cache is ignored (logged) and the directory is
+parsed in full. The cache is pickle: it is as trusted as the state directory holding it (root
+only, written 0600).
 """
 from __future__ import annotations
 
 import bisect
 import functools
-import gc
+import hashlib
 import ipaddress
 import itertools
+import json
+import logging
 import operator
 import os
+import pickle
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +74,7 @@ import yaml
 
 from datapath.errors import ManifestError
 
+from . import gcpause
 from .config import describe
 
 __all__ = ["ContainerPort", "Container", "Pod", "Namespace", "ServicePort", "Service",
@@ -96,6 +116,7 @@ _SPECIAL_NETS = tuple(ipaddress.IPv4Network(n) for n in (
     "0.0.0.0/32", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/24"))
 
 Labels = tuple[tuple[str, str], ...]
+log = logging.getLogger("datapath.manifests")
 # values already found valid (names repeat: namespaces, nodes, container and port names, labels)
 _GOOD_DNS_LABELS: set = set()
 _GOOD_DNS_SUBDOMAINS: set = set()
@@ -109,6 +130,17 @@ def _remember(good: set, v: object) -> None:
 
 # the reference YAML loader: libyaml's parser when PyYAML has it, with PyYAML's constructor
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _NamespacedKey:
+    """`obj.key`, "namespace/name", computed once and kept in the instance's __dict__ (a
+    functools.cached_property without its lock, which costs ~10 us a first access)."""
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        key = obj.__dict__["key"] = f"{obj.namespace}/{obj.name}"
+        return key
 
 
 @dataclass(frozen=True)
@@ -139,10 +171,7 @@ class Pod:
     terminating: bool = False       # metadata.deletionTimestamp is set: finish flows, take none
     ready: bool = True              # status.conditions Ready is not "False"
 
-    @functools.cached_property      # (frozen: computed once, kept in __dict__)
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
+    key = _NamespacedKey()
     @property
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)
@@ -185,10 +214,7 @@ class Service:
     labels: Labels
     source: str
 
-    @functools.cached_property      # (frozen: computed once, kept in __dict__)
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
+    key = _NamespacedKey()
     @property
     def label_dict(self) -> dict[str, str]:
         return dict(self.labels)
@@ -228,10 +254,7 @@ class EndpointSlice:
     ports: tuple[EndpointSlicePort, ...]
     source: str
 
-    @functools.cached_property      # (frozen: computed once, kept in __dict__)
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
+    key = _NamespacedKey()
 
 @dataclass(frozen=True)
 class IPPoolBlock:
@@ -1318,24 +1341,17 @@ class ManifestDelta:
 EMPTY_DELTA = ManifestDelta()
 
 
-class _NoGC:
-    """The cyclic garbage collector paused while a load builds (and keeps) many objects: each
-    collection would walk all of them again."""
-
-    def __enter__(self) -> None:
-        self.was = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc) -> None:
-        if self.was:
-            gc.enable()
+def _NoGC() -> gcpause.paused:
+    """A load builds (and keeps) many objects: no collection meanwhile, and a big load's
+    objects frozen after it (agent/gcpause.py)."""
+    return gcpause.paused(freeze_over=100_000)
 
 
 class ManifestStore:
     """A manifests directory kept in memory, re-read file by file (see the module's API).
     Not thread-safe: one caller at a time."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, cache: str | None = None):
         self.directory = directory.rstrip("/") or "/"
         self._prefix = directory             # as given: files are named os.path.join(it, name)
         self._files: dict[str, _File] = {}   # path -> its last good reading
@@ -1344,6 +1360,9 @@ class ManifestStore:
         self._ignored_files: set[str] = set()     # files with objects of other kinds
         self._pending: set[str] = set()           # paths of the last failed update
         self.manifests: ManifestSet | None = None
+        self.cache = cache                        # the cache file (None: no cache)
+        self._cached: ManifestSet | None = None   # the set the cache file holds now
+        self.cache_used = False                   # the last load started from the cache
 
     def _check_dir(self) -> None:
         d = self._prefix
@@ -1363,8 +1382,101 @@ class ManifestStore:
 
     def load(self) -> ManifestSet:
         """Read every file of the directory; raise the first problem (keeping the last good
-        state). Text this store has already seen is not parsed or validated again."""
-        return self._apply(set(self._listing()) | set(self._files))[0]
+        state). Text this store has already seen is not parsed or validated again. The first
+        load of a store with a cache starts from it (and writes it when it had to parse)."""
+        first = self.cache is not None and self.manifests is None and not self._files
+        if first:
+            self.cache_used = self._restore()
+        try:
+            out = self._apply(set(self._listing()) | set(self._files))[0]
+        except ManifestError:
+            if first and self.cache_used:     # the cache's state was not taken: drop it
+                self._reset()
+            raise
+        if first and out is not self._cached:
+            self.save_cache()
+        return out
+
+    # ---- the cache (see the module's docstring) ----
+    _CACHE_FORMAT = 1
+
+    def _cache_header(self) -> bytes:
+        return json.dumps({"format": self._CACHE_FORMAT, "code": _code_hash(),
+                           "python": list(sys.version_info[:3]),
+                           "directory": self._prefix}, sort_keys=True).encode()
+
+    def _reset(self) -> None:
+        self._files, self._owner = {}, {}
+        self._policy_files, self._ignored_files = set(), set()
+        self.manifests = self._cached = None
+
+    def _restore(self) -> bool:
+        """Take the store's state from the cache file; False (nothing taken) when it is
+        missing or not usable."""
+        try:
+            with open(self.cache, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.warning("manifest cache %s not read: %s", self.cache, e)
+            return False
+        why = "unreadable"
+        try:
+            head, digest, payload = blob.split(b"\n", 2)
+            if head != self._cache_header():
+                why = "written by another version or for another directory"
+                raise ValueError(why)
+            if hashlib.blake2b(payload, digest_size=32).hexdigest().encode() != digest:
+                why = "corrupt (digest mismatch)"
+                raise ValueError(why)
+            with _NoGC():
+                state = pickle.loads(payload)
+            files, owner, policy_files, ignored_files, manifests = state
+            if not (isinstance(files, dict) and isinstance(owner, dict) and
+                    isinstance(manifests, ManifestSet) and
+                    all(isinstance(f, _File) for f in files.values())):
+                why = "of an unexpected shape"
+                raise ValueError(why)
+        except Exception as e:  # noqa: BLE001 -- a bad cache is never fatal: parse in full
+            stale = why.startswith("written by another")   # an upgrade: expected, no warning
+            (log.info if stale else log.warning)("manifest cache %s ignored (%s): %s",
+                                                 self.cache, why, e)
+            self._reset()
+            return False
+        self._files, self._owner = files, owner
+        self._policy_files, self._ignored_files = set(policy_files), set(ignored_files)
+        self.manifests = self._cached = manifests
+        return True
+
+    def save_cache(self) -> bool:
+        """Write the cache file (atomically, 0600) when the store holds a good state the file
+        does not; False when there is no cache, nothing new, or the write failed (logged)."""
+        if self.cache is None or self.manifests is None or self._pending or \
+                self.manifests is self._cached:
+            return False
+        with _NoGC():
+            payload = pickle.dumps((self._files, self._owner, sorted(self._policy_files),
+                                    sorted(self._ignored_files), self.manifests),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
+        digest = hashlib.blake2b(payload, digest_size=32).hexdigest().encode()
+        tmp = f"{self.cache}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(self.cache) or ".", mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._cache_header() + b"\n" + digest + b"\n")
+                f.write(payload)
+            os.replace(tmp, self.cache)
+        except OSError as e:
+            log.warning("manifest cache %s not written: %s", self.cache, e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return False
+        self._cached = self.manifests
+        return True
 
     def update(self, changed_paths) -> tuple[ManifestSet, ManifestDelta]:
         """Re-read the given paths (files of the directory that were created, modified or
@@ -1559,6 +1671,13 @@ def _policy_delta(old: dict, new: dict) -> tuple[KindDelta, dict]:
     if not (added or changed or removed):
         return _NO_KEYS, old
     return KindDelta(added, changed, removed), new
+
+
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """This module's source, hashed: a cache written by other code is not used."""
+    with open(__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 class _Loader:

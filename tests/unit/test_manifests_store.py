@@ -1,6 +1,8 @@
 """Unit tests for agent/manifests.py's ManifestStore: incremental updates give the same set as a
 full load, the right ManifestDelta, the same objects for what did not change, and the last good
-state when a file is bad; and the fast YAML path reads what PyYAML reads."""
+state when a file is bad; the fast YAML path reads what PyYAML reads; and the cache across restarts
+(a hit parses nothing, files changed while the agent was down win, a corrupt, foreign or
+other-version cache is ignored)."""
 from __future__ import annotations
 
 import ast
@@ -415,3 +417,124 @@ def test_split_keeps_every_character(tmp_path: Path) -> None:
     assert pieces == ["a: 1\n", "---\nb: 2\n---x: 3\n", "--- \nd: 4\n", "---"]
     assert [d for p in pieces for d in _parse("f", p)] == _parse("f", text)
     assert _split("%YAML 1.1\n---\na: 1\n---\nb: 2\n") == ["%YAML 1.1\n---\na: 1\n---\nb: 2\n"]
+
+
+# ---- the cache across restarts (ManifestStore(directory, cache=...)) ----
+
+def _no_parse(monkeypatch) -> None:
+    """Any YAML parse from here on fails the test: the load must come from the cache."""
+    def boom(*a, **k):
+        raise AssertionError("parsed although the cache holds this text")
+    monkeypatch.setattr("agent.manifests._parse", boom)
+
+
+def _cached_dir(tmp_path: Path) -> tuple[Path, str]:
+    d = tmp_path / "m"
+    d.mkdir()
+    write(d, "a.yaml", ns("team"), pod("p1"), pod("p2", app="db"), svc("web"))
+    write(d, "b.yaml", eps("ext"), pool("pool"), l2("l2"), netpol("np"), deployment("dep"))
+    cache = str(tmp_path / "state" / "manifests.cache")
+    first = ManifestStore(str(d), cache=cache)
+    first.load()
+    assert not first.cache_used and os.path.isfile(cache)      # parsed, then written
+    assert os.stat(cache).st_mode & 0o777 == 0o600
+    return d, cache
+
+
+def test_cache_hit_parses_nothing_and_gives_the_same_set(tmp_path: Path, monkeypatch) -> None:
+    d, cache = _cached_dir(tmp_path)
+    want = fresh(d)
+    before = os.stat(cache).st_mtime_ns
+    _no_parse(monkeypatch)
+    store = ManifestStore(str(d), cache=cache)
+    got = store.load()
+    assert store.cache_used
+    same_sets(got, want)
+    assert got.policies == want.policies and got.ignored == want.ignored
+    assert os.stat(cache).st_mtime_ns == before                 # nothing new: not rewritten
+    # the restored store goes on incrementally like any other
+    write(d, "a.yaml", ns("team"), pod("p1"), pod("p2", app="db"), svc("web", port=81))
+    monkeypatch.undo()
+    got2, delta = store.update([str(d / "a.yaml")])
+    assert delta.services == KindDelta(changed=["default/web"]) and not delta.pods
+    same_sets(got2, fresh(d))
+
+
+def test_files_changed_while_down_win_over_the_cache(tmp_path: Path, monkeypatch) -> None:
+    d, cache = _cached_dir(tmp_path)
+    a = d / "a.yaml"
+    st = os.stat(a)
+    # the same size and mtime: only the text tells (the cache is checked by content)
+    a.write_text(a.read_text().replace("app: db", "app: dc"))
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(a).st_size == st.st_size
+    (d / "b.yaml").unlink()                                     # deleted while down
+    write(d, "c.yaml", pod("p3"))                               # created while down
+    store = ManifestStore(str(d), cache=cache)
+    got = store.load()
+    assert store.cache_used
+    same_sets(got, fresh(d))
+    assert got.pods["default/p2"].labels == (("app", "dc"),) and "default/p3" in got.pods
+    assert not got.endpointslices and not got.policies
+    _no_parse(monkeypatch)                                      # rewritten with the new state
+    again = ManifestStore(str(d), cache=cache)
+    same_sets(again.load(), got)
+    assert again.cache_used
+
+
+def test_corrupt_truncated_or_foreign_caches_are_ignored(tmp_path: Path) -> None:
+    d, cache = _cached_dir(tmp_path)
+    want = fresh(d)
+    good = Path(cache).read_bytes()
+    bad = [good[:-40] + bytes(40),                               # payload bytes changed
+           good[:len(good) // 2],                                # truncated
+           b"garbage",
+           b""]
+    for blob in bad:
+        Path(cache).write_bytes(blob)
+        store = ManifestStore(str(d), cache=cache)
+        same_sets(store.load(), want)
+        assert not store.cache_used
+        assert Path(cache).read_bytes() != blob                 # replaced by a good one
+    other = tmp_path / "other"                                  # another directory's cache
+    other.mkdir()
+    write(other, "a.yaml", pod("x"))
+    store = ManifestStore(str(other), cache=cache)
+    assert set(store.load().pods) == {"default/x"} and not store.cache_used
+
+
+def test_a_cache_from_other_code_is_ignored(tmp_path: Path, monkeypatch) -> None:
+    d, cache = _cached_dir(tmp_path)
+    monkeypatch.setattr("agent.manifests._code_hash", lambda: "another version")
+    store = ManifestStore(str(d), cache=cache)
+    same_sets(store.load(), fresh(d))
+    assert not store.cache_used
+    monkeypatch.setattr(ManifestStore, "_CACHE_FORMAT", 99)
+    store = ManifestStore(str(d), cache=cache)
+    store.load()
+    assert not store.cache_used
+
+
+def test_a_bad_file_while_down_is_rejected_and_the_cache_not_taken(tmp_path: Path) -> None:
+    d, cache = _cached_dir(tmp_path)
+    write(d, "a.yaml", pod("p1"), pod("p1"))                    # defined twice
+    store = ManifestStore(str(d), cache=cache)
+    with pytest.raises(ManifestError):
+        store.load()
+    assert store.manifests is None                              # no state but the files'
+    write(d, "a.yaml", pod("p1"))
+    same_sets(store.load(), fresh(d))
+
+
+def test_save_cache_writes_what_changed_since(tmp_path: Path, monkeypatch) -> None:
+    d, cache = _cached_dir(tmp_path)
+    store = ManifestStore(str(d), cache=cache)
+    store.load()
+    assert store.save_cache() is False                          # nothing new
+    write(d, "c.yaml", svc("new"))
+    store.update([str(d / "c.yaml")])
+    assert store.save_cache() is True and store.save_cache() is False
+    _no_parse(monkeypatch)
+    again = ManifestStore(str(d), cache=cache)
+    assert "default/new" in again.load().services and again.cache_used
+    assert ManifestStore(str(d)).save_cache() is False          # no cache file: nothing

@@ -1,8 +1,10 @@
 """Bench (not a test): the agent's control plane at N services x 3 backends and 3N pods, the way
 the agent runs, each figure the median of several runs:
 
-    parse        a cold ManifestStore.load of the manifests directory (a fresh process each run)
-    cold         the first full reconcile into empty maps (every entry written)
+    parse        a cold ManifestStore.load of the manifests directory (a fresh process each run),
+                 and the same load from the manifest cache a restarted agent starts from
+    cold         the first full reconcile into empty maps (every entry written), repeated on
+                 emptied maps with a fresh reconciler
     endpoint     one backend pod turns not ready in its manifest (then ready again): from the
                  file event to the last map write (watch -> reload -> incremental sync)
     service      one new Service file (then removed): from the file event to the last map write
@@ -21,6 +23,9 @@ and no endpoints, so nothing is attached anywhere. Results: a table, JSON (--out
 the times against N next to it.
 
     python bench/control_plane.py [--services 1000,10000] [--runs 5] [--idle 20] [--out F]
+
+BENCH_PROFILE=1 logs where the time goes (cProfile, by own and by cumulative time): the first
+agent's init, the first cold run, the endpoint changes, and a restart done in-process.
 """
 from __future__ import annotations
 
@@ -77,6 +82,28 @@ def _write_setup(work: Path, node: str, n: int, per: int, pin_root: str) -> tupl
     return cfg, {"manifests": mdir, "state": sdir}
 
 
+def _profile_start():
+    """A running cProfile when BENCH_PROFILE is set (where a phase spends its time)."""
+    if not os.environ.get("BENCH_PROFILE"):
+        return None
+    import cProfile
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _profile_report(prof, what: str, log) -> None:
+    if prof is None:
+        return
+    import io
+    import pstats
+    prof.disable()
+    buf = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(30)
+    log(f"profile of {what}:\n{buf.getvalue()}")
+
+
 def _writes(agent) -> int:
     """Map writes so far (the agent's cilium_bpf_map_ops_total, successes)."""
     return int(sum(s.value for m in agent.metrics.map_ops.collect() for s in m.samples
@@ -97,9 +124,13 @@ def _event_to_write(agent, change) -> tuple[float, float, int]:
     return t_done - t_event, t_done - t_write, _writes(agent) - before
 
 
-def _parse_once(mdir: Path) -> float:
+def _parse_once(mdir: Path, cache: Path | None = None) -> float:
+    """A fresh process's ManifestStore load, in seconds (with `cache`: from the manifest cache a
+    restarted agent starts from, as the agent's state dir holds it)."""
+    arg = f", cache={str(cache)!r}" if cache else ""
     code = ("import sys, time; t = time.perf_counter(); from agent.manifests import ManifestStore;"
-            f"m = ManifestStore({str(mdir)!r}).load(); print(time.perf_counter() - t)")
+            f"m = ManifestStore({str(mdir)!r}{arg}); m.load(); "
+            f"assert m.cache_used or {cache is None}; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=str(Path(__file__).resolve().parent.parent))
     return float(out.stdout.strip().splitlines()[-1])
@@ -159,6 +190,28 @@ def _restart(cfg: Path, sock: Path, idle: float, log) -> dict:
             p.wait()
 
 
+def _start_over(agent) -> None:
+    """Between cold runs: the managed maps emptied (arrays zeroed) behind the agent, and the
+    agent's reconciler, desired-state builder and service ids as a fresh agent has them."""
+    from agent import desired, reconciler, services
+    from datapath.loader import MANAGED_MAPS
+    for name in MANAGED_MAPS:
+        tm = agent.dp.maps.get(name)
+        if tm is None:
+            continue
+        keys = list(tm.read_raw())
+        if tm.table.is_array:
+            for key in keys:
+                tm.table.delete(key)            # an array slot: zeroed
+        elif tm.table.delete_batch(keys) < len(keys):
+            for key in keys:
+                tm.table.delete(key)
+    agent.rec = reconciler.Reconciler(counters=frozenset(agent.rec.counters))
+    agent.state["lb_ids"] = {}
+    agent.lb_ids = services.IdTable(agent.state["lb_ids"])
+    agent.builder = desired.DesiredBuilder(agent)
+
+
 def measure_one(n: int, per: int, runs: int, idle: float, work: Path, pin_root: str,
                 log) -> dict:
     from agent.daemon import Agent
@@ -168,20 +221,37 @@ def measure_one(n: int, per: int, runs: int, idle: float, work: Path, pin_root: 
     cfg, paths = _write_setup(work, node, n, per, pin_root)
     out: dict = {"services": n, "pods": n * per}
     out["parse_seconds"] = [_parse_once(paths["manifests"]) for _ in range(runs)]
-    log(f"N={n}: parse {_median(out['parse_seconds']):.2f} s")
+    cache = work / f"{node}-manifests.cache"
+    from agent.manifests import ManifestStore
+    ManifestStore(str(paths["manifests"]), cache=str(cache)).load()      # writes the cache
+    out["parse_cached_seconds"] = [_parse_once(paths["manifests"], cache) for _ in range(runs)]
+    cache.unlink()
+    log(f"N={n}: parse {_median(out['parse_seconds']):.2f} s, from the cache "
+        f"{_median(out['parse_cached_seconds']):.2f} s")
 
+    prof = _profile_start()
     t = time.perf_counter()
     agent = Agent(str(cfg))
     out["agent_init_seconds"] = time.perf_counter() - t
+    _profile_report(prof, "agent init (a cold manifest load)", log)
     try:
-        agent.builder.refresh_facts()
-        before = _writes(agent)
-        t = time.perf_counter()
-        agent.reconcile("bench: cold", full=True)
-        out["cold_seconds"] = time.perf_counter() - t
-        out["cold_writes"] = _writes(agent) - before
+        cold, writes = [], []
+        for k in range(runs):
+            if k:                              # empty maps and a fresh agent's plan again
+                _start_over(agent)
+            agent.builder.refresh_facts()
+            before = _writes(agent)
+            prof = _profile_start() if k == 0 else None
+            t = time.perf_counter()
+            agent.reconcile("bench: cold", full=True)
+            cold.append(time.perf_counter() - t)
+            _profile_report(prof, "cold", log)
+            writes.append(_writes(agent) - before)
+        out["cold_runs_seconds"], out["cold_runs_writes"] = cold, writes
+        out["cold_seconds"], out["cold_writes"] = _median(cold), writes[0]
         log(f"  cold: {out['cold_seconds']:.2f} s, {out['cold_writes']} writes "
-            f"(agent init {out['agent_init_seconds']:.1f} s)")
+            f"(runs {' '.join(f'{c:.2f}' for c in cold)}; agent init "
+            f"{out['agent_init_seconds']:.1f} s)")
 
         mid = n // 2
         f = paths["manifests"] / f"bench-{mid // PER_FILE * PER_FILE:06d}.yaml"
@@ -191,19 +261,9 @@ def measure_one(n: int, per: int, runs: int, idle: float, work: Path, pin_root: 
 
         def flip(ready: bool):
             return lambda: f.write_text(text if ready else text.replace(doc, doc + NOT_READY))
-        prof = None
-        if os.environ.get("BENCH_PROFILE"):          # where an endpoint change spends its time
-            import cProfile
-            prof = cProfile.Profile()
-            prof.enable()
+        prof = _profile_start()
         ep = [_event_to_write(agent, flip(k % 2 == 1)) for k in range(2 * runs)]
-        if prof:
-            import io
-            import pstats
-            prof.disable()
-            buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
-            log(buf.getvalue())
+        _profile_report(prof, "endpoint change", log)
         out["endpoint_change"] = {"event_to_write_ms": [1e3 * e for e, _, _ in ep],
                                   "file_to_write_ms": [1e3 * w for _, w, _ in ep],
                                   "map_writes": [c for _, _, c in ep]}
@@ -233,6 +293,16 @@ def measure_one(n: int, per: int, runs: int, idle: float, work: Path, pin_root: 
         agent.watcher.close()
     finally:
         del agent
+    if os.environ.get("BENCH_PROFILE"):     # what a restart does before it is ready, in-process
+        prof = _profile_start()
+        t = time.perf_counter()
+        again = Agent(str(cfg))
+        again.builder.refresh_facts()
+        again.reconcile("bench: adopt", full=True)
+        log(f"  in-process restart: {time.perf_counter() - t:.2f} s")
+        _profile_report(prof, "restart (Agent init + adopting full reconcile)", log)
+        again.watcher.close()
+        del again
     restarts = [_restart(cfg, work / f"{node}.sock", idle if k == 0 else 0, log)
                 for k in range(runs)]
     out["restart"] = restarts
@@ -263,6 +333,7 @@ def summary(r: dict) -> list[dict]:
         rows.append({
             "services": x["services"], "pods": x["pods"],
             "parse_s": _median(x["parse_seconds"]),
+            "parse_cached_s": _median(x.get("parse_cached_seconds", [])),
             "cold_s": x["cold_seconds"], "cold_writes": x["cold_writes"],
             "endpoint_ms": _median(x["endpoint_change"]["event_to_write_ms"]),
             "endpoint_file_ms": _median(x["endpoint_change"]["file_to_write_ms"]),
@@ -279,13 +350,14 @@ def summary(r: dict) -> list[dict]:
 
 def report(r: dict) -> str:
     rows = summary(r)
-    head = ("| services | pods | parse s | cold s (writes) | endpoint ms (writes) | "
+    head = ("| services | pods | parse s (cached) | cold s (writes) | endpoint ms (writes) | "
             "new service ms (writes) | restart s (writes) | drift check s | idle CPU % | RSS MiB |")
     lines = [f"medians of {r['runs']} runs; endpoint / service: manifest event -> last map write",
              "", head, "|" + "---|" * 10]
     for x in rows:
         lines.append(
-            f"| {x['services']} | {x['pods']} | {x['parse_s']:.2f} | {x['cold_s']:.2f} "
+            f"| {x['services']} | {x['pods']} | {x['parse_s']:.2f} ({x['parse_cached_s']:.2f}) | "
+            f"{x['cold_s']:.2f} "
             f"({x['cold_writes']}) | {x['endpoint_ms']:.1f} ({x['endpoint_writes']:g}) | "
             f"{x['service_ms']:.1f} ({x['service_writes']:g}) | {x['restart_s']:.2f} "
             f"({x['restart_writes']}) | {x['drift_check_s']:.2f} | "
@@ -303,6 +375,9 @@ def chart(r: dict, path: Path) -> None:
         "cold programming (ms)": [(x["services"], 1e3 * x["cold_s"]) for x in rows],
         "restart to ready (ms)": [(x["services"], 1e3 * x["restart_s"]) for x in rows],
         "manifest parsing (ms)": [(x["services"], 1e3 * x["parse_s"]) for x in rows],
+        "manifest load from the cache (ms)": [(x["services"], 1e3 * x["parse_cached_s"])
+                                              for x in rows if x["parse_cached_s"] ==
+                                              x["parse_cached_s"]],     # (not NaN)
     }
     dashed = []
     ref = RESULTS / "first_packet.json"     # kube-proxy's partial syncs, from that bench's run

@@ -106,7 +106,7 @@ class Agent:
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
-        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self._map_op, defines={
+        self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize})
@@ -129,10 +129,6 @@ class Agent:
         self._api = None
         self._metrics_srv = None
         self._cluster_thread = None
-
-    def _map_op(self, map_name: str, operation: str, outcome: str, n: int = 1) -> None:
-        """The maps' op hook; n: the elements one batch call wrote (agent/reconcile.py)."""
-        self.metrics.map_ops.labels(map_name, operation, outcome).inc(n)
 
     # ---- state ----
     def save(self) -> None:

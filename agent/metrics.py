@@ -117,8 +117,9 @@ class AgentMetrics:
         self._agent = agent
         self.registry.register(_ScrapeCollector(agent))
 
-    def map_op(self, map_name: str, operation: str, outcome: str) -> None:
-        self.map_ops.labels(map_name, operation, outcome).inc()
+    def map_op(self, map_name: str, operation: str, outcome: str, n: int = 1) -> None:
+        """The maps' op hook; n: the elements one batch call wrote (agent/reconcile.py)."""
+        self.map_ops.labels(map_name, operation, outcome).inc(n)
 
     def log_handler(self) -> logging.Handler:
         return _ErrorsWarningsHandler(self.errors_warnings)

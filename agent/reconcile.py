@@ -24,7 +24,6 @@ one, so a failing op is reported (and counted) exactly as it would be alone.
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import json
 import operator
@@ -200,20 +199,6 @@ _KIND_TARGET = operator.itemgetter(0, 1)     # an Op's (kind, target), key, valu
 _KEY, _VALUE = operator.itemgetter(2), operator.itemgetter(3)
 
 
-def _count_hook(tm):
-    """(hook, takes_count) of a typed map's op hook (datapath/maps.py TypedMap's on_op): a hook
-    with a 4th parameter takes how many elements one call reports."""
-    hook = getattr(tm, "_on_op", None)
-    if hook is None:
-        return None, False
-    try:
-        params = inspect.signature(hook).parameters.values()
-    except (TypeError, ValueError):
-        return hook, False
-    n = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
-    return hook, n >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)
-
-
 def _batch(ops: list[Op], dp) -> int:
     """Write a run of map_update (or map_delete) ops of one map by the raw map's batch call,
     in order; returns how many leading ops were applied (the caller applies the rest one by
@@ -234,14 +219,8 @@ def _batch(ops: list[Op], dp) -> int:
         done, what = raw.update_batch(keys, values), "update"
     else:
         done, what = raw.delete_batch(keys), "delete"
-    if done:
-        hook, counted = _count_hook(tm)
-        if hook is not None:
-            if counted:
-                hook(tm.name, what, "success", done)
-            else:
-                for _ in range(done):
-                    hook(tm.name, what, "success")
+    if done and hasattr(tm, "count"):
+        tm.count(what, "success", done)
     return done
 
 

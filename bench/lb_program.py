@@ -110,7 +110,8 @@ def measure(n_services: int, per: int, workdir: Path, pin_dir: str, log=print) -
         f"in {out['parse_seconds']:.1f} s")
 
     t = time.perf_counter()
-    dp = NodeDatapath(pin_dir, on_op=lambda m, op, outcome: counter.update([(m, op, outcome)]))
+    dp = NodeDatapath(pin_dir,
+                      on_op=lambda m, op, outcome, n: counter.update({(m, op, outcome): n}))
     out["compile_seconds"] = time.perf_counter() - t
     out["max_entries"] = {m: dp.maps[m].table.max_entries for m in LB_MAPS}
     log(f"compiled and loaded the programs in {out['compile_seconds']:.1f} s")

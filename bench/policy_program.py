@@ -108,7 +108,7 @@ class Node:
         self.state: dict = {}
         self.policy = PolicySubsystem(cfg, self.state, AgentMetrics())
         self.store = LocalIdentityStore({})
-        self.dp = NodeDatapath(pin_dir, on_op=lambda m, op, o: counter.update([(m, op, o)]))
+        self.dp = NodeDatapath(pin_dir, on_op=lambda m, op, o, n: counter.update({(m, op, o): n}))
         self.endpoints: dict[str, Endpoint] = {}
 
     def identify(self, manifests) -> None:

@@ -7,7 +7,8 @@ mirrors (tests/bpf/test_loader_adopt.py checks them against what BCC compiled).
 
 API:
     TypedMap(raw, spec, on_op)      get / update / delete / items / clear / len, read_raw() (fast,
-                                    batched), .spec, .name, .max_entries, .table (the RawMap)
+                                    batched), .spec, .name, .max_entries, .table (the RawMap),
+                                    count(operation, outcome, n) (writes made on .table: a batch)
     open_maps(bpf_obj, on_op)       typed handles on a compiled BCC object's maps
     open_pinned(pin_dir, on_op)     typed handles on the maps pinned under pin_dir (no BCC)
     pin_layout_problem(path, spec)  why a pinned map cannot serve as spec (type, key, value size)
@@ -25,7 +26,7 @@ from . import abi, bpfsys
 from .bpfsys import PERCPU_TYPES, RawMap
 from .errors import BPFObjectError, MapError
 
-OpHook = Callable[[str, str, str], None]   # (map_name, operation, outcome)
+OpHook = Callable[[str, str, str, int], None]   # (map_name, operation, outcome, elements)
 
 
 @dataclass(frozen=True)
@@ -99,22 +100,26 @@ class TypedMap:
         try:
             self.table.update(bytes(key), self._raw_value(value))
         except Exception as e:
-            self._on_op(self.name, "update", "fail")
+            self._on_op(self.name, "update", "fail", 1)
             raise MapError(f"{self.name}: update {key!r} failed: {e}",
                            getattr(e, "errno", None)) from e
-        self._on_op(self.name, "update", "success")
+        self._on_op(self.name, "update", "success", 1)
 
     def delete(self, key) -> bool:
         try:
             found = self.table.delete(bytes(key))
         except Exception as e:
-            self._on_op(self.name, "delete", "fail")
+            self._on_op(self.name, "delete", "fail", 1)
             raise MapError(f"{self.name}: delete {key!r} failed: {e}",
                            getattr(e, "errno", None)) from e
         if not found:
             return False
-        self._on_op(self.name, "delete", "success")
+        self._on_op(self.name, "delete", "success", 1)
         return True
+
+    def count(self, operation: str, outcome: str, n: int) -> None:
+        """Report n elements written by one call made on .table directly (a batch)."""
+        self._on_op(self.name, operation, outcome, n)
 
     def read_raw(self) -> dict[bytes, bytes]:
         """Every entry as raw bytes, read in batches (one syscall per few thousand entries)."""

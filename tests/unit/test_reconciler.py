@@ -171,13 +171,15 @@ class FakeTable:
         return self._run(keys, lambda i, k: self.m.data.pop(k, None) is not None)
 
 
-def batch_dp(refuse=False, counted=True):
+def batch_dp(refuse=False):
+    """FakeDP whose maps take batches; what a batch wrote is reported through the map's count()
+    (datapath/maps.py TypedMap.count), collected in `hooked`."""
     dp = FakeDP()
     hooked = []
     for m in dp.maps.values():
         m.table = FakeTable(m, refuse)
-        m._on_op = ((lambda name, op, outcome, n=1: hooked.append((name, op, outcome, n)))
-                    if counted else (lambda name, op, outcome: hooked.append((name, op, outcome))))
+        m.count = (lambda name: lambda op, outcome, n: hooked.append((name, op, outcome, n)))(
+            m.name)
     return dp, hooked
 
 
@@ -215,14 +217,14 @@ def test_a_refused_batch_falls_back_to_one_by_one():
 
 
 def test_a_batch_stopped_by_one_key_finds_it_and_keeps_only_it_pending():
-    dp, hooked = batch_dp(counted=False)
+    dp, hooked = batch_dp()
     rec = Reconciler()
     dp.maps[SVC].fail = {b"k007"}
     errors = []
     rec.set_section("s", Section(maps={SVC: keys(30)}))
     res = rec.flush(dp, lambda op, e: errors.append(op.key))
     assert [o.key for o, _ in res.failed] == [b"k007"] and errors == [b"k007"]
-    assert len(hooked) == 7                       # a hook without a count: once per element
+    assert hooked == [(SVC, "update", "success", 7)]   # the 7 before it, in one count
     assert dp.maps[SVC].writes == 22              # after the failing key: one by one
     assert set(dp.maps[SVC].data) == set(keys(30)) - {b"k007"}
     assert rec.has_pending()

@@ -59,6 +59,7 @@ _FIELDS: dict[str, str] = {
     "bpf.natPortRange": "natPortRange",
     "nodePort.range": "nodePortRange",
     "maglev.tableSize": "maglevTableSize",
+    "bpf.lbMapMax": "lbMapMax",
     "l2announcements.enabled": "l2Enabled",
     "l2announcements.leaseDuration": "l2LeaseDuration",
     "l2announcements.leaseRenewDeadline": "l2LeaseRenewDeadline",
@@ -74,8 +75,11 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
     "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
-    "maglev.tableSize", "l2announcements.enabled",
+    "maglev.tableSize", "l2announcements.enabled", "bpf.lbMapMax",
 })
+
+# bpf.lbMapMax bounds: Cilium's default is the floor; a service map of 2^24 entries is ~0.8 GiB
+LB_MAP_MAX_MIN, LB_MAP_MAX_MAX = 65536, 1 << 24
 
 # Cilium's accepted Maglev table sizes (primes; M should be well above 100 x the backend count)
 MAGLEV_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
@@ -136,6 +140,7 @@ class Config:
     natPortRange: tuple[int, int] = (32768, 65535)     # SNAT source ports (compile-time)
     nodePortRange: tuple[int, int] = (30000, 32767)    # nodePorts given or allocated
     maglevTableSize: int = 16381                       # Maglev lookup table size (a prime)
+    lbMapMax: int = 65536                       # entries of the service and backend maps
     l2Enabled: bool = False                     # L2 announcements (ARP for LB/external IPs)
     l2LeaseDuration: int = 15                   # seconds a leader's lease lives unrenewed
     l2LeaseRenewDeadline: int = 5               # a leader unable to renew this long steps down
@@ -507,6 +512,7 @@ def parse_config(data: object, path: str) -> Config:
         natPortRange=_port_range(r, "bpf.natPortRange"),
         nodePortRange=_node_port_range(r),
         maglevTableSize=_maglev_table_size(r),
+        lbMapMax=r.integer("bpf.lbMapMax", 65536, LB_MAP_MAX_MIN, LB_MAP_MAX_MAX),
         l2Enabled=r.boolean("l2announcements.enabled", False),
         l2LeaseDuration=l2_lease,
         l2LeaseRenewDeadline=l2_renew,

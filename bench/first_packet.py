@@ -34,10 +34,11 @@ nearest-rank p50/p90/p99; three failures in a row stop a target.
 The reference's "no-rule limit" is its pod -> pod IP before any rule exists (plain Linux routing
 through the node netns); both limits are in the table and the charts.
 
-Map capacity: the LB maps hold 65,536 entries (bpf/abi.h, as Cilium's default bpf.lbMapMax);
-a service takes 1 + backends entries in cilium_lb4_services_v2, so N x (1 + 3) must fit. When
-it does not (N = 20,000), the filler services get as many backends as fit (2 at 20,000; the
-target keeps its 3) and the JSON and table say so ("filler_backends").
+Map capacity: the LB maps hold 65,536 entries by default (bpf/abi.h, as Cilium's default
+bpf.lbMapMax); a service takes 1 + backends entries in cilium_lb4_services_v2, so N x (1 + 3)
+must fit. When it does not (N = 20,000), the lab is set up with `bpf.lbMapMax` raised to the next
+power of two that fits (as a Cilium user raises it), and the JSON says so ("lbMapMax"); every
+filler keeps 3 backends.
 
 Outputs (--out-dir, default bench/results): first_packet.json, first_packet.png (pod -> VIP
 p50 against N, one line a mode, plus both limits) and first_packet_node.png (node -> VIP).
@@ -235,15 +236,14 @@ def run_kproxy(n: int, a, log) -> dict:
 # our side: a one-node lab with N services
 # ---------------------------------------------------------------------------------------------
 
-def filler_backends(n: int) -> int:
-    """Backends a filler service gets: 3 as the reference, fewer when N x (1 + 3) entries
-    would not fit the LB maps (the target keeps 3)."""
-    from datapath import abi
-    for b in (3, 2, 1):
-        if (n - 1) * (1 + b) + 4 <= abi.LB_SERVICE_MAP_MAX_ENTRIES and \
-                (n - 1) * b + 3 <= abi.LB_BACKENDS_MAP_MAX_ENTRIES:
-            return b
-    raise ValueError(f"{n} services do not fit the LB maps")
+FILLER_BACKENDS = 3                 # as the reference's services
+
+
+def lb_map_max(n: int) -> int:
+    """bpf.lbMapMax for N services of 1 + 3 entries each: Cilium's default 65,536 while they
+    fit, else the next power of two."""
+    need = n * (1 + FILLER_BACKENDS)
+    return max(65536, 1 << (need - 1).bit_length())
 
 
 def write_manifests(d: Path, n: int, per: int) -> str:
@@ -309,16 +309,17 @@ def measure_datapath(n: int, a, k: int, log) -> dict:
     from agent.api import Client
     from agent.topology import TOPOLOGIES
     from datapath import netns
-    per = filler_backends(n)
+    per, map_max = FILLER_BACKENDS, lb_map_max(n)
     lab = patient_lab(f"fp{os.getpid() % 10000}-{k}")
     lab.down()                     # a leftover of the same name, from a killed run
-    res = {"n_services": n, "filler_backends": per, "lab": lab.name}
+    res = {"n_services": n, "filler_backends": per, "lbMapMax": map_max, "lab": lab.name}
     try:
         with tempfile.TemporaryDirectory(prefix="dpbench-fp-") as tmp:
             vip = write_manifests(Path(tmp), n, per)
             res["vip"] = vip
             t = time.perf_counter()
-            st = lab.up(tmp, str(TOPOLOGIES / "single-node.yaml"))
+            st = lab.up(tmp, str(TOPOLOGIES / "single-node.yaml"), None,
+                        {"bpf": {"lbMapMax": map_max}} if map_max != 65536 else None)
             res["lab_up_s"] = time.perf_counter() - t
             cpod = st["pods"]["default/curl-pod"]["netns"]
             node = st["nodes"][NODE]
@@ -379,7 +380,8 @@ def rows(res: dict) -> list[dict]:
         lat = dp.get("latency", {})
         out.append({"n": n, "mode": "datapath", "pod_vip": lat.get("cpod_vip"),
                     "node_vip": lat.get("node_vip"), "pod_pod": lat.get("cpod_pod"),
-                    "errors": dp.get("errors", []), "filler_backends": dp.get("filler_backends")})
+                    "errors": dp.get("errors", []), "filler_backends": dp.get("filler_backends"),
+                    "lbMapMax": dp.get("lbMapMax")})
         norules = None
         for mode in res["modes"]:
             r = _kp_row(kp, mode, n) or {}
@@ -413,6 +415,8 @@ def report(res: dict) -> str:
     for r in rows(res):
         note = f"  (fillers: {r['filler_backends']} backends)" \
             if r.get("filler_backends") not in (None, 3) else ""
+        if r.get("lbMapMax") not in (None, 65536):
+            note += f"  (bpf.lbMapMax {r['lbMapMax']})"
         lines.append(f"| {r['n']:>6} | {r['mode']:<16} | {_cell(r['pod_vip']):>23} | "
                      f"{_cell(r['node_vip']):>23} |{note}")
     lines.append("")

@@ -14,6 +14,7 @@ API:
         .adopted (True: opened from pins without compiling; else .why_compiled says why,
         with the map pins of another layout it dropped first, also in .dropped_pins),
         .bcc_object(source) (compiles now if adopted)
+    lb_map_defines(n)                 the -D sizes for bpf.lbMapMax = n
     remove_pins(pin_dir)              unlink our pins, maps and programs (`datapath cleanup`)
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bpfsys, build
+from . import abi, bpfsys, build
 from .errors import BPFObjectError, BuildError
 from .maps import OpHook, drop_stale_pins, open_maps, open_pinned
 
@@ -84,7 +85,7 @@ class NodeDatapath:
         if not self.adopted:
             # BCC reuses a map pinned under the name; one of another layout (left by an older
             # version) would fail the verifier or be misread: it goes, and is made anew
-            self.dropped_pins = drop_stale_pins(pin_dir)
+            self.dropped_pins = drop_stale_pins(pin_dir, self.defines)
             if self.dropped_pins:
                 self.why_compiled += "; map pins of another layout dropped and made anew (" + \
                     "; ".join(self.dropped_pins) + ")"
@@ -163,6 +164,15 @@ class NodeDatapath:
 
     def read_map(self, name: str) -> dict[bytes, bytes]:
         return self.maps[name].read_raw()
+
+
+def lb_map_defines(lb_map_max: int) -> dict[str, int]:
+    """The -D sizes of bpf.lbMapMax (Cilium's --bpf-lb-map-max): the service and backend maps
+    (a service takes 1 + backends entries); the reverse NAT and Maglev maps are keyed by a 16-bit
+    service id and stay at 65,536. Empty at the default, so the build stamp stays the same."""
+    if lb_map_max == abi.LB_SERVICE_MAP_MAX_ENTRIES:
+        return {}
+    return {"LB_SERVICE_MAP_MAX_ENTRIES": lb_map_max, "LB_BACKENDS_MAP_MAX_ENTRIES": lb_map_max}
 
 
 def _pinned_map_ids(pin_dir: str) -> set[int]:

@@ -2,7 +2,7 @@
 (datapath/bpfsys.py RawMap: bytes in, bytes out), so abi.py stays the one Python description of
 each struct and a map opens the same way from a BCC table (tests) or from its bpffs pin (agent).
 
-MAP_SPECS names every map the agent reads or writes with its BPF map type and its key and value
+MAP_SPECS names every map the agent reads or writes with its size, BPF map type and key and value
 mirrors (tests/bpf/test_loader_adopt.py checks them against what BCC compiled).
 
 API:
@@ -11,8 +11,9 @@ API:
                                     count(operation, outcome, n) (writes made on .table: a batch)
     open_maps(bpf_obj, on_op)       typed handles on a compiled BCC object's maps
     open_pinned(pin_dir, on_op)     typed handles on the maps pinned under pin_dir (no BCC)
-    pin_layout_problem(path, spec)  why a pinned map cannot serve as spec (type, key, value size)
-    drop_stale_pins(pin_dir)        unlink the map pins of another layout (before a compile)
+    pin_layout_problem(path, spec, defines)   why a pinned map cannot serve as spec (type, key or
+                                    value size, entries)
+    drop_stale_pins(pin_dir, defines)   unlink the map pins of another layout (before a compile)
     metrics_totals(m)               cilium_metrics summed over CPUs
 """
 from __future__ import annotations
@@ -32,9 +33,16 @@ OpHook = Callable[[str, str, str, int], None]   # (map_name, operation, outcome,
 @dataclass(frozen=True)
 class MapSpec:
     name: str
+    size: int | str     # max entries: a number, or the bpf/abi.h size constant (-D overridable)
     kind: int           # the BPF map type (bpfsys.MAP_*), as bpf/lib/maps.h declares it
     key: type
     value: type
+
+    def max_entries(self, defines: dict | None = None) -> int:
+        """The size a compile with these -D defines gives the map."""
+        if isinstance(self.size, int):
+            return self.size
+        return int((defines or {}).get(self.size, getattr(abi, self.size)))
 
     @property
     def percpu(self) -> bool:
@@ -42,28 +50,42 @@ class MapSpec:
 
 
 MAP_SPECS = {s.name: s for s in (
-    MapSpec("cilium_lxc", bpfsys.MAP_HASH, abi.EndpointKey, abi.EndpointInfo),
-    MapSpec("dp_ep_ifindex", bpfsys.MAP_HASH, abi.EpIfindexKey, abi.EndpointInfo),
-    MapSpec("cilium_metrics", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key, abi.MetricsValue),
-    MapSpec("cilium_ipcache", bpfsys.MAP_LPM_TRIE, abi.IpcacheKey, abi.RemoteEndpointInfo),
-    MapSpec("dp_node_config", bpfsys.MAP_ARRAY, abi.U32Key, abi.NodeConfig),
-    MapSpec("cilium_lb4_services_v2", bpfsys.MAP_HASH, abi.Lb4Key, abi.Lb4Service),
-    MapSpec("cilium_lb4_backends_v3", bpfsys.MAP_HASH, abi.Lb4BackendKey, abi.Lb4Backend),
-    MapSpec("cilium_lb4_reverse_nat", bpfsys.MAP_HASH, abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
-    MapSpec("cilium_lb4_maglev", bpfsys.MAP_HASH, abi.Lb4ReverseNatKey, abi.Lb4MaglevLut),
-    MapSpec("cilium_lb4_affinity", bpfsys.MAP_LRU_HASH, abi.Lb4AffinityKey, abi.LbAffinityVal),
-    MapSpec("cilium_snat_v4_external", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.Ipv4NatEntry),
-    MapSpec("cilium_ipmasq_v4", bpfsys.MAP_LPM_TRIE, abi.IpmasqKey, abi.U8Value),
-    MapSpec("cilium_ct4_global", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.CtEntry),
-    MapSpec("cilium_ct_any4_global", bpfsys.MAP_LRU_HASH, abi.Ipv4CtTuple, abi.CtEntry),
-    MapSpec("cilium_l2_responder_v4", bpfsys.MAP_HASH, abi.L2ResponderV4Key,
-            abi.L2ResponderV4Stats),
-    MapSpec("dp_netdev", bpfsys.MAP_HASH, abi.U32Key, abi.NetdevInfo),
-    MapSpec("dp_agent_liveness", bpfsys.MAP_ARRAY, abi.U32Key, abi.AgentLiveness),
-    MapSpec("cilium_policy_v2", bpfsys.MAP_LPM_TRIE, abi.PolicyKey, abi.PolicyEntry),
-    MapSpec("cilium_ipv4_frag_datagrams", bpfsys.MAP_LRU_HASH, abi.Ipv4FragId,
-            abi.Ipv4FragL4Ports),
-    MapSpec("dp_policy_revision", bpfsys.MAP_ARRAY, abi.U32Key, abi.PolicyRevision),
+    MapSpec("cilium_lxc", "ENDPOINTS_MAP_SIZE", bpfsys.MAP_HASH,
+            abi.EndpointKey, abi.EndpointInfo),
+    MapSpec("dp_ep_ifindex", "ENDPOINTS_MAP_SIZE", bpfsys.MAP_HASH,
+            abi.EpIfindexKey, abi.EndpointInfo),
+    MapSpec("cilium_metrics", "METRICS_MAP_SIZE", bpfsys.MAP_PERCPU_ARRAY,
+            abi.U32Key, abi.MetricsValue),
+    MapSpec("cilium_ipcache", "IPCACHE_MAP_SIZE", bpfsys.MAP_LPM_TRIE,
+            abi.IpcacheKey, abi.RemoteEndpointInfo),
+    MapSpec("dp_node_config", 1, bpfsys.MAP_ARRAY, abi.U32Key, abi.NodeConfig),
+    MapSpec("cilium_lb4_services_v2", "LB_SERVICE_MAP_MAX_ENTRIES", bpfsys.MAP_HASH,
+            abi.Lb4Key, abi.Lb4Service),
+    MapSpec("cilium_lb4_backends_v3", "LB_BACKENDS_MAP_MAX_ENTRIES", bpfsys.MAP_HASH,
+            abi.Lb4BackendKey, abi.Lb4Backend),
+    MapSpec("cilium_lb4_reverse_nat", "LB_REV_NAT_MAP_MAX_ENTRIES", bpfsys.MAP_HASH,
+            abi.Lb4ReverseNatKey, abi.Lb4ReverseNat),
+    MapSpec("cilium_lb4_maglev", "LB_MAGLEV_MAP_MAX_ENTRIES", bpfsys.MAP_HASH,
+            abi.Lb4ReverseNatKey, abi.Lb4MaglevLut),
+    MapSpec("cilium_lb4_affinity", "LB_AFFINITY_MAP_MAX_ENTRIES", bpfsys.MAP_LRU_HASH,
+            abi.Lb4AffinityKey, abi.LbAffinityVal),
+    MapSpec("cilium_snat_v4_external", "SNAT_MAPPING_IPV4_SIZE", bpfsys.MAP_LRU_HASH,
+            abi.Ipv4CtTuple, abi.Ipv4NatEntry),
+    MapSpec("cilium_ipmasq_v4", "IPMASQ_MAP_SIZE", bpfsys.MAP_LPM_TRIE,
+            abi.IpmasqKey, abi.U8Value),
+    MapSpec("cilium_ct4_global", "CT_MAP_SIZE_TCP", bpfsys.MAP_LRU_HASH,
+            abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_ct_any4_global", "CT_MAP_SIZE_ANY", bpfsys.MAP_LRU_HASH,
+            abi.Ipv4CtTuple, abi.CtEntry),
+    MapSpec("cilium_l2_responder_v4", "L2_RESPONDER_MAP4_SIZE", bpfsys.MAP_HASH,
+            abi.L2ResponderV4Key, abi.L2ResponderV4Stats),
+    MapSpec("dp_netdev", "NETDEV_MAP_SIZE", bpfsys.MAP_HASH, abi.U32Key, abi.NetdevInfo),
+    MapSpec("dp_agent_liveness", 1, bpfsys.MAP_ARRAY, abi.U32Key, abi.AgentLiveness),
+    MapSpec("cilium_policy_v2", "POLICY_MAP_SIZE", bpfsys.MAP_LPM_TRIE,
+            abi.PolicyKey, abi.PolicyEntry),
+    MapSpec("cilium_ipv4_frag_datagrams", "IPV4_FRAG_DATAGRAMS_MAP_SIZE", bpfsys.MAP_LRU_HASH,
+            abi.Ipv4FragId, abi.Ipv4FragL4Ports),
+    MapSpec("dp_policy_revision", 1, bpfsys.MAP_ARRAY, abi.U32Key, abi.PolicyRevision),
 )}
 
 
@@ -164,9 +186,10 @@ def open_pinned(pin_dir: str, on_op: OpHook | None = None) -> dict[str, TypedMap
     return out
 
 
-def pin_layout_problem(path: str, spec: MapSpec) -> str | None:
-    """Why the map pinned at path cannot serve as spec (another type, key or value size: a pin
-    left by an older version), or None when it can (or nothing is pinned there)."""
+def pin_layout_problem(path: str, spec: MapSpec, defines: dict | None = None) -> str | None:
+    """Why the map pinned at path cannot serve as spec compiled with these -D defines (another
+    type, key or value size, or number of entries: a pin left by an older version or another
+    setting), or None when it can (or nothing is pinned there)."""
     try:
         raw = RawMap.from_pin(path, name=spec.name)
     except BPFObjectError as e:
@@ -175,24 +198,26 @@ def pin_layout_problem(path: str, spec: MapSpec) -> str | None:
         raise
     try:
         info = raw.info
-        want = (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value))
-        have = (info.type, info.key_size, info.value_size)
+        want = (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+                spec.max_entries(defines))
+        have = (info.type, info.key_size, info.value_size, info.max_entries)
         if have == want:
             return None
-        return f"type {have[0]}, key {have[1]} B, value {have[2]} B pinned; " \
-               f"the programs declare type {want[0]}, key {want[1]} B, value {want[2]} B"
+        what = "type {}, key {} B, value {} B, {} entries"
+        return f"{what.format(*have)} pinned; the programs declare {what.format(*want)}"
     finally:
         raw.close()
 
 
-def drop_stale_pins(pin_dir: str) -> list[str]:
-    """Unlink every map pin in pin_dir whose layout the current programs do not declare, so a
-    compile creates the map anew instead of failing on (or silently misreading) the old one.
-    Programs still running keep their own reference. Returns "name: why" for each one."""
+def drop_stale_pins(pin_dir: str, defines: dict | None = None) -> list[str]:
+    """Unlink every map pin in pin_dir whose layout a compile with these -D defines would not
+    declare, so the compile creates the map anew instead of failing on (or silently misreading,
+    or keeping the old size of) the old one. Programs still running keep their own reference.
+    Returns "name: why" for each one."""
     dropped = []
     for name, spec in MAP_SPECS.items():
         path = os.path.join(pin_dir, name)
-        why = pin_layout_problem(path, spec)
+        why = pin_layout_problem(path, spec, defines)
         if why:
             os.unlink(path)
             dropped.append(f"{name}: {why}")

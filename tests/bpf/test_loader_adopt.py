@@ -127,18 +127,21 @@ def test_map_specs_declare_what_bcc_compiled(first):
     check compares pins against them)."""
     for name, m in first.maps.items():
         spec = MAP_SPECS[name]
-        assert (m.table.info.type, m.table.key_size, m.table.value_size) == \
-            (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value)), name
+        assert (m.table.info.type, m.table.key_size, m.table.value_size, m.max_entries) == \
+            (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+             spec.max_entries()), name
         assert pin_layout_problem(os.path.join(first.pin_dir, name), spec) is None
 
 
 def test_pins_of_an_older_layout_are_dropped_and_made_anew(first, pin_dir):
     """An upgrade whose maps changed layout (cilium_metrics was a per-CPU hash keyed by 8 bytes,
-    dp_ep_ifindex held an 8-byte endpoint key): the old pins would fail the verifier or be
-    misread, so the compile drops them and pins new ones; the other maps stay."""
+    dp_ep_ifindex held an 8-byte endpoint key), with bpf.lbMapMax raised at the same time: the
+    old pins would fail the verifier, be misread or keep their old size, so the compile drops
+    them and pins new ones; the other maps stay."""
     old = {"cilium_metrics": (bpfsys.MAP_PERCPU_HASH, 8, 16, 1024),
            "dp_ep_ifindex": (bpfsys.MAP_HASH, 4, 8, 65535)}
-    kept = {n: m.table.info.id for n, m in first.maps.items() if n not in old}
+    resized = {"cilium_lb4_services_v2", "cilium_lb4_backends_v3"}
+    kept = {n: m.table.info.id for n, m in first.maps.items() if n not in set(old) | resized}
     held = []
     for name, (kind, ks, vs, n) in old.items():
         os.unlink(os.path.join(pin_dir, name))
@@ -146,14 +149,17 @@ def test_pins_of_an_older_layout_are_dropped_and_made_anew(first, pin_dir):
         bpfsys.obj_pin(held[-1].fd, os.path.join(pin_dir, name))
     assert "key 8 B" in pin_layout_problem(os.path.join(pin_dir, "cilium_metrics"),
                                            MAP_SPECS["cilium_metrics"])
-    dp = NodeDatapath(pin_dir, defines={"DP_TEST_UNUSED_SETTING": 2})
-    assert not dp.adopted and sorted(d.split(":")[0] for d in dp.dropped_pins) == sorted(old)
+    dp = NodeDatapath(pin_dir, defines={"DP_TEST_UNUSED_SETTING": 2,
+                                        **loader.lb_map_defines(131072)})
+    assert not dp.adopted
+    assert sorted(d.split(":")[0] for d in dp.dropped_pins) == sorted(set(old) | resized)
+    assert all(dp.maps[n].max_entries == 131072 for n in resized)
     assert "another layout" in dp.why_compiled
     for name in old:
         info = dp.maps[name].table.info
         assert info.id != held[0].info.id and info.id != held[1].info.id
         assert pin_layout_problem(os.path.join(pin_dir, name), MAP_SPECS[name]) is None
-    assert {n: m.table.info.id for n, m in dp.maps.items() if n not in old} == kept
+    assert {n: m.table.info.id for n, m in dp.maps.items() if n not in set(old) | resized} == kept
     m = dp.maps["cilium_metrics"]            # the array the programs count in
     m.update(abi.U32Key(abi.metrics_index(abi.REASON_FORWARDED, abi.METRIC_EGRESS)),
              abi.MetricsValue(count=2, bytes=128))

@@ -405,7 +405,7 @@ def test_restart_keys() -> None:
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
                             "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize",
-                            "l2announcements.enabled"}
+                            "l2announcements.enabled", "bpf.lbMapMax"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 
@@ -494,6 +494,8 @@ def test_service_keys(tmp_path):
     ("nodePort: {range: '30000'}\n", "nodePort.range"),
     ("bpf: {natPortRange: '30500-31000'}\n", "nodePort.range"),
     ("maglev: {tableSize: 1000}\n", "maglev.tableSize"),
+    ("bpf: {lbMapMax: 1000}\n", "bpf.lbMapMax"),                     # below Cilium's default
+    ("bpf: {lbMapMax: '128k'}\n", "bpf.lbMapMax"),
 ])
 def test_masquerade_key_errors(tmp_path, extra, key):
     p = tmp_path / "m.yaml"
@@ -501,6 +503,14 @@ def test_masquerade_key_errors(tmp_path, extra, key):
     with pytest.raises(ConfigError) as e:
         load_config(str(p))
     assert e.value.key == key
+
+
+def test_lb_map_max_sizes_the_service_and_backend_maps(tmp_path):
+    from datapath.loader import lb_map_defines
+    assert cfg(tmp_path).lbMapMax == 65536 and lb_map_defines(65536) == {}
+    c = cfg(tmp_path, bpf={"lbMapMax": 131072})
+    assert lb_map_defines(c.lbMapMax) == {"LB_SERVICE_MAP_MAX_ENTRIES": 131072,
+                                          "LB_BACKENDS_MAP_MAX_ENTRIES": 131072}
 
 
 def test_l2_announcement_defaults_are_ciliums(tmp_path):

@@ -128,22 +128,9 @@ def _endpoints(m) -> None:
 
 
 def _service(m, addr, port, rev_nat, backends, flags=0) -> None:
-    """A frontend (EXT scope, random) whose slots hold backends [(id, ip, port)]."""
-    from datapath import abi
-    key = abi.Lb4Key(address=abi.ip4_to_be32(addr), dport=abi.be16(port), proto=6)
-    for bid, ip, bport in backends:
-        m["cilium_lb4_backends_v3"].update(abi.Lb4BackendKey(bid), abi.Lb4Backend(
-            address=abi.ip4_to_be32(ip), port=abi.be16(bport), proto=6))
-    for slot, (bid, _, _) in enumerate(backends, start=1):
-        k = abi.Lb4Key.from_bytes(bytes(key))
-        k.backend_slot = slot
-        m["cilium_lb4_services_v2"].update(k, abi.Lb4Service(backend_id=bid,
-                                                             rev_nat_index=rev_nat))
-    m["cilium_lb4_services_v2"].update(key, abi.Lb4Service(
-        count=len(backends), rev_nat_index=rev_nat, flags=flags,
-        backend_id=abi.LB_ALGORITHM_RANDOM << abi.LB_ALGORITHM_SHIFT))
-    m["cilium_lb4_reverse_nat"].update(abi.Lb4ReverseNatKey(rev_nat), abi.Lb4ReverseNat(
-        address=abi.ip4_to_be32(addr), port=abi.be16(port)))
+    """A TCP frontend (EXT scope, random) whose slots hold backends [(id, ip, port)]."""
+    from tests.bpf.services import frontend
+    frontend(m, backends, addr=addr, port=port, rev_nat=rev_nat, flags=flags)
 
 
 def _fill_xdp(m) -> None:

@@ -17,6 +17,7 @@ from datapath.maps import metrics_totals
 
 from . import packets as P
 from .conftest import mocked_object
+from . import services
 from .test_nat import EXT, NODE_IP, in_pkt, out_pkt, rebuilt, run, setup
 
 NODE_PORT = 30080
@@ -26,25 +27,11 @@ REMOTE_NODE = "192.168.10.101"
 REV_NAT = 21
 
 
-def frontend(m, backends, *, addr=NODE_IP, port=NODE_PORT, proto=6,
-             flags=abi.SVC_FLAG_NODEPORT | abi.SVC_FLAG_ROUTABLE, algo=abi.LB_ALGORITHM_RANDOM,
-             scope=abi.LB_LOOKUP_SCOPE_EXT, flags2=0, rev_nat=REV_NAT):
-    """A frontend (one scope) whose slots hold backends [(id, ip, port)]."""
-    key = abi.Lb4Key(address=abi.ip4_to_be32(addr), dport=abi.be16(port), proto=proto,
-                     scope=scope)
-    for bid, ip, bport in backends:
-        m["cilium_lb4_backends_v3"].update(abi.Lb4BackendKey(bid), abi.Lb4Backend(
-            address=abi.ip4_to_be32(ip), port=abi.be16(bport), proto=proto))
-    for slot, (bid, _, _) in enumerate(backends, start=1):
-        k = abi.Lb4Key.from_bytes(bytes(key))
-        k.backend_slot = slot
-        m["cilium_lb4_services_v2"].update(k, abi.Lb4Service(backend_id=bid,
-                                                             rev_nat_index=rev_nat))
-    m["cilium_lb4_services_v2"].update(key, abi.Lb4Service(
-        count=len(backends), rev_nat_index=rev_nat, flags=flags, flags2=flags2,
-        backend_id=algo << abi.LB_ALGORITHM_SHIFT))
-    m["cilium_lb4_reverse_nat"].update(abi.Lb4ReverseNatKey(rev_nat), abi.Lb4ReverseNat(
-        address=abi.ip4_to_be32(addr), port=abi.be16(port)))
+def frontend(m, backends, *, addr=NODE_IP, port=NODE_PORT,
+             flags=abi.SVC_FLAG_NODEPORT | abi.SVC_FLAG_ROUTABLE, rev_nat=REV_NAT, **kw):
+    """A NodePort frontend on the node's address (one scope) whose slots hold backends
+    [(id, ip, port)] (tests/bpf/services.py with this file's defaults)."""
+    services.frontend(m, backends, addr=addr, port=port, flags=flags, rev_nat=rev_nat, **kw)
 
 
 def remote_backend(m):

@@ -92,7 +92,8 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct lb4_p
 }
 
 /* Extend a mapping for this packet: TCP lives CT_CONNECTION_LIFETIME_TCP until a FIN or RST,
- * then only CT_CLOSE_TIMEOUT (the closing mark sticks); the rest CT_CONNECTION_LIFETIME_NONTCP. */
+ * then only CT_CLOSE_TIMEOUT (the closing mark sticks until a SYN opens a new connection on the
+ * tuple, as conntrack's ct_reopen); the rest CT_CONNECTION_LIFETIME_NONTCP. */
 static __always_inline void nat_refresh(struct ipv4_nat_entry *e, const struct lb4_pkt *pkt,
 					__u32 now)
 {
@@ -102,6 +103,8 @@ static __always_inline void nat_refresh(struct ipv4_nat_entry *e, const struct l
 	}
 	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		e->flags |= NAT_F_CLOSING;
+	else if ((pkt->tcp_flags & TCP_FLAG_SYN) && (e->flags & NAT_F_CLOSING))
+		e->flags &= ~NAT_F_CLOSING;     /* SYN or SYN-ACK: a new connection */
 	e->lifetime = now + ((e->flags & NAT_F_CLOSING) ? CT_CLOSE_TIMEOUT :
 			     CT_CONNECTION_LIFETIME_TCP);
 }

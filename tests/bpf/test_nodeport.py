@@ -7,6 +7,8 @@ a local backend, a ClusterIP from outside, two-scope frontends, and Maglev picki
 hash. Packets byte for byte."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -97,6 +99,32 @@ def test_remote_backend_gets_the_flow_snated_to_the_node_and_the_reply_goes_back
     # the next packet of the flow reuses both translations
     again = Ether(run(from_netdev, to_nodeport(sport=51002, flags="A")).data)
     assert (again[IP].src, again[TCP].sport, again[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
+
+
+def test_a_new_connection_on_a_closed_nodeport_tuple_reopens_its_nat_mapping(host,
+                                                                              from_netdev):
+    """A client reusing its port after closing (FIN both ways) through a remote backend: the new
+    SYN keeps the flow's NAT mapping and lifts its closing mark on both entries, so they live on
+    the connection lifetime again instead of expiring 10 s later under an idle connection."""
+    m = setup(host, masquerade=False)
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    nat_port = Ether(run(from_netdev, to_nodeport(sport=51010)).data)[TCP].sport
+    run(from_netdev, to_nodeport(sport=51010, flags="A"))
+    run(from_netdev, to_nodeport(sport=51010, flags="FA"))
+    run(from_netdev, in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=nat_port, flags="FA"),
+                            b""))
+    nat = m["cilium_snat_v4_external"]
+    assert len(nat) == 2 and all(e.flags & abi.NAT_F_CLOSING for _, e in nat.items())
+    assert all(e.lifetime - time.monotonic() <= abi.CT_CLOSE_TIMEOUT + 1 for _, e in nat.items())
+    out = Ether(run(from_netdev, to_nodeport(sport=51010)).data)      # the new SYN
+    assert (out[IP].src, out[TCP].sport, out[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
+    run(from_netdev, in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=nat_port, flags="SA"),
+                            b""))
+    assert len(nat) == 2
+    for _, e in nat.items():
+        assert not e.flags & abi.NAT_F_CLOSING
+        assert e.lifetime - time.monotonic() > abi.CT_CLOSE_TIMEOUT + 5
 
 
 MOCK_SET_TUNNEL_KEY = """

@@ -76,6 +76,9 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
     "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
     "maglev.tableSize", "l2announcements.enabled", "bpf.lbMapMax",
+    # read once at start (the tunnel device's MTU; the L2 announcer's leases)
+    "MTU", "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
+    "l2announcements.leaseRetryPeriod",
 })
 
 # bpf.lbMapMax bounds: Cilium's default is the floor; a service map of 2^24 entries is ~0.8 GiB

@@ -11,7 +11,7 @@ API:
     load_values(path) -> dict             a --values YAML file (a mapping, or empty)
     merge(base, over) -> dict             a deep copy of base with over merged in (a mapping
                                           merges key by key, anything else replaces; None
-                                          deletes the key)
+                                          deletes the key, and a section left empty by that)
     flatten(values) -> list[(key, value)] dotted keys, sorted, for display
     check_lab_owned(values, source)       ConfigError naming a key the lab sets per node
 """
@@ -40,6 +40,7 @@ LAB_OWNED: dict[str, str] = {
     "kvstoreOpt": "the topology decides the kvstore",
     "cluster.name": "the lab's cluster is 'default'",
     "prometheus.port": "`lab status` lists each agent's metrics URL on port 9962",
+    "prometheus.enabled": "`lab status` lists each agent's metrics URL",
 }
 
 _INT = re.compile(r"^[-+]?\d+$")
@@ -132,7 +133,11 @@ def merge(base: dict, over: dict, keep_none: bool = False) -> dict:
         if v is None and not keep_none:
             out.pop(k, None)
         elif isinstance(v, dict):
-            out[k] = merge(out[k] if isinstance(out.get(k), dict) else {}, v, keep_none)
+            sub = merge(out[k] if isinstance(out.get(k), dict) else {}, v, keep_none)
+            if sub or keep_none or not v:
+                out[k] = sub
+            else:
+                out.pop(k, None)        # its last value dropped: no empty section left
         else:
             out[k] = copy.deepcopy(v)
     return out

@@ -86,6 +86,10 @@ MAP_SPECS = {s.name: s for s in (
     MapSpec("cilium_ipv4_frag_datagrams", "IPV4_FRAG_DATAGRAMS_MAP_SIZE", bpfsys.MAP_LRU_HASH,
             abi.Ipv4FragId, abi.Ipv4FragL4Ports),
     MapSpec("dp_policy_revision", 1, bpfsys.MAP_ARRAY, abi.U32Key, abi.PolicyRevision),
+    MapSpec("dp_xdp_flow4", "XDP_FLOW_MAP_SIZE", bpfsys.MAP_LRU_HASH, abi.XdpFlow4Key,
+            abi.XdpFlow4),
+    MapSpec("dp_xdp_flow_stats", "XDP_FLOW_STATS", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key,
+            abi.U64Value),
 )}
 
 
@@ -201,8 +205,10 @@ def pin_layout_problem(path: str, spec: MapSpec, defines: dict | None = None) ->
         want = (spec.kind, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
                 spec.max_entries(defines))
         have = (info.type, info.key_size, info.value_size, info.max_entries)
-        if have == want:
-            return None
+        if have[:3] == want[:3] and (have[3] == want[3] or (
+                info.type == bpfsys.MAP_LRU_HASH and
+                want[3] <= have[3] < want[3] + bpfsys.possible_cpus())):
+            return None     # an LRU with per-CPU lists is rounded up to a multiple of the CPUs
         what = "type {}, key {} B, value {} B, {} entries"
         return f"{what.format(*have)} pinned; the programs declare {what.format(*want)}"
     finally:

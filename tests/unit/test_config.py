@@ -396,7 +396,7 @@ def test_changed_keys_dotted(tmp_path: Path) -> None:
     changed = changed_keys(a, b)
     assert changed == {"ipam.podCIDR", "bpf.masquerade", "loadBalancer.algorithm", "MTU",
                        "debug.enabled", "devices"}
-    assert changed & RESTART_KEYS == {"ipam.podCIDR", "devices"}
+    assert changed & RESTART_KEYS == {"ipam.podCIDR", "devices", "MTU"}
     assert changed_keys(b, a) == changed
 
 
@@ -405,7 +405,9 @@ def test_restart_keys() -> None:
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
                             "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize",
-                            "l2announcements.enabled", "bpf.lbMapMax"}
+                            "l2announcements.enabled", "bpf.lbMapMax", "MTU",
+                            "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
+                            "l2announcements.leaseRetryPeriod"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 

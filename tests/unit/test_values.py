@@ -35,6 +35,9 @@ def test_merge_is_deep_and_null_drops_a_key():
     assert out == {"bpf": {"masquerade": False, "natPortRange": "40000-40100"}}
     assert kept == {"bpf": {"masquerade": False}, "loadBalancer": {"algorithm": "maglev"}}
     assert merge({}, {"a": {"b": None, "c": 1}}) == {"a": {"c": 1}}
+    assert merge({"lb": {"algorithm": "maglev"}}, {"lb": {"algorithm": None}}) == {}
+    assert merge({"a": {"b": {"c": 1}, "d": 2}}, {"a": {"b": {"c": None}}}) == {"a": {"d": 2}}
+    assert merge({}, {"ipMasqAgent": {}}) == {"ipMasqAgent": {}}      # given empty: kept
     assert merge({}, {"a": {"b": None}}, keep_none=True) == {"a": {"b": None}}
 
 

@@ -70,7 +70,8 @@ for _args in (
         ("bpf_lxc.c", "lxc_obj", "lxc", {"from_container": ("cil_from_container", "tc"),
                                          "to_container": ("cil_to_container", "tc")}),
         ("bpf_host.c", "host_obj", "host", {"from_netdev": ("cil_from_netdev", "tc"),
-                                            "to_netdev": ("cil_to_netdev", "tc")}),
+                                            "to_netdev": ("cil_to_netdev", "tc"),
+                                            "to_netdev_nomasq": ("cil_to_netdev_nomasq", "tc")}),
         ("bpf_xdp.c", "xdp_obj", "xdp", {"xdp_entry": ("cil_xdp_entry", "xdp")}),
         ("bpf_overlay.c", "overlay_obj", "overlay", {"from_overlay": ("cil_from_overlay", "tc")})):
     globals().update({f"_fx_{k}": v for k, v in _program(*_args).items()})

@@ -11,8 +11,8 @@ import pytest
 
 from datapath import bpfsys
 
-PROGRAMS = ("from_container", "to_container", "from_netdev", "to_netdev", "xdp_entry",
-            "from_overlay")
+PROGRAMS = ("from_container", "to_container", "from_netdev", "to_netdev", "to_netdev_nomasq",
+            "xdp_entry", "from_overlay")
 GENERIC = re.compile(r"call (bpf_map_(?:lookup|update|delete)_elem)#")
 
 

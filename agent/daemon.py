@@ -304,8 +304,7 @@ class Agent:
             else:
                 res = self.rec.flush(self.dp, on_error)
             self.metrics.reconciled(full, res)
-            if any(op.target == "cilium_policy_v2" for op in res.ops) or \
-                    not self.policy.revision(self.dp):
+            if "cilium_policy_v2" in res.by_target() or not self.policy.revision(self.dp):
                 self.policy.bump_revision(self.dp)     # after the writes: re-decide flows
             self._last_sync = time.monotonic()
             self.policy.applied(not res.failed)

@@ -124,7 +124,8 @@ class DesiredBuilder:
 
         if self._cluster_key != a.cluster_gen:
             self._cluster_key = a.cluster_gen
-            key, info, be32 = abi.IpcacheKey.pack, abi.RemoteEndpointInfo.pack, abi.ip4_to_be32
+            key, info = abi.packer(abi.IpcacheKey).pack, abi.packer(abi.RemoteEndpointInfo).pack
+            be32 = services.be32        # (cached: a node's address repeats for all its pods)
             host32 = abi.IPCACHE_PREFIX_BASE + 32
             self._cluster_rows = {key(host32, 0, abi.ENDPOINT_KEY_IPV4, be32(ip)):
                                   info(int(r["identity"]), be32(r["hostIP"]), 0, 0, 0)

@@ -92,15 +92,21 @@ class Reconciler:
         else:
             self.sections[sid] = section
         if not old.maps:                           # a new section: every key is new to it
+            desired, pending = self.desired, self.pending
             for m, now in new.maps.items():
-                want, refs = self.desired[m], self.refs[m]
+                want = desired[m]
                 if want:
-                    for k in now.keys() & want.keys():
-                        refs[k] = refs.get(k, 0) + 1
+                    shared = now.keys() & want.keys()
+                    if shared:
+                        refs = self.refs[m]
+                        for k in shared:
+                            refs[k] = refs.get(k, 0) + 1
                 want.update(now)
-                self.pending[m].update(now)
-            self.late.difference_update(old.late)
-            self.late.update(new.late)
+                pending[m].update(now)
+            if old.late:
+                self.late.difference_update(old.late)
+            if new.late:
+                self.late.update(new.late)
             return
         for m in old.maps.keys() | new.maps.keys():
             was, now = old.maps.get(m, {}), new.maps.get(m, {})
@@ -203,16 +209,17 @@ class Reconciler:
         for op, _ in failed:
             if op.kind.startswith("map"):
                 self.pending[op.target].add(op.key)
-        written = self.written
+        written, by_target = self.written, Counter()     # (Result.by_target, counted here)
         for (kind, target), run in itertools.groupby(ops, _KIND_TARGET):
+            run = list(run)
+            by_target[target if kind[0] == "m" else kind.split("_")[0]] += len(run)
             if kind == "map_update" and not bad:      # (the bulk of a full plan: C speed)
-                run = list(run)
                 written[target].update(zip(map(_KEY, run), map(_VALUE, run)))
                 continue
             for op in run:
                 if id(op) not in bad:
                     self._record(op)
-        return Result(ops, failed, time.perf_counter() - t0)
+        return Result(ops, failed, time.perf_counter() - t0, dict(by_target))
 
     def flush(self, dp, on_error: Callable[[Op, Exception], None] | None = None) -> Result:
         """Apply what changed since the last flush (and retry what failed then)."""

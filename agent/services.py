@@ -292,8 +292,11 @@ class _Index:
 
     def __init__(self, manifests):
         self.by_label: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
-        for pod in manifests.pods.values():
-            self.replace_pod(None, pod)
+        by_label = self.by_label
+        for pod in manifests.pods.values():       # replace_pod(None, pod), inlined (30k pods)
+            ns, key = pod.namespace, pod.key
+            for k, v in pod.labels:
+                by_label[(ns, k, v)][key] = pod
         self.slices: dict[tuple[str, str], dict[str, object]] = defaultdict(dict)
         for sl in manifests.endpointslices.values():
             self.replace_slice(None, sl)
@@ -341,15 +344,18 @@ def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int
     out = []
     if svc.selector is not None:
         local_ips = view.local_ips
-        number = port.targetPort if isinstance(port.targetPort, int) else None
+        target = port.targetPort
+        number = target if isinstance(target, int) else None
         for pod in index.selected(svc):
-            ip = pod_ips.get(pod.key)
+            key = pod.key
+            ip = pod_ips.get(key)
             if ip is None or not pod.ready:
                 continue
             tp = number if number is not None else _target_port(pod, port)
-            if tp is not None:
-                out.append((ip, tp, pod.key, _TERMINATING if pod.terminating else _ACTIVE,
-                            ip in local_ips))
+            if tp is None:
+                continue
+            out.append((ip, tp, key, _TERMINATING if pod.terminating else _ACTIVE,
+                        ip in local_ips))
         return out
     for sl in index.slices_of(svc):
         ports = [p for p in sl.ports if p.protocol == port.protocol and
@@ -383,8 +389,19 @@ def _frontends(svc, i, port, vip, lb_ip, node_port, view) -> list[tuple[str, str
 
 _ACTIVE, _TERMINATING = abi.BE_STATE_ACTIVE, abi.BE_STATE_TERMINATING
 _STATE_NAMES = {_ACTIVE: "active", _TERMINATING: "terminating"}
+# the struct.Structs' bound packs (no classmethod per key: 16 packs a service), and each
+# address's / port's native integer computed once (backends and frontends repeat them)
 _PACK_KEY, _PACK_SVC, _PACK_BE_KEY, _PACK_BE, _PACK_RN_KEY, _PACK_RN = (
-    _KEY.pack, _SVC.pack, _BE_KEY.pack, _BE.pack, _RN_KEY.pack, _RN.pack)
+    abi.packer(c).pack for c in (_KEY, _SVC, _BE_KEY, _BE, _RN_KEY, _RN))
+be32 = functools.lru_cache(maxsize=1 << 17)(abi.ip4_to_be32)   # (desired.py too)
+_be16 = functools.lru_cache(maxsize=1 << 16)(abi.be16)
+
+
+_SVC_MAP, _BE_MAP, _RN_MAP, _MG_MAP = SERVICE_MAPS
+_SCOPE_EXT, _SCOPE_INT = abi.LB_LOOKUP_SCOPE_EXT, abi.LB_LOOKUP_SCOPE_INT
+_ROUTABLE, _EXT_LOCAL, _AFFINITY = (abi.SVC_FLAG_ROUTABLE, abi.SVC_FLAG_EXT_LOCAL_SCOPE,
+                                    abi.SVC_FLAG_AFFINITY)
+_INT_LOCAL, _TWO_SCOPES = abi.SVC_FLAG2_INT_LOCAL_SCOPE, abi.SVC_FLAG2_TWO_SCOPES
 
 
 def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
@@ -394,18 +411,20 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
     be_map: dict[bytes, bytes] = {}
     rn_map: dict[bytes, bytes] = {}
     mg_map: dict[bytes, bytes] = {}
-    late = set()
-    be32, be16 = abi.ip4_to_be32, abi.be16
+    late = []
+    pack_key, pack_svc, pack_be_key, pack_be = _PACK_KEY, _PACK_SVC, _PACK_BE_KEY, _PACK_BE
     backend_id, service_id = ids.backend, ids.service
     known_backends, known_services = ids.table["backends"], ids.table["services"]
     out_backends, out_addresses, out_frontends = out.backends, out.addresses, out.frontends
     listing = out.listing
+    skey = svc.key
     int_local = svc.internalTrafficPolicy == "Local"
     ext_local = svc.externalTrafficPolicy == "Local"
     affinity = svc.sessionAffinity == "ClientIP"
-    algo = abi.LB_ALGORITHM_MAGLEV if view.algorithm == "maglev" else abi.LB_ALGORITHM_RANDOM
+    maglev_on = view.algorithm == "maglev"
+    algo = abi.LB_ALGORITHM_MAGLEV if maglev_on else abi.LB_ALGORITHM_RANDOM
     head_word = (algo << abi.LB_ALGORITHM_SHIFT) | (svc.affinityTimeout if affinity else 0)
-    traffic = {"external": svc.externalTrafficPolicy, "internal": svc.internalTrafficPolicy}
+    plain = not (lb_ip or svc.externalIPs or svc.type != "ClusterIP")
     for i, port in enumerate(svc.ports):
         pname = port.protocol
         proto = PROTO[pname]
@@ -415,10 +434,11 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
             bid = known_backends.get(bkey) or backend_id(bkey)    # (ids start at 1)
             out_backends.add(bkey)
             out_addresses.add(ip)
-            be_map[_PACK_BE_KEY(bid)] = _PACK_BE(be32(ip), be16(tp), proto, state, 0, 0)
-            listed.append({"id": bid, "address": bkey, "pod": who, "state": _STATE_NAMES[state],
-                           "local": local})
-            if state == _ACTIVE:                  # terminating: no slot, no new flows
+            be_map[pack_be_key(bid)] = pack_be(be32(ip), _be16(tp), proto, state, 0, 0)
+            active = state == _ACTIVE
+            listed.append({"id": bid, "address": bkey, "pod": who,
+                           "state": "active" if active else _STATE_NAMES[state], "local": local})
+            if active:                            # terminating: no slot, no new flows
                 backends.append((bid, bkey, local))
         if int_local or ext_local:
             local = [b for b in backends if b[2]]
@@ -426,37 +446,39 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
             external = local if ext_local else backends
         else:
             internal = external = backends
-        svc_port = f"{svc.key}:{port.port}/{pname}"
-        if lb_ip or svc.externalIPs or svc.type != "ClusterIP":
-            frontends = _frontends(svc, i, port, vip, lb_ip, nps.get((svc.key, i)), view)
-        else:                                     # (the common case, without the call)
-            frontends = [("ClusterIP", vip, port.port, 0)] if vip else []
+        svc_port = f"{skey}:{port.port}/{pname}"
+        if plain:                                 # (the common case, without the call)
+            frontends = (("ClusterIP", vip, port.port, 0),) if vip else ()
+        else:
+            frontends = _frontends(svc, i, port, vip, lb_ip, nps.get((skey, i)), view)
         for kind, addr, fport, flags in frontends:
             fe = svc_port if kind == "ClusterIP" else f"{svc_port} {kind} {addr}:{fport}"
             sid = known_services.get(fe) or service_id(fe)
             out_frontends.add(fe)
-            flags2 = abi.SVC_FLAG2_INT_LOCAL_SCOPE if int_local else 0
+            flags2 = _INT_LOCAL if int_local else 0
             if kind == "ClusterIP":
-                scopes = [(abi.LB_LOOKUP_SCOPE_EXT, internal)]
+                scopes = ((_SCOPE_EXT, internal),)
             else:
-                flags |= abi.SVC_FLAG_ROUTABLE
+                flags |= _ROUTABLE
                 if ext_local:
-                    flags |= abi.SVC_FLAG_EXT_LOCAL_SCOPE
-                scopes = [(abi.LB_LOOKUP_SCOPE_EXT, external)]
+                    flags |= _EXT_LOCAL
+                scopes = ((_SCOPE_EXT, external),)
                 if internal != external:          # pods here see the internal set
-                    flags2 |= abi.SVC_FLAG2_TWO_SCOPES
-                    scopes.append((abi.LB_LOOKUP_SCOPE_INT, internal))
+                    flags2 |= _TWO_SCOPES
+                    scopes += ((_SCOPE_INT, internal),)
             if affinity:
-                flags |= abi.SVC_FLAG_AFFINITY
-            a, dp = be32(addr), be16(fport)
+                flags |= _AFFINITY
+            a, dp = be32(addr), _be16(fport)
             for scope, chosen in scopes:
-                for slot, (bid, _, _) in enumerate(chosen, start=1):
-                    svc_map[_PACK_KEY(a, dp, slot, proto, scope)] = _PACK_SVC(bid, 0, sid, 0, 0, 0)
-                head = _PACK_KEY(a, dp, 0, proto, scope)
-                svc_map[head] = _PACK_SVC(head_word, len(chosen), sid, flags, flags2, 0)
-                late.add(("cilium_lb4_services_v2", head))
+                slot = 0
+                for bid, _, _ in chosen:
+                    slot += 1
+                    svc_map[pack_key(a, dp, slot, proto, scope)] = pack_svc(bid, 0, sid, 0, 0, 0)
+                head = pack_key(a, dp, 0, proto, scope)
+                svc_map[head] = pack_svc(head_word, slot, sid, flags, flags2, 0)
+                late.append((_SVC_MAP, head))
             rn_key = _PACK_RN_KEY(sid)
-            if algo == abi.LB_ALGORITHM_MAGLEV:
+            if maglev_on:
                 # one table a frontend: its external backend set (the internal scope of a
                 # two-scope service is picked at random: few flows, all from this node)
                 table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
@@ -465,21 +487,25 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
             rn_map[rn_key] = _PACK_RN(a, dp)
             chosen = scopes[0][1]
             if len(chosen) == len(listed) or not listed:  # every listed backend is in the set
-                rows = list(listed)
+                rows = listed[:]
             else:
-                active = {c[0] for c in chosen}
-                rows = [b for b in listed if b["state"] != "active" or b["id"] in active]
+                active_ids = {c[0] for c in chosen}
+                rows = [b for b in listed if b["state"] != "active" or b["id"] in active_ids]
             listing.append({
                 "id": sid, "frontend": f"{addr}:{fport}/{pname}",
-                "service": svc.key, "type": kind,
+                "service": skey, "type": kind,
                 "sessionAffinity": svc.sessionAffinity,
-                "trafficPolicy": dict(traffic), "backends": rows})
-    maps = {}
-    for name, entries in (("cilium_lb4_services_v2", svc_map), ("cilium_lb4_backends_v3", be_map),
-                          ("cilium_lb4_reverse_nat", rn_map), ("cilium_lb4_maglev", mg_map)):
-        if entries:
-            maps[name] = entries
-    out.maps = maps
+                "trafficPolicy": {"external": svc.externalTrafficPolicy,
+                                  "internal": svc.internalTrafficPolicy}, "backends": rows})
+    maps = out.maps
+    if svc_map:
+        maps[_SVC_MAP] = svc_map
+    if be_map:
+        maps[_BE_MAP] = be_map
+    if rn_map:
+        maps[_RN_MAP] = rn_map
+    if mg_map:
+        maps[_MG_MAP] = mg_map
     out.late = frozenset(late)
     return out
 
@@ -624,6 +650,15 @@ class ServicePlanner:
 
     def _account(self, key: str, old: _Built | None, new: _Built | None) -> None:
         """Id and address bookkeeping for one rebuilt service."""
+        if old is None and new is not None:      # a new service (all of a cold build)
+            for kind, keys in (("services", new.frontends), ("backends", new.backends)):
+                users = self._users[kind]
+                for k in keys:
+                    users[k] += 1
+            by_address = self._by_address
+            for ip in new.addresses:
+                by_address[ip].add(key)
+            return
         for b, sign in ((old, -1), (new, 1)):
             if b is None:
                 continue

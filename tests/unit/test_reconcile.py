@@ -69,6 +69,24 @@ def test_late_keys_are_written_after_the_rest_of_their_map():
     assert [o.key for o in ops] == [b"\x01", b"\x02", b"\x00"]
 
 
+def test_a_cold_plan_writes_every_key_in_the_desired_order_late_keys_last():
+    # into empty maps no key is compared or sorted: the desired state's order, late keys last
+    # (sorted), the policy map first; counter and owned-prefix maps get every key too
+    want = DatapathState(maps={"svc": {b"\x09": b"a", b"\x00": b"head", b"\x03": b"b"},
+                               "cnt": {b"z": b"0", b"y": b"0"},
+                               "cilium_policy_v2": {b"p2": b"v" * 8, b"p1": b"w" * 8}},
+                         late={("svc", b"\x00"), ("svc", b"\x77")}, counters={"cnt"},
+                         owned_prefix={"cilium_policy_v2": 4})
+    ops = plan(want, DatapathState())
+    assert [(o.kind, o.target, o.key) for o in ops] == [
+        ("map_update", "cilium_policy_v2", b"p2"), ("map_update", "cilium_policy_v2", b"p1"),
+        ("map_update", "cnt", b"z"), ("map_update", "cnt", b"y"),
+        ("map_update", "svc", b"\x09"), ("map_update", "svc", b"\x03"),
+        ("map_update", "svc", b"\x00")]
+    assert ops[-1].value == b"head"
+    assert plan(want, DatapathState(maps={m: dict(v) for m, v in want.maps.items()})) == []
+
+
 def test_tunnel_routes_encapsulate_to_the_far_node_and_read_back_alike(monkeypatch):
     from agent import reconcile
     assert reconcile.route_argv("replace", "172.20.1.0/24", "192.168.10.101", "eth1") == \

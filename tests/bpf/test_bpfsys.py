@@ -127,7 +127,7 @@ def test_percpu_values_hold_every_cpu(privileged):
     assert m.read_raw() == {_u32(7): value}
     # through TypedMap: one value per CPU, or one value given for every CPU
     t = TypedMap(_map(bpfsys.MAP_PERCPU_HASH, 4, 16, 16), MapSpec(
-        "t", bpfsys.MAP_PERCPU_HASH, abi.U32Key, abi.MetricsValue))
+        "t", 16, bpfsys.MAP_PERCPU_HASH, abi.U32Key, abi.MetricsValue))
     t.update(abi.U32Key(1), abi.MetricsValue(count=3, bytes=300))
     got = t.get(abi.U32Key(1))
     assert len(got) == cpus and all((v.count, v.bytes) == (3, 300) for v in got)

@@ -34,7 +34,7 @@ from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
 from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref
 from .topology import Topology, load_topology
-from .values import check_lab_owned, flatten, load_values, merge, parse_set
+from .values import check_lab_owned, flatten, load_values, merge, parse_set, show_value
 
 LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
@@ -399,8 +399,7 @@ class Lab:
         out = {"name": self.name, "manifests": st.get("manifests"),
                "topology": st.get("topology"), "routingMode": st.get("routingMode"),
                "etcd": (st["etcd"]["url"] if st.get("etcd") else None),
-               "values": {k: v for k, v in flatten(st.get("values",
-                                                           st.get("agentConfig") or {}))},
+               "values": dict(flatten(st.get("values", st.get("agentConfig") or {}))),
                "nodes": [], "pods": [],
                "others": [{"name": n, "netns": r["netns"], "role": r["role"]}
                           for n, r in sorted(st.get("others", {}).items())]}
@@ -430,15 +429,6 @@ class Lab:
             return rec["netns"], st["nodes"][rec["node"]]["socket"]
         raise LabError(f"no node or pod {target!r} in lab {self.name} "
                        f"(nodes: {', '.join(sorted(st['nodes'])) or 'none'})")
-
-
-def _show(v) -> str:
-    """A value as --set writes it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, list):
-        return "{" + ",".join(_show(x) for x in v) + "}"
-    return "null" if v is None else str(v)
 
 
 name_opt = click.option("--name", "lab_name", default="default", show_default=True,
@@ -500,7 +490,7 @@ def lab_status(lab_name, output):
     for o in s["others"]:
         click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
     click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
-    click.echo("values:  " + (", ".join(f"{k}={_show(v)}" for k, v in s["values"].items())
+    click.echo("values:  " + (", ".join(f"{k}={show_value(v)}" for k, v in s["values"].items())
                               or "none (the lab's defaults)"))
     click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")
     for p in s["pods"]:

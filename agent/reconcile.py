@@ -225,7 +225,7 @@ def _batch(ops: list[Op], dp) -> int:
         done, what = raw.update_batch(keys, values), "update"
     else:
         done, what = raw.delete_batch(keys), "delete"
-    if done and hasattr(tm, "count"):
+    if done:
         tm.count(what, "success", done)
     return done
 

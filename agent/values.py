@@ -13,6 +13,7 @@ API:
                                           merges key by key, anything else replaces; None
                                           deletes the key, and a section left empty by that)
     flatten(values) -> list[(key, value)] dotted keys, sorted, for display
+    show_value(v) -> str                  a value as --set writes it
     check_lab_owned(values, source)       ConfigError naming a key the lab sets per node
 """
 from __future__ import annotations
@@ -155,9 +156,18 @@ def flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def show_value(v) -> str:
+    """A value as --set writes it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "{" + ",".join(show_value(x) for x in v) + "}"
+    return "null" if v is None else str(v)
+
+
 def check_lab_owned(values: dict, source: str) -> None:
     for key, _ in flatten(values):
+        plain = key.replace("\\.", ".")
         for owned, why in LAB_OWNED.items():
-            plain = key.replace("\\.", ".")
             if plain == owned or plain.startswith(owned + "."):
                 raise ConfigError(source, owned, f"set by the lab for each node ({why})")

@@ -29,6 +29,7 @@ import yaml
 from datapath import netns
 from datapath.errors import DatapathError, LabError
 
+from . import promlab
 from .api import Client
 from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
@@ -39,6 +40,7 @@ from .values import check_lab_owned, flatten, load_values, merge, parse_set, sho
 LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
 ETCD_PORT = 2379
+METRICS_PORT = 9962               # every agent's prometheus.port (lab-owned)
 
 
 class Lab:
@@ -69,10 +71,12 @@ class Lab:
 
     # ---- up ----
     def up(self, manifests: str | None = None, topology: str | None = None,
-           routing_mode: str | None = None, values: dict | None = None) -> dict:
+           routing_mode: str | None = None, values: dict | None = None,
+           prometheus: bool = False) -> dict:
         """values: Helm-style agent settings (agent/values.py) merged into the ones kept from
         earlier ups (a None value drops a key), then into every node's agent config. Every
-        node's config is validated before anything is built or changed."""
+        node's config is validated before anything is built or changed. prometheus: run a
+        Prometheus scraping every agent (agent/promlab.py); once on, later ups keep it."""
         st = self.load()
         kept = st.get("values", st.pop("agentConfig", None) or {})
         if values:
@@ -130,6 +134,13 @@ class Lab:
             self.save(st)
         if topo.etcd:
             self._wait_converged(st)
+        if prometheus or st.get("prometheus"):
+            home = next(n for n in topo.nodes if n.name == (topo.etcd or topo.nodes[0].name))
+            st["prometheus"] = promlab.start(
+                self.dir, self.node_ns(home.name), home.ip,
+                {name: f"{rec['ip']}:{METRICS_PORT}" for name, rec in st["nodes"].items()},
+                st.get("prometheus"))
+            self.save(st)
         return st
 
     def _wait_converged(self, st: dict, timeout: float = 30) -> None:
@@ -265,7 +276,7 @@ class Lab:
             "autoDirectNodeRoutes": True,
             "kubeProxyReplacement": True,
             "bpf": {"root": str(self.bpffs), "masquerade": True},
-            "prometheus": {"port": 9962},
+            "prometheus": {"port": METRICS_PORT},
             "conntrackGCInterval": 10,
             "apiSocket": str(ndir / "datapath.sock"),
             "stateDir": str(ndir / "state"),
@@ -374,6 +385,9 @@ class Lab:
         if st.get("etcd"):
             _kill(st["etcd"].get("pid"))
             done.append("etcd removed")
+        if st.get("prometheus"):
+            promlab.stop(st["prometheus"])
+            done.append("prometheus removed")
         for name, rec in sorted(st.get("others", {}).items()):
             netns.delete(rec["netns"])
             done.append(f"{rec['role']} {name} removed")
@@ -399,6 +413,7 @@ class Lab:
         out = {"name": self.name, "manifests": st.get("manifests"),
                "topology": st.get("topology"), "routingMode": st.get("routingMode"),
                "etcd": (st["etcd"]["url"] if st.get("etcd") else None),
+               "prometheus": (st["prometheus"]["url"] if st.get("prometheus") else None),
                "values": dict(flatten(st.get("values", st.get("agentConfig") or {}))),
                "nodes": [], "pods": [],
                "others": [{"name": n, "netns": r["netns"], "role": r["role"]}
@@ -407,7 +422,7 @@ class Lab:
             out["nodes"].append({"name": name, "netns": rec["netns"], "ip": rec["ip"],
                                  "podCIDR": rec["podCIDR"], "socket": rec["socket"],
                                  "agent": "running" if _alive(rec.get("agent_pid")) else "stopped",
-                                 "metrics": f"http://{rec['ip']}:9962/metrics"})
+                                 "metrics": f"http://{rec['ip']}:{METRICS_PORT}/metrics"})
         for key, rec in sorted(st["pods"].items()):
             out["pods"].append({"name": key, "node": rec["node"], "netns": rec["netns"],
                                 "ip": rec.get("ip"),
@@ -454,16 +469,20 @@ def lab():
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A Helm value for every agent, e.g. loadBalancer.algorithm=maglev "
                    "(repeatable, applied after --values; KEY=null drops a kept value).")
-def up(lab_name, manifests, topology, routing_mode, values_files, sets):
+@click.option("--prometheus", is_flag=True,
+              help="Also run Prometheus, scraping every agent (kept for later `lab up` calls).")
+def up(lab_name, manifests, topology, routing_mode, values_files, sets, prometheus):
     """Build the lab (idempotent). Values given are kept for later `lab up` calls."""
     values: dict = {}
     for f in values_files:
         values = merge(values, load_values(f), keep_none=True)
     for s in sets:
         values = merge(values, parse_set(s), keep_none=True)
-    st = Lab(lab_name).up(manifests, topology, routing_mode, values)
+    st = Lab(lab_name).up(manifests, topology, routing_mode, values, prometheus)
     click.echo(f"lab {lab_name}: {len(st['nodes'])} node(s), {len(st['pods'])} pod(s) up "
                f"({st['routingMode']} routing)")
+    if st.get("prometheus"):
+        click.echo(f"prometheus: {st['prometheus']['url']} (in {st['prometheus']['netns']})")
 
 
 @lab.command()
@@ -490,6 +509,8 @@ def lab_status(lab_name, output):
     for o in s["others"]:
         click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
     click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
+    if s["prometheus"]:
+        click.echo(f"prometheus: {s['prometheus']}")
     click.echo("values:  " + (", ".join(f"{k}={show_value(v)}" for k, v in s["values"].items())
                               or "none (the lab's defaults)"))
     click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")

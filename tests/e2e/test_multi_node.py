@@ -5,15 +5,18 @@ both labs: pods reach the outside with their node's address, pod-to-pod and pod-
 keeps the pod's), and teardown."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scapy.all import IP, UDP, VXLAN, bind_layers, rdpcap
 
 from agent.lab import _alive
+from agent.runtime import _bin
 from agent.topology import TOPOLOGIES
 from datapath import netns
 
@@ -447,14 +450,15 @@ def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
 
 
 def test_lab_down_leaves_nothing(privileged, tmp_path):
-    """A lab of its own (never a shared fixture): three nodes, etcd, router, host, one pod."""
+    """A lab of its own (never a shared fixture): three nodes, etcd, Prometheus, router, host,
+    one pod."""
     mdir = copy_manifests(tmp_path)
     for f in mdir.glob("webpod-*.yaml"):
         f.unlink()
     with built_lab(_name("d"), mdir, str(TOPOLOGIES / "default.yaml"), "tunnel") as lab:
-        st = lab.lab.load()
+        st = lab.lab.up(prometheus=True)
         procs = [n["agent_pid"] for n in st["nodes"].values()] + \
-            [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"]]
+            [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"], st["prometheus"]["pid"]]
         assert all(_alive(p) for p in procs)
         names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
                  + list(st["others"].values())] + [lab.lab.segment_ns]
@@ -878,3 +882,67 @@ def test_cnp_across_nodes_by_vni_or_ipcache(cluster):
     finally:
         path.unlink(missing_ok=True)
         _expect_matrix(pl, *everything, what="policy deleted: everything reachable again")
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "datapath-dashboard.json"
+SEED_QUERIES = ("cilium_bpf_map_ops_total", "cilium_datapath_packets_total",
+                "cilium_policy_regeneration_time_stats_seconds", "cilium_endpoint_state_count")
+
+
+def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
+    """`datapath lab up --prometheus` as a user runs it, on the running lab: a real Prometheus
+    scrapes all three agents; the forward, drop and service series move with traffic and a new
+    service; the seed's four queries and every dashboard query return data."""
+    from agent import promlab
+    dp = _bin("datapath")
+    name = native.lab.name
+    up = subprocess.run([*dp, "lab", "up", "--name", name, "--prometheus"], capture_output=True,
+                        text=True, timeout=300)
+    assert up.returncode == 0, up.stderr
+    rec = native.lab.load()["prometheus"]
+    assert f"prometheus: {rec['url']}" in up.stdout
+    status = subprocess.run([*dp, "lab", "status", "--name", name], capture_output=True,
+                            text=True, timeout=30)
+    assert f"prometheus: {rec['url']}" in status.stdout
+    assert _alive(rec["pid"])
+
+    def q(expr):
+        return promlab.query(rec["netns"], rec["url"], expr)
+
+    def total(metric):
+        return sum(float(r["value"][1]) for r in q(f"sum({metric})"))
+
+    wait_for(lambda: {r["metric"]["node"] for r in q('up{job="datapath-agent"} == 1')}
+             == {"k8s-ctr", "k8s-w1", "k8s-w2"}, timeout=30, what="every agent scraped and up")
+    before = {m: total(m) for m in ("cilium_forward_count_total", "cilium_drop_count_total",
+                                    "cilium_services_events_total")}
+    vip = service_vip(native)
+    native.run("curl-pod", "sh", "-c", f"for i in $(seq 10); do curl -s -m 5 http://{vip}/; done",
+               timeout=120)
+    # a spoofed source: dropped and counted ("Invalid source ip")
+    native.run("curl-pod", "ip", "addr", "add", "172.20.0.250/32", "dev", "eth0")
+    try:
+        native.run("curl-pod", "ping", "-c", "2", "-W", "1", "-I", "172.20.0.250",
+                   native.pod_ip("webpod-2"), check=False)
+    finally:
+        native.run("curl-pod", "ip", "addr", "del", "172.20.0.250/32", "dev", "eth0")
+    path = native.manifests / "prom-probe.yaml"
+    path.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: prom-probe, namespace: "
+                    "default}\nspec:\n  selector: {app: webpod}\n  ports: [{port: 8081}]\n")
+    try:
+        wait_for(lambda: all(total(m) > v for m, v in before.items()), timeout=40,
+                 what=f"forward, drop and service series above {before}")
+    finally:
+        path.unlink()
+    for expr in SEED_QUERIES:
+        assert wait_for(lambda: q(expr), timeout=30, what=f"data for {expr}")
+    # every query of the shipped dashboard parses and returns data (promtool, as a user checks)
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        def answered(expr=expr):
+            out = netns.run(rec["netns"], "promtool", "query", "instant", rec["url"], expr,
+                            check=False)
+            assert out.returncode == 0, f"{expr}: {out.stderr}"
+            return out.stdout.strip()
+        wait_for(answered, timeout=30, what=f"data for the dashboard's {expr}")

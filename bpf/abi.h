@@ -500,4 +500,47 @@ struct xdp_flow4 {
 	__u8   pad[3];
 };
 
+/* ---- monitor events (lib/events.h): records in cilium_events, a BPF ring buffer (Cilium's
+ * cilium_events is a perf event array: one buffer here keeps every CPU's events in order) ---- */
+#ifndef EVENTS_RING_SIZE
+#define EVENTS_RING_SIZE (1 << 20)      /* bytes: a power of 2 and a multiple of the page */
+#endif
+#define CILIUM_NOTIFY_DROP  1           /* Cilium's monitor message types */
+#define NOTIFY_CAPTURE_VER  1
+#define TRACE_PAYLOAD_LEN   128         /* packet bytes an event carries at most */
+#define EVENT_STAT_SENT     0           /* dp_event_stats slots */
+#define EVENT_STAT_LOST     1           /* the ring buffer was full */
+#define EVENT_STATS         2
+/* the program that sent an event (drop_notify.hook) */
+#define EVENT_HOOK_FROM_CONTAINER 1
+#define EVENT_HOOK_TO_CONTAINER   2
+#define EVENT_HOOK_FROM_NETDEV    3
+#define EVENT_HOOK_TO_NETDEV      4
+#define EVENT_HOOK_FROM_OVERLAY   5
+#define EVENT_HOOK_XDP            6
+
+/* cilium_events record of a drop: Cilium's drop_notify (version 1), a clock and the hook, then
+ * the packet's first len_cap bytes as it was when dropped (from its Ethernet header) */
+struct drop_notify {
+	__u8  type;             /* CILIUM_NOTIFY_DROP */
+	__u8  subtype;          /* the drop reason (DROP_*) */
+	__u16 source;           /* the local endpoint it came from or was going to (0: none) */
+	__u32 hash;             /* skb->hash (0 in XDP) */
+	__u32 len_orig;         /* the packet's length */
+	__u16 len_cap;          /* bytes of it in data[] */
+	__u16 version;          /* NOTIFY_CAPTURE_VER */
+	__u32 src_label;        /* source identity (0: unknown) */
+	__u32 dst_label;        /* destination identity (0: unknown) */
+	__u32 dst_id;           /* destination endpoint id (0: not a local endpoint) */
+	__u16 line;             /* source line of the drop (0: not recorded) */
+	__u8  file;             /* source file of the drop (0: not recorded) */
+	__s8  ext_error;
+	__u32 ifindex;          /* the device the program runs on */
+	__u8  dir;              /* METRIC_* of the entry point */
+	__u8  hook;             /* EVENT_HOOK_* */
+	__u16 pad;
+	__u64 ktime_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when dropped */
+	__u8  data[TRACE_PAYLOAD_LEN];
+};
+
 #endif /* DP_ABI_H */

@@ -6,12 +6,14 @@
  * this node is delivered straight into the pod's netns (no forwarding by the node's stack);
  * everything else, including VXLAN to this node, continues to the stack. A pod's ingress policy
  * sees the source address's identity in the ipcache (pods, remote-node, host, world or a CIDR
- * identity). Every verdict is counted in cilium_metrics under METRIC_INGRESS.
+ * identity). Every verdict is counted in cilium_metrics under METRIC_INGRESS, a drop also
+ * reported in cilium_events (lib/events.h).
  *
  * cil_to_netdev (tc egress): a local backend's reply to a NodePort client gets the frontend
  * back; then, with bpf.masquerade, a pod's packet leaving the cluster gets the node's address
  * and a NAT port (lib/nat.h). cil_to_netdev_nomasq is the same without masquerading, for
- * devices egressMasqueradeInterfaces leaves out. Every verdict is counted under METRIC_EGRESS.
+ * devices egressMasqueradeInterfaces leaves out. Every verdict is counted under METRIC_EGRESS,
+ * a drop reported.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -87,19 +89,22 @@ int cil_from_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_from_netdev(skb), METRIC_INGRESS);
+	return finish(skb, len, handle_from_netdev(skb), METRIC_INGRESS,
+		      EVENT_HOOK_FROM_NETDEV);
 }
 
 int cil_to_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_to_netdev(skb, 1), METRIC_EGRESS);
+	return finish(skb, len, handle_to_netdev(skb, 1), METRIC_EGRESS,
+		      EVENT_HOOK_TO_NETDEV);
 }
 
 int cil_to_netdev_nomasq(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_to_netdev(skb, 0), METRIC_EGRESS);
+	return finish(skb, len, handle_to_netdev(skb, 0), METRIC_EGRESS,
+		      EVENT_HOOK_TO_NETDEV);
 }

@@ -9,12 +9,14 @@
  * on another node is sent there (VXLAN in tunnel mode, FIB redirect in native mode), in tunnel
  * mode a NodePort backend's reply first getting its frontend back; anything else continues to
  * the node's stack. One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS
- * (leaving the pod). A TCP/UDP packet is parsed once (lb4_parse) and that view, kept in step
- * with the DNAT, serves load balancing and both ends' policy, with one clock read.
+ * (leaving the pod), a drop also reported in cilium_events (lib/events.h). A TCP/UDP packet is
+ * parsed once (lb4_parse) and that view, kept in step with the DNAT, serves load balancing and
+ * both ends' policy, with one clock read.
  *
  * cil_to_container (tc egress): what the node's stack routes into the pod (the host's own
  * processes, say): the pod's ingress policy on the source address's identity in the ipcache.
- * ARP, IPv6 and the rest pass. One exit: every verdict counted under METRIC_INGRESS.
+ * ARP, IPv6 and the rest pass. One exit: every verdict counted under METRIC_INGRESS, a drop
+ * reported.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -150,12 +152,14 @@ int cil_from_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_from_container(skb), METRIC_EGRESS);
+	return finish(skb, len, handle_from_container(skb), METRIC_EGRESS,
+		      EVENT_HOOK_FROM_CONTAINER);
 }
 
 int cil_to_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_to_container(skb), METRIC_INGRESS);
+	return finish(skb, len, handle_to_container(skb), METRIC_INGRESS,
+		      EVENT_HOOK_TO_CONTAINER);
 }

@@ -3,7 +3,8 @@
  * cil_from_overlay (tc ingress): a decapsulated packet. The VNI is the sender's security
  * identity (HOST, another node's own traffic, becomes REMOTE_NODE); a packet for a local pod is
  * delivered straight into its netns through the pod's ingress policy on that identity; the
- * rest continues to the stack. One exit: every verdict counted under METRIC_INGRESS.
+ * rest continues to the stack. One exit: every verdict counted under METRIC_INGRESS, a drop
+ * also reported in cilium_events (lib/events.h).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -37,5 +38,6 @@ int cil_from_overlay(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
-	return finish(len, handle_from_overlay(skb), METRIC_INGRESS);
+	return finish(skb, len, handle_from_overlay(skb), METRIC_INGRESS,
+		      EVENT_HOOK_FROM_OVERLAY);
 }

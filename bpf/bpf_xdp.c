@@ -5,8 +5,8 @@
  * right here (lib/l2_responder.h). Then, unless the node runs XDP for L2 announcements only
  * (NODE_CFG_F_XDP_L2_ONLY: acceleration disabled), requests to NodePort, LoadBalancer and
  * external IPs are load-balanced before the stack allocates an skb (lib/nodeport_xdp.h).
- * Everything else passes to tc. A drop is counted under METRIC_INGRESS, a packet sent back out
- * as forwarded.
+ * Everything else passes to tc. A drop is counted under METRIC_INGRESS and reported in
+ * cilium_events (lib/events.h), a packet sent back out counted as forwarded.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -34,6 +34,7 @@ int cil_xdp_entry(struct xdp_md *ctx)
 
 	if (ret < 0) {
 		update_metrics(len, METRIC_INGRESS, (__u8)-ret);
+		send_drop_notify_xdp(ctx, (__u8)-ret, METRIC_INGRESS, EVENT_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (ret != XDP_PASS)

@@ -227,6 +227,25 @@ ENDPOINT_KEY_IPV4 = 1
 ENDPOINT_KEY_IPV6 = 2
 ENDPOINT_F_HOST = 1
 
+# ---- monitor events (bpf/lib/events.h) ----
+EVENTS_RING_SIZE = 1 << 20
+CILIUM_NOTIFY_DROP = 1
+NOTIFY_CAPTURE_VER = 1
+TRACE_PAYLOAD_LEN = 128
+EVENT_STAT_SENT = 0
+EVENT_STAT_LOST = 1
+EVENT_STATS = 2
+EVENT_HOOK_FROM_CONTAINER = 1
+EVENT_HOOK_TO_CONTAINER = 2
+EVENT_HOOK_FROM_NETDEV = 3
+EVENT_HOOK_TO_NETDEV = 4
+EVENT_HOOK_FROM_OVERLAY = 5
+EVENT_HOOK_XDP = 6
+EVENT_HOOK_NAMES = {EVENT_HOOK_FROM_CONTAINER: "from-container",
+                    EVENT_HOOK_TO_CONTAINER: "to-container",
+                    EVENT_HOOK_FROM_NETDEV: "from-netdev", EVENT_HOOK_TO_NETDEV: "to-netdev",
+                    EVENT_HOOK_FROM_OVERLAY: "from-overlay", EVENT_HOOK_XDP: "xdp"}
+
 # Every #define in abi.h that Python mirrors (checked by the constants test).
 CONSTANTS = {k: v for k, v in dict(globals()).items()
              if k.isupper() and isinstance(v, int) and not k.startswith("_")}
@@ -534,6 +553,20 @@ class XdpFlow4(_Struct):
                 ("flags", c_uint8), ("pad", c_uint8 * 3)]
 
 
+
+# ---- monitor events (bpf/lib/events.h) ----
+class DropNotify(_Struct):
+    """cilium_events record of a drop: Cilium's drop_notify v1, a clock, the hook, the packet."""
+    c_name = "drop_notify"
+    _fields_ = [("type", c_uint8), ("subtype", c_uint8), ("source", c_uint16),
+                ("hash", c_uint32), ("len_orig", c_uint32), ("len_cap", c_uint16),
+                ("version", c_uint16), ("src_label", c_uint32), ("dst_label", c_uint32),
+                ("dst_id", c_uint32), ("line", c_uint16), ("file", c_uint8),
+                ("ext_error", ctypes.c_int8), ("ifindex", c_uint32), ("dir", c_uint8),
+                ("hook", c_uint8), ("pad", c_uint16), ("ktime_ns", c_uint64),
+                ("data", c_uint8 * TRACE_PAYLOAD_LEN)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
@@ -542,7 +575,7 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
                                       NetdevInfo, AgentLiveness, PolicyKey, PolicyEntry,
                                       Ipv4FragId, Ipv4FragL4Ports, PolicyRevision,
-                                      XdpFlow4Key, XdpFlow4)
+                                      XdpFlow4Key, XdpFlow4, DropNotify)
 
 
 # ---- codecs ----

@@ -16,7 +16,8 @@ API:
                                                   one BPF_MAP_UPDATE_BATCH / _DELETE_BATCH call
     possible_cpus()                              /sys/devices/system/cpu/possible
     RawMap(fd, owner=None) / RawMap.from_pin(path)   one map: lookup, update, delete, keys,
-                                                  read_raw, clear, max_entries, value_len,
+                                                  read_raw, clear, max_entries, value_len
+                                                  (a ring buffer: no keys, empty, clear a no-op),
                                                   update_batch / delete_batch (many elements in
                                                   order, few syscalls), per_cpu(value)
 """
@@ -53,6 +54,8 @@ _CMD_NAMES = {v: k for k, v in list(globals().items()) if k.startswith("BPF_") a
 # map types (enum bpf_map_type) and update flags
 MAP_HASH, MAP_ARRAY, MAP_PERCPU_HASH, MAP_PERCPU_ARRAY = 1, 2, 5, 6
 MAP_LRU_HASH, MAP_LRU_PERCPU_HASH, MAP_LPM_TRIE = 9, 10, 11
+MAP_RINGBUF = 27          # no keys or values: read through mmap (datapath/events.py)
+KEYLESS_TYPES = frozenset({MAP_RINGBUF})
 PERCPU_TYPES = frozenset({MAP_PERCPU_HASH, MAP_PERCPU_ARRAY, MAP_LRU_PERCPU_HASH})
 ARRAY_TYPES = frozenset({MAP_ARRAY, MAP_PERCPU_ARRAY})
 BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
@@ -420,6 +423,7 @@ class RawMap:
         self.max_entries, self.value_len = self.info.max_entries, self.info.value_len
         self.percpu = self.info.percpu
         self.is_array = self.info.type in ARRAY_TYPES
+        self.keyless = self.info.type in KEYLESS_TYPES     # no elements to walk (a ring buffer)
         self.batch_ok = True        # False once the kernel refused a batch update / delete
 
     @classmethod
@@ -523,10 +527,14 @@ class RawMap:
         return self._batched(BPF_MAP_DELETE_BATCH, keys, None, 0)
 
     def keys(self) -> Iterator[bytes]:
+        if self.keyless:
+            return iter(())
         return map_keys(self.fd, self.key_size)
 
     def read_raw(self) -> dict[bytes, bytes]:
         """Every element in batches (get_next_key where the map type has no batch lookup)."""
+        if self.keyless:
+            return {}
         try:
             return map_lookup_batch(self.fd, self.info)
         except MapError as e:
@@ -537,6 +545,8 @@ class RawMap:
             self.delete(k)
 
     def __len__(self) -> int:
+        if self.keyless:
+            return 0
         try:
             return map_count(self.fd, self.info)
         except MapError as e:

@@ -3,7 +3,9 @@
 each struct and a map opens the same way from a BCC table (tests) or from its bpffs pin (agent).
 
 MAP_SPECS names every map the agent reads or writes with its size, BPF map type and key and value
-mirrors (tests/bpf/test_loader_adopt.py checks them against what BCC compiled).
+mirrors (tests/bpf/test_loader_adopt.py checks them against what BCC compiled). The ring buffer
+cilium_events has no elements (NoData key and value): it is read by datapath/events.py; its
+TypedMap only serves the pin checks.
 
 API:
     TypedMap(raw, spec, on_op)      get / update / delete / items / clear / len, read_raw() (fast,
@@ -28,6 +30,11 @@ from .bpfsys import PERCPU_TYPES, RawMap
 from .errors import BPFObjectError, MapError
 
 OpHook = Callable[[str, str, str, int], None]   # (map_name, operation, outcome, elements)
+
+
+class NoData(ctypes.Structure):
+    """The key and value of a map that has none (a ring buffer: 0 bytes each)."""
+    _fields_: list = []
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,8 @@ MAP_SPECS = {s.name: s for s in (
             abi.XdpFlow4),
     MapSpec("dp_xdp_flow_stats", "XDP_FLOW_STATS", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key,
             abi.U64Value),
+    MapSpec("cilium_events", "EVENTS_RING_SIZE", bpfsys.MAP_RINGBUF, NoData, NoData),
+    MapSpec("dp_event_stats", "EVENT_STATS", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key, abi.U64Value),
 )}
 
 

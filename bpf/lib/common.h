@@ -1,9 +1,11 @@
 /* lib/common.h - kernel includes, map declaration macro and small packet helpers shared by every
- * program. Owns: DP_MAP (pinned under -DDP_PIN_DIR when given), ctx_data, ctx_pull.
+ * program. Owns: DP_MAP and DP_RINGBUF (pinned under -DDP_PIN_DIR when given), ctx_data, ctx_pull.
  *
  * API:
  *   DP_NOMERGE stmt;   keep the statement's calls from being merged with other sites'
  *   DP_MAP(type, key, value, name, max[, flags])  declare a map (pinned when DP_PIN_DIR is set)
+ *   DP_RINGBUF(name, bytes)   declare a BPF ring buffer (pinned the same way): name.ringbuf_reserve
+ *                             (size), .ringbuf_submit(p, 0), .ringbuf_discard(p, 0)
  *   ctx_data(skb), ctx_data_end(skb)   the packet pointers, loaded where used
  *   ctx_pull(skb, len)   make the first len bytes linear; returns 0 or -DROP_INVALID
  *   xdp_data(ctx), xdp_data_end(ctx)   the same packet pointers for an XDP program
@@ -34,6 +36,26 @@
 #define DP_MAP(type, k, v, name, max) BPF_TABLE(type, k, v, name, max)
 #define DP_MAP_F(type, k, v, name, max, flags) BPF_F_TABLE(type, k, v, name, max, flags)
 #endif
+
+/* BCC's BPF_RINGBUF_OUTPUT has no pinned form; its frontend pins any map whose section reads
+ * "maps/<type>:<path>" and rewrites the .ringbuf_* calls of any table, so the same struct with a
+ * pin path in its section is a pinned ring buffer */
+#ifdef DP_PIN_DIR
+#define DP_RINGBUF_SECTION(name) "maps/ringbuf:" DP_PIN_DIR "/" #name
+#else
+#define DP_RINGBUF_SECTION(name) "maps/ringbuf"
+#endif
+#define DP_RINGBUF(name, bytes)							\
+struct name##_table_t {								\
+	int key;								\
+	__u32 leaf;								\
+	void *(*ringbuf_reserve)(__u64);					\
+	void (*ringbuf_submit)(void *, __u64);					\
+	void (*ringbuf_discard)(void *, __u64);					\
+	__u32 max_entries;							\
+};										\
+__attribute__((section(DP_RINGBUF_SECTION(name))))				\
+struct name##_table_t name = { .max_entries = (bytes) }
 
 /* A packet pointer of a context (skb->data, xdp->data_end, ...), read by one load right where it
  * is used: clang may otherwise keep &skb->data_end as a modified ctx pointer, which the verifier

@@ -1,15 +1,18 @@
-/* lib/metrics.h - verdict accounting in cilium_metrics.
+/* lib/metrics.h - verdict accounting in cilium_metrics, and the drop report at the exit.
  *
  * API:
  *   update_metrics(bytes, dir, reason)   add one packet of `bytes` to {reason, dir}
- *   finish(len, ret, dir)                an entry point's single exit: a negative DROP_* is
- *                                        counted as that drop and becomes CTX_ACT_DROP; any
- *                                        other verdict is counted as forwarded and returned
+ *   finish(skb, len, ret, dir, hook)     a tc entry point's single exit: a negative DROP_* is
+ *                                        counted as that drop, reported (lib/events.h drop
+ *                                        notify from EVENT_HOOK_* hook) and becomes
+ *                                        CTX_ACT_DROP; any other verdict is counted as
+ *                                        forwarded and returned
  */
 #ifndef DP_LIB_METRICS_H
 #define DP_LIB_METRICS_H
 
 #include "maps.h"
+#include "events.h"
 
 static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)
 {
@@ -23,10 +26,12 @@ static __always_inline void update_metrics(__u64 bytes, __u8 dir, __u8 reason)
 	val->bytes += bytes;
 }
 
-static __always_inline int finish(__u32 len, int ret, __u8 dir)
+static __always_inline int finish(struct __sk_buff *skb, __u32 len, int ret, __u8 dir,
+				  __u8 hook)
 {
 	if (ret < 0) {
 		update_metrics(len, dir, (__u8)-ret);
+		send_drop_notify(skb, (__u8)-ret, dir, hook);
 		return CTX_ACT_DROP;
 	}
 	update_metrics(len, dir, REASON_FORWARDED);

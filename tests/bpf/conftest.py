@@ -1,17 +1,18 @@
-"""BPF test-run fixtures: each program is compiled once per session; maps are emptied around
-every test so cases are independent."""
+"""BPF test-run fixtures: each program is compiled once per session; maps are emptied and the
+event ring buffer drained around every test so cases are independent."""
 from __future__ import annotations
 
 import pytest
 
 from datapath import build
+from datapath.events import EventRing
 
 MAPS = ("cilium_lxc", "dp_ep_ifindex", "cilium_metrics", "cilium_ipcache", "dp_node_config",
         "cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_reverse_nat",
         "cilium_ct4_global", "cilium_ct_any4_global", "cilium_lb4_affinity",
         "cilium_snat_v4_external", "cilium_ipmasq_v4", "cilium_lb4_maglev",
         "cilium_l2_responder_v4", "dp_netdev", "dp_agent_liveness", "cilium_policy_v2",
-        "cilium_ipv4_frag_datagrams", "dp_policy_revision")
+        "cilium_ipv4_frag_datagrams", "dp_policy_revision", "dp_event_stats")
 
 
 def mocked_object(source: str, mock: str):
@@ -26,7 +27,20 @@ def mocked_object(source: str, mock: str):
 OPTIONAL_MAPS = ("dp_xdp_flow4", "dp_xdp_flow_stats")
 
 
+_rings: dict[int, EventRing] = {}
+
+
+def event_ring(obj) -> EventRing:
+    """The consumer of a compiled object's cilium_events (one per object, kept for the session:
+    each object has its own ring when not pinned)."""
+    ring = _rings.get(id(obj))
+    if ring is None:
+        ring = _rings[id(obj)] = EventRing(obj["cilium_events"].map_fd)
+    return ring
+
+
 def _clear(obj):
+    event_ring(obj).poll(0)         # drained: a test sees only its own events
     for name in MAPS:
         obj[name].clear()
     for name in OPTIONAL_MAPS:

@@ -1,0 +1,184 @@
+/* lib/events.h - monitor events: the ring buffer the datapath reports through (cilium_events),
+ * its counters (dp_event_stats) and the send helpers. Drops only for now; trace points and
+ * policy verdicts are other records in the same ring, sent through events_reserve/events_submit.
+ * Called only when the verdict is a drop: nothing here runs on the forwarding path.
+ *
+ * API:
+ *   send_drop_notify(skb, reason, dir, hook)      a tc program's drop: a struct drop_notify with
+ *                                                 the packet's first TRACE_PAYLOAD_LEN bytes
+ *   send_drop_notify_xdp(ctx, reason, dir, hook)  the same from XDP (hash 0)
+ *   events_reserve(size)         a record of `size` (a constant) in cilium_events, or NULL when
+ *                                the ring is full (counted as EVENT_STAT_LOST)
+ *   events_submit(rec)           hand the record to the reader (counted as EVENT_STAT_SENT)
+ *   -DEVENTS_DISABLED            every send compiles to nothing (the maps stay declared)
+ */
+#ifndef DP_LIB_EVENTS_H
+#define DP_LIB_EVENTS_H
+
+#include "maps.h"
+#include "ipcache.h"
+#include "local_delivery.h"
+
+/* cilium_events: every event record, in the order sent, for the agent's monitor (one ring for
+ * all CPUs; Cilium's is a per-CPU perf event array) */
+DP_RINGBUF(cilium_events, EVENTS_RING_SIZE);
+
+/* dp_event_stats: per-CPU counters, EVENT_STAT_* (records sent, records lost to a full ring) */
+DP_MAP("percpu_array", __u32, __u64, dp_event_stats, EVENT_STATS);
+
+static __always_inline void events_count(__u32 stat)
+{
+	__u64 *n = dp_event_stats.lookup(&stat);
+
+	if (n)
+		*n += 1;        /* per-CPU slot: no other CPU writes it */
+}
+
+static __always_inline void *events_reserve(__u64 size)
+{
+	void *rec = cilium_events.ringbuf_reserve(size);
+
+	if (!rec)
+		events_count(EVENT_STAT_LOST);
+	return rec;
+}
+
+static __always_inline void events_submit(void *rec)
+{
+	cilium_events.ringbuf_submit(rec, 0);
+	events_count(EVENT_STAT_SENT);
+}
+
+/* The captured length: min(len, TRACE_PAYLOAD_LEN), clamped in one register so the verifier
+ * sees the bound on the very register handed to the load helper (clang would otherwise test a
+ * copy). */
+static __always_inline __u64 events_cap_len(__u32 len)
+{
+	__u64 cap = len;
+
+	asm volatile("if %[cap] <= %[max] goto +1\n\t"
+		     "%[cap] = %[max]"
+		     : [cap] "+r"(cap) : [max] "i"(TRACE_PAYLOAD_LEN));
+	return cap;
+}
+
+/* Everything but the packet bytes and the identities. */
+static __always_inline void drop_notify_init(struct drop_notify *n, __u8 reason, __u32 len,
+					     __u32 ifindex, __u32 hash, __u8 dir, __u8 hook)
+{
+	n->type = CILIUM_NOTIFY_DROP;
+	n->subtype = reason;
+	n->source = 0;
+	n->hash = hash;
+	n->len_orig = len;
+	n->len_cap = 0;
+	n->version = NOTIFY_CAPTURE_VER;
+	n->src_label = 0;
+	n->dst_label = 0;
+	n->dst_id = 0;
+	n->line = 0;
+	n->file = 0;
+	n->ext_error = 0;
+	n->ifindex = ifindex;
+	n->dir = dir;
+	n->hook = hook;
+	n->pad = 0;
+	n->ktime_ns = bpf_ktime_get_ns();
+}
+
+/* An address's identity: the local endpoint's, else the ipcache's (world without an entry). */
+static __always_inline __u32 events_identity4(const struct endpoint_info *ep, __be32 addr)
+{
+	return ep ? ep->sec_id : ipcache_identity4(addr);
+}
+
+/* Identities and endpoint ids from the captured IPv4 header (non-IPv4: left 0); self_id is the
+ * endpoint the program serves (from/to-container), negative elsewhere. Ids stay scalars: clang
+ * would otherwise merge the endpoint pointers in ways the verifier refuses. */
+static __always_inline void drop_notify_identities(struct drop_notify *n, int self_id)
+{
+	struct endpoint_info *ep;
+	__be32 saddr, daddr;
+	__u32 src_ep = 0, dst_ep = 0;
+	__u16 proto;
+
+	if (n->len_cap < ETH_HLEN + sizeof(struct iphdr))
+		goto out;
+	__builtin_memcpy(&proto, &n->data[offsetof(struct ethhdr, h_proto)], sizeof(proto));
+	if (proto != bpf_htons(ETH_P_IP) || (n->data[ETH_HLEN] >> 4) != 4)
+		goto out;
+	__builtin_memcpy(&saddr, &n->data[ETH_HLEN + offsetof(struct iphdr, saddr)], 4);
+	__builtin_memcpy(&daddr, &n->data[ETH_HLEN + offsetof(struct iphdr, daddr)], 4);
+	ep = lookup_ip4_endpoint(saddr);
+	if (ep) {
+		n->src_label = ep->sec_id;
+		src_ep = ep->lxc_id;
+	} else {
+		n->src_label = ipcache_identity4(saddr);
+	}
+	ep = lookup_ip4_endpoint(daddr);
+	if (ep) {
+		n->dst_label = ep->sec_id;
+		dst_ep = ep->lxc_id;
+	} else {
+		n->dst_label = ipcache_identity4(daddr);
+	}
+	n->dst_id = dst_ep;
+	n->source = dst_ep ? dst_ep : src_ep;
+out:
+	if (self_id >= 0)
+		n->source = self_id;
+}
+
+static __always_inline int events_hook_is_lxc(__u8 hook)
+{
+	return hook == EVENT_HOOK_FROM_CONTAINER || hook == EVENT_HOOK_TO_CONTAINER;
+}
+
+static __always_inline void send_drop_notify(struct __sk_buff *skb, __u8 reason, __u8 dir,
+					     __u8 hook)
+{
+#ifndef EVENTS_DISABLED
+	struct endpoint_info *self;
+	struct drop_notify *n;
+	int self_id = -1;
+	__u32 len = skb->len;
+	__u64 cap;
+
+	n = events_reserve(sizeof(*n));
+	if (!n)
+		return;
+	drop_notify_init(n, reason, len, skb->ifindex, skb->hash, dir, hook);
+	cap = events_cap_len(len);
+	if (cap && bpf_skb_load_bytes(skb, 0, n->data, cap) == 0)
+		n->len_cap = cap;
+	if (events_hook_is_lxc(hook)) {
+		self = lookup_ifindex_endpoint(skb->ifindex);
+		self_id = self ? self->lxc_id : 0;
+	}
+	drop_notify_identities(n, self_id);
+	events_submit(n);
+#endif
+}
+
+static __always_inline void send_drop_notify_xdp(struct xdp_md *ctx, __u8 reason, __u8 dir,
+						 __u8 hook)
+{
+#ifndef EVENTS_DISABLED
+	struct drop_notify *n;
+	__u32 len = xdp_data_end(ctx) - xdp_data(ctx);
+	__u64 cap;
+
+	n = events_reserve(sizeof(*n));
+	if (!n)
+		return;
+	drop_notify_init(n, reason, len, ctx->ingress_ifindex, 0, dir, hook);
+	cap = events_cap_len(len);
+	if (cap && bpf_xdp_load_bytes(ctx, 0, n->data, cap) == 0)
+		n->len_cap = cap;
+	drop_notify_identities(n, -1);
+	events_submit(n);
+#endif
+}
+
+#endif /* DP_LIB_EVENTS_H */

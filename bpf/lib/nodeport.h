@@ -21,8 +21,10 @@
  *                                  returns 0 (not such an error), CTX_ACT_REDIRECT or a
  *                                  negative DROP_*
  *   nodeport_rev_nat_ingress(skb)  a remote backend's reply, already reverse-SNATed: the
- *                                  frontend back, then to the client; returns 0 (not such a
- *                                  reply), CTX_ACT_REDIRECT / CTX_ACT_OK or a negative DROP_*
+ *                                  frontend back, then to the client (through the tunnel to a
+ *                                  pod on another node in tunnel mode, else by the FIB);
+ *                                  returns 0 (not such a reply), CTX_ACT_REDIRECT /
+ *                                  CTX_ACT_OK or a negative DROP_*
  *   nodeport_rev_nat_egress(skb)   a local backend's reply leaving (from-container towards a
  *                                  pod on another node, or to-netdev): the frontend back;
  *                                  returns 0 or a negative DROP_*
@@ -123,9 +125,19 @@ static __always_inline int nodeport_icmp_error_ingress(struct __sk_buff *skb)
 
 static __always_inline int nodeport_rev_nat_ingress(struct __sk_buff *skb)
 {
+	struct iphdr *ip;
 	int ret = lb4_rev_nat(skb, 1);
 
 	if (ret != LB_XLATED)
+		return ret;
+	/* a client in another node's pod network in tunnel mode (a pod that asked this node's
+	 * NodePort): through the tunnel, from this node's host as the request was SNATed; the
+	 * node's routes do not reach it */
+	ret = parse_ipv4(skb, &ip);
+	if (ret < 0)
+		return ret;
+	ret = ipv4_forward_remote(skb, ip->daddr, IDENTITY_HOST);
+	if (ret != CTX_ACT_OK)
 		return ret;
 	return fib_redirect_v4(skb);
 }

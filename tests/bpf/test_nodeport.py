@@ -27,6 +27,7 @@ BPORT = 8080
 REMOTE_POD = "172.20.1.9"         # a backend on k8s-w1
 REMOTE_NODE = "192.168.10.101"
 REV_NAT = 21
+CLIENT_POD, CLIENT_NODE = "172.20.2.7", "192.168.10.102"    # a pod on k8s-w2 as the client
 
 
 def frontend(m, backends, *, addr=NODE_IP, port=NODE_PORT,
@@ -179,6 +180,34 @@ def test_remote_backend_in_tunnel_mode_is_sent_from_the_host(host_tunnel_mock):
     testrun.assert_packet(want, res.data)
     assert res.ctx.cb[1] == abi.IDENTITY_HOST
     assert res.ctx.cb[2] == int.from_bytes(bytes(map(int, REMOTE_NODE.split("."))), "big")
+
+
+def test_remote_backends_reply_to_a_pod_on_another_node_goes_back_through_the_tunnel(
+        host_tunnel_mock):
+    """Tunnel mode, a pod on a third node asked this node's NodePort (its request came in on
+    the native device): the reply, reverse-SNATed and given the frontend back, goes to the
+    client's node through the tunnel (VNI HOST), as the node's routes do not reach pods."""
+    obj, from_netdev = host_tunnel_mock
+    m = setup(obj, masquerade=False)
+    m["dp_node_config"].update(abi.U32Key(0), abi.NodeConfig(
+        flags=abi.NODE_CFG_F_TUNNEL, tunnel_ifindex=1, node_ip=abi.ip4_to_be32(NODE_IP)))
+    remote_backend(m)
+    m["cilium_ipcache"].update(abi.ipcache_key(f"{CLIENT_POD}/32"),
+                               abi.remote_endpoint_info(4321, CLIENT_NODE))
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    pkt = in_pkt(CLIENT_POD, NODE_IP, TCP(sport=41000, dport=NODE_PORT, flags="S", seq=1),
+                 b"GET")
+    res = testrun.run(from_netdev.fd, pkt, ctx=testrun.tc_ctx(1))
+    assert res.retval == abi.CTX_ACT_REDIRECT                      # to the backend's node
+    nat_port = Ether(res.data)[TCP].sport
+    reply = in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=nat_port, flags="SA"), b"200")
+    res = testrun.run(from_netdev.fd, reply, ctx=testrun.tc_ctx(1))
+    assert res.retval == abi.CTX_ACT_REDIRECT                      # into the tunnel
+    back = rebuilt(reply, fields=[(IP, "src", NODE_IP), (TCP, "sport", NODE_PORT),
+                                  (IP, "dst", CLIENT_POD), (TCP, "dport", 41000)], ttl_dec=True)
+    testrun.assert_packet(back, res.data)
+    assert res.ctx.cb[1] == abi.IDENTITY_HOST
+    assert res.ctx.cb[2] == int.from_bytes(bytes(map(int, CLIENT_NODE.split("."))), "big")
 
 
 def test_udp_nodeport_to_a_local_backend(host, from_netdev):

@@ -2,6 +2,7 @@
 
 Server side: `serve(socket_path, routes)` with routes {(METHOD, '/v1/path/{param}'): handler};
 a handler takes (params, body) and returns a JSON-able object, or raises APIError(status).
+params holds the path's {param}s and, under "query", the query string as {name: [values]}.
 Client side: `Client(socket_path).get/put/post/delete(path, body)`.
 
 Routes the agent registers (agent/daemon.py):
@@ -10,6 +11,7 @@ Routes the agent registers (agent/daemon.py):
     PUT    /v1/endpoint/{container_id}  DELETE /v1/endpoint/{container_id}
     POST   /v1/ipam                     DELETE /v1/ipam/{owner}
     GET    /v1/identity
+    GET    /v1/flows?filters            GET /v1/monitor?filters     (agent/monitor/subsystem.py)
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import re
 import socket
 import socketserver
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
 
@@ -53,14 +56,15 @@ def serve(socket_path: str, routes: dict[tuple[str, str], Handler]) -> _Server:
         def _handle(self, method):
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
+            path, _, qs = self.path.partition("?")
             status, out = 404, {"error": f"no route {method} {path}"}
             for m, rx, fn in table:
                 match = rx.match(path)
                 if m == method and match:
                     try:
                         body = json.loads(raw) if raw else None
-                        status, out = 200, fn(match.groupdict(), body)
+                        params = {**match.groupdict(), "query": urllib.parse.parse_qs(qs)}
+                        status, out = 200, fn(params, body)
                     except APIError as e:
                         status, out = e.status, {"error": str(e)}
                     except DatapathError as e:

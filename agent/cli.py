@@ -14,6 +14,7 @@ import click
 from datapath.errors import DatapathError
 
 from . import api
+from .monitor import observe as observe_mod
 
 
 def _out(data, output: str, render) -> None:
@@ -98,6 +99,8 @@ def status(ctx, output):
             ("Config", "OK" if not cfg["lastError"] else f"Error: {cfg['lastError']}"),
             ("Prometheus", s["prometheus"] or "Disabled"),
         ]
+        if s.get("hubble"):
+            rows.append(("Hubble", _hubble_line(s["hubble"])))
         for k, v in rows:
             click.echo(f"{k + ':':<24}{v}")
 
@@ -110,6 +113,12 @@ def _policy_line(p: dict) -> str:
     for e in p.get("errors", []):
         line += f"\n{'':<24}Error: {e}"
     return line
+
+
+def _hubble_line(h: dict) -> str:
+    state = h["state"] if not h.get("error") else f"{h['state']} ({h['error']})"
+    return (f"{state}   Current/Max Flows: {h['flows']}/{h['capacity']}   "
+            f"Flows seen: {h['seen']}   Lost events: {h['lost']}")
 
 
 def _kvstore_line(kv) -> str:
@@ -356,6 +365,40 @@ def identity_list(ctx, output):
                 click.echo(f"{'':<8}{lbl}")
 
     _out(ids, output, render)
+
+
+@cli.command()
+@observe_mod.filter_options
+@click.pass_context
+def observe(ctx, follow, last, output, timeout, **kw):
+    """Flows seen by this node's datapath, as `hubble observe`."""
+    client = _client(ctx)
+    observe_mod.observe({"": client.get}, observe_mod.filters_of(kw), output, follow, last,
+                        timeout)
+
+
+@cli.command()
+@click.option("-t", "--type", "types", multiple=True,
+              type=click.Choice(["drop", "trace", "policy-verdict"]),
+              help="Only these event types.")
+@click.option("--related-to", multiple=True, type=int, metavar="ENDPOINT",
+              help="Only events from or to this endpoint id.")
+@click.option("-v", "--verbose", is_flag=True, help="Decoded packet headers.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--timeout", type=click.FloatRange(0), default=0,
+              help="Stop after this many seconds (0: until interrupted).")
+@click.pass_context
+def monitor(ctx, types, related_to, verbose, output, timeout):
+    """Datapath events as they happen, as `cilium monitor` (Ctrl-C to quit)."""
+    client = _client(ctx)
+    filters = {}
+    if types:
+        filters["type"] = list(types)
+    if related_to:
+        filters["related-to"] = [str(i) for i in related_to]
+    client.get("/v1/monitor?last=0")        # the agent answers before the banner
+    click.echo("Press Ctrl-C to quit", err=True)
+    observe_mod.monitor(client.get, filters, output, verbose, timeout)
 
 
 @cli.command()

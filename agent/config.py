@@ -66,6 +66,7 @@ _FIELDS: dict[str, str] = {
     "l2announcements.leaseRetryPeriod": "l2LeaseRetryPeriod",
     "reconciler.minInterval": "reconcileMinInterval",
     "reconciler.fullInterval": "reconcileFullInterval",
+    "hubble.eventBufferCapacity": "eventBufferCapacity",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -151,6 +152,7 @@ class Config:
     allowLocalhost: str = "always"              # the local host reaches local pods: always|policy
     reconcileMinInterval: float = 0.1           # seconds between two incremental syncs (bursts coalesce)
     reconcileFullInterval: float = 300.0        # seconds between full read-back reconciliations
+    eventBufferCapacity: int = 4095             # flows kept in memory (2^n - 1, at most 65535)
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -387,6 +389,16 @@ def _l2_leases(r: _Reader) -> tuple[int, int, int]:
     return dur, renew, retry
 
 
+def _event_buffer_capacity(r: _Reader) -> int:
+    """Cilium's rule for hubble-event-buffer-capacity: one less than a power of two, at most
+    65535."""
+    v = r.integer("hubble.eventBufferCapacity", 4095, 1, 65535)
+    if v & (v + 1):
+        r.fail("hubble.eventBufferCapacity", f"expected one less than a power of two (1, 3, 7, "
+                                             f"..., 4095, ..., 65535), got {v}")
+    return v
+
+
 def _cluster_name(r: _Reader) -> str:
     v = r.get("cluster.name", "default")
     if not isinstance(v, str) or len(v) > 32 or not _DNS_LABEL.match(v):
@@ -523,6 +535,7 @@ def parse_config(data: object, path: str) -> Config:
         allowLocalhost=_allow_localhost(r),
         reconcileMinInterval=_duration(r, "reconciler.minInterval", 0.1, 0, 60),
         reconcileFullInterval=_duration(r, "reconciler.fullInterval", 300, 1, 86400),
+        eventBufferCapacity=_event_buffer_capacity(r),
         raw=copy.deepcopy(data),
     )
 

@@ -36,6 +36,7 @@ from .kvstore import EtcdClient, EtcdIdentityStore
 from .desired import DesiredBuilder, merge_deltas
 from .manifests import EMPTY_DELTA, ManifestDelta, ManifestSet, ManifestStore
 from .metrics import AgentMetrics
+from .monitor import AgentView, MonitorSubsystem
 from .policy.subsystem import PolicySubsystem
 from .reconcile import TUNNEL_DEVICE
 from .reconciler import Reconciler
@@ -119,6 +120,7 @@ class Agent:
         self._remote_identity_labels: dict[int, tuple[str, ...]] = {
             int(k): tuple(v) for k, v in self.state.setdefault("identity_labels", {}).items()}
         self.metrics.bind(self)
+        self.monitor = MonitorSubsystem(self.cfg, self.metrics, AgentView(self))
         self.rec = Reconciler(counters=frozenset({"cilium_l2_responder_v4"}))
         self.builder = DesiredBuilder(self)
         self._dirty: set[str] = set()        # reasons for a sync not run yet
@@ -459,6 +461,7 @@ class Agent:
                 self.watcher.close()
                 self.watcher = self._watch()
             self.policy.configure(cfg)
+            self.monitor.configure(cfg)
             if delta is None or delta.policies or delta.policy_errors_changed:
                 self.policy.load(manifests)
             self.last_error = None
@@ -534,6 +537,7 @@ class Agent:
                 return list(self.known_identities().get(ident, (f"identity:{ident}",)))
 
         return {**inspect.routes(self.dp), **self.policy.routes(self.dp, labels_of),
+                **self.monitor.routes(),
                 ("GET", "/v1/healthz"): lambda p, b: {"ok": True},
                 ("GET", "/v1/service"): service_list,
                 ("GET", "/v1/status"): status,
@@ -571,6 +575,7 @@ class Agent:
                 "endpoints": self.endpoint_state_counts(),
                 "identities": self.identity_counts(),
                 "policy": self.policy.status(),
+                "hubble": self.monitor.status(),
                 "datapath": {"pinDir": cfg.pin_dir(),
                              "programs": {n: self.dp.program(n)[1] for n in
                                           loader.PROGRAMS}},
@@ -602,6 +607,7 @@ class Agent:
         # the manifests, the desired state and the indexes live as long as the agent: keep
         # them out of the collector's full passes (0.35 s each at 10k services)
         gc.freeze()
+        self.monitor.start(self.stop_event)
         self._api = api.serve(self.cfg.apiSocket, self.routes())
         if self.cluster:
             self._cluster_thread = self.cluster.start(self.stop_event)
@@ -707,6 +713,7 @@ class Agent:
 
     def shutdown(self) -> None:
         log.info("stopping; programs stay attached and maps pinned under %s", self.cfg.pin_dir())
+        self.monitor.stop()
         if self._cluster_thread:
             self._cluster_thread.join(timeout=10)
         if self.l2:      # others take over at once: lease revoked, this node stops answering

@@ -33,6 +33,8 @@ from . import promlab
 from .api import Client
 from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
+from .monitor.observe import filter_options as observe_filter_options, filters_of
+from .monitor.observe import observe as observe_flows
 from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref
 from .topology import Topology, load_topology
 from .values import check_lab_owned, flatten, load_values, merge, parse_set, show_value
@@ -516,6 +518,19 @@ def lab_status(lab_name, output):
     click.echo(f"\n{'POD':<24}{'NODE':<12}{'IP':<16}PROCESS")
     for p in s["pods"]:
         click.echo(f"{p['name']:<24}{p['node']:<12}{p['ip'] or '-':<16}{p['process']}")
+
+
+@lab.command("observe")
+@name_opt
+@observe_filter_options
+def lab_observe(lab_name, follow, last, output, timeout, **kw):
+    """Every node's flows merged by time, as `hubble observe` through Hubble Relay."""
+    st = Lab(lab_name).load()
+    if not st["nodes"]:
+        raise LabError(f"lab {lab_name} has no nodes (run `datapath lab up` first)")
+    sources = {name: Client(rec["socket"], timeout=10).get
+               for name, rec in sorted(st["nodes"].items())}
+    observe_flows(sources, filters_of(kw), output, follow, last, timeout, node_column=True)
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})

@@ -23,6 +23,9 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
     cilium_reconciler_full_total / _errors_total / _duration_seconds {module_id}
     cilium_reconciler_full_out_of_sync_total {module_id}   (entries a full reconciliation
         found out of sync and repaired; module_id is the map, or tc / xdp / route)
+    hubble_flows_processed_total {type, subtype, verdict}  hubble_drop_total {reason, protocol}
+    hubble_tcp_flags_total {flag, family}       (HubbleMetrics: counted as flows are built)
+    hubble_lost_events_total {source}           (dp_event_stats' lost slot, read at scrape time)
 """
 from __future__ import annotations
 
@@ -200,3 +203,48 @@ class _ScrapeCollector:
         for t, n in sorted(self.agent.policy.enforcement_counts().items()):
             enf.add_metric([t], n)
         yield enf
+
+
+class HubbleMetrics:
+    """Hubble's flow metrics on the agent's registry (agent/monitor counts every flow it builds);
+    `lost` returns the datapath's lost-event count, read at scrape time."""
+
+    def __init__(self, registry, lost=None):
+        self.flows = Counter("hubble_flows_processed", "Total number of flows processed",
+                             ["type", "subtype", "verdict"], registry=registry)
+        self.drops = Counter("hubble_drop", "Number of drops", ["reason", "protocol"],
+                             registry=registry)
+        self.tcp_flags = Counter("hubble_tcp_flags", "TCP flag occurrences", ["flag", "family"],
+                                 registry=registry)
+        if lost is not None:
+            registry.register(_LostEventsCollector(lost))
+
+    def flow(self, type_name: str, subtype: str, flow: dict) -> None:
+        verdict = flow.get("verdict", "VERDICT_UNKNOWN")
+        self.flows.labels(type_name, subtype, verdict).inc()
+        l4 = flow.get("l4") or {}
+        protocol = next(iter(l4), "")
+        if verdict == "DROPPED":
+            self.drops.labels(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN"), protocol).inc()
+        flags = (l4.get("TCP") or {}).get("flags") or {}
+        family = (flow.get("IP") or {}).get("ipVersion", "")
+        # Hubble's tcp handler: SYN-ACK counted as one flag, then FIN, RST (and SYN alone)
+        if flags.get("SYN"):
+            self.tcp_flags.labels("SYN-ACK" if flags.get("ACK") else "SYN", family).inc()
+        for f in ("FIN", "RST"):
+            if flags.get(f):
+                self.tcp_flags.labels(f, family).inc()
+
+
+class _LostEventsCollector:
+    def __init__(self, lost):
+        self.lost = lost
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        c = CounterMetricFamily("hubble_lost_events", "Number of lost events",
+                                labels=["source"])
+        c.add_metric(["PERF_EVENT_RING_BUFFER"], self.lost())
+        yield c

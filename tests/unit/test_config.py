@@ -246,7 +246,7 @@ def test_missing_pod_cidr(tmp_path: Path, text: str) -> None:
     ("bpf:\n  masqurade: true\n", "bpf.masqurade", "unknown key, did you mean 'masquerade'?"),
     ("loadBalancer:\n  algo: maglev\n", "loadBalancer.algo",
      "unknown key, did you mean 'algorithm'?"),
-    ("hubble: {enabled: true}\n", "hubble", "unknown key"),
+    ("hubble: {enabled: true}\n", "hubble.enabled", "unknown key"),
     ("debug:\n  verbose: flow\n", "debug.verbose", "unknown key"),
 ])
 def test_unknown_keys(tmp_path: Path, extra: str, key: str, reason: str) -> None:

@@ -23,6 +23,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
 from typing import Callable
@@ -38,7 +39,7 @@ def _compile(routes: dict[tuple[str, str], Handler]):
     out = []
     for (method, path), fn in routes.items():
         rx = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$")
-        out.append((method, rx, fn))
+        out.append((method, rx, fn, path))
     return out
 
 
@@ -46,8 +47,11 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(socket_path: str, routes: dict[tuple[str, str], Handler]) -> _Server:
-    """Start serving in a background thread; returns the server (call .shutdown())."""
+def serve(socket_path: str, routes: dict[tuple[str, str], Handler],
+          observe: Callable[[str, str, int, float], None] | None = None) -> _Server:
+    """Start serving in a background thread; returns the server (call .shutdown()).
+    observe(method, route, status, seconds) is called after every request (route: the
+    matched route's template, "none" when no route matched)."""
     table = _compile(routes)
 
     class H(BaseHTTPRequestHandler):
@@ -58,9 +62,11 @@ def serve(socket_path: str, routes: dict[tuple[str, str], Handler]) -> _Server:
             raw = self.rfile.read(length) if length else b""
             path, _, qs = self.path.partition("?")
             status, out = 404, {"error": f"no route {method} {path}"}
-            for m, rx, fn in table:
+            started, route = time.perf_counter(), "none"
+            for m, rx, fn, template in table:
                 match = rx.match(path)
                 if m == method and match:
+                    route = template
                     try:
                         body = json.loads(raw) if raw else None
                         params = {**match.groupdict(), "query": urllib.parse.parse_qs(qs)}
@@ -75,6 +81,8 @@ def serve(socket_path: str, routes: dict[tuple[str, str], Handler]) -> _Server:
                         log.exception("API %s %s failed", method, path)
                         status, out = 500, {"error": f"internal error: {e}"}
                     break
+            if observe:
+                observe(method, route, status, time.perf_counter() - started)
             data = json.dumps(out).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

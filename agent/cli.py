@@ -78,6 +78,7 @@ def status(ctx, output):
             ("Node", s["nodeName"]),
             ("KVStore", _kvstore_line(s["kvstore"])),
             ("Cluster nodes", f"{len(s.get('nodes', []))}: {', '.join(s.get('nodes', []))}"),
+            ("Cluster health", _health_line(s.get("clusterHealth") or {})),
             ("Kubernetes", f"Ok (manifests: {s['kubernetes']['manifests'] or 'none'}, "
                            f"{s['kubernetes']['pods']} pods, {s['kubernetes']['namespaces']} "
                            "namespaces)"),
@@ -105,6 +106,15 @@ def status(ctx, output):
             click.echo(f"{k + ':':<24}{v}")
 
     _out(st, output, render)
+
+
+def _health_line(h: dict) -> str:
+    """cilium status's "Cluster health: 2/3 reachable", the unreachable nodes named."""
+    if not h.get("probedAt"):
+        return "not probed yet" if h else "unknown"
+    ok, bad = h["reachable"], h["unreachable"]     # other nodes; this one counts as reachable
+    return f"{len(ok) + 1}/{len(ok) + len(bad) + 1} reachable" + \
+        (f"   (unreachable: {', '.join(bad)})" if bad else "")
 
 
 def _policy_line(p: dict) -> str:

@@ -30,6 +30,7 @@ from . import api, ctgc, inspect, l2announce, netdev, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint, next_endpoint_id
+from .health import NodeHealth
 from .identity import RESERVED, LocalIdentityStore, security_labels
 from .ipam import HostIPAM
 from .kvstore import EtcdClient, EtcdIdentityStore
@@ -116,6 +117,7 @@ class Agent:
                  else f"compiled: {self.dp.why_compiled}")
         self.policy = PolicySubsystem(self.cfg, self.state, self.metrics)
         self.policy.load(self.manifests)
+        self.health = NodeHealth(lambda: {n: r["ip"] for n, r in self.remote_nodes.items()})
         # labels of identities other nodes allocated (immutable), kept for restarts
         self._remote_identity_labels: dict[int, tuple[str, ...]] = {
             int(k): tuple(v) for k, v in self.state.setdefault("identity_labels", {}).items()}
@@ -576,6 +578,7 @@ class Agent:
                 "identities": self.identity_counts(),
                 "policy": self.policy.status(),
                 "hubble": self.monitor.status(),
+                "clusterHealth": self.health.status(),
                 "datapath": {"pinDir": cfg.pin_dir(),
                              "programs": {n: self.dp.program(n)[1] for n in
                                           loader.PROGRAMS}},
@@ -608,11 +611,12 @@ class Agent:
         # them out of the collector's full passes (0.35 s each at 10k services)
         gc.freeze()
         self.monitor.start(self.stop_event)
-        self._api = api.serve(self.cfg.apiSocket, self.routes())
+        self._api = api.serve(self.cfg.apiSocket, self.routes(), self.metrics.api_call)
         if self.cluster:
             self._cluster_thread = self.cluster.start(self.stop_event)
         if self.l2:
             self._l2_thread = self.l2.start(self.stop_event)
+        self.health.start(self.stop_event)
         if self.cfg.prometheusEnabled:
             self._metrics_srv = start_http_server(self.cfg.prometheusPort,
                                                   registry=self.metrics.registry)

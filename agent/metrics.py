@@ -26,13 +26,16 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
     hubble_flows_processed_total {type, subtype, verdict}  hubble_drop_total {reason, protocol}
     hubble_tcp_flags_total {flag, family}       (HubbleMetrics: counted as flows are built)
     hubble_lost_events_total {source}           (dp_event_stats' lost slot, read at scrape time)
+    cilium_agent_api_process_time_seconds {path, method, return_code}   (histogram)
+    cilium_process_*                       (prometheus_client's process collector)
+    cilium_unreachable_nodes               (other nodes whose last health probe failed)
 """
 from __future__ import annotations
 
 import logging
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics)
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from datapath import abi
@@ -102,6 +105,12 @@ class AgentMetrics:
         self.out_of_sync = Counter("cilium_reconciler_full_out_of_sync", "Number of entries a "
                                    "full reconciliation found out of sync and repaired",
                                    ["module_id"], registry=r)
+        self.api_time = Histogram("cilium_agent_api_process_time_seconds", "Duration of "
+                                  "processed API calls labeled by path, method and return code.",
+                                  ["path", "method", "return_code"], registry=r,
+                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                           0.25, 0.5, 1, 2.5, 5))
+        ProcessCollector(namespace="cilium", registry=r)
         self._agent = None
 
     def reconciled(self, full: bool, result) -> None:
@@ -123,6 +132,10 @@ class AgentMetrics:
     def map_op(self, map_name: str, operation: str, outcome: str, n: int = 1) -> None:
         """The maps' op hook; n: the elements one batch call wrote (agent/reconcile.py)."""
         self.map_ops.labels(map_name, operation, outcome).inc(n)
+
+    def api_call(self, method: str, path: str, status: int, seconds: float) -> None:
+        """The API server's observe hook (agent/api.py serve)."""
+        self.api_time.labels(path, method, str(status)).observe(seconds)
 
     def log_handler(self) -> logging.Handler:
         return _ErrorsWarningsHandler(self.errors_warnings)
@@ -195,6 +208,8 @@ class _ScrapeCollector:
         for t, n in sorted(self.agent.identity_counts().items()):
             ident.add_metric([t], n)
         yield ident
+        yield GaugeMetricFamily("cilium_unreachable_nodes", "Number of nodes that cannot be "
+                                "reached", value=self.agent.health.unreachable())
         yield GaugeMetricFamily("cilium_policy", "Number of policies currently loaded",
                                 value=self.agent.policy.count())
         enf = GaugeMetricFamily("cilium_policy_endpoint_enforcement_status", "Number of "

@@ -961,3 +961,57 @@ def test_agent_health_cluster_health_and_api_metrics(native):
         assert native.metric("cilium_agent_api_process_time_seconds_count", node,
                              path="/v1/status", method="GET", return_code="200") >= 1
         assert native.metric("cilium_process_resident_memory_bytes", node) > 0
+
+
+def connectivity_test(lab, *args: str) -> subprocess.CompletedProcess:
+    """`datapath connectivity test` on the lab, as a user runs it."""
+    return subprocess.run([*_bin("datapath"), "connectivity", "test", "--name", lab.lab.name,
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+def _statuses(out: str) -> dict[str, str]:
+    return {m.group(2): m.group(1) for m in re.finditer(r"^\[(PASS|FAIL|SKIP)\] (\S+)", out, re.M)}
+
+
+def test_connectivity_test_passes_and_leaves_the_lab_as_it_found_it(cluster):
+    pods = set(cluster.lab.load()["pods"])
+    r = connectivity_test(cluster)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^19 checks: 19 passed, 0 failed, 0 skipped$", r.stdout, re.M), r.stdout
+    names = _statuses(r.stdout)
+    for name in ("pod-to-pod/same-node", "pod-to-pod/other-node", "pod-to-service/cluster-ip",
+                 "pod-to-service/node-port/k8s-w2", "outside-to-service/node-port/k8s-ctr",
+                 "pod-to-service/load-balancer", "pod-to-world",
+                 "policy/deny-all-ingress/pod-to-pod",
+                 "policy/allow-from-namespace/other-namespace"):
+        assert names.get(name) == "PASS", name
+    assert set(cluster.lab.load()["pods"]) == pods
+    assert not list(cluster.manifests.glob("zz-connectivity-test*"))
+
+
+def test_connectivity_test_names_what_broke(native):
+    """A route deleted on purpose, then a backend killed: the run fails (exit 1) and names the
+    checks that broke; the others still pass."""
+    node_ns = native.ns("k8s-ctr")
+    route = next(line for line in netns.ip(node_ns, "route", "show").stdout.splitlines()
+                 if line.startswith("172.20.1.0/24 "))
+    netns.ip(node_ns, "route", "del", "172.20.1.0/24")
+    try:
+        r = connectivity_test(native, "--keep", "--test", "^pod-to-pod/")
+    finally:
+        netns.ip(node_ns, "route", "replace", *route.split())
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _statuses(r.stdout) == {"pod-to-pod/same-node": "PASS",
+                                   "pod-to-pod/other-node": "FAIL"}, r.stdout
+    assert re.search(r"^FAILED: pod-to-pod/other-node$", r.stdout, re.M)
+    # the backend of echo-other-node killed; the kept deployment is reused as it is
+    from agent.runtime import _kill
+    _kill(native.lab.load()["pods"]["cilium-test/echo-other-node"]["pid"])
+    r = connectivity_test(native, "--test", "^pod-to-(pod|service/cluster-ip)")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert _statuses(r.stdout) == {"pod-to-pod/same-node": "PASS",
+                                   "pod-to-pod/other-node": "FAIL",
+                                   "pod-to-service/cluster-ip": "PASS",
+                                   "pod-to-service/cluster-ip-other-node": "FAIL"}, r.stdout
+    assert "connection refused" in r.stdout
+    assert not any(k.startswith("cilium-test") for k in native.lab.load()["pods"])

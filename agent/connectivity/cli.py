@@ -58,3 +58,36 @@ def test(lab_name, pattern, keep, deadline, output):
                                 "flows": r.flows} for r in results], indent=2))
     if counts["FAIL"]:
         raise SystemExit(1)
+
+
+@connectivity.command("perf")
+@click.option("--name", "lab_name", default="default", show_default=True, help="The lab.")
+@click.option("--duration", type=float, default=3.0, show_default=True,
+              help="Seconds each measurement runs.")
+@click.option("--keep", is_flag=True, help="Leave the test's pods and services in the lab.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def perf(lab_name, duration, keep, output):
+    """TCP throughput (iperf3) and request/response latency on the lab's main paths."""
+    from ..lab import Lab
+    from .perf import ConnectivityPerf
+    if not 0.5 <= duration <= 60:
+        raise LabError(f"--duration {duration}: must be between 0.5 and 60 seconds")
+    rows = ConnectivityPerf(Lab(lab_name), duration, keep,
+                            progress=(lambda m: click.echo(f"... {m}"))
+                            if output == "text" else None).run()
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    cells = [("PATH", "TARGET", "THROUGHPUT", "RR TPS", "RR LATENCY p50/p90/p99")]
+    for r in rows:
+        if r.get("skip"):
+            cells.append((r["path"], r["target"], "-", "-", f"skipped: {r['skip']}"))
+            continue
+        rr = r["rr"]
+        cells.append((r["path"], f"{r['target']} ({r['address']})", f"{r['gbps']:.2f} Gb/s",
+                      f"{rr['tps']:,}",
+                      f"{rr['p50_us']:.0f}/{rr['p90_us']:.0f}/{rr['p99_us']:.0f} us"))
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    for c in cells:
+        click.echo("  ".join(c[i].ljust(widths[i]) if i < 2 else c[i].rjust(widths[i])
+                             for i in range(5)).rstrip())

@@ -19,6 +19,7 @@ NS, PEER_NS = "cilium-test", "cilium-test-peer"
 FILE = "zz-connectivity-test.yaml"
 POLICY_FILE = "zz-connectivity-test-policy.yaml"
 ECHO_PORT = 8080
+IPERF_PORT, RR_PORT = 5201, 5202        # connectivity perf: iperf3 and request/response servers
 TEST_LABEL = "io.cilium/connectivity-test"
 POOL_BLOCK = ("198.51.100.200", "198.51.100.207")
 CLIENT, PEER_CLIENT = f"{NS}/client", f"{PEER_NS}/client"
@@ -35,6 +36,7 @@ def _namespace(name: str) -> str:
 def _pod(ns: str, name: str, node: str, labels: dict, command: list[str]) -> str:
     lab = "".join(f"\n    {k}: {v}" for k, v in labels.items())
     cmd = ", ".join(f'"{c}"' for c in command)
+    # only the echo server is the pod's own; perf starts its servers in the pod when it runs
     port = (f"\n      ports:\n        - {{name: http, containerPort: {ECHO_PORT}}}"
             if labels.get("kind") == "echo" else "")
     return (f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
@@ -47,7 +49,8 @@ def _service(name: str, kind: str, selector: dict) -> str:
     return (f"apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\n"
             f"  labels: {{{TEST_LABEL}: {name}}}\nspec:\n  type: {kind}\n"
             f"  selector: {{{sel}}}\n  ports: [{{name: http, port: {ECHO_PORT}, "
-            f"targetPort: http}}]\n")
+            f"targetPort: http}}, {{name: iperf, port: {IPERF_PORT}, targetPort: {IPERF_PORT}}}, "
+            f"{{name: rr, port: {RR_PORT}, targetPort: {RR_PORT}}}]\n")
 
 
 def objects(nodes: list[str]) -> str:

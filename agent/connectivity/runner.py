@@ -13,10 +13,12 @@ answer for a drop) within its deadline; policy takes effect asynchronously, so a
 API:
     ConnectivityTest(lab, pattern=None, keep=False, deadline=10.0, progress=None,
                      on_result=None).run() -> [Result]     progress(str), on_result(Result)
+    ConnectivityTest(...).deployed()         context manager: the test's objects up (yields Env)
     Result(check, status PASS|FAIL|SKIP, detail, flows)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -65,14 +67,30 @@ class ConnectivityTest:
 
     # ---- the run ----
     def run(self) -> list[Result]:
+        with self.deployed() as env:
+            return self._checks(env)
+
+    @contextlib.contextmanager
+    def deployed(self):
+        """The test's objects in the lab, their pods created and services programmed on every
+        agent (yields the Env); removed afterwards unless keep, policies always."""
         self.st = self.lab.load()
         if not self.st.get("nodes"):
             raise LabError(f"lab {self.lab.name} is not up: run `datapath lab up` first")
         mdir = Path(self.st["manifests"])
-        server = None
         try:
             self._deploy(mdir)
-            env = self._env()
+            yield self._env()
+        finally:
+            (mdir / res.POLICY_FILE).unlink(missing_ok=True)
+            if not self.keep:
+                (mdir / res.FILE).unlink(missing_ok=True)
+                self.lab.up()           # the lab removes the pods no manifest names any more
+
+    def _checks(self, env: Env) -> list[Result]:
+        mdir = Path(self.st["manifests"])
+        server = None
+        try:
             checks = [c for c in plan(env) if not self.pattern or self.pattern.search(c.name)]
             if not checks:
                 raise LabError(f"no check matches {self.pattern.pattern!r}")
@@ -92,10 +110,6 @@ class ConnectivityTest:
         finally:
             if server is not None:
                 _kill(server)
-            (mdir / res.POLICY_FILE).unlink(missing_ok=True)
-            if not self.keep:
-                (mdir / res.FILE).unlink(missing_ok=True)
-                self.lab.up()           # the lab removes the pods no manifest names any more
 
     def _deploy(self, mdir: Path) -> None:
         """Write the test's objects and let the lab create its pods; a deployment already in

@@ -1015,3 +1015,22 @@ def test_connectivity_test_names_what_broke(native):
                                    "pod-to-service/cluster-ip-other-node": "FAIL"}, r.stdout
     assert "connection refused" in r.stdout
     assert not any(k.startswith("cilium-test") for k in native.lab.load()["pods"])
+
+
+def test_connectivity_perf_measures_every_path(native):
+    """`datapath connectivity perf`: iperf3 and request/response on each path, as a table (and
+    JSON); the servers it started in the pods are gone afterwards."""
+    r = subprocess.run([*_bin("datapath"), "connectivity", "perf", "--name", native.lab.name,
+                        "--duration", "1", "-o", "json"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["path"] for row in rows] == ["pod-to-pod/same-node", "pod-to-pod/other-node",
+                                              "host-to-pod/same-node",
+                                              "pod-to-service/cluster-ip"]
+    for row in rows:
+        assert row["gbps"] > 0 and row["rr"]["transactions"] > 0, row
+        assert 0 < row["rr"]["p50_us"] <= row["rr"]["p90_us"] <= row["rr"]["p99_us"], row
+    assert not any(k.startswith("cilium-test") for k in native.lab.load()["pods"])
+    leftover = subprocess.run(["pgrep", "-f", f"iperf3 -s -p 5201"], capture_output=True)
+    assert leftover.returncode == 1, leftover.stdout

@@ -31,6 +31,7 @@ from datapath import netns
 from datapath.errors import DatapathError, LabError
 
 from ..api import Client
+from ..monitor.format import compact
 from ..runtime import _bin, _kill, proc_ref
 from . import resources as res
 from .checks import PHASES, WORLD_PORT, Check, Env, Frontends, plan
@@ -264,16 +265,6 @@ class ConnectivityTest:
             except DatapathError:
                 continue
             for f in (doc.get("flows") or [])[-10:]:
-                lines.append(f"{node}: {flow_line(f)}")
+                lines.append(f"{node}: {compact(f)}")
         return lines
 
-
-def flow_line(f: dict) -> str:
-    """A flow in a few words: addresses and ports, verdict, why."""
-    ip, l4 = f.get("IP") or {}, f.get("l4") or {}
-    proto, ports = next(iter(l4.items()), ("", {}))
-    sport, dport = (ports or {}).get("source_port"), (ports or {}).get("destination_port")
-    src = f"{ip.get('source', '?')}" + (f":{sport}" if sport else "")
-    dst = f"{ip.get('destination', '?')}" + (f":{dport}" if dport else "")
-    why = f.get("drop_reason_desc") or (f.get("event_type") or {}).get("type", "")
-    return f"{src} -> {dst} {proto} {f.get('verdict', '')} {why}".rstrip()

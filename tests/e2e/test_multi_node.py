@@ -1032,5 +1032,5 @@ def test_connectivity_perf_measures_every_path(native):
         assert row["gbps"] > 0 and row["rr"]["transactions"] > 0, row
         assert 0 < row["rr"]["p50_us"] <= row["rr"]["p90_us"] <= row["rr"]["p99_us"], row
     assert not any(k.startswith("cilium-test") for k in native.lab.load()["pods"])
-    leftover = subprocess.run(["pgrep", "-f", f"iperf3 -s -p 5201"], capture_output=True)
+    leftover = subprocess.run(["pgrep", "-f", "iperf3 -s -p 5201"], capture_output=True)
     assert leftover.returncode == 1, leftover.stdout

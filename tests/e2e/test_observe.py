@@ -12,14 +12,10 @@ import json
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 
-import pytest
-
 from agent.runtime import _bin
-from datapath import netns
 
 from .conftest import wait_for
 from .traffic import curl

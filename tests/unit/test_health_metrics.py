@@ -2,7 +2,6 @@
 (cilium_agent_api_process_time_seconds), the process collector and cilium_unreachable_nodes."""
 from __future__ import annotations
 
-import subprocess
 import threading
 import uuid
 

@@ -22,7 +22,7 @@ from agent.metrics import AgentMetrics
 from agent.monitor import MonitorSubsystem
 from agent.monitor import reader as readermod
 
-from .test_monitor_flows import (CURL, WEB1, StubView, drop_record, events_module, packet)
+from .test_monitor_flows import StubView, drop_record, events_module, packet
 
 
 class FakeRing:

@@ -1,5 +1,5 @@
-"""Node reachability, as cilium-health probes it: every interval, one ICMP echo to each other
-node's address. Feeds `cilium_unreachable_nodes` and the "Cluster health" line of status.
+"""Node reachability, as cilium-health probes it: every interval (and when the set of nodes
+changes), one ICMP echo to each other node's address. Feeds `cilium_unreachable_nodes` and the "Cluster health" line of status.
 
 Owns: the probe thread and its last result. The agent's address book (other nodes' IPs) comes
 in through a callable, so the prober never reaches into the daemon.
@@ -92,10 +92,17 @@ class NodeHealth:
             self._probed_at = time.time()
 
     def start(self, stop_event: threading.Event) -> threading.Thread:
+        """Probe every interval, and at once when the set of other nodes changes (a node
+        joining is probed within a second, not an interval later)."""
         def loop():
+            next_round = 0.0
             while not stop_event.is_set():
-                self.round()
-                stop_event.wait(self.interval)
+                with self._lock:
+                    probed = set(self._reachable)
+                if time.monotonic() >= next_round or set(self.nodes()) != probed:
+                    self.round()
+                    next_round = time.monotonic() + self.interval
+                stop_event.wait(min(1.0, self.interval))
         t = threading.Thread(target=loop, name="node-health", daemon=True)
         t.start()
         return t

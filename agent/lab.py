@@ -91,7 +91,7 @@ class Lab:
                            "first to change the routing mode")
         topo = load_topology(topology or st.get("topology"),
                              routing_mode or st.get("routingMode"))
-        manifests = os.path.abspath(manifests or st.get("manifests") or str(EXAMPLES))
+        manifests = os.path.abspath(manifests or st.get("manifests") or self._own_manifests())
         mset = load_manifests(manifests)      # fail before building anything
         configs = {node.name: self._node_config(topo, node, manifests, values)
                    for node in topo.nodes}
@@ -144,6 +144,18 @@ class Lab:
                 st.get("prometheus"))
             self.save(st)
         return st
+
+    def _own_manifests(self) -> str:
+        """Without --manifests: a copy of examples/lab in the lab's directory, the lab's own to
+        change (the connectivity test adds its objects there), never the source tree."""
+        own = self.dir / "manifests"
+        if not own.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / ".manifests.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(EXAMPLES, tmp)
+            os.replace(tmp, own)
+        return str(own)
 
     def _wait_converged(self, st: dict, timeout: float = 30) -> None:
         """Every agent knows every node and every other node's pods (through etcd)."""
@@ -511,6 +523,7 @@ def lab_status(lab_name, output):
     for o in s["others"]:
         click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
     click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
+    click.echo(f"manifests: {s['manifests']}")
     if s["prometheus"]:
         click.echo(f"prometheus: {s['prometheus']}")
     click.echo("values:  " + (", ".join(f"{k}={show_value(v)}" for k, v in s["values"].items())

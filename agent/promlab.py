@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -71,25 +72,39 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _tools() -> None:
+    for tool in ("prometheus", "promtool"):
+        if not shutil.which(tool):
+            raise LabError(f"{tool} not found: install Debian's `prometheus` package "
+                           "(scripts/setup.sh does)")
+
+
 def start(lab_dir: Path, ns: str, ip: str, targets: dict[str, str],
           have: dict | None) -> dict:
-    """Write the config and rules; start the server in `ns` (listening on ip:PORT) unless it
-    runs, else reload it (SIGHUP) when its config changed. Returns its record once ready."""
+    """Write the config and rules (checked by promtool before they replace the last good
+    ones); start the server in `ns` (listening on ip:PORT) unless it runs, else reload it
+    (SIGHUP) when its config changed. Returns its record once ready."""
+    _tools()
     pdir = lab_dir / "prometheus"
     pdir.mkdir(parents=True, exist_ok=True)
     cfg_path, rules_path = pdir / "prometheus.yml", pdir / "rules.yml"
     _write(rules_path, RULES)
-    old = cfg_path.read_text() if cfg_path.exists() else None
-    _write(cfg_path, config(targets, str(rules_path)))
+    new = pdir / ".prometheus.yml.new"
+    new.write_text(yaml.safe_dump(config(targets, str(rules_path)), sort_keys=False))
+    check = subprocess.run(["promtool", "check", "config", str(new)], capture_output=True,
+                           text=True)
+    if check.returncode:
+        new.unlink()
+        raise LabError(f"prometheus config for {lab_dir.name}: "
+                       f"{(check.stdout or check.stderr).strip().splitlines()[-1]}")
+    changed = not cfg_path.exists() or cfg_path.read_text() != new.read_text()
+    os.replace(new, cfg_path)
     rec = dict(have or {})
     rec.update({"netns": ns, "url": f"http://{ip}:{PORT}", "dir": str(pdir),
                 "config": str(cfg_path), "log": str(pdir / "prometheus.log")})
-    check = subprocess.run(["promtool", "check", "config", str(cfg_path)],
-                           capture_output=True, text=True)
-    if check.returncode:
-        raise LabError(f"prometheus config {cfg_path}: {check.stdout or check.stderr}".strip())
-    if _alive(rec.get("pid")):
-        if old != cfg_path.read_text():
+    started = not _alive(rec.get("pid"))
+    if not started:
+        if changed:
             os.kill(_pid(rec["pid"]), signal.SIGHUP)
     else:
         with open(rec["log"], "ab") as log:
@@ -108,7 +123,8 @@ def start(lab_dir: Path, ns: str, ip: str, targets: dict[str, str],
         if not _alive(rec["pid"]):
             break
         time.sleep(0.2)
-    _kill(rec["pid"])
+    if started:                 # only the one started here: a running server stays
+        _kill(rec["pid"])
     raise LabError(f"prometheus in {ns} did not become ready; see {rec['log']}")
 
 
@@ -123,7 +139,10 @@ def query(ns: str, url: str, expr: str) -> list:
     out = netns.run(ns, "curl", "-sf", "-m", "5", f"{url}/api/v1/query?{q}", check=False)
     if out.returncode:
         raise LabError(f"prometheus at {url}: query {expr!r} failed ({out.returncode})")
-    doc = json.loads(out.stdout)
+    try:
+        doc = json.loads(out.stdout)
+    except ValueError as e:
+        raise LabError(f"prometheus at {url}: query {expr!r}: not JSON ({e})") from e
     if doc.get("status") != "success":
         raise LabError(f"prometheus at {url}: {expr!r}: {doc.get('error')}")
     return doc["data"]["result"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: bring up the lab (nodes k8s-ctr, k8s-w1, k8s-w2 with etcd, a router and an external
 # host; webpod-1..3 spread over the nodes and curl-pod on k8s-ctr), send pod-to-pod requests
-# through the datapath (same node and across nodes), and show what the agents report.
+# through the datapath (same node and across nodes), show what the agents report, run the
+# connectivity test and show the drops it caused on purpose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=.venv/bin/datapath
@@ -29,6 +30,12 @@ $D lab exec k8s-ctr -- datapath status
 echo
 echo "\$ datapath endpoint list"
 $D lab exec k8s-ctr -- datapath endpoint list
+echo
+echo "\$ datapath connectivity test   (its own pods and services, 19 named checks, then removed)"
+$D connectivity test
+echo
+echo "\$ datapath lab observe --verdict DROPPED --last 3   (the drops its policy checks expected)"
+$D lab observe --verdict DROPPED --last 3
 echo
 echo "Metrics: http://192.168.10.100:9962/metrics (inside the lab network; e.g."
 echo "  .venv/bin/datapath lab exec k8s-ctr -- curl -s http://192.168.10.100:9962/metrics)"

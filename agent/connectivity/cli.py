@@ -19,7 +19,8 @@ def connectivity():
 @click.option("--test", "pattern", default=None, metavar="REGEX",
               help="Run only the checks whose name matches REGEX.")
 @click.option("--keep", is_flag=True, help="Leave the test's pods and services in the lab.")
-@click.option("--deadline", type=float, default=10.0, show_default=True,
+@click.option("--deadline", type=click.FloatRange(0, min_open=True), default=10.0,
+              show_default=True,
               help="Seconds a check may take to see what it expects.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def test(lab_name, pattern, keep, deadline, output):

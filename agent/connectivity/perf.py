@@ -50,15 +50,19 @@ host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 c = socket.create_connection((host, port), timeout=5)
 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 lat, now = [], time.perf_counter_ns
-end = now() + int(seconds * 1e9)
+start = now()
+end = start + int(seconds * 1e9)
 while now() < end:
     t = now(); c.sendall(b"x")
     if not c.recv(1):
         break
     lat.append(now() - t)
+if not lat:
+    sys.exit("no transaction completed")
 lat.sort()
 pick = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] / 1000, 1)
-print(json.dumps({"transactions": len(lat), "tps": round(len(lat) / seconds),
+elapsed = (now() - start) / 1e9
+print(json.dumps({"transactions": len(lat), "tps": round(len(lat) / elapsed),
                   "p50_us": pick(0.5), "p90_us": pick(0.9), "p99_us": pick(0.99)}))
 """
 SERVER_LIFETIME = 900       # seconds: every server runs under `timeout`, whatever happens here
@@ -83,8 +87,7 @@ class ConnectivityPerf:
                                              str(res.RR_PORT))]
                 client = st["pods"][res.CLIENT]
                 node0 = next(iter(st["nodes"].values()))
-                target_svc = res.SERVICES["node-port"] if res.ECHO_OTHER in echo else \
-                    res.SERVICES["cluster-ip"]
+                target_svc = res.SERVICES["cluster-ip"]       # echo-same-node's ClusterIP
                 paths = {
                     "pod-to-pod/same-node": (res.CLIENT, client["netns"], res.ECHO_SAME,
                                              (echo[res.ECHO_SAME] or {}).get("ip")),

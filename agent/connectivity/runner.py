@@ -80,13 +80,19 @@ class ConnectivityTest:
             raise LabError(f"lab {self.lab.name} is not up: run `datapath lab up` first")
         mdir = Path(self.st["manifests"])
         try:
-            self._deploy(mdir)
+            try:
+                self._deploy(mdir)
+            except OSError as e:        # the manifests directory: one line, naming it
+                raise LabError(f"connectivity test: {mdir}: {e.strerror or e}") from e
             yield self._env()
         finally:
-            (mdir / res.POLICY_FILE).unlink(missing_ok=True)
-            if not self.keep:
-                (mdir / res.FILE).unlink(missing_ok=True)
-                self.lab.up()           # the lab removes the pods no manifest names any more
+            try:
+                (mdir / res.POLICY_FILE).unlink(missing_ok=True)
+                if not self.keep:
+                    (mdir / res.FILE).unlink(missing_ok=True)
+                    self.lab.up()       # the lab removes the pods no manifest names any more
+            except (OSError, DatapathError) as e:
+                self.log(f"cleaning up the test's objects failed: {e} (run `lab up` again)")
 
     def _checks(self, env: Env) -> list[Result]:
         mdir = Path(self.st["manifests"])
@@ -211,48 +217,70 @@ class ConnectivityTest:
         rec = self.st["others"][c.src]
         return rec["netns"], rec["ip"]
 
-    def _attempt(self, c: Check, ns: str) -> tuple[bool, str]:
-        """(answered, what happened)."""
+    def _attempt(self, c: Check, ns: str) -> tuple[str, str]:
+        """(outcome, what happened): outcome "answer", "timeout" (no answer at all, as a drop
+        gives) or "error" (refused, reset, ...: the packet got somewhere)."""
         t = ANSWER_TIMEOUT if c.expect == "answer" else DROP_TIMEOUT
         if c.proto == "icmp":
             p = netns.run(ns, "ping", "-c", "1", "-W", str(t), c.dst, check=False,
                           timeout=t + 10)
-            return p.returncode == 0, ("ICMP echo answered" if p.returncode == 0 else
-                                       f"no ICMP echo reply within {t} s")
+            if p.returncode == 0:
+                return "answer", "ICMP echo answered"
+            return ("timeout", f"no ICMP echo reply within {t} s") if p.returncode == 1 else \
+                ("error", f"ping failed ({p.stderr.strip() or p.returncode})")
         p = netns.run(ns, "curl", "-s", "-m", str(t), f"http://{c.dst}/api", check=False,
                       timeout=t + 10)
+        if p.returncode == 28:
+            return "timeout", f"timed out (curl exit 28, after {t} s)"
         if p.returncode:
-            why = _CURL.get(p.returncode, "failed")
-            return False, f"{why} (curl exit {p.returncode}" + \
-                (f", after {t} s)" if p.returncode == 28 else ")")
+            return "error", f"{_CURL.get(p.returncode, 'failed')} (curl exit {p.returncode})"
         try:
             host = json.loads(p.stdout)["hostname"]
         except (ValueError, KeyError, TypeError):
             host = "?"
-        return True, f"answered by {host}"
+        return "answer", f"answered by {host}"
 
     def _run(self, c: Check) -> Result:
         if c.skip:
             return Result(c, "SKIP", c.skip)
         ns, src_ip = self._source(c)
         started = time.time()
+        if not src_ip or c.dst.split(":")[0] in ("", "None"):
+            return Result(c, "FAIL", f"no address for {c.src if not src_ip else c.what}")
         deadline = started + self.deadline
         while True:
-            answered, what = self._attempt(c, ns)
+            outcome, what = self._attempt(c, ns)
             if c.expect == "answer":
-                ok = answered and (not c.backends or
-                                   what.removeprefix("answered by ") in c.backends)
-                if answered and not ok:
+                ok = outcome == "answer" and (not c.backends or
+                                              what.removeprefix("answered by ") in c.backends)
+                if outcome == "answer" and not ok:
                     what += f", expected {' or '.join(c.backends)}"
-            else:
-                ok = not answered
-                what = f"dropped as expected: {what}" if ok else f"{what}: expected a drop"
+            elif outcome != "timeout":
+                ok, what = False, f"{what}: expected a policy drop"
+            else:       # no answer: a drop only when an agent saw the policy deny it
+                seen = self._policy_drop(src_ip, time.time() - started)
+                ok = bool(seen)
+                what = f"dropped as expected: {what}; {seen}" if ok else \
+                    f"{what}, but no agent reported a policy drop"
             if ok or time.time() >= deadline:
                 break
             time.sleep(0.2)
         if ok:
             return Result(c, "PASS", what)
         return Result(c, "FAIL", what, self._flows(src_ip, time.time() - started))
+
+    def _policy_drop(self, ip: str, age: float) -> str | None:
+        """"POLICY_DENIED on <node>" when a node reported a policy drop of ip's packets since."""
+        for node, rec in self.st["nodes"].items():
+            try:
+                doc = Client(rec["socket"], timeout=5).get(
+                    f"/v1/flows?ip={ip}&verdict=DROPPED&since={int(age) + 2}s")
+            except DatapathError:
+                continue
+            for f in doc.get("flows") or []:
+                if f.get("drop_reason_desc") == "POLICY_DENIED":
+                    return f"POLICY_DENIED on {node}"
+        return None
 
     def _flows(self, ip: str, age: float) -> list[str]:
         """Every node's flows of the source address since the check began, as compact lines

@@ -952,11 +952,16 @@ def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
 def test_agent_health_cluster_health_and_api_metrics(native):
     """`datapath status` shows cilium's "Cluster health" line; the agent-health series a
     Prometheus user watches (API timings, process, unreachable nodes) are served."""
-    for node in ("k8s-ctr", "k8s-w1", "k8s-w2"):
+    def status(node):
         out = subprocess.run([*_bin("datapath"), "--socket", native.lab.resolve(node)[1],
                               "status"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        assert re.search(r"^Cluster health:\s+3/3 reachable$", out.stdout, re.M), out.stdout
+        return out.stdout
+
+    for node in ("k8s-ctr", "k8s-w1", "k8s-w2"):
+        # every node knows the others (etcd) and has probed them since
+        wait_for(lambda: re.search(r"^Cluster health:\s+3/3 reachable$", status(node), re.M),
+                 timeout=20, what=f"{node}: Cluster health 3/3 reachable")
         assert native.metric("cilium_unreachable_nodes", node) == 0
         assert native.metric("cilium_agent_api_process_time_seconds_count", node,
                              path="/v1/status", method="GET", return_code="200") >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -96,3 +97,21 @@ def test_process_metrics_are_cilium_prefixed():
     for name in ("cilium_process_cpu_seconds_total", "cilium_process_resident_memory_bytes",
                  "cilium_process_open_fds", "cilium_process_start_time_seconds"):
         assert f"\n{name} " in text, name
+
+
+def test_a_node_joining_is_probed_without_waiting_an_interval(scratch_ns):
+    def run():
+        nodes = {"a": "127.0.0.1"}
+        stop = threading.Event()
+        h = health.NodeHealth(lambda: dict(nodes), interval=3600, timeout=0.2)
+        t = h.start(stop)
+        deadline = time.monotonic() + 5
+        while h.status()["reachable"] != ["a"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes["b"] = "192.0.2.10"
+        while h.status()["reachable"] != ["a", "b"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        t.join(3)
+        return h.status()["reachable"]
+    assert run_in_netns(scratch_ns, run) == ["a", "b"]

@@ -35,7 +35,7 @@ from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
 from .monitor.observe import filter_options as observe_filter_options, filters_of
 from .monitor.observe import observe as observe_flows
-from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref
+from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref, wait_http_ok
 from .topology import Topology, load_topology
 from .values import check_lab_owned, flatten, load_values, merge, parse_set, show_value
 
@@ -265,14 +265,8 @@ class Lab:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             rec["pid"] = proc_ref(p.pid)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if netns.run(ns, "curl", "-sf", "-m", "2", f"{url}/health",
-                         check=False).returncode == 0:
-                return rec
-            if not _alive(rec["pid"]):
-                break
-            time.sleep(0.2)
+        if wait_http_ok(ns, f"{url}/health", rec["pid"]):
+            return rec
         _kill(rec["pid"])
         raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
 

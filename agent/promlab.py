@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import yaml
 from datapath import netns
 from datapath.errors import LabError
 
-from .runtime import _alive, _kill, _pid, proc_ref
+from .runtime import _alive, _kill, _pid, proc_ref, wait_http_ok
 
 PORT = 9090
 JOB = "datapath-agent"
@@ -115,14 +114,8 @@ def start(lab_dir: Path, ns: str, ip: str, targets: dict[str, str],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         rec["pid"] = proc_ref(p.pid)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if netns.run(ns, "curl", "-sf", "-m", "2", f"{rec['url']}/-/ready",
-                     check=False).returncode == 0:
-            return rec
-        if not _alive(rec["pid"]):
-            break
-        time.sleep(0.2)
+    if wait_http_ok(ns, f"{rec['url']}/-/ready", rec["pid"]):
+        return rec
     if started:                 # only the one started here: a running server stays
         _kill(rec["pid"])
     raise LabError(f"prometheus in {ns} did not become ready; see {rec['log']}")

@@ -92,6 +92,18 @@ def _reap(pid: int, timeout: float = 5) -> None:
         time.sleep(0.05)
 
 
+def wait_http_ok(ns: str, url: str, ref: str, timeout: float = 30) -> bool:
+    """Poll url from inside ns until it answers 2xx (True), or the process `ref` is gone or
+    the time is up (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if netns.run(ns, "curl", "-sf", "-m", "2", url, check=False).returncode == 0:
+            return True
+        if not _alive(ref):
+            return False
+        time.sleep(0.2)
+    return False
+
 
 class PodRuntime:
     def __init__(self, node_netns: str | None, socket: str, log_dir: Path, netns_prefix: str = "",

@@ -269,30 +269,29 @@ class ConnectivityTest:
             return Result(c, "PASS", what)
         return Result(c, "FAIL", what, self._flows(src_ip, time.time() - started))
 
-    def _policy_drop(self, ip: str, age: float) -> str | None:
-        """"POLICY_DENIED on <node>" when a node reported a policy drop of ip's packets since."""
+    def _node_flows(self, ip: str, age: float, query: str = ""):
+        """(node, flow) for every node's flows of ip's packets in the last `age` seconds (none
+        from a node whose agent does not answer)."""
         for node, rec in self.st["nodes"].items():
             try:
                 doc = Client(rec["socket"], timeout=5).get(
-                    f"/v1/flows?ip={ip}&verdict=DROPPED&since={int(age) + 2}s")
+                    f"/v1/flows?ip={ip}&since={int(age) + 2}s{query}")
             except DatapathError:
                 continue
             for f in doc.get("flows") or []:
-                if f.get("drop_reason_desc") == "POLICY_DENIED":
-                    return f"POLICY_DENIED on {node}"
-        return None
+                yield node, f
+
+    def _policy_drop(self, ip: str, age: float) -> str | None:
+        """"POLICY_DENIED on <node>" when a node reported a policy drop of ip's packets since."""
+        return next((f"POLICY_DENIED on {node}" for node, f in
+                     self._node_flows(ip, age, "&verdict=DROPPED")
+                     if f.get("drop_reason_desc") == "POLICY_DENIED"), None)
 
     def _flows(self, ip: str, age: float) -> list[str]:
-        """Every node's flows of the source address since the check began, as compact lines
-        (none when the agents serve no flows)."""
-        lines = []
-        for node, rec in self.st["nodes"].items():
-            try:
-                doc = Client(rec["socket"], timeout=5).get(
-                    f"/v1/flows?ip={ip}&since={int(age) + 2}s")
-            except DatapathError:
-                continue
-            for f in (doc.get("flows") or [])[-10:]:
-                lines.append(f"{node}: {compact(f)}")
-        return lines
+        """Every node's last 10 flows of the source address since the check began, as compact
+        lines (none when the agents serve no flows)."""
+        per_node: dict[str, list[str]] = {}
+        for node, f in self._node_flows(ip, age):
+            per_node.setdefault(node, []).append(f"{node}: {compact(f)}")
+        return [line for lines in per_node.values() for line in lines[-10:]]
 

@@ -23,7 +23,7 @@ from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
 from .netpol import TCP80, PolicyLab, R, mismatches, render, write_atomic
-from .traffic import curl, udp_roundtrip
+from .traffic import curl, spoofed_ping, udp_roundtrip
 
 PODS = {"curl-pod": "k8s-ctr", "webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
 WEB = ["webpod-1", "webpod-2", "webpod-3"]
@@ -921,12 +921,7 @@ def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
     native.run("curl-pod", "sh", "-c", f"for i in $(seq 10); do curl -s -m 5 http://{vip}/; done",
                timeout=120)
     # a spoofed source: dropped and counted ("Invalid source ip")
-    native.run("curl-pod", "ip", "addr", "add", "172.20.0.250/32", "dev", "eth0")
-    try:
-        native.run("curl-pod", "ping", "-c", "2", "-W", "1", "-I", "172.20.0.250",
-                   native.pod_ip("webpod-2"), check=False)
-    finally:
-        native.run("curl-pod", "ip", "addr", "del", "172.20.0.250/32", "dev", "eth0")
+    spoofed_ping(native, "curl-pod", native.pod_ip("webpod-2"))
     path = native.manifests / "prom-probe.yaml"
     path.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: prom-probe, namespace: "
                     "default}\nspec:\n  selector: {app: webpod}\n  ports: [{port: 8081}]\n")

@@ -17,7 +17,7 @@ from agent.runtime import _bin
 from datapath import attach, netns
 
 from .conftest import promtool_clean, wait_for
-from .traffic import TCP_CLIENT, TCP_ECHO, curl, udp_roundtrip
+from .traffic import TCP_CLIENT, TCP_ECHO, curl, spoofed_ping, udp_roundtrip
 
 def test_pods_exchange_ping_tcp_udp(lab):
     pods = ["webpod-1", "webpod-2", "webpod-3"]
@@ -89,12 +89,7 @@ def test_metrics_pass_promtool_and_counters_move(lab, tmp_path):
     # a spoofed source from a pod is dropped and counted with Cilium's reason string
     drops = _metric(lab.metrics(), "cilium_drop_count_total", reason="Invalid source ip",
                     direction="EGRESS")
-    lab.run("curl-pod", "ip", "addr", "add", "172.20.0.250/32", "dev", "eth0")
-    try:
-        lab.run("curl-pod", "ping", "-c", "2", "-W", "1", "-I", "172.20.0.250",
-                lab.pod_ip("webpod-1"), check=False)
-    finally:
-        lab.run("curl-pod", "ip", "addr", "del", "172.20.0.250/32", "dev", "eth0")
+    spoofed_ping(lab, "curl-pod", lab.pod_ip("webpod-1"))
     text = lab.metrics()
     assert _metric(text, "cilium_drop_count_total", reason="Invalid source ip",
                    direction="EGRESS") >= drops + 2

@@ -1,6 +1,6 @@
 """Real-socket traffic between lab namespaces: curl to the whoami pods, a UDP echo round trip,
-a long-lived TCP echo pair and the source of an echo request as a host sees it, each bounded in
-count and time."""
+a long-lived TCP echo pair, the source of an echo request as a host sees it and echo requests
+from a spoofed source, each bounded in count and time."""
 from __future__ import annotations
 
 import subprocess
@@ -59,6 +59,17 @@ c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
 for line in sys.stdin:
     c.sendall(line.encode()); print(c.recv(1024).decode().strip(), flush=True)
 """
+
+
+def spoofed_ping(lab, pod: str, dst: str, spoof: str = "172.20.0.250",
+                 count: int = 2) -> None:
+    """`count` echo requests from `pod` with a source address that is not its own (added to
+    its eth0 for the moment): from-container drops them as an invalid source."""
+    lab.run(pod, "ip", "addr", "add", f"{spoof}/32", "dev", "eth0")
+    try:
+        lab.run(pod, "ping", "-c", str(count), "-W", "1", "-I", spoof, dst, check=False)
+    finally:
+        lab.run(pod, "ip", "addr", "del", f"{spoof}/32", "dev", "eth0")
 
 
 def curl(lab, src, ip):

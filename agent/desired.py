@@ -164,12 +164,13 @@ class DesiredBuilder:
             algorithm=cfg.lbAlgorithm, maglev_size=cfg.maglevTableSize)
         changed = self.planner.update(a.manifests, pod_ips, view, delta)
         counts = {"add": 0, "delete": 0, "update": 0}
+        set_section = rec.set_section
         for key, (old, built) in changed.items():
-            rec.set_section(("svc", key), Section(maps=built.maps, late=built.late)
-                            if built else None)
+            set_section(("svc", key), built)      # (a _Built is a section: .maps, .late)
             if old is None or built is None:        # every frontend added, or deleted
-                counts["add" if old is None else "delete"] += len(
-                    {s["frontend"] for s in (built or old).listing})
+                b = built or old
+                counts["add" if old is None else "delete"] += \
+                    len(b.fes) if len(b.fes) < 2 else b.frontend_count()
                 continue
             before = {s["frontend"]: s for s in old.listing}
             after = {s["frontend"]: s for s in built.listing}

@@ -15,7 +15,9 @@ go in batches (reconcile.apply); the cyclic collector is paused while a flush or
 reconciliation plans and applies (10^5 ops at 10,000 services).
 
 API:
-    Section(maps, late)                          one producer's entries
+    Section(maps, late)                          one producer's entries (or anything with
+                                                 .maps and .late: kept as given, not copied, so
+                                                 the producer must not change it afterwards)
     Reconciler(counters, owned_prefix)
         .set_section(id, Section | None)         replace (None: remove) one section
         .set_links(tc, xdp, routes)              the desired non-map state
@@ -80,6 +82,9 @@ class Reconciler:
         self.links = DatapathState()              # desired tc / xdp / routes
         self.applied = DatapathState()            # tc / xdp / routes as last applied
         self.pending: dict[str, set[bytes]] = defaultdict(set)   # keys for the next flush
+        # nothing planned yet: every desired key is pending (not copied into `pending`: at a
+        # cold start that is 10^5 keys, and the full reconciliation that comes first reads all)
+        self._fresh = True
 
     # ---- desired state ----
     def set_section(self, sid: Hashable, section: Section | None) -> None:
@@ -92,17 +97,16 @@ class Reconciler:
         else:
             self.sections[sid] = section
         if not old.maps:                           # a new section: every key is new to it
-            desired, pending = self.desired, self.pending
+            desired, pending, fresh = self.desired, self.pending, self._fresh
             for m, now in new.maps.items():
                 want = desired[m]
-                if want:
-                    shared = now.keys() & want.keys()
-                    if shared:
-                        refs = self.refs[m]
-                        for k in shared:
-                            refs[k] = refs.get(k, 0) + 1
+                if not want.keys().isdisjoint(now):     # (no set made when none is shared)
+                    refs = self.refs[m]
+                    for k in now.keys() & want.keys():
+                        refs[k] = refs.get(k, 0) + 1
                 want.update(now)
-                pending[m].update(now)
+                if not fresh:
+                    pending[m].update(now)
             if old.late:
                 self.late.difference_update(old.late)
             if new.late:
@@ -136,7 +140,7 @@ class Reconciler:
 
     def has_pending(self) -> bool:
         """Writes that failed and wait for the next flush."""
-        return any(self.pending.values())
+        return any(self.pending.values()) or (self._fresh and any(self.desired.values()))
 
     def set_links(self, tc: dict, xdp: dict, routes: dict) -> None:
         self.links = DatapathState(tc=dict(tc), xdp=dict(xdp), routes=dict(routes))
@@ -157,7 +161,10 @@ class Reconciler:
     def plan(self) -> list[Op]:
         """The ops for the pending keys and the non-map state (pure: nothing is applied)."""
         ops: list[Op] = []
-        for m, keys in self.pending.items():
+        pending = self.pending
+        if self._fresh:                            # every desired key (nothing written yet)
+            pending = {m: pending.get(m, set()) | want.keys() for m, want in self.desired.items()}
+        for m, keys in pending.items():
             desired, written = self.desired.get(m, {}), self.written.get(m, {})
             for k in keys:
                 want, have = desired.get(k), written.get(k)
@@ -205,7 +212,7 @@ class Reconciler:
                 on_error(op, e)
         apply(ops, dp, err)
         bad = {id(op) for op, _ in failed}
-        self.pending = defaultdict(set)
+        self.pending, self._fresh = defaultdict(set), False
         for op, _ in failed:
             if op.kind.startswith("map"):
                 self.pending[op.target].add(op.key)
@@ -214,7 +221,13 @@ class Reconciler:
             run = list(run)
             by_target[target if kind[0] == "m" else kind.split("_")[0]] += len(run)
             if kind == "map_update" and not bad:      # (the bulk of a full plan: C speed)
-                written[target].update(zip(map(_KEY, run), map(_VALUE, run)))
+                have, want = written[target], self.desired.get(target, {})
+                if not have and len(run) == len(want):
+                    # into an empty map, every desired key (a plan writes each key once, with
+                    # its desired value): a copy, not 10^5 inserts into a growing dict
+                    written[target] = want.copy()
+                else:
+                    have.update(zip(map(_KEY, run), map(_VALUE, run)))
                 continue
             for op in run:
                 if id(op) not in bad:

@@ -50,6 +50,35 @@ SERVICE_MAPS = ("cilium_lb4_services_v2", "cilium_lb4_backends_v3", "cilium_lb4_
                 "cilium_lb4_maglev")
 
 
+class _Ids:
+    """One kind of id: {key: id} (the state file's table), the ids in use, and no free id
+    below the cursor (so a new id is O(1))."""
+    __slots__ = ("ids", "used", "cursor", "limit", "what")
+
+    def __init__(self, ids: dict, limit: int, what: str):
+        self.ids, self.limit, self.what = ids, limit, what
+        self.used, self.cursor = set(ids.values()), 1
+
+    def get(self, key: str) -> int:
+        n = self.ids.get(key)
+        if n is None:
+            used, n = self.used, self.cursor
+            while n in used:
+                n += 1
+            if n >= self.limit:
+                raise ValueError(f"no free {self.what} id below {self.limit}")
+            self.ids[key] = n
+            used.add(n)
+            self.cursor = n + 1
+        return n
+
+    def release(self, key: str) -> None:
+        n = self.ids.pop(key, None)
+        if n is not None:
+            self.used.discard(n)
+            self.cursor = min(self.cursor, n)
+
+
 class IdTable:
     """{'services': {frontend: id}, 'backends': {addr:port/proto: id}} kept in the state file."""
 
@@ -57,43 +86,20 @@ class IdTable:
         self.table = table
         table.setdefault("services", {})
         table.setdefault("backends", {})
-        # per kind: the ids in use, and no free id below the cursor (so a new id is O(1))
-        self._used = {kind: set(table[kind].values()) for kind in ("services", "backends")}
-        self._cursor = {kind: 1 for kind in ("services", "backends")}
-
-    def _get(self, kind: str, key: str, limit: int) -> int:
-        ids = self.table[kind]
-        if key not in ids:
-            used = self._used[kind]
-            n = self._cursor[kind]
-            while n in used:
-                n += 1
-            if n >= limit:
-                raise ValueError(f"no free {kind[:-1]} id below {limit}")
-            ids[key] = n
-            used.add(n)
-            self._cursor[kind] = n + 1
-        return ids[key]
-
-    def service(self, key: str) -> int:
-        return self._get("services", key, 65536)
-
-    def backend(self, key: str) -> int:
-        return self._get("backends", key, 1 << 32)
+        self._kinds = {"services": _Ids(table["services"], 65536, "service"),
+                       "backends": _Ids(table["backends"], 1 << 32, "backend")}
+        self.service = self._kinds["services"].get      # service(key) -> id
+        self.backend = self._kinds["backends"].get      # backend(key) -> id
 
     def release(self, kind: str, key: str) -> None:
         """Free one id ('services' or 'backends') for reuse."""
-        n = self.table[kind].pop(key, None)
-        if n is not None:
-            self._used[kind].discard(n)
-            self._cursor[kind] = min(self._cursor[kind], n)
+        self._kinds[kind].release(key)
 
     def prune(self, services: set[str], backends: set[str]) -> None:
         for kind, keep in (("services", services), ("backends", backends)):
-            for k in set(self.table[kind]) - keep:
-                n = self.table[kind].pop(k)
-                self._used[kind].discard(n)
-                self._cursor[kind] = min(self._cursor[kind], n)
+            ids = self._kinds[kind]
+            for k in set(ids.ids) - keep:
+                ids.release(k)
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -133,8 +139,15 @@ class ClusterIPs:
             if s.clusterIP and s.clusterIP != "None":
                 self.ips[s.key] = s.clusterIP
                 self._owner[int(ipaddress.IPv4Address(s.clusterIP))] = ""
-        for s in sorted((s for s in services if not s.clusterIP), key=lambda s: s.key):
-            self._search(s.key, later_ok=True)
+        owner, ips, paths, base, size = self._owner, self.ips, self._path, self.base, self.size
+        for key in sorted(s.key for s in services if not s.clusterIP):
+            n = base + _hash32(key) % size          # (_search's first probe, inlined)
+            if n in owner:
+                self._search(key, later_ok=True)
+            else:
+                owner[n] = key
+                ips[key] = socket.inet_ntoa(n.to_bytes(4, "big"))
+                paths[key] = ()
         return self.ips
 
     def _search(self, key: str, later_ok: bool) -> bool:
@@ -275,16 +288,6 @@ def node_ports(services, port_range: tuple[int, int]) -> dict[tuple[str, int], i
     return out
 
 
-def _target_port(pod, port) -> int | None:
-    if isinstance(port.targetPort, int):
-        return port.targetPort
-    for c in pod.containers:
-        for cp in c.ports:
-            if cp.name == port.targetPort and cp.protocol == port.protocol:
-                return cp.containerPort
-    return None
-
-
 class _Index:
     """Pods by (namespace, label, value) and EndpointSlices by (namespace, service), so finding a
     service's backends does not scan every pod (10k services x 30k pods); kept up to date one
@@ -293,8 +296,8 @@ class _Index:
     def __init__(self, manifests):
         self.by_label: dict[tuple[str, str, str], dict[str, object]] = defaultdict(dict)
         by_label = self.by_label
-        for pod in manifests.pods.values():       # replace_pod(None, pod), inlined (30k pods)
-            ns, key = pod.namespace, pod.key
+        for key, pod in manifests.pods.items():   # replace_pod(None, pod), inlined (30k pods)
+            ns = pod.namespace                      # (the dict's key is pod.key)
             for k, v in pod.labels:
                 by_label[(ns, k, v)][key] = pod
         self.slices: dict[tuple[str, str], dict[str, object]] = defaultdict(dict)
@@ -327,33 +330,44 @@ class _Index:
         return [got[k] for k in sorted(got)]
 
     def selected(self, svc) -> list:
-        """The pods (in name order) a service's non-empty selector matches."""
-        sel = svc.selector
+        """(key, pod) of the pods (in name order) a service's non-empty selector matches."""
+        sel, ns = svc.selector, svc.namespace
         if len(sel) == 1:                  # the bucket is the answer
-            bucket = self.by_label.get((svc.namespace, *sel[0]), {})
-            return [bucket[k] for k in sorted(bucket)]
-        lists = [self.by_label.get((svc.namespace, k, v), {}) for k, v in sel]
+            k, v = sel[0]
+            return sorted(self.by_label.get((ns, k, v), {}).items())   # (keys unique)
+        lists = [self.by_label.get((ns, k, v), {}) for k, v in sel]
         smallest = min(lists, key=len)
         want = set(sel)
-        return [smallest[k] for k in sorted(smallest) if want <= set(smallest[k].labels)]
+        return [(k, smallest[k]) for k in sorted(smallest) if want <= set(smallest[k].labels)]
 
 
-def _endpoints(index, svc, port, pod_ips, view) -> list[tuple[str, int, str, int, bool]]:
+def _endpoints(index, svc, port, pod_ips, view, pods=None) -> list[tuple[str, int, str, int, bool]]:
     """(ip, port, name, state, local) of a service port's backends, from pods or
-    EndpointSlices; local: the backend is a pod on this node."""
+    EndpointSlices; local: the backend is a pod on this node. `pods`: index.selected(svc) when
+    the caller has it (one lookup for all of a service's ports)."""
     out = []
     if svc.selector is not None:
         local_ips = view.local_ips
         target = port.targetPort
-        number = target if isinstance(target, int) else None
-        for pod in index.selected(svc):
-            key = pod.key
+        named = not isinstance(target, int)
+        proto = port.protocol
+        for key, pod in index.selected(svc) if pods is None else pods:
             ip = pod_ips.get(key)
             if ip is None or not pod.ready:
                 continue
-            tp = number if number is not None else _target_port(pod, port)
-            if tp is None:
-                continue
+            if named:                      # the first container port of that name
+                for c in pod.containers:
+                    for cp in c.ports:
+                        if cp.name == target and cp.protocol == proto:
+                            break
+                    else:
+                        continue
+                    break
+                else:
+                    continue
+                tp = cp.containerPort
+            else:
+                tp = target
             out.append((ip, tp, key, _TERMINATING if pod.terminating else _ACTIVE,
                         ip in local_ips))
         return out
@@ -404,19 +418,21 @@ _ROUTABLE, _EXT_LOCAL, _AFFINITY = (abi.SVC_FLAG_ROUTABLE, abi.SVC_FLAG_EXT_LOCA
 _INT_LOCAL, _TWO_SCOPES = abi.SVC_FLAG2_INT_LOCAL_SCOPE, abi.SVC_FLAG2_TWO_SCOPES
 
 
-def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
-    """Everything one service puts in the LB maps on this node, with the ids it uses."""
-    out = _Built()
+def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids, users, by_address
+                     ) -> _Built:
+    """Everything one service puts in the LB maps on this node, with the ids it uses: counted
+    as it goes in `users` ({"services": {key: n}, "backends": {key: n}}, defaultdicts) and
+    `by_address` (an _Addresses: backend IP -> service keys), so no second pass walks them."""
     svc_map: dict[bytes, bytes] = {}
     be_map: dict[bytes, bytes] = {}
     rn_map: dict[bytes, bytes] = {}
     mg_map: dict[bytes, bytes] = {}
-    late = []
+    late, fes, ports = [], [], []
     pack_key, pack_svc, pack_be_key, pack_be = _PACK_KEY, _PACK_SVC, _PACK_BE_KEY, _PACK_BE
     backend_id, service_id = ids.backend, ids.service
     known_backends, known_services = ids.table["backends"], ids.table["services"]
-    out_backends, out_addresses, out_frontends = out.backends, out.addresses, out.frontends
-    listing = out.listing
+    service_users, backend_users = users["services"], users["backends"]
+    first_at = by_address.one
     skey = svc.key
     int_local = svc.internalTrafficPolicy == "Local"
     ext_local = svc.externalTrafficPolicy == "Local"
@@ -425,23 +441,27 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
     algo = abi.LB_ALGORITHM_MAGLEV if maglev_on else abi.LB_ALGORITHM_RANDOM
     head_word = (algo << abi.LB_ALGORITHM_SHIFT) | (svc.affinityTimeout if affinity else 0)
     plain = not (lb_ip or svc.externalIPs or svc.type != "ClusterIP")
+    pods = index.selected(svc) if svc.selector is not None else None
     for i, port in enumerate(svc.ports):
         pname = port.protocol
         proto = PROTO[pname]
-        backends, listed = [], []     # backends: (id, key, local) of active backends
-        for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view):
+        # listed: (id, key, name, state, local, ip) of every backend (`service list`, and what
+        # the ids and addresses are counted from); backends: the active ones (the slots)
+        listed, all_active = [], True
+        for ip, tp, who, state, local in _endpoints(index, svc, port, pod_ips, view, pods):
             bkey = f"{ip}:{tp}/{pname}"
             bid = known_backends.get(bkey) or backend_id(bkey)    # (ids start at 1)
-            out_backends.add(bkey)
-            out_addresses.add(ip)
+            backend_users[bkey] += 1
+            if first_at.setdefault(ip, skey) != skey:   # (by_address.add, inlined)
+                by_address.more[ip].add(skey)
             be_map[pack_be_key(bid)] = pack_be(be32(ip), _be16(tp), proto, state, 0, 0)
-            active = state == _ACTIVE
-            listed.append({"id": bid, "address": bkey, "pod": who,
-                           "state": "active" if active else _STATE_NAMES[state], "local": local})
-            if active:                            # terminating: no slot, no new flows
-                backends.append((bid, bkey, local))
+            listed.append((bid, bkey, who, state, local, ip))
+            if state != _ACTIVE:
+                all_active = False
+        ports.append(listed)
+        backends = listed if all_active else [b for b in listed if b[3] == _ACTIVE]
         if int_local or ext_local:
-            local = [b for b in backends if b[2]]
+            local = [b for b in backends if b[4]]
             internal = local if int_local else backends
             external = local if ext_local else backends
         else:
@@ -454,7 +474,7 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
         for kind, addr, fport, flags in frontends:
             fe = svc_port if kind == "ClusterIP" else f"{svc_port} {kind} {addr}:{fport}"
             sid = known_services.get(fe) or service_id(fe)
-            out_frontends.add(fe)
+            service_users[fe] += 1
             flags2 = _INT_LOCAL if int_local else 0
             if kind == "ClusterIP":
                 scopes = ((_SCOPE_EXT, internal),)
@@ -471,9 +491,9 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
             a, dp = be32(addr), _be16(fport)
             for scope, chosen in scopes:
                 slot = 0
-                for bid, _, _ in chosen:
+                for b in chosen:
                     slot += 1
-                    svc_map[pack_key(a, dp, slot, proto, scope)] = pack_svc(bid, 0, sid, 0, 0, 0)
+                    svc_map[pack_key(a, dp, slot, proto, scope)] = pack_svc(b[0], 0, sid, 0, 0, 0)
                 head = pack_key(a, dp, 0, proto, scope)
                 svc_map[head] = pack_svc(head_word, slot, sid, flags, flags2, 0)
                 late.append((_SVC_MAP, head))
@@ -481,23 +501,12 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
             if maglev_on:
                 # one table a frontend: its external backend set (the internal scope of a
                 # two-scope service is picked at random: few flows, all from this node)
-                table = maglev.build_table([(b, k, 1) for b, k, _ in scopes[0][1]],
+                table = maglev.build_table([(b[0], b[1], 1) for b in scopes[0][1]],
                                            view.maglev_size)
                 mg_map[rn_key] = abi.maglev_lut_bytes(table)
             rn_map[rn_key] = _PACK_RN(a, dp)
-            chosen = scopes[0][1]
-            if len(chosen) == len(listed) or not listed:  # every listed backend is in the set
-                rows = listed[:]
-            else:
-                active_ids = {c[0] for c in chosen}
-                rows = [b for b in listed if b["state"] != "active" or b["id"] in active_ids]
-            listing.append({
-                "id": sid, "frontend": f"{addr}:{fport}/{pname}",
-                "service": skey, "type": kind,
-                "sessionAffinity": svc.sessionAffinity,
-                "trafficPolicy": {"external": svc.externalTrafficPolicy,
-                                  "internal": svc.internalTrafficPolicy}, "backends": rows})
-    maps = out.maps
+            fes.append((sid, fe, kind, addr, fport, pname, listed, scopes[0][1]))
+    maps = {}
     if svc_map:
         maps[_SVC_MAP] = svc_map
     if be_map:
@@ -506,19 +515,93 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids) -> _Built:
         maps[_RN_MAP] = rn_map
     if mg_map:
         maps[_MG_MAP] = mg_map
-    out.late = frozenset(late)
-    return out
+    return _Built(maps, frozenset(late), svc, fes, ports)
 
 
-@dataclass
 class _Built:
-    """One service's share of the LB maps, and what it holds of the id tables."""
-    maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
-    late: frozenset = frozenset()
-    frontends: set[str] = field(default_factory=set)    # IdTable service keys
-    backends: set[str] = field(default_factory=set)     # IdTable backend keys
-    addresses: set[str] = field(default_factory=set)    # backend IPs (for local-IP changes)
-    listing: list[dict] = field(default_factory=list)
+    """One service's share of the LB maps (a reconciler section: .maps, .late), and what it
+    holds of the id tables; its `service list` rows are made when asked for (a cold build
+    makes 10^4 of these: the fewer objects the better)."""
+    __slots__ = ("maps", "late", "svc", "fes", "ports")
+
+    def __init__(self, maps, late, svc, fes, ports):
+        self.maps: dict[str, dict[bytes, bytes]] = maps
+        self.late: frozenset = late
+        self.svc = svc
+        # (id, IdTable key, kind, address, port, protocol, listed, chosen) a frontend
+        self.fes: list[tuple] = fes
+        self.ports: list[list[tuple]] = ports     # each port's listed backends
+
+    @property
+    def frontends(self) -> list[str]:
+        """IdTable service keys."""
+        return [f[1] for f in self.fes]
+
+    @property
+    def backends(self) -> list[str]:
+        """IdTable backend keys (once for each port that uses one)."""
+        return [b[1] for listed in self.ports for b in listed]
+
+    @property
+    def addresses(self) -> set[str]:
+        """Backend IPs (for local-IP changes)."""
+        return {b[5] for listed in self.ports for b in listed}
+
+    def frontend_count(self) -> int:
+        """How many distinct frontends (address:port/protocol) `service list` shows."""
+        fes = self.fes
+        return len(fes) if len(fes) < 2 else len({f[3:6] for f in fes})
+
+    @property
+    def listing(self) -> list[dict]:
+        """The `service list` rows: one a frontend, with the backends its external scope
+        holds (and every terminating one)."""
+        svc, out = self.svc, []
+        for sid, _, kind, addr, fport, pname, listed, chosen in self.fes:
+            if len(chosen) != len(listed) and listed:   # not every listed backend is in the set
+                active_ids = {c[0] for c in chosen}
+                listed = [b for b in listed if b[3] != _ACTIVE or b[0] in active_ids]
+            out.append({
+                "id": sid, "frontend": f"{addr}:{fport}/{pname}",
+                "service": svc.key, "type": kind,
+                "sessionAffinity": svc.sessionAffinity,
+                "trafficPolicy": {"external": svc.externalTrafficPolicy,
+                                  "internal": svc.internalTrafficPolicy},
+                "backends": [{"id": bid, "address": bkey, "pod": who,
+                              "state": _STATE_NAMES[state], "local": local}
+                             for bid, bkey, who, state, local, _ in listed]})
+        return out
+
+
+class _Addresses:
+    """Backend IP -> the keys of the services with a backend there (what a change of this
+    node's local pod addresses rebuilds). Most addresses back one service: it is kept in `one`
+    without a set of its own (30,000 sets at 10,000 services); the others in `more`."""
+    __slots__ = ("one", "more")
+
+    def __init__(self):
+        self.one: dict[str, str] = {}
+        self.more: dict[str, set[str]] = defaultdict(set)
+
+    def add(self, ip: str, key: str) -> None:
+        if self.one.setdefault(ip, key) != key:
+            self.more[ip].add(key)
+
+    def discard(self, ip: str, key: str) -> None:
+        more = self.more.get(ip)
+        if self.one.get(ip) == key:
+            if more:                            # another service takes its place
+                self.one[ip] = more.pop()
+            else:
+                del self.one[ip]
+        elif more:
+            more.discard(key)
+        if more is not None and not more:
+            del self.more[ip]
+
+    def get(self, ip: str) -> set[str]:
+        key = self.one.get(ip)
+        return set() if key is None else {key} | self.more.get(ip, set())
 
 
 class ServicePlanner:
@@ -545,7 +628,7 @@ class ServicePlanner:
         self.nps: dict = {}
         self.index: _Index | None = None
         self._selecting: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-        self._by_address: dict[str, set[str]] = defaultdict(set)   # backend IP -> services
+        self._by_address = _Addresses()            # backend IP -> services
         self._users = {"services": defaultdict(int), "backends": defaultdict(int)}
         self._release: list[tuple[str, str]] = []
 
@@ -585,8 +668,12 @@ class ServicePlanner:
         if full:
             self.index = _Index(manifests)
             self._selecting.clear()
-            for svc in svcs.values():
-                self._index_service(svc, True)
+            selecting = self._selecting
+            for svc in svcs.values():                # _index_service(svc, True), inlined
+                if svc.selector:
+                    key, ns = svc.key, svc.namespace
+                    for k, v in svc.selector:
+                        selecting[(ns, k, v)].add(key)
             dirty = set(svcs) | set(self.built)
         else:
             dirty |= self._dirty_from_delta(delta, old_ms)
@@ -597,7 +684,7 @@ class ServicePlanner:
                     if pod is not None:
                         dirty |= self.selecting(pod)
             for ip in view.local_ips ^ old_view.local_ips:
-                dirty |= self._by_address.get(ip, set())
+                dirty |= self._by_address.get(ip)
         if full:
             self.vips.full(svcs.values())
         elif delta.services:
@@ -614,17 +701,27 @@ class ServicePlanner:
             dirty |= {k for k, i in nps.keys() & self.nps.keys() if nps[(k, i)] != self.nps[(k, i)]}
             self.lbs, self.nps = lbs, nps
         out: dict[str, tuple[_Built | None, _Built | None]] = {}
+        built, users, by_address = self.built, self._users, self._by_address
+        index, lbs, nps, ids, vips = self.index, self.lbs, self.nps, self.ids, self.vips.ips
         for key in sorted(dirty):
             svc = svcs.get(key)
-            vip = self.vips.ips.get(key) if svc is not None else None
-            new = _service_entries(svc, vip, self.lbs.get(key), self.nps, self.index, pod_ips,
-                                   view, self.ids) if vip else None
-            old = self.built.pop(key, None)
+            vip = vips.get(key) if svc is not None else None
+            old = built.pop(key, None)
+            if old is not None:                 # its ids and addresses first: new counts them
+                self._account(key, old, -1)
+            try:
+                new = _service_entries(svc, vip, lbs.get(key), nps, index, pod_ips, view, ids,
+                                       users, by_address) if vip else None
+            except BaseException:               # (no free id): keep what was
+                if old is not None:
+                    built[key] = old
+                self._recount()                 # undo what the unfinished build counted
+                raise
             if new is not None:
-                self.built[key] = new
-            self._account(key, old, new)
-            if old is not None or new is not None:
+                built[key] = new
                 out[key] = (old, new)
+            elif old is not None:
+                out[key] = (old, None)
         return out
 
     def _dirty_from_delta(self, delta, old_ms) -> set[str]:
@@ -648,29 +745,35 @@ class ServicePlanner:
                     dirty.add(f"{sl.namespace}/{sl.serviceName}")
         return dirty
 
-    def _account(self, key: str, old: _Built | None, new: _Built | None) -> None:
-        """Id and address bookkeeping for one rebuilt service."""
-        if old is None and new is not None:      # a new service (all of a cold build)
-            for kind, keys in (("services", new.frontends), ("backends", new.backends)):
-                users = self._users[kind]
-                for k in keys:
-                    users[k] += 1
-            by_address = self._by_address
-            for ip in new.addresses:
-                by_address[ip].add(key)
-            return
-        for b, sign in ((old, -1), (new, 1)):
-            if b is None:
-                continue
+    def _account(self, key: str, b: _Built, sign: int) -> None:
+        """Id and address bookkeeping for one service's entries taken back (-1) or restored
+        (+1); _service_entries counts what it builds itself. An id nobody uses is released on
+        the next update, if still unused then."""
+        for kind, keys in (("services", b.frontends), ("backends", b.backends)):
+            users = self._users[kind]
+            for k in keys:
+                users[k] += sign
+                if users[k] <= 0:
+                    del users[k]
+                    self._release.append((kind, k))
+        for ip in b.addresses:
+            (self._by_address.add if sign > 0 else self._by_address.discard)(ip, key)
+
+    def _recount(self) -> None:
+        """Id users and the address index counted again from what is built: after a build that
+        failed half way (it counted part of a service it never finished). Ids nobody uses now
+        are released on the next update, as _account releases them."""
+        users = {"services": defaultdict(int), "backends": defaultdict(int)}
+        by_address = _Addresses()
+        for key, b in self.built.items():
             for kind, keys in (("services", b.frontends), ("backends", b.backends)):
-                users = self._users[kind]
                 for k in keys:
-                    users[k] += sign
-                    if users[k] <= 0:
-                        del users[k]
-                        self._release.append((kind, k))
+                    users[kind][k] += 1
             for ip in b.addresses:
-                (self._by_address[ip].add if sign > 0 else self._by_address[ip].discard)(key)
+                by_address.add(ip, key)
+        for kind, counted in self._users.items():
+            self._release.extend((kind, k) for k in counted.keys() - users[kind].keys())
+        self._users, self._by_address = users, by_address
 
     def prune_ids(self) -> None:
         """Forget the ids no kept service uses (services deleted while the agent was away)."""

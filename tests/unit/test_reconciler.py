@@ -262,3 +262,29 @@ def test_an_op_is_an_immutable_value():
     assert str(op) == f"map_update {SVC} 6b" and repr(op).startswith("Op(kind='map_update'")
     with pytest.raises(AttributeError):
         op.key = b"x"
+
+
+def test_a_fresh_reconciler_has_every_desired_key_pending():
+    dp, rec = FakeDP(), Reconciler()
+    assert not rec.has_pending()
+    rec.set_section("a", Section(maps={SVC: {b"a1": b"x", b"a2": b"y"}, BE: {b"b": b"1"}}))
+    rec.set_section("b", Section(maps={SVC: {b"b1": b"z"}}))
+    rec.set_section("b", None)                                  # gone before the first flush
+    rec.set_section("a", Section(maps={SVC: {b"a1": b"x", b"a2": b"Y"}}))
+    assert rec.has_pending()
+    res = rec.flush(dp)
+    assert sorted((o.target, o.key, o.value) for o in res.ops) == [
+        (SVC, b"a1", b"x"), (SVC, b"a2", b"Y")]
+    assert not rec.has_pending() and rec.flush(dp).ops == []
+
+
+def test_a_cold_full_reconcile_records_what_it_wrote(no_routes):
+    dp, _ = batch_dp()
+    rec = Reconciler()
+    want = keys(40)
+    rec.set_section("s", Section(maps={SVC: want}, late=frozenset({(SVC, b"k003")})))
+    assert len(rec.full(dp, set(), set()).ops) == 40
+    assert rec.written[SVC] == want and rec.written[SVC] is not rec.desired[SVC]
+    rec.set_section("s", Section(maps={SVC: {**want, b"k001": b"new"}}))
+    assert [(o.key, o.value) for o in rec.flush(dp).ops] == [(b"k001", b"new")]
+    assert dp.maps[SVC].data[b"k001"] == b"new" and want[b"k001"] == b"v1"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import random
 
+import pytest
+
 from agent import services
 from agent.manifests import ManifestStore
 
@@ -205,3 +207,59 @@ def test_cluster_ips_kept_incrementally_equal_the_full_allocation():
         assert moved == {k for k in before.keys() | want.keys() if before.get(k) != want.get(k)}
         fast += moved == {key}
     assert fast > 100                          # most changes move only themselves
+
+
+def test_the_address_index_matches_a_dict_of_sets():
+    from collections import defaultdict
+    rng = random.Random(5)
+    for _ in range(50):
+        got, want = services._Addresses(), defaultdict(set)
+        for _ in range(200):
+            ip, key = f"10.0.0.{rng.randrange(4)}", f"s{rng.randrange(5)}"
+            if rng.random() < 0.55:
+                got.add(ip, key)
+                want[ip].add(key)
+            else:
+                got.discard(ip, key)
+                want[ip].discard(key)
+            assert all(got.get(f"10.0.0.{i}") == want[f"10.0.0.{i}"] for i in range(4))
+
+
+def test_a_build_that_runs_out_of_ids_leaves_the_counts_as_they_were(tmp_path):
+    """A service that cannot get a new id keeps its old entries, and the ids and addresses
+    the unfinished build counted are not left counted (they would never be freed)."""
+    from collections import Counter
+
+    def recount(p):
+        u = {"services": Counter(), "backends": Counter()}
+        for b in p.built.values():
+            u["services"].update(b.frontends)
+            u["backends"].update(b.backends)
+        return {k: dict(v) for k, v in u.items()}
+
+    world = World(tmp_path, 1)
+    store = ManifestStore(str(tmp_path))
+    ms = store.load()
+    ips = {f"default/{k}": f"172.20.0.{i + 1}" for i, k in enumerate(sorted(world.pods))}
+    view = services.NodeView(node_ip="192.168.10.100", node_name="n1")
+    p = services.ServicePlanner(services.IdTable({}), CIDR)
+    p.update(ms, ips, view)
+    before = (recount(p), {k: dict(v) for k, v in p._users.items()})
+    sv = p.ids._kinds["services"]
+    sv.limit = max(sv.used) + 1                 # the service id space is full
+    world.svcs["s1"]["type"] = "NodePort"       # s1 needs a new id for its NodePort
+    world.write_svc("s1")
+    ms, delta = store.update({str(tmp_path / "svc-s1.yaml")})
+    with pytest.raises(ValueError):
+        p.update(ms, ips, view, delta)
+    assert recount(p) == before[0]
+    assert {k: dict(v) for k, v in p._users.items()} == before[1]
+    # deleting s1 then frees its ids
+    world.svcs.pop("s1")
+    (tmp_path / "svc-s1.yaml").unlink()
+    ms, delta = store.update({str(tmp_path / "svc-s1.yaml")})
+    p.update(ms, ips, view, delta)
+    ms, delta = store.update(set())             # ids unused since are released here
+    p.update(ms, ips, view, delta)
+    assert not [k for k in p._users["services"] if "s1:" in k]
+    assert not [k for k in p.ids.table["services"] if "s1:" in k]

@@ -78,7 +78,7 @@ class EventReader:
                     self.running = True
                 try:
                     records = ring.poll(POLL_MS)
-                except OSError as e:        # the map went away (cleanup): reopen later
+                except Exception as e:      # a reader that fails: say so, reopen later
                     log.warning("reading %s failed: %s", self.path, e)
                     self.error, self.running = str(e), False
                     ring.close()

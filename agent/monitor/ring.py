@@ -98,11 +98,13 @@ class FlowFilter:
             setattr(f, key, [_pod_pattern(v) for v in vals] if vals else None)
         f.namespace = many("namespace")
         if many("ip"):
-            f.ip = [ipaddress.ip_network(v, strict=False) for v in many("ip")]
+            f.ip = [_parsed("ip", v, lambda v: ipaddress.ip_network(v, strict=False),
+                            "an address or CIDR") for v in many("ip")]
         if many("port"):
-            f.port = [int(v) for v in many("port")]
-            if not all(0 < p < 65536 for p in f.port):
-                raise ValueError(f"port {many('port')}: expected 1..65535")
+            f.port = [_parsed("port", v, int, "a port number") for v in many("port")]
+            bad = [p for p in f.port if not 0 < p < 65536]
+            if bad:
+                raise ValueError(f"port {bad[0]}: expected 1..65535")
         if many("protocol"):
             f.protocol = []
             for v in many("protocol"):
@@ -122,7 +124,8 @@ class FlowFilter:
         since = q.get("since", [None])[-1]
         f.since = parse_since(since, now) if since else None
         rel = many("related-to") or many("related_to")
-        f.related_to = [int(v) for v in rel] if rel else None
+        f.related_to = [_parsed("related-to", v, int, "an endpoint id")
+                        for v in rel] if rel else None
         return f
 
     def match(self, flow: dict, rec: dict) -> bool:
@@ -158,6 +161,14 @@ class FlowFilter:
         return True
 
 
+def _parsed(key: str, value: str, parse, what: str):
+    """parse(value), or a ValueError naming the filter and the value."""
+    try:
+        return parse(value)
+    except ValueError:
+        raise ValueError(f"{key} {value!r}: expected {what}") from None
+
+
 class FlowRing:
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -187,8 +198,10 @@ class FlowRing:
         return self.last_seq
 
     def query(self, flt: FlowFilter | None = None, after: int = 0,
-              last: int | None = None) -> list[tuple[int, dict, dict]]:
+              last: int | None = None) -> tuple[list[tuple[int, dict, dict]], int]:
+        """(the matching entries after seq `after`, the last seq they were taken at): a client
+        following asks next for what came after that seq, so nothing added meanwhile is lost."""
         with self._lock:
-            entries = list(self._ring)
+            entries, seq = list(self._ring), self.last_seq
         out = [e for e in entries if e[0] > after and (flt is None or flt.match(e[1], e[2]))]
-        return out[max(0, len(out) - last):] if last is not None else out
+        return (out[max(0, len(out) - last):] if last is not None else out), seq

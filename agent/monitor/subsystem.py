@@ -103,18 +103,18 @@ class MonitorSubsystem:
         flt = FlowFilter.from_params(q, time.time())
         return self.ring.query(flt, after=_int(q, "after", 0), last=_int(q, "last", None))
 
-    def _meta(self) -> dict:
-        return {"seq": self.ring.last_seq, "lost": self.lost(), "count": self.ring.count,
+    def _meta(self, seq: int) -> dict:
+        return {"seq": seq, "lost": self.lost(), "count": self.ring.count,
                 "capacity": self.ring.capacity, "node_name": self.node_name}
 
     def routes(self) -> dict:
         def flows(p, _b):
-            got = self._query(p.get("query") or {})
-            return {"flows": [{**f, "seq": s} for s, f, _ in got], **self._meta()}
+            got, seq = self._query(p.get("query") or {})
+            return {"flows": [{**f, "seq": s} for s, f, _ in got], **self._meta(seq)}
 
         def monitor(p, _b):
-            got = self._query(p.get("query") or {})
-            return {"events": [{**r, "seq": s} for s, _, r in got], **self._meta()}
+            got, seq = self._query(p.get("query") or {})
+            return {"events": [{**r, "seq": s} for s, _, r in got], **self._meta(seq)}
 
         return {("GET", "/v1/flows"): flows, ("GET", "/v1/monitor"): monitor}
 

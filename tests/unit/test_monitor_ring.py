@@ -67,7 +67,10 @@ def test_filters_each_criterion():
 def test_bad_filter_values_are_refused_naming_the_value():
     for kw, word in ((dict(verdict="MAYBE"), "MAYBE"), (dict(type="l7"), "l7"),
                      (dict(protocol="sctp2"), "sctp2"), (dict(port=0), "port"),
-                     (dict(since="yesterday"), "yesterday"), (dict(ip="1.2.3"), "1.2.3")):
+                     (dict(since="yesterday"), "yesterday"),
+                     (dict(ip="1.2.3"), "^ip '1.2.3': expected an address or CIDR"),
+                     (dict(port="http"), "^port 'http': expected a port number"),
+                     (dict(related_to="ep9"), "^related-to 'ep9': expected an endpoint id")):
         with pytest.raises(ValueError, match=word):
             _f(**kw)
 
@@ -85,18 +88,24 @@ def test_ring_keeps_the_last_capacity_flows_with_increasing_sequence_numbers():
     ring = FlowRing(3)
     flows = _flows() + _flows()
     seqs = [ring.add(f, r) for f, r in flows]
+
+    def seqs_of(*a, **k):
+        entries, _last = ring.query(*a, **k)
+        return [s for s, _, _ in entries]
     assert seqs == [1, 2, 3, 4, 5, 6] and ring.last_seq == 6 and ring.seen == 6
-    assert ring.count == 3 and [s for s, _, _ in ring.query()] == [4, 5, 6]
-    assert [s for s, _, _ in ring.query(after=4)] == [5, 6]
-    assert [s for s, _, _ in ring.query(after=1)] == [4, 5, 6]     # wrapped: what is left
-    assert [s for s, _, _ in ring.query(last=2)] == [5, 6]
-    assert ring.query(last=0) == [] and ring.query(after=6) == []
-    assert [s for s, _, _ in ring.query(_f(protocol="tcp"))] == [4]
+    assert ring.count == 3 and seqs_of() == [4, 5, 6]
+    assert seqs_of(after=4) == [5, 6]
+    assert seqs_of(after=1) == [4, 5, 6]     # wrapped: what is left
+    assert seqs_of(last=2) == [5, 6]
+    assert ring.query(last=0) == ([], 6) and ring.query(after=6) == ([], 6)
+    assert seqs_of(_f(protocol="tcp")) == [4]
+    # the seq a client follows from is the ring's at the query, even when nothing matched
+    assert ring.query(_f(protocol="udp"), after=5)[1] == 6
     ring.resize(7)
     ring.add(*flows[0])
-    assert ring.capacity == 7 and [s for s, _, _ in ring.query()] == [4, 5, 6, 7]
+    assert ring.capacity == 7 and seqs_of() == [4, 5, 6, 7]
     ring.resize(2)
-    assert [s for s, _, _ in ring.query()] == [6, 7]
+    assert seqs_of() == [6, 7]
 
 
 def _cfg(tmp_path: Path, **extra) -> dict:

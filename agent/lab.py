@@ -91,8 +91,11 @@ class Lab:
                            "first to change the routing mode")
         topo = load_topology(topology or st.get("topology"),
                              routing_mode or st.get("routingMode"))
-        manifests = os.path.abspath(manifests or st.get("manifests") or self._own_manifests())
-        mset = load_manifests(manifests)      # fail before building anything
+        # without --manifests: the lab's own copy of examples/lab, made once it is built
+        own = not (manifests or st.get("manifests"))
+        manifests = str(self.dir / "manifests") if own else \
+            os.path.abspath(manifests or st["manifests"])
+        mset = load_manifests(str(EXAMPLES) if own else manifests)   # fail before building
         configs = {node.name: self._node_config(topo, node, manifests, values)
                    for node in topo.nodes}
         for name, cfg in configs.items():     # a bad key or value: refused, naming it
@@ -101,6 +104,8 @@ class Lab:
                    "routingMode": topo.routingMode, "values": values})
         st.setdefault("others", {})
         self.dir.mkdir(parents=True, exist_ok=True)
+        if own:
+            self._copy_examples(Path(manifests))
         self.bpffs.mkdir(exist_ok=True)
         if not os.path.ismount(self.bpffs):
             subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
@@ -145,17 +150,15 @@ class Lab:
             self.save(st)
         return st
 
-    def _own_manifests(self) -> str:
+    @staticmethod
+    def _copy_examples(own: Path) -> None:
         """Without --manifests: a copy of examples/lab in the lab's directory, the lab's own to
         change (the connectivity test adds its objects there), never the source tree."""
-        own = self.dir / "manifests"
         if not own.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / ".manifests.tmp"
+            tmp = own.with_name(f".{own.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(EXAMPLES, tmp)
             os.replace(tmp, own)
-        return str(own)
 
     def _wait_converged(self, st: dict, timeout: float = 30) -> None:
         """Every agent knows every node and every other node's pods (through etcd)."""

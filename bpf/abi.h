@@ -379,6 +379,13 @@ struct ct_entry {
 	__u32 src_sec_id;
 	__u32 policy_rev;       /* policy-tracked forward entries: the dp_policy_revision at which
 				 * policy last allowed the flow (0: not cached) */
+	__u8  tx_flags_seen;    /* monitor aggregation (Cilium's): TCP flags (of
+				 * MONITOR_AGGREGATION_FLAGS) seen in the entry's own direction */
+	__u8  rx_flags_seen;    /* the same for the other direction (entries that count both) */
+	__u16 pad1;
+	__u32 last_tx_report;   /* ct_now() when a packet of this direction was last traced */
+	__u32 last_rx_report;   /* the same for the other direction */
+	__u32 pad2;
 };
 
 /* cilium_l2_responder_v4 key: an address this node announces on one native device */
@@ -519,6 +526,47 @@ struct xdp_flow4 {
 #define EVENT_HOOK_FROM_OVERLAY   5
 #define EVENT_HOOK_XDP            6
 
+#define CILIUM_NOTIFY_TRACE 4           /* trace_notify.type */
+/* trace observation points (trace_notify.subtype): Cilium's enum trace_point */
+#define TRACE_TO_LXC        0           /* delivered into a local endpoint ("to-endpoint") */
+#define TRACE_TO_PROXY      1
+#define TRACE_TO_HOST       2
+#define TRACE_TO_STACK      3           /* handed to the node's stack */
+#define TRACE_TO_OVERLAY    4           /* encapsulated to another node */
+#define TRACE_FROM_LXC      5           /* sent by a local endpoint ("from-endpoint") */
+#define TRACE_FROM_PROXY    6
+#define TRACE_FROM_HOST     7
+#define TRACE_FROM_STACK    8
+#define TRACE_FROM_OVERLAY  9           /* decapsulated from another node */
+#define TRACE_FROM_NETWORK  10          /* arrived on a native device */
+#define TRACE_TO_NETWORK    11          /* out a native device */
+/* trace_notify.reason: the conntrack state (Cilium's TRACE_REASON_*, CT_NEW.. order) */
+#define TRACE_REASON_POLICY          0  /* a new flow ("new") */
+#define TRACE_REASON_CT_ESTABLISHED  1
+#define TRACE_REASON_CT_REPLY        2
+#define TRACE_REASON_CT_RELATED      3
+#define TRACE_REASON_CT_REOPENED     4
+#define TRACE_REASON_UNKNOWN         5  /* no conntrack state at that point */
+#define TRACE_NOTIFY_FLAG_IPV6       1  /* trace_notify.flags (Cilium's) */
+#define TRACE_NOTIFY_FLAG_L3_DEVICE  2
+/* monitor aggregation levels (bpf.monitorAggregation, Cilium's numbers) */
+#define MONITOR_AGGREGATION_NONE     0  /* every packet at every trace point */
+#define MONITOR_AGGREGATION_LOWEST   1  /* no from-* trace points */
+#define MONITOR_AGGREGATION_LOW      2  /* the same (Cilium's LOW adds nothing for traces) */
+#define MONITOR_AGGREGATION_MEDIUM   3  /* + only a flow's new, flag-change or interval packets */
+#define MONITOR_AGGREGATION_MAX      4
+#ifndef MONITOR_AGGREGATION
+#define MONITOR_AGGREGATION MONITOR_AGGREGATION_MEDIUM
+#endif
+/* bpf.monitorInterval: seconds between two traces of an established flow (medium and up) */
+#ifndef MONITOR_INTERVAL
+#define MONITOR_INTERVAL 5
+#endif
+/* the TCP flags whose first sighting in a direction is traced (Cilium's default: syn,fin,rst) */
+#ifndef MONITOR_AGGREGATION_FLAGS
+#define MONITOR_AGGREGATION_FLAGS 7
+#endif
+
 /* cilium_events record of a drop: Cilium's drop_notify (version 1), a clock and the hook, then
  * the packet's first len_cap bytes as it was when dropped (from its Ethernet header) */
 struct drop_notify {
@@ -540,6 +588,44 @@ struct drop_notify {
 	__u8  hook;             /* EVENT_HOOK_* */
 	__u16 pad;
 	__u64 ktime_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) when dropped */
+	__u8  data[TRACE_PAYLOAD_LEN];
+};
+
+/* dp_trace_state value (per CPU, index 0): the packet being processed (lib/trace.h) */
+struct trace_state {
+	__u8  monitor;          /* 1: aggregation lets it be traced (its CT entry said so) */
+	__u8  reason;           /* TRACE_REASON_*: its conntrack state */
+	__u8  hook;             /* EVENT_HOOK_* of the running program */
+	__u8  pad;
+	__u32 pad2;             /* a per-CPU value of 8 bytes (BCC's per-CPU tables need it) */
+};
+
+/* cilium_events record of a trace point: Cilium's trace_notify (version 1: the original address
+ * as a 16-byte field), then a clock and the hook, then the packet's first len_cap bytes as it
+ * was at that point (from its Ethernet header) */
+struct trace_notify {
+	__u8  type;             /* CILIUM_NOTIFY_TRACE */
+	__u8  subtype;          /* the observation point (TRACE_*) */
+	__u16 source;           /* the local endpoint it came from or goes to (0: none) */
+	__u32 hash;             /* skb->hash */
+	__u32 len_orig;         /* the packet's length */
+	__u16 len_cap;          /* bytes of it in data[] */
+	__u16 version;          /* NOTIFY_CAPTURE_VER */
+	__u32 src_label;        /* source identity (0: unknown) */
+	__u32 dst_label;        /* destination identity (0: unknown) */
+	__u16 dst_id;           /* destination endpoint id (0: not a local endpoint) */
+	__u8  reason;           /* TRACE_REASON_* */
+	__u8  flags;            /* TRACE_NOTIFY_FLAG_* */
+	__u32 ifindex;          /* the device it goes out (to-*) or came in (from-*); 0: unknown */
+	__be32 orig_ip4;        /* the original address before a translation (0: none) */
+	__u32 orig_pad1;        /* Cilium's union with the IPv6 address */
+	__u32 orig_pad2;
+	__u32 orig_pad3;
+	__u8  hook;             /* EVENT_HOOK_* of the program that sent it */
+	__u8  pad1;
+	__u16 pad2;
+	__u32 pad3;
+	__u64 ktime_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the trace point */
 	__u8  data[TRACE_PAYLOAD_LEN];
 };
 

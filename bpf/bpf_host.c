@@ -89,6 +89,8 @@ int cil_from_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_FROM_NETDEV);
+	send_trace_notify(skb, TRACE_FROM_NETWORK, 0, skb->ifindex);  /* none only */
 	return finish(skb, len, handle_from_netdev(skb), METRIC_INGRESS,
 		      EVENT_HOOK_FROM_NETDEV);
 }
@@ -97,6 +99,7 @@ int cil_to_netdev(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_TO_NETDEV);
 	return finish(skb, len, handle_to_netdev(skb, 1), METRIC_EGRESS,
 		      EVENT_HOOK_TO_NETDEV);
 }
@@ -105,6 +108,7 @@ int cil_to_netdev_nomasq(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_TO_NETDEV);
 	return finish(skb, len, handle_to_netdev(skb, 0), METRIC_EGRESS,
 		      EVENT_HOOK_TO_NETDEV);
 }

@@ -79,7 +79,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb,
 	dst = lookup_ip4_endpoint(daddr);
 	local = dst && !(dst->flags & ENDPOINT_F_HOST);
 	if (hairpin && local)
-		return ipv4_deliver_to_ep(skb, dst);        /* no policy, as Cilium skips it */
+		return ipv4_deliver_to_ep(skb, dst, self->sec_id); /* no policy, as Cilium */
 	if (l4) {
 		now = ct_now();         /* one clock read for both ends' conntrack */
 		ret = policy_ct4_lb(&pkt, self->lxc_id,
@@ -152,6 +152,8 @@ int cil_from_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_FROM_CONTAINER);
+	send_trace_notify(skb, TRACE_FROM_LXC, 0, skb->ifindex);       /* none only */
 	return finish(skb, len, handle_from_container(skb), METRIC_EGRESS,
 		      EVENT_HOOK_FROM_CONTAINER);
 }
@@ -160,6 +162,7 @@ int cil_to_container(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_TO_CONTAINER);
 	return finish(skb, len, handle_to_container(skb), METRIC_INGRESS,
 		      EVENT_HOOK_TO_CONTAINER);
 }

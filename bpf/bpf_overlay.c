@@ -31,6 +31,7 @@ static __always_inline int handle_from_overlay(struct __sk_buff *skb)
 	if (src_identity == IDENTITY_HOST)
 		src_identity = IDENTITY_REMOTE_NODE;    /* another node's host, as Cilium's */
 	skb->cb[0] = src_identity;      /* the source identity travels with the packet (policy) */
+	send_trace_notify(skb, TRACE_FROM_OVERLAY, src_identity, skb->ifindex);    /* none only */
 	return ipv4_deliver_if_local(skb, src_identity);
 }
 
@@ -38,6 +39,7 @@ int cil_from_overlay(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 
+	trace_begin(EVENT_HOOK_FROM_OVERLAY);
 	return finish(skb, len, handle_from_overlay(skb), METRIC_INGRESS,
 		      EVENT_HOOK_FROM_OVERLAY);
 }

@@ -241,6 +241,52 @@ EVENT_HOOK_FROM_NETDEV = 3
 EVENT_HOOK_TO_NETDEV = 4
 EVENT_HOOK_FROM_OVERLAY = 5
 EVENT_HOOK_XDP = 6
+CILIUM_NOTIFY_TRACE = 4
+TRACE_TO_LXC = 0
+TRACE_TO_PROXY = 1
+TRACE_TO_HOST = 2
+TRACE_TO_STACK = 3
+TRACE_TO_OVERLAY = 4
+TRACE_FROM_LXC = 5
+TRACE_FROM_PROXY = 6
+TRACE_FROM_HOST = 7
+TRACE_FROM_STACK = 8
+TRACE_FROM_OVERLAY = 9
+TRACE_FROM_NETWORK = 10
+TRACE_TO_NETWORK = 11
+TRACE_REASON_POLICY = 0
+TRACE_REASON_CT_ESTABLISHED = 1
+TRACE_REASON_CT_REPLY = 2
+TRACE_REASON_CT_RELATED = 3
+TRACE_REASON_CT_REOPENED = 4
+TRACE_REASON_UNKNOWN = 5
+TRACE_NOTIFY_FLAG_IPV6 = 1
+TRACE_NOTIFY_FLAG_L3_DEVICE = 2
+MONITOR_AGGREGATION_NONE = 0
+MONITOR_AGGREGATION_LOWEST = 1
+MONITOR_AGGREGATION_LOW = 2
+MONITOR_AGGREGATION_MEDIUM = 3
+MONITOR_AGGREGATION_MAX = 4
+MONITOR_AGGREGATION = MONITOR_AGGREGATION_MEDIUM    # abi.h's defaults (-D overrides)
+MONITOR_INTERVAL = 5
+MONITOR_AGGREGATION_FLAGS = 7                       # FIN | SYN | RST
+# Cilium's names (pkg/monitor/api TraceObservationPoints, monitor's traceReasons,
+# bpf.monitorAggregation's option values)
+TRACE_OBS_POINT_NAMES = {
+    TRACE_TO_LXC: "to-endpoint", TRACE_TO_PROXY: "to-proxy", TRACE_TO_HOST: "to-host",
+    TRACE_TO_STACK: "to-stack", TRACE_TO_OVERLAY: "to-overlay", TRACE_FROM_LXC: "from-endpoint",
+    TRACE_FROM_PROXY: "from-proxy", TRACE_FROM_HOST: "from-host",
+    TRACE_FROM_STACK: "from-stack", TRACE_FROM_OVERLAY: "from-overlay",
+    TRACE_FROM_NETWORK: "from-network", TRACE_TO_NETWORK: "to-network"}
+TRACE_REASON_NAMES = {
+    TRACE_REASON_POLICY: "new", TRACE_REASON_CT_ESTABLISHED: "established",
+    TRACE_REASON_CT_REPLY: "reply", TRACE_REASON_CT_RELATED: "related",
+    TRACE_REASON_CT_REOPENED: "reopened", TRACE_REASON_UNKNOWN: "unknown"}
+MONITOR_AGGREGATION_LEVELS = {
+    "none": MONITOR_AGGREGATION_NONE, "disabled": MONITOR_AGGREGATION_NONE,
+    "lowest": MONITOR_AGGREGATION_LOWEST, "low": MONITOR_AGGREGATION_LOW,
+    "medium": MONITOR_AGGREGATION_MEDIUM, "maximum": MONITOR_AGGREGATION_MAX,
+    "max": MONITOR_AGGREGATION_MAX}
 EVENT_HOOK_NAMES = {EVENT_HOOK_FROM_CONTAINER: "from-container",
                     EVENT_HOOK_TO_CONTAINER: "to-container",
                     EVENT_HOOK_FROM_NETDEV: "from-netdev", EVENT_HOOK_TO_NETDEV: "to-netdev",
@@ -443,7 +489,10 @@ class CtEntry(_Struct):
     c_name = "ct_entry"
     _fields_ = [("backend_id", c_uint64), ("packets", c_uint64), ("bytes", c_uint64),
                 ("lifetime", c_uint32), ("rev_nat_index", c_uint16), ("flags", c_uint16),
-                ("src_sec_id", c_uint32), ("policy_rev", c_uint32)]
+                ("src_sec_id", c_uint32), ("policy_rev", c_uint32),
+                ("tx_flags_seen", c_uint8), ("rx_flags_seen", c_uint8), ("pad1", c_uint16),
+                ("last_tx_report", c_uint32), ("last_rx_report", c_uint32),
+                ("pad2", c_uint32)]
 
 
 class Ipv4NatEntry(_Struct):
@@ -567,6 +616,27 @@ class DropNotify(_Struct):
                 ("data", c_uint8 * TRACE_PAYLOAD_LEN)]
 
 
+class TraceState(_Struct):
+    """dp_trace_state value (per CPU): the packet being processed."""
+    c_name = "trace_state"
+    _fields_ = [("monitor", c_uint8), ("reason", c_uint8), ("hook", c_uint8), ("pad", c_uint8),
+                ("pad2", c_uint32)]
+
+
+class TraceNotify(_Struct):
+    """cilium_events record of a trace point: Cilium's trace_notify v1, a clock, the hook, the
+    packet."""
+    c_name = "trace_notify"
+    _fields_ = [("type", c_uint8), ("subtype", c_uint8), ("source", c_uint16),
+                ("hash", c_uint32), ("len_orig", c_uint32), ("len_cap", c_uint16),
+                ("version", c_uint16), ("src_label", c_uint32), ("dst_label", c_uint32),
+                ("dst_id", c_uint16), ("reason", c_uint8), ("flags", c_uint8),
+                ("ifindex", c_uint32), ("orig_ip4", c_uint32), ("orig_pad1", c_uint32),
+                ("orig_pad2", c_uint32), ("orig_pad3", c_uint32), ("hook", c_uint8),
+                ("pad1", c_uint8), ("pad2", c_uint16), ("pad3", c_uint32),
+                ("ktime_ns", c_uint64), ("data", c_uint8 * TRACE_PAYLOAD_LEN)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
@@ -575,7 +645,8 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       Lb4MaglevLut, L2ResponderV4Key, L2ResponderV4Stats,
                                       NetdevInfo, AgentLiveness, PolicyKey, PolicyEntry,
                                       Ipv4FragId, Ipv4FragL4Ports, PolicyRevision,
-                                      XdpFlow4Key, XdpFlow4, DropNotify)
+                                      XdpFlow4Key, XdpFlow4, DropNotify,
+                                      TraceNotify, TraceState)
 
 
 # ---- codecs ----

@@ -1,7 +1,7 @@
 """The datapath's monitor events (bpf/lib/events.h) from user space: a pure-Python consumer of the
-cilium_events BPF ring buffer, the decoder of its records (struct drop_notify, mirrored by
-abi.DropNotify) with a summary of the captured packet bytes, and the send counters. No BCC, no
-scapy; never imports agent/.
+cilium_events BPF ring buffer, the decoder of its records (struct drop_notify and struct
+trace_notify, mirrored by abi.DropNotify and abi.TraceNotify) with a summary of the captured
+packet bytes, and the send counters. No BCC, no scapy; never imports agent/.
 
 The ring is read the way libbpf's ringbuf.c reads it: the consumer page mapped read-write, the
 producer page and the data pages (mapped twice by the kernel, so a record that wraps is
@@ -17,8 +17,11 @@ API:
         .poll(timeout_ms) -> [bytes]   every complete record, waiting up to timeout_ms for the
                                     first (0: do not wait; None or negative: wait without limit)
         .close(), context manager
-    decode(record) -> DropEvent | None     None for another type or a record too short for its
-                                    header; DropEvent.packet -> PacketSummary | None
+    decode(record) -> DropEvent | TraceEvent | None   None for another type or a record too
+                                    short for its header; .packet -> PacketSummary | None
+    decode_trace(record) -> TraceEvent | None   a trace_notify only (obs_point / obs_point_name
+                                    as Cilium's TRACE_* and strings, reason / reason_name the CT
+                                    state: abi.TRACE_OBS_POINT_NAMES, abi.TRACE_REASON_NAMES)
     summarize(data) -> PacketSummary | None   Ethernet, ARP, IPv4 (TCP / UDP ports, TCP flags,
                                     ICMP type / code), IPv6 addresses
     ktime_to_wall(ktime_ns) -> float   a bpf_ktime_get_ns() stamp (CLOCK_MONOTONIC) as time.time()
@@ -275,14 +278,70 @@ class DropEvent:
         return ktime_to_wall(self.ktime_ns)
 
 
+@dataclass(frozen=True)
+class TraceEvent:
+    """One trace point (struct trace_notify): a packet seen at an observation point."""
+    type: int
+    obs_point: int              # TRACE_* (trace_notify.subtype)
+    obs_point_name: str         # Cilium's string: "to-endpoint", "to-stack", "from-network", ...
+    reason: int                 # TRACE_REASON_*: the conntrack state
+    reason_name: str            # Cilium's: "new", "established", "reply", "related", "unknown"
+    source: int                 # the local endpoint it came from or goes to (0: none)
+    hash: int
+    len_orig: int
+    src_identity: int
+    dst_identity: int
+    dst_id: int                 # the destination's local endpoint id (0: none)
+    ifindex: int                # the device it goes out (to-*) or came in (from-*)
+    hook: str                   # abi.EVENT_HOOK_NAMES' name of the program that sent it
+    ktime_ns: int
+    data: bytes                 # the packet's first len_cap bytes at that point
+    flags: int = 0              # TRACE_NOTIFY_FLAG_*
+    orig_ip: str | None = None  # the address before a translation (None: none)
+    version: int = abi.NOTIFY_CAPTURE_VER
+
+    @property
+    def packet(self) -> PacketSummary | None:
+        return summarize(self.data)
+
+    @property
+    def time(self) -> float:
+        """When it was seen, as time.time() (see ktime_to_wall)."""
+        return ktime_to_wall(self.ktime_ns)
+
+
 _DROP_SIZE = ctypes.sizeof(abi.DropNotify)
 _DROP_HDR = abi.DropNotify.data.offset     # the fixed part before the packet bytes
 
 
-def decode(record: bytes) -> DropEvent | None:
-    """A cilium_events record as a DropEvent; None for another type (trace points and policy
-    verdicts later) or one shorter than drop_notify's fixed part. A record cut inside the packet
+_TRACE_SIZE = ctypes.sizeof(abi.TraceNotify)
+_TRACE_HDR = abi.TraceNotify.data.offset
+
+
+def decode_trace(record: bytes) -> TraceEvent | None:
+    """A trace_notify record as a TraceEvent; None for another type or one shorter than its
+    fixed part."""
+    if not record or record[0] != abi.CILIUM_NOTIFY_TRACE or len(record) < _TRACE_HDR:
+        return None
+    n = abi.TraceNotify.from_buffer_copy(bytes(record[:_TRACE_SIZE]).ljust(_TRACE_SIZE, b"\0"))
+    cap = min(n.len_cap, abi.TRACE_PAYLOAD_LEN, len(record) - _TRACE_HDR)
+    return TraceEvent(
+        type=n.type, obs_point=n.subtype,
+        obs_point_name=abi.TRACE_OBS_POINT_NAMES.get(n.subtype, f"{n.subtype}"),
+        reason=n.reason, reason_name=abi.TRACE_REASON_NAMES.get(n.reason, f"{n.reason}"),
+        source=n.source, hash=n.hash, len_orig=n.len_orig, src_identity=n.src_label,
+        dst_identity=n.dst_label, dst_id=n.dst_id, ifindex=n.ifindex,
+        hook=abi.EVENT_HOOK_NAMES.get(n.hook, f"hook {n.hook}"), ktime_ns=n.ktime_ns,
+        data=bytes(record[_TRACE_HDR:_TRACE_HDR + cap]), flags=n.flags,
+        orig_ip=abi.be32_to_ip4(n.orig_ip4) if n.orig_ip4 else None, version=n.version)
+
+
+def decode(record: bytes) -> DropEvent | TraceEvent | None:
+    """A cilium_events record as a DropEvent or a TraceEvent; None for another type (policy
+    verdicts later) or one shorter than its struct's fixed part. A record cut inside the packet
     bytes keeps the bytes it has."""
+    if record and record[0] == abi.CILIUM_NOTIFY_TRACE:
+        return decode_trace(record)
     if not record or record[0] != abi.CILIUM_NOTIFY_DROP or len(record) < _DROP_HDR:
         return None
     n = abi.DropNotify.from_buffer_copy(bytes(record[:_DROP_SIZE]).ljust(_DROP_SIZE, b"\0"))

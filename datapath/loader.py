@@ -15,6 +15,9 @@ API:
         with the map pins of another layout it dropped first, also in .dropped_pins),
         .bcc_object(source) (compiles now if adopted)
     lb_map_defines(n)                 the -D sizes for bpf.lbMapMax = n
+    monitor_defines(level, interval)  the -D settings of bpf.monitorAggregation (a name as
+                                      Cilium's, "none".."maximum", or MONITOR_AGGREGATION_*) and
+                                      bpf.monitorInterval (seconds, or a "5s"-style string)
     remove_pins(pin_dir)              unlink our pins, maps and programs (`datapath cleanup`)
 """
 from __future__ import annotations
@@ -173,6 +176,32 @@ def lb_map_defines(lb_map_max: int) -> dict[str, int]:
     if lb_map_max == abi.LB_SERVICE_MAP_MAX_ENTRIES:
         return {}
     return {"LB_SERVICE_MAP_MAX_ENTRIES": lb_map_max, "LB_BACKENDS_MAP_MAX_ENTRIES": lb_map_max}
+
+
+def monitor_defines(level: str | int = "medium", interval: int | float | str = 5) -> dict[str, int]:
+    """The -D settings of bpf.monitorAggregation and bpf.monitorInterval (Cilium's
+    --monitor-aggregation and --monitor-aggregation-interval). Empty at the defaults (medium,
+    5 s), so the build stamp stays the same. Raises ValueError for an unknown level or an
+    interval below one second."""
+    if isinstance(level, str):
+        key = level.strip().lower()
+        if key not in abi.MONITOR_AGGREGATION_LEVELS:
+            raise ValueError(f"monitor aggregation level {level!r}: one of "
+                             f"{', '.join(abi.MONITOR_AGGREGATION_LEVELS)}")
+        level = abi.MONITOR_AGGREGATION_LEVELS[key]
+    if not abi.MONITOR_AGGREGATION_NONE <= int(level) <= abi.MONITOR_AGGREGATION_MAX:
+        raise ValueError(f"monitor aggregation level {level}: 0..{abi.MONITOR_AGGREGATION_MAX}")
+    if isinstance(interval, str):
+        interval = float(interval.strip().removesuffix("s"))
+    seconds = int(interval)
+    if seconds < 1:
+        raise ValueError(f"monitor interval {interval}: at least 1 second")
+    out = {}
+    if int(level) != abi.MONITOR_AGGREGATION:
+        out["MONITOR_AGGREGATION"] = int(level)
+    if seconds != abi.MONITOR_INTERVAL:
+        out["MONITOR_INTERVAL"] = seconds
+    return out
 
 
 def _pinned_map_ids(pin_dir: str) -> set[int]:

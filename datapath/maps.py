@@ -99,6 +99,7 @@ MAP_SPECS = {s.name: s for s in (
             abi.U64Value),
     MapSpec("cilium_events", "EVENTS_RING_SIZE", bpfsys.MAP_RINGBUF, NoData, NoData),
     MapSpec("dp_event_stats", "EVENT_STATS", bpfsys.MAP_PERCPU_ARRAY, abi.U32Key, abi.U64Value),
+    MapSpec("dp_trace_state", 1, bpfsys.MAP_PERCPU_ARRAY, abi.U32Key, abi.TraceState),
 )}
 
 

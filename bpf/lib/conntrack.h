@@ -12,18 +12,30 @@
  *   ct_lookup(tuple)              the entry, or NULL
  *   ct_create(tuple, entry)       returns 0 or -DROP_CT_CREATE_FAILED
  *   ct_delete(tuple)              remove the entry, if any
- *   ct_refresh(entry, tcp_flags, is_tcp, bytes)   account a packet and extend the lifetime
- *   ct_refresh_at(entry, tcp_flags, is_tcp, bytes, now)   the same with the clock already read;
- *                                 the lifetime is written only when it changes (once a second
- *                                 on an established flow)
+ *   ct_refresh(entry, tcp_flags, is_tcp, bytes, trace)   account a packet and extend the
+ *                                 lifetime; trace = CT_TRACE(dir, TRACE_REASON_*) names the
+ *                                 packet's direction on the entry and its CT state for the
+ *                                 monitor (ct_monitor), CT_TRACE_SKIP for an entry the packet
+ *                                 does not belong to (a reply entry made ahead)
+ *   ct_refresh_at(entry, tcp_flags, is_tcp, bytes, now, trace)   the same with the clock
+ *                                 already read; the lifetime is written only when it changes
+ *                                 (once a second on an established flow)
+ *   ct_monitor(entry, tcp_flags, trace, now)   monitor aggregation (Cilium's): at medium and
+ *                                 up the packet is traced (lib/trace.h trace_note) when the
+ *                                 entry is new, when a flag of MONITOR_AGGREGATION_FLAGS is
+ *                                 first seen in its direction, or when MONITOR_INTERVAL seconds
+ *                                 passed since that direction's last trace; the entry's report
+ *                                 state is written only then. Below medium: every packet.
  *   ct_tcp_reopens(entry, tcp_flags)  a TCP SYN (no ACK) meeting an entry both sides closed: a
  *                                 new connection on an old tuple
- *   ct_reopen(entry)              start such an entry over (closing and seen flags cleared)
+ *   ct_reopen(entry)              start such an entry over (closing and seen flags cleared,
+ *                                 the monitor's flags too: the new connection's SYN is traced)
  */
 #ifndef DP_LIB_CONNTRACK_H
 #define DP_LIB_CONNTRACK_H
 
 #include "maps.h"
+#include "trace.h"
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -82,9 +94,45 @@ static __always_inline void ct_delete(struct ipv4_ct_tuple *tuple)
 	}
 }
 
-static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
-					  __u32 bytes, __u32 now)
+/* ct_refresh's trace argument: the packet's direction on the entry and its TRACE_REASON_* */
+#define CT_TRACE_TX     0x00    /* the entry's own direction (its tuple as the packet's) */
+#define CT_TRACE_RX     0x10    /* the reverse direction */
+#define CT_TRACE_SKIP   0xff    /* not the packet's entry: nothing to report */
+#define CT_TRACE(dir, reason) ((dir) | (reason))
+
+static __always_inline void ct_monitor(struct ct_entry *entry, __u8 tcp_flags, __u8 trace,
+				       __u32 now)
 {
+#ifndef EVENTS_DISABLED
+	if (trace == CT_TRACE_SKIP)
+		return;
+#if MONITOR_AGGREGATION >= MONITOR_AGGREGATION_MEDIUM
+	{
+		__u8 seen = tcp_flags & MONITOR_AGGREGATION_FLAGS;
+
+		if (trace & CT_TRACE_RX) {
+			if ((entry->rx_flags_seen | seen) == entry->rx_flags_seen &&
+			    entry->last_rx_report + MONITOR_INTERVAL >= now)
+				return;         /* the established case: two loads, no store */
+			entry->rx_flags_seen |= seen;
+			entry->last_rx_report = now;
+		} else {
+			if ((entry->tx_flags_seen | seen) == entry->tx_flags_seen &&
+			    entry->last_tx_report + MONITOR_INTERVAL >= now)
+				return;
+			entry->tx_flags_seen |= seen;
+			entry->last_tx_report = now;
+		}
+	}
+#endif
+	trace_note(trace & 0x0f);
+#endif
+}
+
+static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
+					  __u32 bytes, __u32 now, __u8 trace)
+{
+	ct_monitor(entry, tcp_flags, trace, now);
 	__u32 life = CT_CONNECTION_LIFETIME_NONTCP;
 
 	if (is_tcp) {
@@ -116,12 +164,14 @@ static __always_inline int ct_tcp_reopens(const struct ct_entry *entry, __u8 tcp
 static __always_inline void ct_reopen(struct ct_entry *entry)
 {
 	entry->flags &= ~(CT_F_RX_CLOSING | CT_F_TX_CLOSING | CT_F_SEEN_NON_SYN);
+	entry->tx_flags_seen = 0;
+	entry->rx_flags_seen = 0;
 }
 
 static __always_inline void ct_refresh(struct ct_entry *entry, __u8 tcp_flags, int is_tcp,
-				       __u32 bytes)
+				       __u32 bytes, __u8 trace)
 {
-	ct_refresh_at(entry, tcp_flags, is_tcp, bytes, ct_now());
+	ct_refresh_at(entry, tcp_flags, is_tcp, bytes, ct_now(), trace);
 }
 
 #endif /* DP_LIB_CONNTRACK_H */

@@ -3,7 +3,8 @@
  *
  * API:
  *   encap_and_redirect(skb, tunnel_endpoint, src_identity, tunnel_ifindex)
- *       returns CTX_ACT_REDIRECT or -DROP_WRITE_ERROR / -DROP_NO_TUNNEL_ENDPOINT
+ *       a to-overlay trace point (lib/events.h); returns CTX_ACT_REDIRECT or
+ *       -DROP_WRITE_ERROR / -DROP_NO_TUNNEL_ENDPOINT
  *   tunnel_src_identity(skb, &identity)
  *       reads the VNI of a packet the VXLAN device decapsulated; 0 or -DROP_NO_TUNNEL_KEY
  */
@@ -11,6 +12,7 @@
 #define DP_LIB_ENCAP_H
 
 #include "common.h"
+#include "events.h"
 
 static __always_inline int encap_and_redirect(struct __sk_buff *skb, __be32 tunnel_endpoint,
 					      __u32 src_identity, __u32 tunnel_ifindex)
@@ -24,6 +26,7 @@ static __always_inline int encap_and_redirect(struct __sk_buff *skb, __be32 tunn
 	key.tunnel_ttl = 64;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return -DROP_WRITE_ERROR;
+	send_trace_notify(skb, TRACE_TO_OVERLAY, src_identity, tunnel_ifindex);
 	return bpf_redirect(tunnel_ifindex, 0);
 }
 

@@ -3,7 +3,8 @@
  * (bpf_redirect), or with the kernel resolving the neighbour (bpf_redirect_neigh).
  *
  * API:
- *   fib_redirect_v4(skb)   returns CTX_ACT_REDIRECT, CTX_ACT_OK (no route: leave it to the
+ *   fib_redirect_v4(skb)   a to-network trace point (lib/events.h) on a redirect; returns
+ *                          CTX_ACT_REDIRECT, CTX_ACT_OK (no route: leave it to the
  *                          stack, which answers or drops as it would) or a negative DROP_*
  */
 #ifndef DP_LIB_FIB_H
@@ -11,6 +12,7 @@
 
 #include "common.h"
 #include "eth.h"
+#include "events.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -47,10 +49,12 @@ static __always_inline int fib_redirect_v4(struct __sk_buff *skb)
 		ret = eth_rewrite(skb, fib.smac, fib.dmac);
 		if (ret < 0)
 			return ret;
+		send_trace_notify(skb, TRACE_TO_NETWORK, 0, fib.ifindex);
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	nh.nh_family = AF_INET;
 	nh.ipv4_nh = fib.ipv4_dst;      /* the lookup left the next hop here */
+	send_trace_notify(skb, TRACE_TO_NETWORK, 0, fib.ifindex);
 	return redirect_neigh4(fib.ifindex, &nh, sizeof(nh), 0);
 }
 

@@ -392,7 +392,8 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		entry.backend_id = backend_id;
 		entry.rev_nat_index = rev_nat_index;
 		entry.src_sec_id = src_identity;
-		ct_refresh_at(&entry, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
+		ct_refresh_at(&entry, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now,
+			      CT_TRACE(CT_TRACE_TX, TRACE_REASON_POLICY));
 		ret = ct_create(&tuple, &entry);
 		if (ret < 0)
 			return ret;
@@ -402,7 +403,8 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		/* a new connection on a closed flow's tuple keeps the backend, not the close */
 		if (pkt.proto == IPPROTO_TCP && ct_tcp_reopens(ct, pkt.tcp_flags))
 			ct_reopen(ct);
-		ct_refresh_at(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now);
+		ct_refresh_at(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len, now,
+			      CT_TRACE(CT_TRACE_TX, TRACE_REASON_CT_ESTABLISHED));
 	}
 	lb4_affinity_update(svc, pkt.saddr, rev_nat_index, backend_id);
 
@@ -436,7 +438,7 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		rev.backend_id = backend_id;
 		rev.flags = rflags;
 		rev.src_sec_id = src_identity;
-		ct_refresh_at(&rev, 0, 0, 0, now);
+		ct_refresh_at(&rev, 0, 0, 0, now, CT_TRACE_SKIP);
 		if (pkt.proto == IPPROTO_TCP)
 			rev.lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 		ret = ct_create(&reply, &rev);
@@ -555,7 +557,8 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, int nodeport_only)
 	rn = cilium_lb4_reverse_nat.lookup(&rkey);
 	if (!rn)
 		return 0;
-	ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len);
+	ct_refresh(ct, pkt.tcp_flags, pkt.proto == IPPROTO_TCP, pkt.len,
+		   CT_TRACE(CT_TRACE_TX, TRACE_REASON_CT_REPLY));   /* the reply entry's own way */
 	if (ct->flags & CT_F_LB_LOOPBACK) {      /* hairpin: back to the pod that asked */
 		ret = lb4_rewrite(skb, &pkt, IP_DADDR_OFF, pkt.daddr, pkt.saddr,
 				  offsetof(struct tcphdr, dest), pkt.dport, pkt.dport);

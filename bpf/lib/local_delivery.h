@@ -1,9 +1,6 @@
 /* lib/local_delivery.h - endpoint lookups and delivery straight into a local pod's netns.
  *
- * API:
- *   lookup_ip4_endpoint(ip4)          returns the cilium_lxc entry for a local address, or NULL
- *   lookup_ifindex_endpoint(ifindex)  returns the endpoint behind a host-side veth (dp_ep_ifindex
- *                                     holds a copy of its cilium_lxc entry), or NULL
+ * API (and lib/endpoint.h's lookup_ip4_endpoint, lookup_ifindex_endpoint):
  *   ipv4_deliver_if_local(skb, src_identity)
  *                                     an IPv4 packet (Ethernet header validated) for a local
  *                                     pod is delivered (ipv4_local_delivery) from src_identity,
@@ -17,40 +14,29 @@
  *   ipv4_local_delivery_pkt(skb, ep, src_identity, &lb_pkt, now)
  *                                     the same for a packet lb4_parse took (parsed once, the
  *                                     clock read once)
- *   ipv4_deliver_to_ep(skb, ep)       without policy (only a hairpin, the pod reaching itself):
+ *   ipv4_deliver_to_ep(skb, ep, src_identity)
+ *                                     without policy (only a hairpin, the pod reaching itself):
  *                                     replies of a load-balanced flow get their frontend back
  *                                     (lb4_rev_nat), TTL - 1, MACs set to lxc -> pod,
- *                                     bpf_redirect_peer into the pod; returns CTX_ACT_REDIRECT
- *                                     or a negative DROP_*
+ *                                     bpf_redirect_peer into the pod (a to-endpoint trace
+ *                                     point, lib/events.h); returns CTX_ACT_REDIRECT or a
+ *                                     negative DROP_*
  */
 #ifndef DP_LIB_LOCAL_DELIVERY_H
 #define DP_LIB_LOCAL_DELIVERY_H
 
 #include "maps.h"
+#include "endpoint.h"
+#include "events.h"
 #include "eth.h"
 #include "lb.h"
 #include "ipcache.h"
 #include "policy.h"
 
-static __always_inline struct endpoint_info *lookup_ip4_endpoint(__be32 ip4)
-{
-	struct endpoint_key key = {};
-
-	key.ip4 = ip4;
-	key.family = ENDPOINT_KEY_IPV4;
-	return cilium_lxc.lookup(&key);
-}
-
-static __always_inline struct endpoint_info *lookup_ifindex_endpoint(__u32 ifindex)
-{
-	struct ep_ifindex_key ikey = { .ifindex = ifindex };
-
-	return dp_ep_ifindex.lookup(&ikey);
-}
-
-/* The last hop into a pod: TTL, the pod's MACs, straight into its namespace. */
+/* The last hop into a pod: TTL, the pod's MACs, straight into its namespace (a to-endpoint
+ * trace point, from src_identity: 0 is the source address's). */
 static __always_inline int ipv4_redirect_to_ep(struct __sk_buff *skb,
-					       const struct endpoint_info *ep)
+					       const struct endpoint_info *ep, __u32 src_identity)
 {
 	int ret = ipv4_dec_ttl(skb);
 
@@ -59,17 +45,18 @@ static __always_inline int ipv4_redirect_to_ep(struct __sk_buff *skb,
 	ret = eth_rewrite(skb, ep->node_mac, ep->mac);
 	if (ret < 0)
 		return ret;
+	send_trace_notify(skb, TRACE_TO_LXC, src_identity, ep->ifindex);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
 static __always_inline int ipv4_deliver_to_ep(struct __sk_buff *skb,
-					      const struct endpoint_info *ep)
+					      const struct endpoint_info *ep, __u32 src_identity)
 {
 	int ret = lb4_rev_nat(skb, 0);
 
 	if (ret < 0)
 		return ret;
-	return ipv4_redirect_to_ep(skb, ep);
+	return ipv4_redirect_to_ep(skb, ep, src_identity);
 }
 
 static __always_inline int ipv4_local_delivery(struct __sk_buff *skb,
@@ -79,7 +66,7 @@ static __always_inline int ipv4_local_delivery(struct __sk_buff *skb,
 
 	if (ret < 0)
 		return ret;
-	return ipv4_deliver_to_ep(skb, ep);
+	return ipv4_deliver_to_ep(skb, ep, src_identity);
 }
 
 /* ipv4_local_delivery for a packet lb4_parse took. A forward packet of a flow tracked into the
@@ -95,8 +82,8 @@ static __always_inline int ipv4_local_delivery_pkt(struct __sk_buff *skb,
 	if (ret < 0)
 		return ret;
 	if (ret != POLICY_ESTABLISHED)
-		return ipv4_deliver_to_ep(skb, ep);
-	return ipv4_redirect_to_ep(skb, ep);
+		return ipv4_deliver_to_ep(skb, ep, src_identity);
+	return ipv4_redirect_to_ep(skb, ep, src_identity);
 }
 
 static __always_inline int ipv4_deliver_if_local(struct __sk_buff *skb, __u32 src_identity)

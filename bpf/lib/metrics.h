@@ -6,7 +6,8 @@
  *                                        counted as that drop, reported (lib/events.h drop
  *                                        notify from EVENT_HOOK_* hook) and becomes
  *                                        CTX_ACT_DROP; any other verdict is counted as
- *                                        forwarded and returned
+ *                                        forwarded and returned, a CTX_ACT_OK traced as
+ *                                        lib/events.h's send_trace_verdict says
  */
 #ifndef DP_LIB_METRICS_H
 #define DP_LIB_METRICS_H
@@ -35,6 +36,7 @@ static __always_inline int finish(struct __sk_buff *skb, __u32 len, int ret, __u
 		return CTX_ACT_DROP;
 	}
 	update_metrics(len, dir, REASON_FORWARDED);
+	send_trace_verdict(skb, ret, hook);
 	return ret;
 }
 

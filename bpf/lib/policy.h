@@ -273,19 +273,23 @@ static __always_inline int policy_ct4_pkt(const struct policy_pkt *pkt, __u16 ep
 	    (dir == POLICY_EGRESS ? pkt->quoted.daddr == pkt->tuple.saddr :
 				    pkt->quoted.saddr == pkt->tuple.daddr) &&
 	    (policy_ct_find(&pkt->quoted, 1, owndir, &rkey) ||
-	     policy_ct_find(&pkt->quoted, 0, other, &rkey)))
+	     policy_ct_find(&pkt->quoted, 0, other, &rkey))) {
+		trace_note(TRACE_REASON_CT_RELATED);    /* errors are rare: always traced */
 		return 0;
+	}
 	/* ESTABLISHED with a cached verdict still valid: one lookup */
 	rev = policy_revision();
 	own = policy_ct_find(&pkt->tuple, 0, owndir, &key);
 	if (own && rev && own->policy_rev == rev && own->src_sec_id == peer_id &&
 	    !policy_ct_restarts(own, pkt)) {
-		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now);
+		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now,
+			      CT_TRACE(CT_TRACE_TX, TRACE_REASON_CT_ESTABLISHED));
 		return POLICY_ESTABLISHED;
 	}
 	ct = policy_ct_find(&pkt->tuple, 1, other, &rkey);
 	if (ct && !policy_ct_restarts(ct, pkt)) {               /* REPLY */
-		ct_refresh_at(ct, pkt->tcp_flags, is_tcp, pkt->len, now);
+		ct_refresh_at(ct, pkt->tcp_flags, is_tcp, pkt->len, now,
+			      CT_TRACE(CT_TRACE_RX, TRACE_REASON_CT_REPLY));
 		return 0;
 	}
 	ret = policy_can_access(ep_id, peer_id, dir, pkt->tuple.nexthdr,
@@ -293,16 +297,20 @@ static __always_inline int policy_ct4_pkt(const struct policy_pkt *pkt, __u16 ep
 	if (ret < 0)
 		return ret;
 	if (own) {                                              /* ESTABLISHED, decided */
-		if (policy_ct_restarts(own, pkt))
+		if (policy_ct_restarts(own, pkt)) {
 			own->flags = 0;
-		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now);
+			ct_reopen(own);         /* the monitor's flags too */
+		}
+		ct_refresh_at(own, pkt->tcp_flags, is_tcp, pkt->len, now,
+			      CT_TRACE(CT_TRACE_TX, TRACE_REASON_CT_ESTABLISHED));
 		own->src_sec_id = peer_id;
 		own->policy_rev = rev;  /* read before the decision: a later bump re-decides */
 		return POLICY_ESTABLISHED;
 	}
 	entry.src_sec_id = peer_id;                             /* NEW */
 	entry.policy_rev = rev;
-	ct_refresh_at(&entry, pkt->tcp_flags, is_tcp, pkt->len, now);
+	ct_refresh_at(&entry, pkt->tcp_flags, is_tcp, pkt->len, now,
+		      CT_TRACE(CT_TRACE_TX, TRACE_REASON_POLICY));
 	return ct_create(&key, &entry);
 }
 

@@ -1,5 +1,6 @@
-"""datapath/events.py without a kernel: drop records built with abi.DropNotify decode to every
-field, the captured bytes summarise (Ethernet, IPv4 TCP / UDP / ICMP, IPv6, ARP, a VLAN tag, a
+"""datapath/events.py without a kernel: drop records built with abi.DropNotify and trace records
+built with abi.TraceNotify decode to every field (Cilium's observation point and reason names),
+the captured bytes summarise (Ethernet, IPv4 TCP / UDP / ICMP, IPv6, ARP, a VLAN tag, a
 later fragment, bytes cut short), and records of another type or too short decode to None.
 (The ring buffer reader runs against a real ring in tests/bpf/test_events.py.)"""
 from __future__ import annotations
@@ -115,7 +116,7 @@ def test_len_cap_bounds_the_data_and_truncated_records():
 
 def test_unknown_types_are_none():
     assert events.decode(record(b"", type=0)) is None
-    assert events.decode(record(b"", type=4)) is None      # a trace notify, later
+    assert events.decode(record(b"", type=5)) is None      # a policy verdict, later
     assert events.decode(bytes([2]) * 200) is None
 
 
@@ -123,3 +124,79 @@ def test_ktime_to_wall():
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert abs(events.ktime_to_wall(now) - time.time()) < 1
     assert events.decode(record(b"", ktime_ns=now)).time == pytest.approx(time.time(), abs=1)
+
+
+def trace_record(pkt=b"", *, cap=None, **fields) -> bytes:
+    raw = bytes(pkt)
+    n = abi.TraceNotify(type=abi.CILIUM_NOTIFY_TRACE, subtype=abi.TRACE_TO_LXC, source=11,
+                        hash=0xfeedf00d, len_orig=len(raw), version=abi.NOTIFY_CAPTURE_VER,
+                        src_label=1000, dst_label=1001, dst_id=11,
+                        reason=abi.TRACE_REASON_POLICY, ifindex=42,
+                        hook=abi.EVENT_HOOK_FROM_CONTAINER, ktime_ns=987654321)
+    data = raw[:abi.TRACE_PAYLOAD_LEN]
+    n.len_cap = len(data) if cap is None else cap
+    ctypes.memmove(n.data, data, len(data))
+    for k, v in fields.items():
+        setattr(n, k, v)
+    return bytes(n)
+
+
+def test_trace_every_field_decodes():
+    pkt = eth(IP(src="172.20.0.10", dst="172.20.0.11", ttl=63) / TCP(sport=40000, dport=80,
+                                                                      flags="S"))
+    ev = events.decode(trace_record(pkt))
+    assert isinstance(ev, events.TraceEvent)
+    assert (ev.type, ev.obs_point, ev.obs_point_name) == (4, 0, "to-endpoint")
+    assert (ev.reason, ev.reason_name) == (abi.TRACE_REASON_POLICY, "new")
+    assert (ev.source, ev.hash, ev.len_orig) == (11, 0xfeedf00d, len(bytes(pkt)))
+    assert (ev.src_identity, ev.dst_identity, ev.dst_id, ev.ifindex) == (1000, 1001, 11, 42)
+    assert (ev.hook, ev.ktime_ns, ev.flags, ev.orig_ip) == ("from-container", 987654321, 0, None)
+    assert ev.data == bytes(pkt) and ev.version == abi.NOTIFY_CAPTURE_VER
+    assert ev.packet.describe() == "172.20.0.10:40000 -> 172.20.0.11:80 TCP SYN"
+    assert events.decode_trace(trace_record(pkt)) == ev
+    assert events.decode_trace(record(pkt)) is None             # a drop is no trace
+
+
+@pytest.mark.parametrize("obs,name", [
+    (abi.TRACE_TO_LXC, "to-endpoint"), (abi.TRACE_TO_STACK, "to-stack"),
+    (abi.TRACE_TO_OVERLAY, "to-overlay"), (abi.TRACE_TO_NETWORK, "to-network"),
+    (abi.TRACE_FROM_NETWORK, "from-network"), (abi.TRACE_FROM_OVERLAY, "from-overlay"),
+    (abi.TRACE_FROM_LXC, "from-endpoint"), (abi.TRACE_TO_HOST, "to-host"), (99, "99")])
+def test_trace_observation_points_have_ciliums_names(obs, name):
+    assert events.decode(trace_record(subtype=obs)).obs_point_name == name
+
+
+@pytest.mark.parametrize("reason,name", [
+    (0, "new"), (1, "established"), (2, "reply"), (3, "related"), (4, "reopened"),
+    (5, "unknown"), (77, "77")])
+def test_trace_reasons_have_ciliums_names(reason, name):
+    assert events.decode(trace_record(reason=reason)).reason_name == name
+
+
+def test_trace_orig_ip_cut_records_and_layout():
+    assert events.decode(trace_record(orig_ip4=abi.ip4_to_be32("10.96.0.10"))).orig_ip == \
+        "10.96.0.10"
+    pkt = bytes(eth(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5, dport=53)))
+    full = trace_record(pkt)
+    hdr = abi.TraceNotify.data.offset
+    assert (hdr, ctypes.sizeof(abi.TraceNotify)) == (64, 64 + abi.TRACE_PAYLOAD_LEN)
+    assert events.decode(full[:hdr + 10]).data == pkt[:10]
+    assert events.decode(full[:hdr - 1]) is None
+    assert events.decode(trace_record(pkt, cap=20)).data == pkt[:20]
+    # Cilium's trace_notify v1 offsets for the fields both share
+    assert [getattr(abi.TraceNotify, f).offset for f in
+            ("src_label", "dst_label", "dst_id", "reason", "flags", "ifindex", "orig_ip4")] == \
+        [16, 20, 24, 26, 27, 28, 32]
+
+
+def test_monitor_defines():
+    from datapath.loader import monitor_defines
+    assert monitor_defines() == {} and monitor_defines("medium", "5s") == {}
+    assert monitor_defines("none") == {"MONITOR_AGGREGATION": 0}
+    assert monitor_defines("low", 10) == {"MONITOR_AGGREGATION": 2, "MONITOR_INTERVAL": 10}
+    assert monitor_defines(abi.MONITOR_AGGREGATION_MAX, "1s") == \
+        {"MONITOR_AGGREGATION": 4, "MONITOR_INTERVAL": 1}
+    with pytest.raises(ValueError):
+        monitor_defines("loud")
+    with pytest.raises(ValueError):
+        monitor_defines("medium", 0)

@@ -1,0 +1,62 @@
+/* lib/trace.h - the trace state of the packet being processed: which program runs it, its
+ * conntrack state, and whether monitor aggregation lets it be traced. Conntrack decides the
+ * last part where it refreshes an entry (lib/conntrack.h's ct_monitor, Cilium's
+ * __ct_update_timeout report logic); lib/events.h's send_trace_notify reads it. Owns
+ * dp_trace_state. Everything compiles to nothing under -DEVENTS_DISABLED.
+ *
+ * API:
+ *   trace_begin(hook)             a tc program's first step: no CT state yet (reason
+ *                                 TRACE_REASON_UNKNOWN, not monitored), sent from EVENT_HOOK_*
+ *   trace_note(reason)            the packet's CT state is `reason` and it is to be traced
+ *                                 (medium and up: its entry's report state said so)
+ *   trace_state()                 the per-CPU state, or NULL (never in practice)
+ *   trace_obs_is_from(obs)        a from-* observation point (not sent at LOWEST and up)
+ */
+#ifndef DP_LIB_TRACE_H
+#define DP_LIB_TRACE_H
+
+#include "maps.h"
+
+/* dp_trace_state: per CPU, one entry: the trace state of the packet this CPU processes (a
+ * program run is never interleaved with another on its CPU; trace_begin resets it) */
+DP_MAP("percpu_array", __u32, struct trace_state, dp_trace_state, 1);
+
+static __always_inline struct trace_state *trace_state(void)
+{
+	__u32 zero = 0;
+
+	return dp_trace_state.lookup(&zero);
+}
+
+static __always_inline void trace_begin(__u8 hook)
+{
+#ifndef EVENTS_DISABLED
+	struct trace_state *st = trace_state();
+
+	if (st) {
+		st->monitor = 0;
+		st->reason = TRACE_REASON_UNKNOWN;
+		st->hook = hook;
+	}
+#endif
+}
+
+static __always_inline void trace_note(__u8 reason)
+{
+#ifndef EVENTS_DISABLED
+	struct trace_state *st = trace_state();
+
+	if (st) {
+		st->monitor = 1;
+		st->reason = reason;
+	}
+#endif
+}
+
+static __always_inline int trace_obs_is_from(__u8 obs)
+{
+	return obs == TRACE_FROM_LXC || obs == TRACE_FROM_PROXY || obs == TRACE_FROM_HOST ||
+	       obs == TRACE_FROM_STACK || obs == TRACE_FROM_OVERLAY || obs == TRACE_FROM_NETWORK;
+}
+
+#endif /* DP_LIB_TRACE_H */

@@ -29,6 +29,7 @@ bench: setup
 	$(PY) bench/lab_rate.py --json > $(R)/lab_rate.json.tmp
 	@mv $(R)/lab_rate.json.tmp $(R)/lab_rate.json
 	$(PY) bench/packet.py --out $(R)/packet.json
+	$(PY) bench/events_packet.py --out $(R)/events_packet.json
 	$(PY) bench/control_plane.py --out $(R)/control_plane.json
 	$(PY) bench/first_packet.py --out-dir $(R)
 	$(PY) bench/throughput.py --out-dir $(R)

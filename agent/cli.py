@@ -127,8 +127,13 @@ def _policy_line(p: dict) -> str:
 
 def _hubble_line(h: dict) -> str:
     state = h["state"] if not h.get("error") else f"{h['state']} ({h['error']})"
-    return (f"{state}   Current/Max Flows: {h['flows']}/{h['capacity']}   "
+    line = (f"{state}   Current/Max Flows: {h['flows']}/{h['capacity']}   "
             f"Flows seen: {h['seen']}   Lost events: {h['lost']}")
+    if h.get("monitorAggregation"):     # compiled into the programs (bpf.monitorAggregation)
+        line += f"   Monitor aggregation: {h['monitorAggregation']}"
+        if h["monitorAggregation"] in ("medium", "maximum"):
+            line += f" (interval {h.get('monitorInterval', 5)}s)"
+    return line
 
 
 def _kvstore_line(kv) -> str:
@@ -406,9 +411,9 @@ def monitor(ctx, types, related_to, verbose, output, timeout):
         filters["type"] = list(types)
     if related_to:
         filters["related-to"] = [str(i) for i in related_to]
-    client.get("/v1/monitor?last=0")        # the agent answers before the banner
-    click.echo("Press Ctrl-C to quit", err=True)
-    observe_mod.monitor(client.get, filters, output, verbose, timeout)
+    # the banner once the agent has answered (said where "now" is)
+    observe_mod.monitor(client.get, filters, output, verbose, timeout,
+                        on_ready=lambda: click.echo("Press Ctrl-C to quit", err=True))
 
 
 @cli.command()

@@ -67,6 +67,8 @@ _FIELDS: dict[str, str] = {
     "reconciler.minInterval": "reconcileMinInterval",
     "reconciler.fullInterval": "reconcileFullInterval",
     "hubble.eventBufferCapacity": "eventBufferCapacity",
+    "bpf.monitorAggregation": "monitorAggregation",
+    "bpf.monitorInterval": "monitorInterval",
 }
 
 # kvstoreOpt keys accepted (Cilium's --kvstore-opt names; etcd.endpoints is a shorthand)
@@ -80,7 +82,14 @@ RESTART_KEYS: frozenset[str] = frozenset({
     # read once at start (the tunnel device's MTU; the L2 announcer's leases)
     "MTU", "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
     "l2announcements.leaseRetryPeriod",
+    # compiled into the programs (-DMONITOR_AGGREGATION, -DMONITOR_INTERVAL)
+    "bpf.monitorAggregation", "bpf.monitorInterval",
 })
+
+# bpf.monitorAggregation: Cilium's level names (Helm's none|low|medium|maximum, and the agent's
+# aliases) -> the canonical name; MONITOR_AGGREGATION_LEVELS gives its number (0..4)
+MONITOR_AGGREGATION_LEVELS = {"none": 0, "lowest": 1, "low": 2, "medium": 3, "maximum": 4}
+_MONITOR_AGGREGATION_ALIASES = {"disabled": "none", "max": "maximum"}
 
 # bpf.lbMapMax bounds: Cilium's default is the floor; a service map of 2^24 entries is ~0.8 GiB
 LB_MAP_MAX_MIN, LB_MAP_MAX_MAX = 65536, 1 << 24
@@ -153,11 +162,17 @@ class Config:
     reconcileMinInterval: float = 0.1           # seconds between two incremental syncs (bursts coalesce)
     reconcileFullInterval: float = 300.0        # seconds between full read-back reconciliations
     eventBufferCapacity: int = 4095             # flows kept in memory (2^n - 1, at most 65535)
+    monitorAggregation: str = "medium"          # trace events: none|lowest|low|medium|maximum
+    monitorInterval: int = 5                    # seconds: an active flow is traced again after it
     # the parsed mapping as given; not part of equality (two spellings of one config are equal)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def pin_dir(self) -> str:
         return f"{self.bpfRoot}/datapath/{self.nodeName}"
+
+    def monitor_aggregation_level(self) -> int:
+        """bpf.monitorAggregation as Cilium's number (MONITOR_AGGREGATION: 0 none .. 4 max)."""
+        return MONITOR_AGGREGATION_LEVELS[self.monitorAggregation]
 
     def gateway_ip(self) -> str:
         net = ipaddress.IPv4Network(self.podCIDR)
@@ -399,6 +414,22 @@ def _event_buffer_capacity(r: _Reader) -> int:
     return v
 
 
+def _monitor_aggregation(r: _Reader) -> str:
+    """Cilium's monitor aggregation level: a name (none, lowest, low, medium, maximum; disabled
+    and max as Cilium's agent takes them) or its number 0..4; kept as the canonical name."""
+    key = "bpf.monitorAggregation"
+    v = r.get(key, "medium")
+    if isinstance(v, int) and not isinstance(v, bool):
+        if 0 <= v <= 4:
+            return next(n for n, lvl in MONITOR_AGGREGATION_LEVELS.items() if lvl == v)
+    elif isinstance(v, str):
+        name = _MONITOR_AGGREGATION_ALIASES.get(v.lower(), v.lower())
+        if name in MONITOR_AGGREGATION_LEVELS:
+            return name
+    r.fail(key, f"expected one of 'none', 'low', 'medium', 'maximum' (or 'lowest', or a level "
+                f"0 to 4), got {describe(v)}")
+
+
 def _cluster_name(r: _Reader) -> str:
     v = r.get("cluster.name", "default")
     if not isinstance(v, str) or len(v) > 32 or not _DNS_LABEL.match(v):
@@ -536,6 +567,8 @@ def parse_config(data: object, path: str) -> Config:
         reconcileMinInterval=_duration(r, "reconciler.minInterval", 0.1, 0, 60),
         reconcileFullInterval=_duration(r, "reconciler.fullInterval", 300, 1, 86400),
         eventBufferCapacity=_event_buffer_capacity(r),
+        monitorAggregation=_monitor_aggregation(r),
+        monitorInterval=_seconds(r, "bpf.monitorInterval", 5),
         raw=copy.deepcopy(data),
     )
 

@@ -24,7 +24,7 @@ import ipaddress
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
-from datapath.loader import NodeDatapath, lb_map_defines
+from datapath.loader import NodeDatapath, lb_map_defines, monitor_defines
 
 from . import api, ctgc, inspect, l2announce, netdev, services
 from .cluster import ClusterSync
@@ -112,7 +112,8 @@ class Agent:
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize,
-            **lb_map_defines(self.cfg.lbMapMax)})
+            **lb_map_defines(self.cfg.lbMapMax),
+            **monitor_defines(self.cfg.monitorAggregation, self.cfg.monitorInterval)})
         log.info("programs %s", "adopted from their pins (no compile)" if self.dp.adopted
                  else f"compiled: {self.dp.why_compiled}")
         self.policy = PolicySubsystem(self.cfg, self.state, self.metrics)

@@ -34,6 +34,7 @@ from .api import Client
 from .config import RESTART_KEYS, changed_keys, parse_config
 from .manifests import load_manifests
 from .monitor.observe import filter_options as observe_filter_options, filters_of
+from .monitor.observe import lab_monitor as monitor_records
 from .monitor.observe import observe as observe_flows
 from .runtime import PodRuntime, _alive, _bin, _kill, proc_ref, wait_http_ok
 from .topology import Topology, load_topology
@@ -541,6 +542,34 @@ def lab_observe(lab_name, follow, last, output, timeout, **kw):
     sources = {name: Client(rec["socket"], timeout=10).get
                for name, rec in sorted(st["nodes"].items())}
     observe_flows(sources, filters_of(kw), output, follow, last, timeout, node_column=True)
+
+
+@lab.command("monitor")
+@name_opt
+@click.option("-t", "--type", "types", multiple=True,
+              type=click.Choice(["drop", "trace", "policy-verdict"]),
+              help="Only these event types.")
+@click.option("--related-to", multiple=True, type=int, metavar="ENDPOINT",
+              help="Only events from or to this endpoint id (on any node: ids are per node).")
+@click.option("-v", "--verbose", is_flag=True, help="Decoded packet headers.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--timeout", type=click.FloatRange(0), default=0,
+              help="Stop after this many seconds (0: until interrupted).")
+def lab_monitor(lab_name, types, related_to, verbose, output, timeout):
+    """Every node's datapath events as they happen, as `cilium monitor`, merged in the order
+    they happened (the nodes share one clock), each line prefixed with its node."""
+    st = Lab(lab_name).load()
+    if not st["nodes"]:
+        raise LabError(f"lab {lab_name} has no nodes (run `datapath lab up` first)")
+    sources = {name: Client(rec["socket"], timeout=10).get
+               for name, rec in sorted(st["nodes"].items())}
+    filters = {}
+    if types:
+        filters["type"] = list(types)
+    if related_to:
+        filters["related-to"] = [str(i) for i in related_to]
+    monitor_records(sources, filters, output, verbose, timeout,
+                    on_ready=lambda: click.echo("Press Ctrl-C to quit", err=True))
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})

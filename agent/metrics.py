@@ -221,8 +221,10 @@ class _ScrapeCollector:
 
 
 class HubbleMetrics:
-    """Hubble's flow metrics on the agent's registry (agent/monitor counts every flow it builds);
-    `lost` returns the datapath's lost-event count, read at scrape time."""
+    """Hubble's flow metrics on the agent's registry (agent/monitor counts every flow it builds:
+    drops and trace points, a trace's subtype its observation point, e.g. type="Trace",
+    subtype="to-endpoint", verdict="FORWARDED"); `lost` returns the datapath's lost-event count,
+    read at scrape time."""
 
     def __init__(self, registry, lost=None):
         self.flows = Counter("hubble_flows_processed", "Total number of flows processed",
@@ -241,6 +243,8 @@ class HubbleMetrics:
         protocol = next(iter(l4), "")
         if verdict == "DROPPED":
             self.drops.labels(flow.get("drop_reason_desc", "DROP_REASON_UNKNOWN"), protocol).inc()
+        if verdict not in ("FORWARDED", "REDIRECTED"):
+            return              # Hubble's tcp handler counts the flags of forwarded packets
         flags = (l4.get("TCP") or {}).get("flags") or {}
         family = (flow.get("IP") or {}).get("ipVersion", "")
         # Hubble's tcp handler: SYN-ACK counted as one flag, then FIN, RST (and SYN alone)

@@ -1,16 +1,22 @@
 """Monitor events -> flow records with Hubble's field names (api/v1/flow/flow.proto as
-protojson prints it: time, verdict, drop_reason_desc, IP, l4, source, destination, ...).
+protojson prints it: time, verdict, drop_reason_desc, trace_observation_point, IP, l4, source,
+destination, ...).
 
 Owns: the event type numbers and names (Cilium's pkg/monitor/api MessageType*), Hubble's
-DropReason enum names, resolving addresses to pods and identities to labels (through a view of
-what the agent knows), and the monitor record `datapath monitor` prints. Only drops exist this
-round; a trace or policy-verdict event slots in as another branch of `event_record`/`build_flow`.
+DropReason, TraceObservationPoint and TraceReason enum names, resolving addresses to pods and
+identities to labels (through a view of what the agent knows), and the monitor record
+`datapath monitor` prints. Drops and trace points exist; a policy-verdict event slots in as
+another branch of `event_record`/`build_flow`.
 
 API:
     EVENT_TYPES / EVENT_TYPE_NAMES          {"drop": 1, "trace": 4, "policy-verdict": 5}
     drop_reason_name(code) -> str           Hubble's enum name, e.g. POLICY_DENIED
-    event_record(ev, wall) -> dict          the monitor record (JSON-able, raw bytes as hex)
+    obs_point_name(n) -> str                Cilium's name of a TRACE_* point ("to-endpoint")
+    trace_point_enum(n) / trace_reason_enum(r)   Hubble's enum names (TO_ENDPOINT, NEW, ...)
+    event_record(ev, wall) -> dict          the monitor record (JSON-able, raw bytes as hex) of
+                                            a datapath.events DropEvent or TraceEvent
     build_flow(rec, view, node_name) -> dict   a Hubble flow from a monitor record
+    metric_labels(rec) -> (type, subtype)   hubble_flows_processed_total's type and subtype
     AgentView(agent)                        the view over a running agent (lookup_ip,
                                             lookup_endpoint, labels, ifname); tests pass any
                                             object with those methods
@@ -65,6 +71,26 @@ DROP_REASON_NAMES: dict[int, str] = {
     191: "SNAT_NO_MAP_FOUND", 192: "INVALID_CLUSTER_ID", 193: "UNSUPPORTED_PROTOCOL_FOR_DSR_ENCAP",
     194: "NO_EGRESS_GATEWAY", 196: "TTL_EXCEEDED", 197: "NO_NODE_ID",
 }
+# Cilium's trace observation points (pkg/monitor/api TraceObservationPoints) -> Hubble's
+# TraceObservationPoint enum names (flow.proto: Cilium's 0, TO_LXC, is TO_ENDPOINT = 101)
+TRACE_POINT_ENUM = {0: "TO_ENDPOINT", 1: "TO_PROXY", 2: "TO_HOST", 3: "TO_STACK",
+                    4: "TO_OVERLAY", 5: "FROM_ENDPOINT", 6: "FROM_PROXY", 7: "FROM_HOST",
+                    8: "FROM_STACK", 9: "FROM_OVERLAY", 10: "FROM_NETWORK", 11: "TO_NETWORK",
+                    12: "FROM_CRYPTO", 13: "TO_CRYPTO"}
+TRACE_POINT_NAMES = {0: "to-endpoint", 1: "to-proxy", 2: "to-host", 3: "to-stack",
+                     4: "to-overlay", 5: "from-endpoint", 6: "from-proxy", 7: "from-host",
+                     8: "from-stack", 9: "from-overlay", 10: "from-network", 11: "to-network",
+                     12: "from-crypto", 13: "to-crypto"}
+# Cilium's trace reasons (the CT state, pkg/monitor/datapath_trace.go) and Hubble's TraceReason
+# enum: 0..4 shift by one, 5 (unknown) is TRACE_REASON_UNKNOWN = 0, the rest keep their number
+TRACE_REASON_UNKNOWN = 5
+TRACE_REASON_REPLY = 2
+TRACE_REASON_ENCRYPT_MASK = 0x80
+TRACE_REASON_STATES = {0: "new", 1: "established", 2: "reply", 3: "related", 4: "reopened",
+                       5: "unknown", 6: "srv6-encap", 7: "srv6-decap", 8: "encrypt-overlay"}
+TRACE_REASON_ENUM = {0: "TRACE_REASON_UNKNOWN", 1: "NEW", 2: "ESTABLISHED", 3: "REPLY",
+                     4: "RELATED", 5: "REOPENED", 6: "SRV6_ENCAP", 7: "SRV6_DECAP",
+                     8: "ENCRYPT_OVERLAY"}
 TRAFFIC_DIRECTIONS = {abi.METRIC_INGRESS: "INGRESS", abi.METRIC_EGRESS: "EGRESS"}
 # Cilium's BPF source file numbers (bpf/source_names_to_ids.h), for the monitor line
 BPF_FILE_NAMES = {1: "bpf_host.c", 2: "bpf_lxc.c", 3: "bpf_overlay.c", 4: "bpf_xdp.c"}
@@ -76,6 +102,30 @@ HOOK_FILES = {"from-container": "bpf_lxc.c", "to-container": "bpf_lxc.c",
 
 def drop_reason_name(code: int) -> str:
     return DROP_REASON_NAMES.get(code, "DROP_REASON_UNKNOWN")
+
+
+def obs_point_name(point: int) -> str:
+    """Cilium's TraceObservationPoint string ("to-endpoint"; the number for an unknown one)."""
+    return TRACE_POINT_NAMES.get(point, str(point))
+
+
+def trace_point_enum(point: int) -> str:
+    return TRACE_POINT_ENUM.get(point, "UNKNOWN_POINT")
+
+
+def trace_state(reason: int) -> str:
+    """Cilium's connState: the CT state a trace reason names ("new", "reply", ...)."""
+    r = reason & ~TRACE_REASON_ENCRYPT_MASK
+    return TRACE_REASON_STATES.get(r, str(reason))
+
+
+def trace_reason_enum(reason: int) -> str:
+    """Hubble's decodeTraceReason: TRACE_REASON_UNKNOWN for Cilium's unknown (5), the others
+    0..4 one up (NEW = 1), 6 and above as they are."""
+    r = reason & ~TRACE_REASON_ENCRYPT_MASK
+    if r == TRACE_REASON_UNKNOWN:
+        return TRACE_REASON_ENUM[0]
+    return TRACE_REASON_ENUM.get(r + 1 if r < TRACE_REASON_UNKNOWN else r, "TRACE_REASON_UNKNOWN")
 
 
 def rfc3339(wall: float) -> str:
@@ -95,23 +145,43 @@ def _direction(v) -> str:
 
 
 def event_record(ev, wall: float) -> dict:
-    """The monitor record of a decoded event (datapath.events.DropEvent): what `datapath
-    monitor` prints and what a flow is built from. `wall`: the event's time (Unix seconds)."""
-    reason = int(ev.reason)
+    """The monitor record of a decoded event (datapath.events.DropEvent or TraceEvent): what
+    `datapath monitor` prints and what a flow is built from. `wall`: the event's time (Unix
+    seconds). Drops add reason, reason_desc, direction, file, line; traces add obs_point (its
+    Cilium name), reason (the CT state number), state, flags, orig_ip."""
+    type_id = int(ev.type)
     hook = ev.hook if isinstance(ev.hook, str) else abi.EVENT_HOOK_NAMES.get(ev.hook, str(ev.hook))
-    file_no = int(getattr(ev, "file", 0) or 0)
-    return {
-        "type": EVENT_TYPE_NAMES.get(int(ev.type), str(ev.type)), "type_id": int(ev.type),
-        "subtype": reason, "time": rfc3339(wall), "wall": wall,
-        "reason": reason, "reason_desc": abi.reason_string(reason),
+    rec = {
+        "type": EVENT_TYPE_NAMES.get(type_id, str(ev.type)), "type_id": type_id,
+        "time": rfc3339(wall), "wall": wall,
         "source": int(ev.source), "hash": int(ev.hash), "len_orig": int(ev.len_orig),
         "src_identity": int(ev.src_identity), "dst_identity": int(ev.dst_identity),
-        "dst_id": int(ev.dst_id), "ifindex": int(ev.ifindex),
-        "direction": _direction(ev.direction), "hook": hook,
-        "file": BPF_FILE_NAMES.get(file_no) or HOOK_FILES.get(hook, str(file_no)),
-        "line": int(getattr(ev, "line", 0) or 0),
+        "dst_id": int(ev.dst_id), "ifindex": int(ev.ifindex), "hook": hook,
         "ktime_ns": int(ev.ktime_ns), "data": bytes(ev.data).hex(),
     }
+    if type_id == MESSAGE_TYPE_TRACE:
+        point, reason = int(ev.obs_point), int(ev.reason)
+        rec.update({"subtype": point, "obs_point": obs_point_name(point), "reason": reason,
+                    "state": trace_state(reason), "flags": int(getattr(ev, "flags", 0) or 0),
+                    "orig_ip": getattr(ev, "orig_ip", None) or None,
+                    "direction": "TRAFFIC_DIRECTION_UNKNOWN"})
+        return rec
+    reason = int(ev.reason)
+    file_no = int(getattr(ev, "file", 0) or 0)
+    rec.update({"subtype": reason, "reason": reason, "reason_desc": abi.reason_string(reason),
+                "direction": _direction(getattr(ev, "direction", 0)),
+                "file": BPF_FILE_NAMES.get(file_no) or HOOK_FILES.get(hook, str(file_no)),
+                "line": int(getattr(ev, "line", 0) or 0)})
+    return rec
+
+
+def metric_labels(rec: dict) -> tuple[str, str]:
+    """hubble_flows_processed_total's type and subtype labels (Hubble's flow handler: a trace's
+    subtype is its observation point's name, other types have none)."""
+    type_name = METRIC_TYPE_NAMES.get(rec["type_id"], "Unknown")
+    if rec["type_id"] == MESSAGE_TYPE_TRACE:
+        return type_name, obs_point_name(rec["subtype"])
+    return type_name, ""
 
 
 def _endpoint(ip: str | None, identity: int, view, sender: int = 0) -> dict:
@@ -137,10 +207,15 @@ def _endpoint(ip: str | None, identity: int, view, sender: int = 0) -> dict:
     return out
 
 
+# the order Hubble's parser names TCP flags in a flow's Summary
+SUMMARY_FLAG_ORDER = ("SYN", "ACK", "RST", "FIN", "PSH", "URG", "ECE", "CWR", "NS")
+
+
 def _summary(p: dissect.Packet) -> str:
     """Hubble's Summary of an L3/L4 flow."""
     if p.tcp:
-        return "TCP Flags: " + ", ".join(p.tcp_flags) if p.tcp_flags else "TCP"
+        flags = [f for f in SUMMARY_FLAG_ORDER if f in p.tcp_flags]
+        return "TCP Flags: " + ", ".join(flags) if flags else "TCP"
     if p.udp:
         return "UDP"
     if p.icmp:
@@ -155,19 +230,38 @@ def _summary(p: dissect.Packet) -> str:
     return dissect.ETHERTYPE_NAMES.get(p.ethertype, "unknown")
 
 
+def _trace_direction(rec: dict, src_ep_id: int | None, is_reply: bool | None) -> str:
+    """Hubble's decodeTrafficDirection for a trace: known only when the event names a local
+    endpoint and its CT state; egress when that endpoint sent it (or it is a reply to it), or
+    when the source was translated."""
+    if not rec["source"] or is_reply is None:
+        return "TRAFFIC_DIRECTION_UNKNOWN"
+    is_source_ep = rec["source"] == (src_ep_id or 0)
+    if is_source_ep != is_reply or rec.get("orig_ip"):
+        return "EGRESS"
+    return "INGRESS"
+
+
 def build_flow(rec: dict, view, node_name: str) -> dict:
     """A Hubble flow (protojson field names; empty fields left out, as protojson does)."""
     p = dissect.parse(bytes.fromhex(rec["data"]))
+    trace = rec["type_id"] == MESSAGE_TYPE_TRACE
     flow: dict = {"time": rec["time"]}
     if rec["type_id"] == MESSAGE_TYPE_DROP:
         flow["verdict"] = "DROPPED"
         flow["drop_reason"] = rec["reason"]
+    elif trace:
+        flow["verdict"] = "FORWARDED"
     if p.eth_src:
         flow["ethernet"] = {"source": p.eth_src, "destination": p.eth_dst}
     src_ip = dst_ip = None
     if p.ip:
         src_ip, dst_ip = p.ip["src"], p.ip["dst"]
         flow["IP"] = {"source": src_ip, "destination": dst_ip, "ipVersion": "IPv4"}
+        if trace and rec.get("orig_ip") and rec["orig_ip"] != src_ip:
+            # SNAT seen: Hubble shows the original source, the translated one beside it
+            flow["IP"]["source"], flow["IP"]["source_xlated"] = rec["orig_ip"], src_ip
+            src_ip = rec["orig_ip"]
     elif p.arp:
         src_ip, dst_ip = p.arp["sender_ip"], p.arp["target_ip"]
     l4: dict = {}
@@ -185,15 +279,31 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
     flow["destination"] = _endpoint(dst_ip, rec["dst_identity"], view)
     flow["Type"] = "L3_L4"
     flow["node_name"] = node_name
+    is_reply = None
+    if trace:
+        reason = rec["reason"] & ~TRACE_REASON_ENCRYPT_MASK
+        if reason not in (TRACE_REASON_UNKNOWN, 6, 7):     # unknown, SRv6 encap / decap
+            is_reply = reason == TRACE_REASON_REPLY
+        if is_reply:
+            flow["reply"] = True                # deprecated twin of is_reply (false: omitted)
     flow["event_type"] = {"type": rec["type_id"], "sub_type": rec["subtype"]}
-    flow["traffic_direction"] = rec["direction"]
+    if trace:       # the fields in flow.proto's number order, as protojson prints them
+        flow["traffic_direction"] = _trace_direction(rec, flow["source"].get("ID"), is_reply)
+        flow["trace_observation_point"] = trace_point_enum(rec["subtype"])
+        if is_reply is not None:
+            flow["is_reply"] = is_reply
+    else:
+        flow["traffic_direction"] = rec["direction"]
     if rec["type_id"] == MESSAGE_TYPE_DROP:
         flow["drop_reason_desc"] = drop_reason_name(rec["reason"])
-    iface = {"index": rec["ifindex"]}
-    name = view.ifname(rec["ifindex"]) if rec["ifindex"] else None
-    if name:
-        iface["name"] = name
-    flow["interface"] = iface
+    if rec["ifindex"] or not trace:     # Hubble: a trace's interface, when it names one
+        iface = {"index": rec["ifindex"]}
+        name = view.ifname(rec["ifindex"]) if rec["ifindex"] else None
+        if name:
+            iface["name"] = name
+        flow["interface"] = iface
+    if trace and trace_reason_enum(rec["reason"]) != "TRACE_REASON_UNKNOWN":   # 0: left out
+        flow["trace_reason"] = trace_reason_enum(rec["reason"])
     flow["Summary"] = _summary(p)
     return flow
 

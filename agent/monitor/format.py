@@ -1,18 +1,26 @@
 """How `datapath observe` and `datapath monitor` print what the API returns.
 
-Flows as `hubble observe` prints them:
+Flows as `hubble observe` prints them (hubble/pkg/printer):
     compact  "Nov 30 15:00:01.123: default/curl-pod:40000 (ID:256) -> default/webpod-1:80
-              (ID:257) Policy denied DROPPED (TCP Flags: SYN)"  ([node] after the time when
-              the flows come from several nodes, as through Hubble Relay)
+              (ID:257) to-endpoint FORWARDED (TCP Flags: SYN)"  ([node] after the time when
+              the flows come from several nodes, as through Hubble Relay). The arrow says
+              is_reply: "->" a request, "<-" a reply (source and destination swapped back), "<>"
+              not known (drops); identities print as (ID:n), or (host), (world), ... reserved
     table    TIMESTAMP SOURCE DESTINATION TYPE VERDICT SUMMARY columns
     json     one GetFlowsResponse a line: {"flow": {...}, "node_name": ..., "time": ...}
-Monitor records as `cilium monitor` prints them (pkg/monitor/datapath_drop.go):
+TYPE is Hubble's GetFlowType: a drop's reason, a trace's observation point ("to-endpoint").
+Monitor records as `cilium monitor` prints them (pkg/monitor/datapath_drop.go, _trace.go):
     "xx drop (Policy denied) flow 0x0 to endpoint 123, ifindex 5, file bpf_lxc.c:0, ,
      identity 256->257: 172.20.0.2:40000 -> 172.20.1.2:80 tcp SYN"
+    "-> endpoint 123 flow 0x0 , identity 256->257 state new ifindex lxc0a1b orig-ip 0.0.0.0:
+     172.20.0.2:40000 -> 172.20.1.2:80 tcp SYN"  (-> stack, -> network, -> overlay,
+     <- network, <- overlay, <- endpoint 12 at the other points)
     -v: a separator, "MARK 0x0 FROM 12 DROP: 74 bytes, reason Policy denied, identity
-        256->257, to endpoint 123" (Cilium prefixes "CPU 01: "; one ring buffer here does not
-        say which CPU), then one line a decoded layer
-    json: DropNotifyVerbose's fields
+        256->257, to endpoint 123" or "MARK 0x0 FROM 12 to-endpoint: 74 bytes (74 captured),
+        state new, interface lxc0a1b, , identity 256->257, orig-ip 0.0.0.0, to endpoint 123"
+        (Cilium prefixes "CPU 01: "; one ring buffer here does not say which CPU), then one
+        line a decoded layer
+    json: DropNotifyVerbose's / TraceNotifyVerbose's fields
 """
 from __future__ import annotations
 
@@ -21,8 +29,9 @@ import json
 
 from datapath import abi
 
+from ..identity import RESERVED
 from . import dissect
-from .flows import MESSAGE_TYPE_DROP, MESSAGE_TYPE_TRACE
+from .flows import MESSAGE_TYPE_DROP, MESSAGE_TYPE_TRACE, obs_point_name
 
 SEPARATOR = "-" * 78     # cilium monitor's msgSeparator
 
@@ -46,12 +55,21 @@ def _ports(flow: dict) -> tuple[str, str]:
 
 
 def _host(ip: str | None, port: str, ep: dict) -> str:
+    """Hubble's Hostname: the pod (ns/name) when known, else the address; then the port."""
     host = f"{ep['namespace']}/{ep['pod_name']}" if ep.get("pod_name") else (ip or "")
     if port and port != "0":
         host = f"{host}:{port}"
-    if ep.get("identity"):
-        host += f" (ID:{ep['identity']})"
     return host
+
+
+# reserved identities by number, as NumericIdentity.String() names them (0: unknown)
+RESERVED_NAMES = {0: "unknown", **{n: name for name, n in RESERVED.items()}}
+
+
+def identity(ep: dict) -> str:
+    """Hubble's fmtIdentity: "(world)" for a reserved identity, else "(ID:1234)"."""
+    n = int(ep.get("identity", 0) or 0)
+    return f"({RESERVED_NAMES[n]})" if n in RESERVED_NAMES else f"(ID:{n})"
 
 
 def hostnames(flow: dict) -> tuple[str, str]:
@@ -70,15 +88,22 @@ def flow_type(flow: dict) -> str:
     if et.get("type") == MESSAGE_TYPE_DROP:
         return abi.reason_string(int(et.get("sub_type", 0)))
     if et.get("type") == MESSAGE_TYPE_TRACE:
-        return flow.get("trace_observation_point", "UNKNOWN")
+        return obs_point_name(int(et.get("sub_type", 0)))
     return "UNKNOWN"
 
 
 def compact(flow: dict, node: bool = False) -> str:
     src, dst = hostnames(flow)
+    src_id, dst_id = identity(flow.get("source") or {}), identity(flow.get("destination") or {})
+    arrow = "->"
+    if "is_reply" not in flow:
+        arrow = "<>"                    # the direction is not known
+    elif flow["is_reply"]:              # a reply: shown from the side that asked
+        src, dst, src_id, dst_id, arrow = dst, src, dst_id, src_id, "<-"
     where = f" [{flow.get('node_name', '')}]" if node else ""
-    return (f"{flow_time(flow)}{where}: {src} -> {dst} {flow_type(flow)} "
-            f"{flow.get('verdict', 'VERDICT_UNKNOWN')} ({flow.get('Summary', '')})")
+    return (f"{flow_time(flow)}{where}: {src} {src_id} {arrow} {dst} {dst_id} "
+            f"{flow_type(flow)} {flow.get('verdict', 'VERDICT_UNKNOWN')} "
+            f"({flow.get('Summary', '')})")
 
 
 TABLE_HEADER = ("TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY")
@@ -106,9 +131,39 @@ def json_line(flow: dict) -> str:
 
 
 # ---- cilium monitor ----
+def _ifname(rec: dict) -> str:
+    """Cilium's link cache: the device's name (the agent resolved it), else its index."""
+    return rec.get("ifname") or str(rec["ifindex"])
+
+
+def trace_summary(rec: dict) -> str:
+    """TraceNotify.traceSummary: where the packet went ("-> endpoint 123", "<- network")."""
+    point = rec["subtype"]
+    if point == 0:
+        return f"-> endpoint {rec['dst_id']}"
+    if point == 1:
+        return "-> proxy" + (f" port {rec['dst_id']}" if rec["dst_id"] else "")
+    if point == 5:
+        return f"<- endpoint {rec['source']}"
+    return {2: "-> host from", 3: "-> stack", 4: "-> overlay", 11: "-> network", 6: "<- proxy",
+            7: "<- host", 8: "<- stack", 9: "<- overlay", 10: "<- network"}.get(
+                point, "unknown trace")
+
+
+def _orig_ip(rec: dict) -> str:
+    return rec.get("orig_ip") or "0.0.0.0"
+
+
 def monitor_line(rec: dict) -> str:
-    """DropNotify.DumpInfo."""
+    """DropNotify.DumpInfo / TraceNotify.DumpInfo (numeric identities)."""
     p = dissect.parse(bytes.fromhex(rec["data"]))
+    if rec["type_id"] == MESSAGE_TYPE_TRACE:
+        enc = "encrypted " if rec["reason"] & 0x80 else ""
+        head = f"{trace_summary(rec)} {enc} flow {rec['hash']:#x} " if enc else \
+            f"{trace_summary(rec)} flow {rec['hash']:#x} "
+        return (f"{head}, identity {rec['src_identity']}->{rec['dst_identity']} "
+                f"state {rec['state']} ifindex {_ifname(rec)} orig-ip {_orig_ip(rec)}: "
+                f"{dissect.connection_summary(p)}")
     return (f"xx drop ({rec['reason_desc']}) flow {rec['hash']:#x} to endpoint {rec['dst_id']}, "
             f"ifindex {rec['ifindex']}, file {rec['file']}:{rec['line']}, , "
             f"identity {rec['src_identity']}->{rec['dst_identity']}: "
@@ -116,28 +171,47 @@ def monitor_line(rec: dict) -> str:
 
 
 def monitor_verbose(rec: dict) -> list[str]:
-    """DropNotify.DumpVerbose with the layers dissected (cilium monitor -v)."""
-    head = (f"MARK {rec['hash']:#x} FROM {rec['source']} DROP: {rec['len_orig']} bytes, "
-            f"reason {rec['reason_desc']}")
-    if rec["src_identity"] or rec["dst_identity"]:
-        head += f", identity {rec['src_identity']}->{rec['dst_identity']}"
+    """DropNotify.DumpVerbose / TraceNotify.DumpVerbose with the layers dissected
+    (cilium monitor -v)."""
+    data = bytes.fromhex(rec["data"])
+    if rec["type_id"] == MESSAGE_TYPE_TRACE:
+        head = (f"MARK {rec['hash']:#x} FROM {rec['source']} {rec['obs_point']}: "
+                f"{rec['len_orig']} bytes ({len(data)} captured), state {rec['state']}")
+        if rec["ifindex"]:
+            head += f", interface {_ifname(rec)}"
+        if rec["src_identity"] or rec["dst_identity"]:
+            head += f", , identity {rec['src_identity']}->{rec['dst_identity']}"
+        head += f", orig-ip {_orig_ip(rec)}"
+    else:
+        head = (f"MARK {rec['hash']:#x} FROM {rec['source']} DROP: {rec['len_orig']} bytes, "
+                f"reason {rec['reason_desc']}")
+        if rec["src_identity"] or rec["dst_identity"]:
+            head += f", identity {rec['src_identity']}->{rec['dst_identity']}"
     if rec["dst_id"]:
         head += f", to endpoint {rec['dst_id']}"
     lines = [SEPARATOR, head]
-    data = bytes.fromhex(rec["data"])
     if data:
         lines += dissect.layer_lines(dissect.parse(data))
     return lines
 
 
 def monitor_json(rec: dict) -> str:
-    """DropNotifyVerbose's JSON (cilium monitor -o json), summary from the dissected layers."""
+    """DropNotifyVerbose's / TraceNotifyVerbose's JSON (cilium monitor -o json), the summary
+    from the dissected layers."""
     p = dissect.parse(bytes.fromhex(rec["data"]))
-    out = {"type": rec["type"], "mark": f"{rec['hash']:#x}", "reason": rec["reason_desc"],
-           "source": rec["source"], "bytes": rec["len_orig"], "srcLabel": rec["src_identity"],
-           "dstLabel": rec["dst_identity"], "dstID": rec["dst_id"], "Line": rec["line"],
-           "File": rec["file"], "Ifindex": rec["ifindex"], "hook": rec["hook"],
-           "time": rec["time"]}
+    if rec["type_id"] == MESSAGE_TYPE_TRACE:
+        out = {"type": "trace", "mark": f"{rec['hash']:#x}", "ifindex": _ifname(rec),
+               "state": rec["state"], "observationPoint": rec["obs_point"],
+               "traceSummary": trace_summary(rec), "source": rec["source"],
+               "bytes": rec["len_orig"], "srcLabel": rec["src_identity"],
+               "dstLabel": rec["dst_identity"], "dstID": rec["dst_id"], "hook": rec["hook"],
+               "time": rec["time"]}
+    else:
+        out = {"type": rec["type"], "mark": f"{rec['hash']:#x}", "reason": rec["reason_desc"],
+               "source": rec["source"], "bytes": rec["len_orig"],
+               "srcLabel": rec["src_identity"], "dstLabel": rec["dst_identity"],
+               "dstID": rec["dst_id"], "Line": rec["line"], "File": rec["file"],
+               "Ifindex": rec["ifindex"], "hook": rec["hook"], "time": rec["time"]}
     summary: dict = {}
     if p.eth_src:
         summary["l2"] = {"src": p.eth_src, "dst": p.eth_dst}

@@ -3,18 +3,25 @@ filter options, the query string, and the loop that prints and follows (polling 
 /v1/flows or /v1/monitor with after=<seq> every POLL_SECONDS, as Hubble's client streams).
 
 Several sources (one agent socket per lab node) are merged by flow time, as Hubble Relay does;
-a node whose agent does not answer is named on stderr and left out. Ctrl-C ends a follow with
+a node whose agent does not answer is named on stderr and left out. `lab_monitor` merges every
+node's monitor records by their bpf_ktime_get_ns() stamp (the lab's nodes share one kernel, so
+one clock): a record is printed once HOLD_NS have passed since it happened, so a slower node's
+earlier record still comes first; each line is prefixed with its node. Ctrl-C ends a follow with
 exit status 0.
 
 API:
     filter_options(fn)                    the click options every observe command takes
     query_string(filters, after, last)    -> "verdict=DROPPED&pod=default%2Fcurl&..."
     observe(sources, filters, output, follow, last, timeout, node_column, echo)
-    monitor(source, filters, output, verbose, timeout, echo)
+    monitor(source, filters, output, verbose, timeout, echo, on_ready)
+    lab_monitor(sources, filters, output, verbose, timeout, echo, on_ready) -> records printed
       sources: {node name: callable(url) -> response dict}   (api.Client(...).get)
+    record_lines(rec, output, verbose, node=None) -> lines of one monitor record
 """
 from __future__ import annotations
 
+import heapq
+import json
 import time
 import urllib.parse
 from typing import Callable
@@ -26,6 +33,7 @@ from datapath.errors import AgentUnreachable
 from . import format as fmt
 
 POLL_SECONDS = 0.2
+HOLD_NS = 600_000_000      # lab monitor: how long a record waits for other nodes' earlier ones
 DEFAULT_LAST = 20          # hubble observe without --follow, --since or --last
 FILTERS = ("pod", "from_pod", "to_pod", "namespace", "ip", "port", "protocol", "verdict", "type")
 
@@ -46,7 +54,8 @@ def filter_options(fn):
                      type=click.Choice(["FORWARDED", "DROPPED"], case_sensitive=False)),
         click.option("--type", "type_", multiple=True,
                      type=click.Choice(["drop", "trace", "policy-verdict"]),
-                     help="Event type (this round the datapath sends drops)."),
+                     help="Event type: drop, trace (trace points, as bpf.monitorAggregation "
+                          "lets them through), policy-verdict."),
         click.option("--since", default=None, help="Flows since a duration ago (5m, 1h) or an "
                                                    "RFC3339 time."),
         click.option("--last", type=click.IntRange(0), default=None,
@@ -148,10 +157,25 @@ def observe(sources: dict[str, Callable[[str], dict]], filters: dict, output: st
     return printed
 
 
+def record_lines(rec: dict, output: str, verbose: bool, node: str | None = None) -> list[str]:
+    """One monitor record as `cilium monitor` prints it; with a node (lab monitor) each line is
+    prefixed "[node] " and the JSON gets a node_name."""
+    if output == "json":
+        line = fmt.monitor_json(rec)
+        if node is not None:
+            line = json.dumps({**json.loads(line), "node_name": node})
+        return [line]
+    lines = fmt.monitor_verbose(rec) if verbose else [fmt.monitor_line(rec)]
+    return [f"[{node}] {x}" for x in lines] if node is not None else lines
+
+
 def monitor(get: Callable[[str], dict], filters: dict, output: str, verbose: bool,
-            timeout: float = 0, echo=click.echo) -> int:
-    """Follow the agent's monitor records from now on, as `cilium monitor` does."""
+            timeout: float = 0, echo=click.echo, on_ready=None) -> int:
+    """Follow the agent's monitor records from now on, as `cilium monitor` does; on_ready()
+    runs once the agent has said where "now" is (the CLI's banner)."""
     seq = get("/v1/monitor?" + query_string(filters, last=0))["seq"]
+    if on_ready is not None:
+        on_ready()
     deadline = time.monotonic() + timeout if timeout else None
     printed = 0
     try:
@@ -159,15 +183,68 @@ def monitor(get: Callable[[str], dict], filters: dict, output: str, verbose: boo
             got = get("/v1/monitor?" + query_string(filters, after=seq))
             seq = got["seq"]
             for rec in got["events"]:
-                if output == "json":
-                    echo(fmt.monitor_json(rec))
-                elif verbose:
-                    for line in fmt.monitor_verbose(rec):
-                        echo(line)
-                else:
-                    echo(fmt.monitor_line(rec))
+                for line in record_lines(rec, output, verbose):
+                    echo(line)
                 printed += 1
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         pass
+    return printed
+
+
+def _mono_ns() -> int:
+    """CLOCK_MONOTONIC, the clock bpf_ktime_get_ns() reads (namespaces do not change it)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def lab_monitor(sources: dict[str, Callable[[str], dict]], filters: dict, output: str,
+                verbose: bool, timeout: float = 0, echo=click.echo, clock=_mono_ns,
+                on_ready=None) -> int:
+    """Follow every node's monitor records from now on, merged by the time they happened.
+    on_ready() runs once every node has said where "now" is (the CLI's banner)."""
+    seqs: dict[str, int] = {}
+    for node, get in list(sources.items()):
+        try:
+            seqs[node] = get("/v1/monitor?" + query_string(filters, last=0))["seq"]
+        except AgentUnreachable as e:
+            click.echo(f"Warning: node {node} is unavailable: {e}", err=True)
+            del sources[node]
+    if not sources:
+        raise AgentUnreachable("every node", "no agent answered")
+    if on_ready is not None:
+        on_ready()
+    pending: list = []          # heap of (ktime_ns, arrival, node, record)
+    arrivals = 0
+    printed = 0
+    deadline = time.monotonic() + timeout if timeout else None
+
+    def flush(upto: int | None) -> None:
+        nonlocal printed
+        while pending and (upto is None or pending[0][0] <= upto):
+            _, _, node, rec = heapq.heappop(pending)
+            for line in record_lines(rec, output, verbose, node):
+                echo(line)
+            printed += 1
+
+    try:
+        while True:
+            last_round = deadline is not None and time.monotonic() >= deadline
+            for node, get in list(sources.items()):
+                try:
+                    got = get("/v1/monitor?" + query_string(filters, after=seqs[node]))
+                except AgentUnreachable as e:
+                    click.echo(f"Warning: node {node} is unavailable: {e}", err=True)
+                    del sources[node]
+                    continue
+                seqs[node] = got["seq"]
+                for rec in got["events"]:
+                    arrivals += 1
+                    heapq.heappush(pending, (int(rec.get("ktime_ns", 0)), arrivals, node, rec))
+            if last_round or not sources:
+                break
+            flush(clock() - HOLD_NS)
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        pass
+    flush(None)
     return printed

@@ -9,6 +9,8 @@ API:
     MonitorSubsystem(cfg, metrics, view, events=None)    view: flows.AgentView (or a stub)
         .start(stop_event)   .stop()   .configure(cfg)   .handle(event)   .status()
         .routes()
+    .status() also says the compiled-in monitor aggregation (bpf.monitorAggregation, and
+    bpf.monitorInterval: the programs trace an active flow again after that many seconds)
 Routes (plain request/response; a client follows by polling with after=<seq>):
     GET /v1/flows?[filters]&after=N&last=N  -> {"flows": [flow + "seq"], "seq", "lost",
                                                 "count", "capacity", "node_name"}
@@ -23,7 +25,7 @@ import logging
 import threading
 import time
 
-from .flows import METRIC_TYPE_NAMES, build_flow, event_record
+from .flows import build_flow, event_record, metric_labels
 from .reader import EventReader
 from .ring import FlowFilter, FlowRing
 
@@ -47,6 +49,7 @@ class MonitorSubsystem:
     def __init__(self, cfg, metrics, view, events=None):
         from ..metrics import HubbleMetrics
         self.node_name = cfg.nodeName
+        self.aggregation = (cfg.monitorAggregation, cfg.monitorInterval)
         self.pin_dir = cfg.pin_dir()
         self.view = view
         self._events = events
@@ -88,8 +91,10 @@ class MonitorSubsystem:
         """One decoded event: record, flow, ring, metrics. Returns its sequence number."""
         rec = event_record(ev, self._wall(int(ev.ktime_ns)))
         flow = build_flow(rec, self.view, self.node_name)
+        if rec["ifindex"]:      # named here: the CLI runs in another namespace
+            rec["ifname"] = (flow.get("interface") or {}).get("name")
         seq = self.ring.add(flow, rec)
-        self.metrics.flow(METRIC_TYPE_NAMES.get(rec["type_id"], "Unknown"), "", flow)
+        self.metrics.flow(*metric_labels(rec), flow)
         return seq
 
     def lost(self) -> int:
@@ -121,4 +126,6 @@ class MonitorSubsystem:
     def status(self) -> dict:
         return {"state": "Ok" if self.reader.running else "Disabled",
                 "error": self.reader.error, "flows": self.ring.count,
-                "capacity": self.ring.capacity, "seen": self.ring.seen, "lost": self.lost()}
+                "capacity": self.ring.capacity, "seen": self.ring.seen, "lost": self.lost(),
+                "monitorAggregation": self.aggregation[0],
+                "monitorInterval": self.aggregation[1]}

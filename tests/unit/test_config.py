@@ -407,7 +407,8 @@ def test_restart_keys() -> None:
                             "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize",
                             "l2announcements.enabled", "bpf.lbMapMax", "MTU",
                             "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
-                            "l2announcements.leaseRetryPeriod"}
+                            "l2announcements.leaseRetryPeriod", "bpf.monitorAggregation",
+                            "bpf.monitorInterval"}
     assert isinstance(RESTART_KEYS, frozenset)
 
 

@@ -22,7 +22,7 @@ from agent.metrics import AgentMetrics
 from agent.monitor import MonitorSubsystem
 from agent.monitor import reader as readermod
 
-from .test_monitor_flows import StubView, drop_record, events_module, packet
+from .test_monitor_flows import StubView, drop_record, events_module, packet, trace_record
 
 
 class FakeRing:
@@ -107,18 +107,26 @@ def test_reader_feeds_flows_and_metrics(served):
     assert FakeRing.opened[-1].endswith("/bpffs/datapath/k8s-ctr/cilium_events")
     _feed(served, drop_record(packet()), drop_record(packet(flags=0x12)),
           drop_record(packet(proto=17, dport=53), reason=abi.DROP_NO_SERVICE),
-          b"\x07" * 8, flows=3)              # not a drop record: skipped, the reader goes on
-    assert served.mon.ring.count == 3
+          b"\x07" * 8,                       # not a known record: skipped, the reader goes on
+          trace_record(packet()), trace_record(packet(flags=0x12), point=abi.TRACE_TO_STACK),
+          trace_record(packet(flags=0x11), point=abi.TRACE_TO_STACK), flows=6)
+    assert served.mon.ring.count == 6
     text = generate_latest(served.metrics.registry).decode()
     assert 'hubble_flows_processed_total{subtype="",type="Drop",verdict="DROPPED"} 3.0' in text
+    assert 'hubble_flows_processed_total{subtype="to-endpoint",type="Trace",' \
+           'verdict="FORWARDED"} 1.0' in text
+    assert 'hubble_flows_processed_total{subtype="to-stack",type="Trace",' \
+           'verdict="FORWARDED"} 2.0' in text
     assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENIED"} 2.0' in text
     assert 'hubble_drop_total{protocol="UDP",reason="SERVICE_BACKEND_NOT_FOUND"} 1.0' in text
+    # Hubble's tcp handler counts forwarded flows only (the dropped SYN and SYN-ACK are not)
     assert 'hubble_tcp_flags_total{family="IPv4",flag="SYN"} 1.0' in text
     assert 'hubble_tcp_flags_total{family="IPv4",flag="SYN-ACK"} 1.0' in text
+    assert 'hubble_tcp_flags_total{family="IPv4",flag="FIN"} 1.0' in text
     assert 'hubble_lost_events_total{source="PERF_EVENT_RING_BUFFER"} 3.0' in text
     st = served.mon.status()
-    assert st == {"state": "Ok", "error": None, "flows": 3, "capacity": 4095, "seen": 3,
-                  "lost": 3}
+    assert st == {"state": "Ok", "error": None, "flows": 6, "capacity": 4095, "seen": 6,
+                  "lost": 3, "monitorAggregation": "medium", "monitorInterval": 5}
 
 
 def test_api_filters_after_last_and_errors(served):
@@ -150,7 +158,7 @@ def test_cli_observe_formats_and_follow(served):
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith("default/curl-pod:40000 (ID:256) -> default/webpod-1:80 (ID:257) "
+    assert lines[0].endswith("default/curl-pod:40000 (ID:256) <> default/webpod-1:80 (ID:257) "
                              "Policy denied DROPPED (TCP Flags: SYN)")
     assert lines[1].endswith("Invalid source ip DROPPED (ICMPv4 EchoRequest)")
     r = run(cli, ["--socket", served.path, "observe", "-o", "json", "--protocol", "icmp"])
@@ -202,7 +210,9 @@ def test_cli_monitor_ctrl_c_exits_zero(served, monkeypatch):
     def interrupted(_s):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(obs.time, "sleep", interrupted)
+    # the module's clock only (patching time.sleep itself would stop the reader thread too)
+    monkeypatch.setattr(obs, "time", types.SimpleNamespace(sleep=interrupted,
+                                                           monotonic=time.monotonic))
     r = CliRunner().invoke(cli, ["--socket", served.path, "monitor"])
     assert r.exit_code == 0 and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--socket", served.path, "observe", "-f"])
@@ -212,7 +222,10 @@ def test_cli_monitor_ctrl_c_exits_zero(served, monkeypatch):
 def test_status_shows_the_hubble_line(tmp_path, served):
     from agent.cli import _hubble_line
     assert _hubble_line(served.mon.status()) == \
-        "Ok   Current/Max Flows: 0/4095   Flows seen: 0   Lost events: 3"
+        "Ok   Current/Max Flows: 0/4095   Flows seen: 0   Lost events: 3   " \
+        "Monitor aggregation: medium (interval 5s)"
+    assert _hubble_line({**served.mon.status(), "monitorAggregation": "none"}).endswith(
+        "Lost events: 3   Monitor aggregation: none")
 
 
 def test_missing_ring_is_logged_once_and_not_fatal(tmp_path, caplog, monkeypatch):

@@ -65,6 +65,21 @@ def drop_record(pkt: bytes, reason=abi.DROP_POLICY, src_label=256, dst_label=257
     return bytes(n)
 
 
+def trace_record(pkt: bytes, point=abi.TRACE_TO_LXC, reason=abi.TRACE_REASON_POLICY,
+                 src_label=256, dst_label=257, source=34, dst_id=34, ifindex=5,
+                 hook=abi.EVENT_HOOK_TO_CONTAINER, ktime_ns=5_000_000_000, hash_=0,
+                 orig_ip4=0, flags=0) -> bytes:
+    """A trace_notify record as the datapath writes it (orig_ip4: network-order u32)."""
+    n = abi.TraceNotify(type=abi.CILIUM_NOTIFY_TRACE, subtype=point, source=source, hash=hash_,
+                        len_orig=len(pkt), len_cap=min(len(pkt), abi.TRACE_PAYLOAD_LEN),
+                        version=abi.NOTIFY_CAPTURE_VER, src_label=src_label,
+                        dst_label=dst_label, dst_id=dst_id, reason=reason, flags=flags,
+                        ifindex=ifindex, orig_ip4=orig_ip4, hook=hook, ktime_ns=ktime_ns)
+    cap = pkt[:abi.TRACE_PAYLOAD_LEN]
+    ctypes.memmove(ctypes.addressof(n) + abi.TraceNotify.data.offset, cap, len(cap))
+    return bytes(n)[:abi.TraceNotify.data.offset + len(cap)]
+
+
 @dataclass(frozen=True)
 class _StandInDropEvent:
     type: int
@@ -235,18 +250,22 @@ def test_every_reason_the_datapath_produces_has_a_hubble_enum_name():
 def test_compact_table_and_json_lines():
     flow, _ = flow_of(drop_record(packet()))
     line = fmt.compact(flow)
-    assert line.endswith(": default/curl-pod:40000 (ID:256) -> default/webpod-1:80 (ID:257) "
+    # a drop does not say whether it was a reply: Hubble's "<>"
+    assert line.endswith(": default/curl-pod:40000 (ID:256) <> default/webpod-1:80 (ID:257) "
                          "Policy denied DROPPED (TCP Flags: SYN)"), line
     # local time, Go's time.StampMilli: "Nov 30 15:00:01.125" in this test's timezone
     assert line.split(": ")[0].endswith(".125") and line[:3].isalpha()
     assert " [k8s-ctr]: " in fmt.compact(flow, node=True)
     other, _ = flow_of(drop_record(packet(src="10.9.9.9", proto=1), src_label=0))
-    assert ": 10.9.9.9 -> default/webpod-1 (ID:257) Policy denied DROPPED " \
+    assert ": 10.9.9.9 (unknown) <> default/webpod-1 (ID:257) Policy denied DROPPED " \
            "(ICMPv4 EchoRequest)" in fmt.compact(other)
+    world, _ = flow_of(drop_record(packet(src="10.9.9.9", proto=1), src_label=2))
+    assert ": 10.9.9.9 (world) <> " in fmt.compact(world)
     rows = fmt.table([flow, other])
     assert rows[0].split() == ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT",
                                "SUMMARY"]
-    assert len(rows) == 3 and "default/curl-pod:40000 (ID:256)" in rows[1]
+    assert len(rows) == 3 and rows[1].split()[3:5] == ["default/curl-pod:40000",
+                                                        "default/webpod-1:80"]
     assert rows[1].index("DROPPED") == rows[0].index("VERDICT")       # aligned columns
     assert fmt.table([flow], node=True)[0].split()[:2] == ["TIMESTAMP", "NODE"]
     got = json.loads(fmt.json_line({**flow, "seq": 7}))

@@ -55,7 +55,8 @@ class EventRing:
     """A BPF ring buffer consumer (one reader at a time: positions are not shared)."""
 
     def __init__(self, fd: int, *, own_fd: bool = False):
-        self._fd, self._own_fd = fd, own_fd
+        # the fd becomes ours (own_fd) only once this succeeds: a failure leaves it the caller's
+        self._fd, self._own_fd = fd, False
         self._cons = self._prod = self._cons_pos = None
         info = bpfsys.map_info(fd)
         if info.type != bpfsys.MAP_RINGBUF:
@@ -77,6 +78,7 @@ class EventRing:
         self._cons_pos = ctypes.c_uint64.from_buffer(self._cons)   # one 8-byte store each
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
+        self._own_fd = own_fd
 
     @classmethod
     def open_pinned(cls, path: str) -> EventRing:

@@ -331,7 +331,11 @@ class AgentView:
         if now - self._at < (self.TTL if ttl is None else ttl):
             return
         a = self.agent
-        with a.lock:
+        # never wait for the agent's lock (a reconcile holds it for a whole sync, while the
+        # ring fills): a busy agent leaves the last snapshot in use until the next event
+        if not a.lock.acquire(blocking=False):
+            return
+        try:
             ips = {ip: {"namespace": r.get("namespace", ""), "pod": r.get("pod", ""),
                         "identity": int(r.get("identity", 0)), "node": r.get("node", "")}
                    for ip, r in a.remote_endpoints.items()}
@@ -339,6 +343,8 @@ class AgentView:
                            "identity": ep.identity} for ep in a.endpoints.values()}
             ips.update({ep.ip: eps[ep.id] for ep in a.endpoints.values()})
             labels = a.known_identities()
+        finally:
+            a.lock.release()
         self._ips, self._eps, self._labels, self._at = ips, eps, labels, now
 
     def lookup_ip(self, ip: str) -> dict | None:

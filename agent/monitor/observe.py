@@ -143,8 +143,15 @@ def observe(sources: dict[str, Callable[[str], dict]], filters: dict, output: st
         while deadline is None or time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             batch = []
-            for node, get in sources.items():
-                got = get("/v1/flows?" + query_string(filters, after=seqs[node]))
+            for node, get in list(sources.items()):
+                try:
+                    got = _since(get, "flows", filters, seqs[node])
+                except AgentUnreachable as e:
+                    if len(sources) == 1:
+                        raise
+                    click.echo(f"Warning: node {node} is unavailable: {e}", err=True)
+                    del sources[node]
+                    continue
                 seqs[node] = got["seq"]
                 batch += got["flows"]
             batch.sort(key=lambda f: f.get("time", ""))
@@ -155,6 +162,15 @@ def observe(sources: dict[str, Callable[[str], dict]], filters: dict, output: st
     except KeyboardInterrupt:
         pass
     return printed
+
+
+def _since(get: Callable[[str], dict], what: str, filters: dict, after: int) -> dict:
+    """What came after seq `after`. An agent that restarted numbers from 1 again: its seq went
+    back below `after`, so everything it holds is new to this client."""
+    got = get(f"/v1/{what}?" + query_string(filters, after=after))
+    if got["seq"] < after:
+        got = get(f"/v1/{what}?" + query_string(filters, after=0))
+    return got
 
 
 def record_lines(rec: dict, output: str, verbose: bool, node: str | None = None) -> list[str]:
@@ -180,7 +196,7 @@ def monitor(get: Callable[[str], dict], filters: dict, output: str, verbose: boo
     printed = 0
     try:
         while deadline is None or time.monotonic() < deadline:
-            got = get("/v1/monitor?" + query_string(filters, after=seq))
+            got = _since(get, "monitor", filters, seq)
             seq = got["seq"]
             for rec in got["events"]:
                 for line in record_lines(rec, output, verbose):
@@ -231,7 +247,7 @@ def lab_monitor(sources: dict[str, Callable[[str], dict]], filters: dict, output
             last_round = deadline is not None and time.monotonic() >= deadline
             for node, get in list(sources.items()):
                 try:
-                    got = get("/v1/monitor?" + query_string(filters, after=seqs[node]))
+                    got = _since(get, "monitor", filters, seqs[node])
                 except AgentUnreachable as e:
                     click.echo(f"Warning: node {node} is unavailable: {e}", err=True)
                     del sources[node]

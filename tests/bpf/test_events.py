@@ -219,7 +219,7 @@ def test_poll_waits_for_a_record_and_the_fd_is_pollable(node, lxc, from_containe
     assert len(ring.poll(1000)) == 1
 
 
-def test_pinned_ring_and_counters_open_without_bcc(node, lxc, from_container):
+def test_pinned_ring_and_counters_open_without_bcc(node, lxc, from_container, monkeypatch):
     d = f"/sys/fs/bpf/dpt-events-{os.getpid()}-{secrets.token_hex(3)}"
     os.mkdir(d)
     try:
@@ -233,6 +233,17 @@ def test_pinned_ring_and_counters_open_without_bcc(node, lxc, from_container):
         assert events.read_stats(d) == {"sent": 2, "lost": 0}
         with pytest.raises(Exception, match="not a ring buffer"):
             events.EventRing(lxc["cilium_metrics"].map_fd)
+        # a pin that is no ring: refused, its fd closed once (a second close could hit an fd
+        # another thread had opened meanwhile)
+        bpfsys.obj_pin(lxc["cilium_metrics"].map_fd, os.path.join(d, "not_a_ring"))
+        closed = []
+        real_close = os.close
+        monkeypatch.setattr(events.os, "close", lambda fd: (closed.append(fd), real_close(fd)))
+        with pytest.raises(Exception, match="not a ring buffer"):
+            events.EventRing.open_pinned(os.path.join(d, "not_a_ring"))
+        import gc
+        gc.collect()                    # the half-made ring's __del__ must not close it again
+        assert len(closed) == 1
     finally:
         for f in os.listdir(d):
             os.unlink(os.path.join(d, f))

@@ -292,3 +292,36 @@ def test_lab_observe_merges_nodes_by_time(tmp_path, monkeypatch):
         for s in servers:
             s.shutdown()
             s.server_close()
+
+
+def test_following_survives_an_agent_restart_and_a_node_going_away():
+    """An agent that restarted numbers its flows from 1 again: a follower asks for all it has
+    instead of waiting for the old number; in a lab follow, a node that stops answering is
+    left out with a warning while the others go on."""
+    from agent.monitor import observe as obs
+    from datapath.errors import AgentUnreachable
+
+    def flow(seq, t):
+        return {"seq": seq, "time": f"2026-11-30T15:00:0{t}Z", "verdict": "DROPPED",
+                "IP": {"source": "10.0.0.1", "destination": "10.0.0.2"}}
+
+    replies = {"a": [{"flows": [], "seq": 500},                      # the first call
+                     {"flows": [], "seq": 2},                        # restarted: seq went back
+                     {"flows": [flow(1, 1), flow(2, 2)], "seq": 2}],   # ... so after=0
+               "b": [{"flows": [], "seq": 7}, AgentUnreachable("b", "gone")]}
+    asked = []
+
+    def source(node):
+        def get(path):
+            asked.append((node, path))
+            r = replies[node].pop(0) if replies[node] else {"flows": [], "seq": 2}
+            if isinstance(r, Exception):
+                raise r
+            return r
+        return get
+
+    out = []
+    n = obs.observe({"a": source("a"), "b": source("b")}, {}, "json", True, 0, timeout=0.5,
+                    echo=out.append)
+    assert n == 2 and len(out) == 2
+    assert ("a", "/v1/flows?after=500") in asked and ("a", "/v1/flows?after=0") in asked

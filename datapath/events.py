@@ -251,8 +251,21 @@ def summarize(data: bytes) -> PacketSummary | None:
     return PacketSummary(**s)
 
 
+class _Captured:
+    """What every event record carries: the packet's first bytes and a kernel clock."""
+
+    @property
+    def packet(self) -> PacketSummary | None:
+        return summarize(self.data)
+
+    @property
+    def time(self) -> float:
+        """When the datapath sent it, as time.time() (see ktime_to_wall)."""
+        return ktime_to_wall(self.ktime_ns)
+
+
 @dataclass(frozen=True)
-class DropEvent:
+class DropEvent(_Captured):
     """One drop notification (struct drop_notify)."""
     type: int
     reason: int                 # DROP_*
@@ -270,18 +283,9 @@ class DropEvent:
     data: bytes                 # the packet's first len_cap bytes
     version: int = abi.NOTIFY_CAPTURE_VER
 
-    @property
-    def packet(self) -> PacketSummary | None:
-        return summarize(self.data)
-
-    @property
-    def time(self) -> float:
-        """When it was dropped, as time.time() (see ktime_to_wall)."""
-        return ktime_to_wall(self.ktime_ns)
-
 
 @dataclass(frozen=True)
-class TraceEvent:
+class TraceEvent(_Captured):
     """One trace point (struct trace_notify): a packet seen at an observation point."""
     type: int
     obs_point: int              # TRACE_* (trace_notify.subtype)
@@ -301,15 +305,6 @@ class TraceEvent:
     flags: int = 0              # TRACE_NOTIFY_FLAG_*
     orig_ip: str | None = None  # the address before a translation (None: none)
     version: int = abi.NOTIFY_CAPTURE_VER
-
-    @property
-    def packet(self) -> PacketSummary | None:
-        return summarize(self.data)
-
-    @property
-    def time(self) -> float:
-        """When it was seen, as time.time() (see ktime_to_wall)."""
-        return ktime_to_wall(self.ktime_ns)
 
 
 _DROP_SIZE = ctypes.sizeof(abi.DropNotify)

@@ -103,12 +103,6 @@ static __always_inline void drop_notify_init(struct drop_notify *n, __u8 reason,
 	n->ktime_ns = bpf_ktime_get_ns();
 }
 
-/* An address's identity: the local endpoint's, else the ipcache's (world without an entry). */
-static __always_inline __u32 events_identity4(const struct endpoint_info *ep, __be32 addr)
-{
-	return ep ? ep->sec_id : ipcache_identity4(addr);
-}
-
 /* Identities and endpoint ids from the captured IPv4 header (non-IPv4: left 0); self_id is the
  * endpoint the program serves (from/to-container), negative elsewhere. Ids stay scalars: clang
  * would otherwise merge the endpoint pointers in ways the verifier refuses. */

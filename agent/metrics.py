@@ -25,6 +25,8 @@ counters live in this registry. Served on prometheus.port by prometheus_client's
         found out of sync and repaired; module_id is the map, or tc / xdp / route)
     hubble_flows_processed_total {type, subtype, verdict}  hubble_drop_total {reason, protocol}
     hubble_tcp_flags_total {flag, family}       (HubbleMetrics: counted as flows are built)
+    hubble_policy_verdicts_total {direction, match, action}   (ingress|egress, l3-l4|all|none|..,
+                                                forwarded|dropped)
     hubble_lost_events_total {source}           (dp_event_stats' lost slot, read at scrape time)
     cilium_agent_api_process_time_seconds {path, method, return_code}   (histogram)
     cilium_process_*                       (prometheus_client's process collector)
@@ -222,9 +224,9 @@ class _ScrapeCollector:
 
 class HubbleMetrics:
     """Hubble's flow metrics on the agent's registry (agent/monitor counts every flow it builds:
-    drops and trace points, a trace's subtype its observation point, e.g. type="Trace",
-    subtype="to-endpoint", verdict="FORWARDED"); `lost` returns the datapath's lost-event count,
-    read at scrape time."""
+    drops, trace points and policy verdicts, a trace's subtype its observation point, e.g.
+    type="Trace", subtype="to-endpoint", verdict="FORWARDED"); `lost` returns the datapath's
+    lost-event count, read at scrape time."""
 
     def __init__(self, registry, lost=None):
         self.flows = Counter("hubble_flows_processed", "Total number of flows processed",
@@ -233,12 +235,24 @@ class HubbleMetrics:
                              registry=registry)
         self.tcp_flags = Counter("hubble_tcp_flags", "TCP flag occurrences", ["flag", "family"],
                                  registry=registry)
+        self.policy_verdicts = Counter("hubble_policy_verdicts",
+                                       "Number of policy verdicts: a new flow allowed, a packet "
+                                       "denied", ["direction", "match", "action"],
+                                       registry=registry)
         if lost is not None:
             registry.register(_LostEventsCollector(lost))
 
     def flow(self, type_name: str, subtype: str, flow: dict) -> None:
         verdict = flow.get("verdict", "VERDICT_UNKNOWN")
         self.flows.labels(type_name, subtype, verdict).inc()
+        if type_name == "PolicyVerdict":
+            # Hubble's policy handler; the packet is counted in drops and flags by its drop
+            # or trace event (Hubble counts a denied packet's verdict as a second drop)
+            match = abi.POLICY_MATCH_NAMES.get(int(flow.get("policy_match_type", 0)),
+                                               "unknown").lower()
+            self.policy_verdicts.labels(flow.get("traffic_direction", "").lower(), match,
+                                        verdict.lower()).inc()
+            return
         l4 = flow.get("l4") or {}
         protocol = next(iter(l4), "")
         if verdict == "DROPPED":

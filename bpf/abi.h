@@ -424,11 +424,17 @@ struct policy_key {
 	__u16  pad;
 };
 
+/* cilium_policy_v2 value.flags: what the entry's key matches (the policy verdict's match type)
+ * and whether its direction is enforced (verdicts reported, Cilium's policy verdict log filter) */
+#define POLICY_ENTRY_F_PROTO    1   /* the key names a protocol */
+#define POLICY_ENTRY_F_PORT     2   /* the key names a port (or a port range) */
+#define POLICY_ENTRY_F_LOG      4   /* the endpoint enforces this direction: report verdicts */
+
 /* cilium_policy_v2 value */
 struct policy_entry {
 	__be16 proxy_port;          /* L7 proxy redirection (Cilium's); always 0 here */
 	__u8   deny;                /* 1: deny */
-	__u8   pad0;
+	__u8   flags;               /* POLICY_ENTRY_F_* */
 	__u32  pad1;
 	__u64  packets;             /* forward packets this entry decided */
 	__u64  bytes;
@@ -596,8 +602,9 @@ struct trace_state {
 	__u8  monitor;          /* 1: aggregation lets it be traced (its CT entry said so) */
 	__u8  reason;           /* TRACE_REASON_*: its conntrack state */
 	__u8  hook;             /* EVENT_HOOK_* of the running program */
-	__u8  pad;
-	__u32 pad2;             /* a per-CPU value of 8 bytes (BCC's per-CPU tables need it) */
+	__u8  drop_dir;         /* METRIC_* a drop is counted and reported in (0: the entry's) */
+	__u16 drop_source;      /* the endpoint whose policy dropped it (drop_dir set) */
+	__u16 pad;              /* a per-CPU value of 8 bytes (BCC's per-CPU tables need it) */
 };
 
 /* cilium_events record of a trace point: Cilium's trace_notify (version 1: the original address
@@ -626,6 +633,47 @@ struct trace_notify {
 	__u16 pad2;
 	__u32 pad3;
 	__u64 ktime_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the trace point */
+	__u8  data[TRACE_PAYLOAD_LEN];
+};
+
+#define CILIUM_NOTIFY_POLICY_VERDICT 5   /* policy_verdict_notify.type */
+/* policy_verdict_notify.match_type: which kind of entry decided (Cilium's POLICY_MATCH_*) */
+#define POLICY_MATCH_NONE        0      /* no entry: denied by default */
+#define POLICY_MATCH_L3_ONLY     1      /* the peer's identity, any protocol */
+#define POLICY_MATCH_L3_L4       2      /* the peer's identity and a port */
+#define POLICY_MATCH_L4_ONLY     3      /* any peer, a port */
+#define POLICY_MATCH_ALL         4      /* any peer, anything */
+#define POLICY_MATCH_L3_PROTO    5      /* the peer's identity and a protocol, any port */
+#define POLICY_MATCH_PROTO_ONLY  6      /* any peer, a protocol, any port */
+/* policy_verdict_notify.flags: Cilium's bit fields dir:2, ipv6:1, match_type:3, audited:1 */
+#define POLICY_VERDICT_DIR_INGRESS  1   /* flags & POLICY_VERDICT_DIR_MASK (Cilium's numbers) */
+#define POLICY_VERDICT_DIR_EGRESS   2
+#define POLICY_VERDICT_DIR_MASK     3
+#define POLICY_VERDICT_F_IPV6       4
+#define POLICY_VERDICT_MATCH_SHIFT  3   /* match type in bits 3-5 */
+#define POLICY_VERDICT_MATCH_MASK   0x38
+#define POLICY_VERDICT_F_AUDITED    0x40
+
+/* cilium_events record of a policy decision on a new flow or a denied packet, for an endpoint
+ * that enforces that direction: Cilium's policy_verdict_notify (its 40-byte header; a clock where
+ * Cilium has its cookie), then the packet's first len_cap bytes as policy saw it */
+struct policy_verdict_notify {
+	__u8  type;             /* CILIUM_NOTIFY_POLICY_VERDICT */
+	__u8  subtype;          /* 0 */
+	__u16 source;           /* the local endpoint whose policy decided */
+	__u32 hash;             /* skb->hash */
+	__u32 len_orig;         /* the packet's length */
+	__u16 len_cap;          /* bytes of it in data[] */
+	__u16 version;          /* NOTIFY_CAPTURE_VER */
+	__u32 remote_label;     /* the peer's identity */
+	__s32 verdict;          /* 0: allowed; a negative DROP_*: denied */
+	__u16 dst_port;         /* the destination port policy matched on (host order) */
+	__u8  proto;            /* IPPROTO_* */
+	__u8  flags;            /* POLICY_VERDICT_DIR_* | POLICY_VERDICT_F_* | match type << 3 */
+	__u8  auth_type;        /* 0: no authentication */
+	__u8  hook;             /* EVENT_HOOK_* of the program that decided */
+	__u16 pad;
+	__u64 ktime_ns;         /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the decision */
 	__u8  data[TRACE_PAYLOAD_LEN];
 };
 

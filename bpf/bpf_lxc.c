@@ -82,7 +82,7 @@ static __always_inline int handle_ipv4_from_lxc(struct __sk_buff *skb,
 		return ipv4_deliver_to_ep(skb, dst, self->sec_id); /* no policy, as Cilium */
 	if (l4) {
 		now = ct_now();         /* one clock read for both ends' conntrack */
-		ret = policy_ct4_lb(&pkt, self->lxc_id,
+		ret = policy_ct4_lb(skb, &pkt, self->lxc_id,
 				    dst ? dst->sec_id : ipcache_identity4(daddr), POLICY_EGRESS, now);
 	} else
 		ret = policy_egress4(skb, self->lxc_id,

@@ -152,6 +152,9 @@ POLICY_INGRESS = 0
 POLICY_EGRESS = 1
 POLICY_PREFIX_BASE = 56              # sec_label + endpoint_id + egress bits: always matched
 POLICY_FULL_PREFIX = 80              # + protocol (8) + dport (16)
+POLICY_ENTRY_F_PROTO = 1             # policy_entry.flags: the key names a protocol,
+POLICY_ENTRY_F_PORT = 2              # a port (or range),
+POLICY_ENTRY_F_LOG = 4               # the endpoint enforces the direction (verdicts reported)
 
 # ---- node_config.flags, ipcache prefix base, tunnel port ----
 NODE_CFG_F_TUNNEL = 1
@@ -270,6 +273,21 @@ MONITOR_AGGREGATION_MAX = 4
 MONITOR_AGGREGATION = MONITOR_AGGREGATION_MEDIUM    # abi.h's defaults (-D overrides)
 MONITOR_INTERVAL = 5
 MONITOR_AGGREGATION_FLAGS = 7                       # FIN | SYN | RST
+CILIUM_NOTIFY_POLICY_VERDICT = 5
+POLICY_MATCH_NONE = 0
+POLICY_MATCH_L3_ONLY = 1
+POLICY_MATCH_L3_L4 = 2
+POLICY_MATCH_L4_ONLY = 3
+POLICY_MATCH_ALL = 4
+POLICY_MATCH_L3_PROTO = 5
+POLICY_MATCH_PROTO_ONLY = 6
+POLICY_VERDICT_DIR_INGRESS = 1
+POLICY_VERDICT_DIR_EGRESS = 2
+POLICY_VERDICT_DIR_MASK = 3
+POLICY_VERDICT_F_IPV6 = 4
+POLICY_VERDICT_MATCH_SHIFT = 3
+POLICY_VERDICT_MATCH_MASK = 0x38
+POLICY_VERDICT_F_AUDITED = 0x40
 # Cilium's names (pkg/monitor/api TraceObservationPoints, monitor's traceReasons,
 # bpf.monitorAggregation's option values)
 TRACE_OBS_POINT_NAMES = {
@@ -287,6 +305,11 @@ MONITOR_AGGREGATION_LEVELS = {
     "lowest": MONITOR_AGGREGATION_LOWEST, "low": MONITOR_AGGREGATION_LOW,
     "medium": MONITOR_AGGREGATION_MEDIUM, "maximum": MONITOR_AGGREGATION_MAX,
     "max": MONITOR_AGGREGATION_MAX}
+# Cilium's PolicyMatchType strings (pkg/monitor/api)
+POLICY_MATCH_NAMES = {POLICY_MATCH_NONE: "none", POLICY_MATCH_L3_ONLY: "L3-Only",
+                      POLICY_MATCH_L3_L4: "L3-L4", POLICY_MATCH_L4_ONLY: "L4-Only",
+                      POLICY_MATCH_ALL: "all", POLICY_MATCH_L3_PROTO: "L3-Proto",
+                      POLICY_MATCH_PROTO_ONLY: "Proto-Only"}
 EVENT_HOOK_NAMES = {EVENT_HOOK_FROM_CONTAINER: "from-container",
                     EVENT_HOOK_TO_CONTAINER: "to-container",
                     EVENT_HOOK_FROM_NETDEV: "from-netdev", EVENT_HOOK_TO_NETDEV: "to-netdev",
@@ -561,7 +584,7 @@ class PolicyKey(_Struct):
 class PolicyEntry(_Struct):
     """cilium_policy_v2 value: allow or deny, and the forward packets/bytes it decided."""
     c_name = "policy_entry"
-    _fields_ = [("proxy_port", c_uint16), ("deny", c_uint8), ("pad0", c_uint8),
+    _fields_ = [("proxy_port", c_uint16), ("deny", c_uint8), ("flags", c_uint8),
                 ("pad1", c_uint32), ("packets", c_uint64), ("bytes", c_uint64)]
 
 
@@ -619,8 +642,8 @@ class DropNotify(_Struct):
 class TraceState(_Struct):
     """dp_trace_state value (per CPU): the packet being processed."""
     c_name = "trace_state"
-    _fields_ = [("monitor", c_uint8), ("reason", c_uint8), ("hook", c_uint8), ("pad", c_uint8),
-                ("pad2", c_uint32)]
+    _fields_ = [("monitor", c_uint8), ("reason", c_uint8), ("hook", c_uint8),
+                ("drop_dir", c_uint8), ("drop_source", c_uint16), ("pad", c_uint16)]
 
 
 class TraceNotify(_Struct):
@@ -637,6 +660,18 @@ class TraceNotify(_Struct):
                 ("ktime_ns", c_uint64), ("data", c_uint8 * TRACE_PAYLOAD_LEN)]
 
 
+class PolicyVerdictNotify(_Struct):
+    """cilium_events record of a policy decision: Cilium's policy_verdict_notify, a clock, the
+    hook, the packet."""
+    c_name = "policy_verdict_notify"
+    _fields_ = [("type", c_uint8), ("subtype", c_uint8), ("source", c_uint16),
+                ("hash", c_uint32), ("len_orig", c_uint32), ("len_cap", c_uint16),
+                ("version", c_uint16), ("remote_label", c_uint32), ("verdict", ctypes.c_int32),
+                ("dst_port", c_uint16), ("proto", c_uint8), ("flags", c_uint8),
+                ("auth_type", c_uint8), ("hook", c_uint8), ("pad", c_uint16),
+                ("ktime_ns", c_uint64), ("data", c_uint8 * TRACE_PAYLOAD_LEN)]
+
+
 STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       MetricsValue, IpcacheKey, RemoteEndpointInfo, NodeConfig,
                                       Lb4Key, Lb4Service, Lb4Backend, Lb4BackendKey,
@@ -646,7 +681,7 @@ STRUCTS: tuple[type[_Struct], ...] = (EndpointKey, EndpointInfo, EpIfindexKey,
                                       NetdevInfo, AgentLiveness, PolicyKey, PolicyEntry,
                                       Ipv4FragId, Ipv4FragL4Ports, PolicyRevision,
                                       XdpFlow4Key, XdpFlow4, DropNotify,
-                                      TraceNotify, TraceState)
+                                      TraceNotify, TraceState, PolicyVerdictNotify)
 
 
 # ---- codecs ----
@@ -722,6 +757,15 @@ def policy_key(endpoint_id: int, identity: int, egress, proto: int = 0, port: in
     return key
 
 
-def policy_entry(deny: bool = False) -> PolicyEntry:
-    """A cilium_policy_v2 value: allow (the default) or deny, counters at 0."""
-    return PolicyEntry(deny=1 if deny else 0)
+def policy_entry(deny: bool = False, flags: int = 0) -> PolicyEntry:
+    """A cilium_policy_v2 value: allow (the default) or deny, POLICY_ENTRY_F_* flags, counters
+    at 0."""
+    return PolicyEntry(deny=1 if deny else 0, flags=flags)
+
+
+def policy_entry_flags(proto: int, port_prefix: int, enforced: bool) -> int:
+    """The POLICY_ENTRY_F_* flags of an entry whose key names proto (0: any) and port_prefix
+    port bits (0: any port), in a direction the endpoint enforces or not."""
+    return ((POLICY_ENTRY_F_PROTO if proto else 0) |
+            (POLICY_ENTRY_F_PORT if proto and port_prefix else 0) |
+            (POLICY_ENTRY_F_LOG if enforced else 0))

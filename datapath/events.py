@@ -1,7 +1,7 @@
 """The datapath's monitor events (bpf/lib/events.h) from user space: a pure-Python consumer of the
-cilium_events BPF ring buffer, the decoder of its records (struct drop_notify and struct
-trace_notify, mirrored by abi.DropNotify and abi.TraceNotify) with a summary of the captured
-packet bytes, and the send counters. No BCC, no scapy; never imports agent/.
+cilium_events BPF ring buffer, the decoder of its records (struct drop_notify, trace_notify and
+policy_verdict_notify, mirrored by abi.DropNotify, TraceNotify and PolicyVerdictNotify) with a
+summary of the captured packet bytes, and the send counters. No BCC, no scapy; never imports agent/.
 
 The ring is read the way libbpf's ringbuf.c reads it: the consumer page mapped read-write, the
 producer page and the data pages (mapped twice by the kernel, so a record that wraps is
@@ -17,11 +17,15 @@ API:
         .poll(timeout_ms) -> [bytes]   every complete record, waiting up to timeout_ms for the
                                     first (0: do not wait; None or negative: wait without limit)
         .close(), context manager
-    decode(record) -> DropEvent | TraceEvent | None   None for another type or a record too
-                                    short for its header; .packet -> PacketSummary | None
+    decode(record) -> DropEvent | TraceEvent | PolicyVerdictEvent | None   None for another
+                                    type or a record too short for its header;
+                                    .packet -> PacketSummary | None
     decode_trace(record) -> TraceEvent | None   a trace_notify only (obs_point / obs_point_name
                                     as Cilium's TRACE_* and strings, reason / reason_name the CT
                                     state: abi.TRACE_OBS_POINT_NAMES, abi.TRACE_REASON_NAMES)
+    decode_policy_verdict(record) -> PolicyVerdictEvent | None   a policy_verdict_notify only
+                                    (direction, match_type / match_name: abi.POLICY_MATCH_NAMES,
+                                    verdict 0 or a negative DROP_*, .allowed)
     summarize(data) -> PacketSummary | None   Ethernet, ARP, IPv4 (TCP / UDP ports, TCP flags,
                                     ICMP type / code), IPv6 addresses
     ktime_to_wall(ktime_ns) -> float   a bpf_ktime_get_ns() stamp (CLOCK_MONOTONIC) as time.time()
@@ -333,12 +337,65 @@ def decode_trace(record: bytes) -> TraceEvent | None:
         orig_ip=abi.be32_to_ip4(n.orig_ip4) if n.orig_ip4 else None, version=n.version)
 
 
-def decode(record: bytes) -> DropEvent | TraceEvent | None:
-    """A cilium_events record as a DropEvent or a TraceEvent; None for another type (policy
-    verdicts later) or one shorter than its struct's fixed part. A record cut inside the packet
-    bytes keeps the bytes it has."""
+@dataclass(frozen=True)
+class PolicyVerdictEvent(_Captured):
+    """One policy decision (struct policy_verdict_notify): a new flow allowed, or a packet
+    denied, by a local endpoint's policy."""
+    type: int
+    source: int                 # the local endpoint whose policy decided
+    hash: int
+    len_orig: int
+    remote_identity: int        # the peer's identity
+    verdict: int                # 0: allowed; a negative DROP_*: denied
+    dst_port: int               # the destination port policy matched on
+    proto: int                  # IPPROTO_*
+    direction: str              # "ingress" or "egress"
+    match_type: int             # POLICY_MATCH_*
+    match_name: str             # Cilium's string for it: "L3-L4", "all", "none", ...
+    audited: bool
+    auth_type: int
+    hook: str                   # abi.EVENT_HOOK_NAMES' name of the program that decided
+    ktime_ns: int
+    data: bytes                 # the packet's first len_cap bytes as policy saw it
+    version: int = abi.NOTIFY_CAPTURE_VER
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict >= 0
+
+
+_VERDICT_SIZE = ctypes.sizeof(abi.PolicyVerdictNotify)
+_VERDICT_HDR = abi.PolicyVerdictNotify.data.offset
+
+
+def decode_policy_verdict(record: bytes) -> PolicyVerdictEvent | None:
+    """A policy_verdict_notify record as a PolicyVerdictEvent; None for another type or one
+    shorter than its fixed part."""
+    if not record or record[0] != abi.CILIUM_NOTIFY_POLICY_VERDICT or len(record) < _VERDICT_HDR:
+        return None
+    n = abi.PolicyVerdictNotify.from_buffer_copy(
+        bytes(record[:_VERDICT_SIZE]).ljust(_VERDICT_SIZE, b"\0"))
+    cap = min(n.len_cap, abi.TRACE_PAYLOAD_LEN, len(record) - _VERDICT_HDR)
+    match = (n.flags & abi.POLICY_VERDICT_MATCH_MASK) >> abi.POLICY_VERDICT_MATCH_SHIFT
+    egress = n.flags & abi.POLICY_VERDICT_DIR_MASK == abi.POLICY_VERDICT_DIR_EGRESS
+    return PolicyVerdictEvent(
+        type=n.type, source=n.source, hash=n.hash, len_orig=n.len_orig,
+        remote_identity=n.remote_label, verdict=n.verdict, dst_port=n.dst_port, proto=n.proto,
+        direction="egress" if egress else "ingress", match_type=match,
+        match_name=abi.POLICY_MATCH_NAMES.get(match, "unknown"),
+        audited=bool(n.flags & abi.POLICY_VERDICT_F_AUDITED), auth_type=n.auth_type,
+        hook=abi.EVENT_HOOK_NAMES.get(n.hook, f"hook {n.hook}"), ktime_ns=n.ktime_ns,
+        data=bytes(record[_VERDICT_HDR:_VERDICT_HDR + cap]), version=n.version)
+
+
+def decode(record: bytes) -> DropEvent | TraceEvent | PolicyVerdictEvent | None:
+    """A cilium_events record as a DropEvent, TraceEvent or PolicyVerdictEvent; None for another
+    type or one shorter than its struct's fixed part. A record cut inside the packet bytes keeps
+    the bytes it has."""
     if record and record[0] == abi.CILIUM_NOTIFY_TRACE:
         return decode_trace(record)
+    if record and record[0] == abi.CILIUM_NOTIFY_POLICY_VERDICT:
+        return decode_policy_verdict(record)
     if not record or record[0] != abi.CILIUM_NOTIFY_DROP or len(record) < _DROP_HDR:
         return None
     n = abi.DropNotify.from_buffer_copy(bytes(record[:_DROP_SIZE]).ljust(_DROP_SIZE, b"\0"))

@@ -5,8 +5,7 @@ destination, ...).
 Owns: the event type numbers and names (Cilium's pkg/monitor/api MessageType*), Hubble's
 DropReason, TraceObservationPoint and TraceReason enum names, resolving addresses to pods and
 identities to labels (through a view of what the agent knows), and the monitor record
-`datapath monitor` prints. Drops and trace points exist; a policy-verdict event slots in as
-another branch of `event_record`/`build_flow`.
+`datapath monitor` prints, for drops, trace points and policy verdicts.
 
 API:
     EVENT_TYPES / EVENT_TYPE_NAMES          {"drop": 1, "trace": 4, "policy-verdict": 5}
@@ -14,8 +13,11 @@ API:
     obs_point_name(n) -> str                Cilium's name of a TRACE_* point ("to-endpoint")
     trace_point_enum(n) / trace_reason_enum(r)   Hubble's enum names (TO_ENDPOINT, NEW, ...)
     event_record(ev, wall) -> dict          the monitor record (JSON-able, raw bytes as hex) of
-                                            a datapath.events DropEvent or TraceEvent
+                                            a datapath.events DropEvent, TraceEvent or
+                                            PolicyVerdictEvent
     build_flow(rec, view, node_name) -> dict   a Hubble flow from a monitor record
+    policy_action(rec) -> str               Cilium's action of a policy verdict: allow, deny,
+                                            audit, redirect
     metric_labels(rec) -> (type, subtype)   hubble_flows_processed_total's type and subtype
     AgentView(agent)                        the view over a running agent (lookup_ip,
                                             lookup_endpoint, labels, ifname); tests pass any
@@ -144,13 +146,49 @@ def _direction(v) -> str:
     return TRAFFIC_DIRECTIONS.get(int(v or 0), "TRAFFIC_DIRECTION_UNKNOWN")
 
 
+def _policy_verdict_record(ev, rec: dict) -> dict:
+    """A policy verdict's fields: the local endpoint decided about the remote identity, which
+    is the source on ingress and the destination on egress."""
+    direction = _direction(ev.direction)
+    remote = int(ev.remote_identity)
+    ingress = direction == "INGRESS"
+    rec.update({"subtype": 0, "src_identity": remote if ingress else 0,
+                "dst_identity": 0 if ingress else remote, "dst_id": 0, "ifindex": 0,
+                "remote_identity": remote, "verdict": int(ev.verdict),
+                "dst_port": int(ev.dst_port), "proto": int(ev.proto), "direction": direction,
+                "match_type": int(ev.match_type), "match": ev.match_name,
+                "audited": bool(ev.audited), "auth_type": int(ev.auth_type)})
+    rec["action"] = policy_action(rec)
+    if rec["verdict"] < 0:
+        rec["reason"] = -rec["verdict"]
+        rec["reason_desc"] = abi.reason_string(rec["reason"])
+    return rec
+
+
+def policy_action(rec: dict) -> str:
+    """GetPolicyActionString: audit when audited, deny below 0, redirect above (a proxy port),
+    else allow."""
+    if rec.get("audited"):
+        return "audit"
+    v = rec["verdict"]
+    return "deny" if v < 0 else "redirect" if v > 0 else "allow"
+
+
 def event_record(ev, wall: float) -> dict:
-    """The monitor record of a decoded event (datapath.events.DropEvent or TraceEvent): what
-    `datapath monitor` prints and what a flow is built from. `wall`: the event's time (Unix
-    seconds). Drops add reason, reason_desc, direction, file, line; traces add obs_point (its
-    Cilium name), reason (the CT state number), state, flags, orig_ip."""
+    """The monitor record of a decoded event (datapath.events.DropEvent, TraceEvent or
+    PolicyVerdictEvent): what `datapath monitor` prints and what a flow is built from. `wall`:
+    the event's time (Unix seconds). Drops add reason, reason_desc, direction, file, line;
+    traces add obs_point (its Cilium name), reason (the CT state number), state, flags,
+    orig_ip; policy verdicts add remote_identity, verdict, action, dst_port, proto, direction,
+    match_type, match (its name), audited, auth_type (and reason, reason_desc when denied)."""
     type_id = int(ev.type)
     hook = ev.hook if isinstance(ev.hook, str) else abi.EVENT_HOOK_NAMES.get(ev.hook, str(ev.hook))
+    if type_id == MESSAGE_TYPE_POLICY_VERDICT:
+        return _policy_verdict_record(ev, {
+            "type": EVENT_TYPE_NAMES[type_id], "type_id": type_id, "time": rfc3339(wall),
+            "wall": wall, "source": int(ev.source), "hash": int(ev.hash),
+            "len_orig": int(ev.len_orig), "hook": hook, "ktime_ns": int(ev.ktime_ns),
+            "data": bytes(ev.data).hex()})
     rec = {
         "type": EVENT_TYPE_NAMES.get(type_id, str(ev.type)), "type_id": type_id,
         "time": rfc3339(wall), "wall": wall,
@@ -246,12 +284,16 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
     """A Hubble flow (protojson field names; empty fields left out, as protojson does)."""
     p = dissect.parse(bytes.fromhex(rec["data"]))
     trace = rec["type_id"] == MESSAGE_TYPE_TRACE
+    verdict = rec["type_id"] == MESSAGE_TYPE_POLICY_VERDICT
     flow: dict = {"time": rec["time"]}
-    if rec["type_id"] == MESSAGE_TYPE_DROP:
+    if rec["type_id"] == MESSAGE_TYPE_DROP or (verdict and rec["verdict"] < 0):
         flow["verdict"] = "DROPPED"
         flow["drop_reason"] = rec["reason"]
     elif trace:
         flow["verdict"] = "FORWARDED"
+    elif verdict:
+        flow["verdict"] = "AUDIT" if rec["audited"] else \
+            "REDIRECTED" if rec["verdict"] > 0 else "FORWARDED"
     if p.eth_src:
         flow["ethernet"] = {"source": p.eth_src, "destination": p.eth_dst}
     src_ip = dst_ip = None
@@ -274,7 +316,9 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
         l4 = {"ICMPv4": {"type": p.icmp["type"], "code": p.icmp["code"]}}
     if l4:
         flow["l4"] = l4
-    sender = rec["source"] if rec["hook"] == "from-container" else 0
+    # the sending pod, when a from-container program reported it (a policy verdict names the
+    # endpoint that decided, which may be the receiver)
+    sender = rec["source"] if rec["hook"] == "from-container" and not verdict else 0
     flow["source"] = _endpoint(src_ip, rec["src_identity"], view, sender)
     flow["destination"] = _endpoint(dst_ip, rec["dst_identity"], view)
     flow["Type"] = "L3_L4"
@@ -286,6 +330,8 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
             is_reply = reason == TRACE_REASON_REPLY
         if is_reply:
             flow["reply"] = True                # deprecated twin of is_reply (false: omitted)
+    elif verdict and rec["verdict"] >= 0:
+        is_reply = False        # Hubble: an allowed verdict is a connection's first packet
     flow["event_type"] = {"type": rec["type_id"], "sub_type": rec["subtype"]}
     if trace:       # the fields in flow.proto's number order, as protojson prints them
         flow["traffic_direction"] = _trace_direction(rec, flow["source"].get("ID"), is_reply)
@@ -294,9 +340,13 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
             flow["is_reply"] = is_reply
     else:
         flow["traffic_direction"] = rec["direction"]
-    if rec["type_id"] == MESSAGE_TYPE_DROP:
+        if is_reply is not None:
+            flow["is_reply"] = is_reply
+    if verdict and rec["match_type"]:           # none (0): left out, as protojson does
+        flow["policy_match_type"] = rec["match_type"]
+    if flow.get("verdict") == "DROPPED":
         flow["drop_reason_desc"] = drop_reason_name(rec["reason"])
-    if rec["ifindex"] or not trace:     # Hubble: a trace's interface, when it names one
+    if rec["ifindex"] or rec["type_id"] == MESSAGE_TYPE_DROP:   # a trace's when it names one
         iface = {"index": rec["ifindex"]}
         name = view.ifname(rec["ifindex"]) if rec["ifindex"] else None
         if name:

@@ -8,19 +8,24 @@ Flows as `hubble observe` prints them (hubble/pkg/printer):
               not known (drops); identities print as (ID:n), or (host), (world), ... reserved
     table    TIMESTAMP SOURCE DESTINATION TYPE VERDICT SUMMARY columns
     json     one GetFlowsResponse a line: {"flow": {...}, "node_name": ..., "time": ...}
-TYPE is Hubble's GetFlowType: a drop's reason, a trace's observation point ("to-endpoint").
+TYPE is Hubble's GetFlowType: a drop's reason, a trace's observation point ("to-endpoint"), a
+policy verdict's match type and direction ("policy-verdict:L3-L4 INGRESS", its VERDICT ALLOWED
+or DENIED).
 Monitor records as `cilium monitor` prints them (pkg/monitor/datapath_drop.go, _trace.go):
     "xx drop (Policy denied) flow 0x0 to endpoint 123, ifindex 5, file bpf_lxc.c:0, ,
      identity 256->257: 172.20.0.2:40000 -> 172.20.1.2:80 tcp SYN"
     "-> endpoint 123 flow 0x0 , identity 256->257 state new ifindex lxc0a1b orig-ip 0.0.0.0:
      172.20.0.2:40000 -> 172.20.1.2:80 tcp SYN"  (-> stack, -> network, -> overlay,
      <- network, <- overlay, <- endpoint 12 at the other points)
+    "Policy verdict log: flow 0x0 local EP ID 123, remote ID 256, proto 6, ingress, action
+     allow, auth: disabled, match L3-L4, 172.20.0.2:40000 -> 172.20.1.2:80 tcp SYN"
     -v: a separator, "MARK 0x0 FROM 12 DROP: 74 bytes, reason Policy denied, identity
         256->257, to endpoint 123" or "MARK 0x0 FROM 12 to-endpoint: 74 bytes (74 captured),
         state new, interface lxc0a1b, , identity 256->257, orig-ip 0.0.0.0, to endpoint 123"
         (Cilium prefixes "CPU 01: "; one ring buffer here does not say which CPU), then one
         line a decoded layer
-    json: DropNotifyVerbose's / TraceNotifyVerbose's fields
+        (a policy verdict: its line as above)
+    json: DropNotifyVerbose's / TraceNotifyVerbose's fields; a policy verdict's own
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ from datapath import abi
 
 from ..identity import RESERVED
 from . import dissect
-from .flows import MESSAGE_TYPE_DROP, MESSAGE_TYPE_TRACE, obs_point_name
+from .flows import (MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE,
+                    obs_point_name)
 
 SEPARATOR = "-" * 78     # cilium monitor's msgSeparator
 
@@ -89,7 +95,21 @@ def flow_type(flow: dict) -> str:
         return abi.reason_string(int(et.get("sub_type", 0)))
     if et.get("type") == MESSAGE_TYPE_TRACE:
         return obs_point_name(int(et.get("sub_type", 0)))
+    if et.get("type") == MESSAGE_TYPE_POLICY_VERDICT:
+        match = abi.POLICY_MATCH_NAMES.get(int(flow.get("policy_match_type", 0)), "unknown")
+        return f"policy-verdict:{match} {flow.get('traffic_direction', '')}".rstrip()
     return "UNKNOWN"
+
+
+def flow_verdict(flow: dict) -> str:
+    """Hubble's getVerdict: a policy verdict's ALLOWED or DENIED, else the verdict's name."""
+    v = flow.get("verdict", "VERDICT_UNKNOWN")
+    if (flow.get("event_type") or {}).get("type") == MESSAGE_TYPE_POLICY_VERDICT:
+        if v in ("FORWARDED", "REDIRECTED"):
+            return "ALLOWED"
+        if v in ("DROPPED", "ERROR"):
+            return "DENIED"
+    return v
 
 
 def compact(flow: dict, node: bool = False) -> str:
@@ -102,7 +122,7 @@ def compact(flow: dict, node: bool = False) -> str:
         src, dst, src_id, dst_id, arrow = dst, src, dst_id, src_id, "<-"
     where = f" [{flow.get('node_name', '')}]" if node else ""
     return (f"{flow_time(flow)}{where}: {src} {src_id} {arrow} {dst} {dst_id} "
-            f"{flow_type(flow)} {flow.get('verdict', 'VERDICT_UNKNOWN')} "
+            f"{flow_type(flow)} {flow_verdict(flow)} "
             f"({flow.get('Summary', '')})")
 
 
@@ -115,7 +135,7 @@ def table(flows: list[dict], node: bool = False, header: bool = True) -> list[st
     rows = [head] if header else []
     for f in flows:
         src, dst = hostnames(f)
-        row = (flow_time(f), src, dst, flow_type(f), f.get("verdict", ""), f.get("Summary", ""))
+        row = (flow_time(f), src, dst, flow_type(f), flow_verdict(f), f.get("Summary", ""))
         rows.append((row[:1] + (f.get("node_name", ""),) + row[1:]) if node else row)
     if not rows:
         return []
@@ -154,9 +174,20 @@ def _orig_ip(rec: dict) -> str:
     return rec.get("orig_ip") or "0.0.0.0"
 
 
+def policy_verdict_line(rec: dict, p: dissect.Packet) -> str:
+    """PolicyVerdictNotify.DumpInfo (numeric identities)."""
+    return (f"Policy verdict log: flow {rec['hash']:#x} local EP ID {rec['source']}, "
+            f"remote ID {rec['remote_identity']}, proto {rec['proto']}, "
+            f"{rec['direction'].lower()}, action {rec['action']}, auth: disabled, "
+            f"match {rec['match']}, {dissect.connection_summary(p)}")
+
+
 def monitor_line(rec: dict) -> str:
-    """DropNotify.DumpInfo / TraceNotify.DumpInfo (numeric identities)."""
+    """DropNotify.DumpInfo / TraceNotify.DumpInfo / PolicyVerdictNotify.DumpInfo (numeric
+    identities)."""
     p = dissect.parse(bytes.fromhex(rec["data"]))
+    if rec["type_id"] == MESSAGE_TYPE_POLICY_VERDICT:
+        return policy_verdict_line(rec, p)
     if rec["type_id"] == MESSAGE_TYPE_TRACE:
         enc = "encrypted " if rec["reason"] & 0x80 else ""
         head = f"{trace_summary(rec)} {enc} flow {rec['hash']:#x} " if enc else \
@@ -174,6 +205,9 @@ def monitor_verbose(rec: dict) -> list[str]:
     """DropNotify.DumpVerbose / TraceNotify.DumpVerbose with the layers dissected
     (cilium monitor -v)."""
     data = bytes.fromhex(rec["data"])
+    if rec["type_id"] == MESSAGE_TYPE_POLICY_VERDICT:
+        lines = [SEPARATOR, policy_verdict_line(rec, dissect.parse(data))]
+        return lines + (dissect.layer_lines(dissect.parse(data)) if data else [])
     if rec["type_id"] == MESSAGE_TYPE_TRACE:
         head = (f"MARK {rec['hash']:#x} FROM {rec['source']} {rec['obs_point']}: "
                 f"{rec['len_orig']} bytes ({len(data)} captured), state {rec['state']}")
@@ -205,6 +239,13 @@ def monitor_json(rec: dict) -> str:
                "traceSummary": trace_summary(rec), "source": rec["source"],
                "bytes": rec["len_orig"], "srcLabel": rec["src_identity"],
                "dstLabel": rec["dst_identity"], "dstID": rec["dst_id"], "hook": rec["hook"],
+               "time": rec["time"]}
+    elif rec["type_id"] == MESSAGE_TYPE_POLICY_VERDICT:
+        out = {"type": "policy-verdict", "mark": f"{rec['hash']:#x}", "source": rec["source"],
+               "remoteLabel": rec["remote_identity"], "verdict": rec["verdict"],
+               "action": rec["action"], "match": rec["match"],
+               "direction": rec["direction"].lower(), "proto": rec["proto"],
+               "dstPort": rec["dst_port"], "bytes": rec["len_orig"], "hook": rec["hook"],
                "time": rec["time"]}
     else:
         out = {"type": rec["type"], "mark": f"{rec['hash']:#x}", "reason": rec["reason_desc"],

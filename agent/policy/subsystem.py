@@ -113,9 +113,12 @@ class PolicySubsystem:
             enforcement[ep.id] = (pol.ingress_enforced, pol.egress_enforced)
             hit = self._rows.get(ep.id)
             if hit is None or hit[0] is not pol:     # the engine hands back what it cached
+                enforced = (pol.ingress_enforced, pol.egress_enforced)
                 hit = self._rows[ep.id] = (pol, {
                     bytes(abi.policy_key(ep.id, k.identity, k.egress, k.proto, k.port,
-                                         k.prefix)): bytes(abi.policy_entry(v.deny))
+                                         k.prefix)):
+                    bytes(abi.policy_entry(v.deny, abi.policy_entry_flags(
+                        k.proto, k.prefix, enforced[bool(k.egress)])))
                     for k, v in pol.entries.items()})
             rows.update(hit[1])
         for gone in set(self._rows) - set(enforcement):

@@ -1,13 +1,15 @@
 /* lib/events.h - monitor events: the ring buffer the datapath reports through (cilium_events),
  * its counters (dp_event_stats) and the send helpers: drops (always sent) and trace points
  * (Cilium's TRACE_*, sent as monitor aggregation allows: lib/trace.h holds the packet's state,
- * lib/conntrack.h decides). Policy verdicts will be other records in the same ring, sent through
- * events_reserve/events_submit. On the forwarding path a trace point costs one per-CPU array
+ * lib/conntrack.h decides). Policy verdicts are other records in the same ring (lib/policy_log.h,
+ * through events_reserve/events_submit). On the forwarding path a trace point costs one per-CPU array
  * read when aggregation says no.
  *
  * API:
  *   send_drop_notify(skb, reason, dir, hook)      a tc program's drop: a struct drop_notify with
- *                                                 the packet's first TRACE_PAYLOAD_LEN bytes
+ *                                                 the packet's first TRACE_PAYLOAD_LEN bytes (its
+ *                                                 endpoint: the policy's that dropped it, else
+ *                                                 the program's own in bpf_lxc)
  *   send_drop_notify_xdp(ctx, reason, dir, hook)  the same from XDP (hash 0)
  *   send_trace_notify(skb, obs, src_identity, ifindex)
  *                                the packet at observation point obs (TRACE_*), leaving by (to-*)
@@ -163,7 +165,8 @@ static __always_inline void send_drop_notify(struct __sk_buff *skb, __u8 reason,
 	cap = events_cap_len(len);
 	if (cap && bpf_skb_load_bytes(skb, 0, n->data, cap) == 0)
 		n->len_cap = cap;
-	if (events_hook_is_lxc(hook)) {
+	self_id = trace_drop_source();          /* a policy's drop: its endpoint */
+	if (self_id < 0 && events_hook_is_lxc(hook)) {
 		self = lookup_ifindex_endpoint(skb->ifindex);
 		self_id = self ? self->lxc_id : 0;
 	}

@@ -77,7 +77,7 @@ static __always_inline int ipv4_local_delivery_pkt(struct __sk_buff *skb,
 						   __u32 src_identity, const struct lb4_pkt *pkt,
 						   __u32 now)
 {
-	int ret = policy_ct4_lb(pkt, ep->lxc_id, src_identity, POLICY_INGRESS, now);
+	int ret = policy_ct4_lb(skb, pkt, ep->lxc_id, src_identity, POLICY_INGRESS, now);
 
 	if (ret < 0)
 		return ret;

@@ -3,8 +3,10 @@
  * API:
  *   update_metrics(bytes, dir, reason)   add one packet of `bytes` to {reason, dir}
  *   finish(skb, len, ret, dir, hook)     a tc entry point's single exit: a negative DROP_* is
- *                                        counted as that drop, reported (lib/events.h drop
- *                                        notify from EVENT_HOOK_* hook) and becomes
+ *                                        counted as that drop in direction dir (or the one
+ *                                        lib/trace.h's trace_policy_drop gave), reported
+ *                                        (lib/events.h drop notify from EVENT_HOOK_* hook) and
+ *                                        becomes
  *                                        CTX_ACT_DROP; any other verdict is counted as
  *                                        forwarded and returned, a CTX_ACT_OK traced as
  *                                        lib/events.h's send_trace_verdict says
@@ -31,6 +33,7 @@ static __always_inline int finish(struct __sk_buff *skb, __u32 len, int ret, __u
 				  __u8 hook)
 {
 	if (ret < 0) {
+		dir = trace_drop_dir(dir);      /* a policy's drop: its endpoint's direction */
 		update_metrics(len, dir, (__u8)-ret);
 		send_drop_notify(skb, (__u8)-ret, dir, hook);
 		return CTX_ACT_DROP;

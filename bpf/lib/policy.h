@@ -30,6 +30,12 @@
  * deny drops it there). Revision 0 (the agent never wrote one) caches nothing. The deciding
  * policy entry counts the packets that were decided; the flow's conntrack entry counts all.
  *
+ * Verdict events (lib/policy_log.h): a decision that allows a new or reopened flow, and every
+ * one that denies, is reported when the endpoint enforces that direction, as Cilium does. A
+ * denied packet is also marked as the deciding endpoint's drop in that direction (lib/trace.h
+ * trace_policy_drop): a pod's ingress policy denying a packet from a pod on the same node is
+ * an ingress drop of the destination, although the sender's program carries it out.
+ *
  * API:
  *   policy_egress4(skb, ep_id, dst_identity)   endpoint ep_id sends the packet (valid IPv4
  *                                              header, the endpoint's address as its source)
@@ -38,12 +44,13 @@
  *   policy_ingress4(skb, ep_id, src_identity)  endpoint ep_id receives it (the endpoint's
  *                                              address as its destination) from src_identity:
  *                                              the same
- *   policy_can_access(ep_id, identity, dir, proto, dport, bytes)
+ *   policy_can_access(ep_id, identity, dir, proto, dport, bytes, &match)
  *                                              the decision alone, counted in the deciding
- *                                              entry: 0, -DROP_POLICY or -DROP_POLICY_DENY
+ *                                              entry: 0, -DROP_POLICY or -DROP_POLICY_DENY;
+ *                                              match: how it was made (struct policy_match)
  *   policy_parse4(skb, &pkt)                   the packet's policy view (struct policy_pkt):
  *                                              0 or a negative DROP_*
- *   policy_ct4_lb(lb_pkt, ep_id, identity, dir, now)
+ *   policy_ct4_lb(skb, lb_pkt, ep_id, identity, dir, now)
  *                                              the same decision for a packet already parsed
  *                                              by lb4_parse (TCP/UDP, not a fragment), the
  *                                              clock read once (ct_now()) by the caller: 0,
@@ -59,6 +66,8 @@
 #include "conntrack.h"
 #include "icmp.h"
 #include "lb.h"
+#include "policy_log.h"
+#include "trace.h"
 
 #define POLICY_ESTABLISHED 1   /* policy_ct4_*: a forward packet of a tracked flow, passed */
 
@@ -74,6 +83,12 @@ struct policy_pkt {
 	__u8  tcp_flags;
 	__u8  related;                  /* an ICMP error that quotes a header */
 	__u16 pad;
+};
+
+/* How a decision was made, for its verdict event. */
+struct policy_match {
+	__u8 type;      /* POLICY_MATCH_* */
+	__u8 report;    /* 1: the direction is enforced, a verdict event is due */
 };
 
 static __always_inline int policy_has_ports(__u8 proto)
@@ -192,7 +207,7 @@ static __always_inline int policy_parse4(struct __sk_buff *skb, struct policy_pk
 }
 
 static __always_inline int policy_can_access(__u16 ep_id, __u32 identity, __u8 dir, __u8 proto,
-					     __be16 dport, __u32 bytes)
+					     __be16 dport, __u32 bytes, struct policy_match *m)
 {
 	struct policy_key key = {};
 	struct policy_entry *l1, *l2, *hit;
@@ -210,8 +225,13 @@ static __always_inline int policy_can_access(__u16 ep_id, __u32 identity, __u8 d
 		if (l2 && (l2->deny || !l1))
 			hit = l2;
 	}
-	if (!hit)
+	if (!hit) {
+		m->type = POLICY_MATCH_NONE;
+		m->report = 1;          /* no allow-all entry: the direction is enforced */
 		return -DROP_POLICY;
+	}
+	m->type = policy_match_type(hit == l1 && identity, hit->flags);
+	m->report = !!(hit->flags & POLICY_ENTRY_F_LOG);
 	/* plain adds: an LPM trie keeps its values only 4-byte aligned (after the 12 bytes of key
 	 * data), so a 64-bit atomic add would be a misaligned locked operation, a split lock on
 	 * x86 whenever the counter straddles a cache line (measured: about 1 us a packet, and a
@@ -255,11 +275,13 @@ static __always_inline __u32 policy_revision(void)
 /* The endpoint's side of a flow in direction dir, for a parsed packet: its related errors and
  * replies pass, the forward direction is decided by policy (or by the verdict its entry
  * caches) and tracked. Returns 0, POLICY_ESTABLISHED or a negative DROP_*. */
-static __always_inline int policy_ct4_pkt(const struct policy_pkt *pkt, __u16 ep_id,
-					  __u32 peer_id, __u8 dir, __u32 now)
+static __always_inline int policy_ct4_pkt(struct __sk_buff *skb, const struct policy_pkt *pkt,
+					  __u16 ep_id, __u32 peer_id, __u8 dir, __u32 now)
 {
 	struct ipv4_ct_tuple key = {}, rkey = {};
 	struct ct_entry *ct, *own, entry = {};
+	struct policy_match m = {};
+	__be16 dport;
 	__u8 owndir = dir == POLICY_EGRESS ? TUPLE_F_OUT : TUPLE_F_IN;
 	__u8 other = owndir ^ TUPLE_F_IN;
 	__u32 rev;
@@ -292,10 +314,16 @@ static __always_inline int policy_ct4_pkt(const struct policy_pkt *pkt, __u16 ep
 			      CT_TRACE(CT_TRACE_RX, TRACE_REASON_CT_REPLY));
 		return 0;
 	}
-	ret = policy_can_access(ep_id, peer_id, dir, pkt->tuple.nexthdr,
-				pkt->tuple.nexthdr == IPPROTO_ICMP ? 0 : pkt->tuple.dport, pkt->len);
-	if (ret < 0)
+	dport = pkt->tuple.nexthdr == IPPROTO_ICMP ? 0 : pkt->tuple.dport;
+	ret = policy_can_access(ep_id, peer_id, dir, pkt->tuple.nexthdr, dport, pkt->len, &m);
+	/* reported: a denial, a new flow, a reopened one (not an established flow re-decided) */
+	if (m.report && (ret < 0 || !own || policy_ct_restarts(own, pkt)))
+		send_policy_verdict_notify(skb, ep_id, peer_id, dport, pkt->tuple.nexthdr, dir,
+					   ret, m.type);
+	if (ret < 0) {
+		trace_policy_drop(dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS, ep_id);
 		return ret;
+	}
 	if (own) {                                              /* ESTABLISHED, decided */
 		if (policy_ct_restarts(own, pkt)) {
 			own->flags = 0;
@@ -322,13 +350,13 @@ static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 
 
 	if (ret < 0)
 		return ret;
-	ret = policy_ct4_pkt(&pkt, ep_id, peer_id, dir, ct_now());
+	ret = policy_ct4_pkt(skb, &pkt, ep_id, peer_id, dir, ct_now());
 	return ret < 0 ? ret : 0;
 }
 
 /* A packet lb4_parse took (TCP/UDP, not a fragment): its policy view needs no second parse. */
-static __always_inline int policy_ct4_lb(const struct lb4_pkt *p, __u16 ep_id, __u32 peer_id,
-					 __u8 dir, __u32 now)
+static __always_inline int policy_ct4_lb(struct __sk_buff *skb, const struct lb4_pkt *p,
+					 __u16 ep_id, __u32 peer_id, __u8 dir, __u32 now)
 {
 	struct policy_pkt pkt = {};
 
@@ -339,7 +367,7 @@ static __always_inline int policy_ct4_lb(const struct lb4_pkt *p, __u16 ep_id, _
 	pkt.tuple.nexthdr = p->proto;
 	pkt.len = p->len;
 	pkt.tcp_flags = p->tcp_flags;
-	return policy_ct4_pkt(&pkt, ep_id, peer_id, dir, now);
+	return policy_ct4_pkt(skb, &pkt, ep_id, peer_id, dir, now);
 }
 
 static __always_inline int policy_egress4(struct __sk_buff *skb, __u16 ep_id, __u32 dst_identity)

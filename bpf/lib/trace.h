@@ -9,6 +9,12 @@
  *                                 TRACE_REASON_UNKNOWN, not monitored), sent from EVENT_HOOK_*
  *   trace_note(reason)            the packet's CT state is `reason` and it is to be traced
  *                                 (medium and up: its entry's report state said so)
+ *   trace_policy_drop(dir, ep_id) the packet is being dropped by endpoint ep_id's policy in
+ *                                 direction dir (METRIC_*): the drop is counted and reported
+ *                                 as that endpoint's, in that direction
+ *   trace_drop_dir(dir)           the direction a drop is counted in: trace_policy_drop's, else
+ *                                 dir (the entry point's)
+ *   trace_drop_source()           the endpoint trace_policy_drop named, or -1
  *   trace_state()                 the per-CPU state, or NULL (never in practice)
  *   trace_obs_is_from(obs)        a from-* observation point (not sent at LOWEST and up)
  */
@@ -37,8 +43,44 @@ static __always_inline void trace_begin(__u8 hook)
 		st->monitor = 0;
 		st->reason = TRACE_REASON_UNKNOWN;
 		st->hook = hook;
+		st->drop_dir = 0;
+		st->drop_source = 0;
 	}
 #endif
+}
+
+static __always_inline void trace_policy_drop(__u8 dir, __u16 ep_id)
+{
+#ifndef EVENTS_DISABLED
+	struct trace_state *st = trace_state();
+
+	if (st) {
+		st->drop_dir = dir;
+		st->drop_source = ep_id;
+	}
+#endif
+}
+
+static __always_inline __u8 trace_drop_dir(__u8 dir)
+{
+#ifndef EVENTS_DISABLED
+	struct trace_state *st = trace_state();
+
+	if (st && st->drop_dir)
+		return st->drop_dir;
+#endif
+	return dir;
+}
+
+static __always_inline int trace_drop_source(void)
+{
+#ifndef EVENTS_DISABLED
+	struct trace_state *st = trace_state();
+
+	if (st && st->drop_dir)
+		return st->drop_source;
+#endif
+	return -1;
 }
 
 static __always_inline void trace_note(__u8 reason)

@@ -103,7 +103,9 @@ def test_no_entry_is_denied_133(pods, from_container, side):
     pkt = P.POD_A_TO_POD_B_TCP_SYN
     res = run(from_container, pkt)
     assert res.retval == abi.CTX_ACT_DROP
-    assert metric(pods, abi.DROP_POLICY) == (1, len(pkt))
+    # B's ingress denying it is B's ingress drop, though A's program carries it out
+    direction = abi.METRIC_EGRESS if side == "egress" else abi.METRIC_INGRESS
+    assert metric(pods, abi.DROP_POLICY, direction) == (1, len(pkt))
     assert abi.reason_string(abi.DROP_POLICY) == "Policy denied"
     assert len(pods["cilium_ct4_global"]) == (0 if side == "egress" else 1)
 
@@ -206,7 +208,8 @@ def test_reply_passes_ingress_by_conntrack(pods, from_container):
     assert out.packets == 2 and counted(pods, eg)[0] == 1          # the reply is no policy's
     # but B opening its own connection to A is A's ingress policy's: none
     res = run(from_container, P.POD_B_TO_POD_A_TCP_SYN)
-    assert res.retval == abi.CTX_ACT_DROP and metric(pods, abi.DROP_POLICY)[0] == 1
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY, abi.METRIC_INGRESS)[0] == 1
 
 
 def test_reply_passes_egress_by_conntrack(pods, from_container):
@@ -260,11 +263,11 @@ def test_related_icmp_error_must_quote_the_endpoints_own_packet(pods, from_conta
     err = P.POD_B_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_A
     res = run(from_container, err)
     assert res.retval == abi.CTX_ACT_DROP
-    assert metric(pods, abi.DROP_POLICY) == (1, len(err))
+    assert metric(pods, abi.DROP_POLICY, abi.METRIC_INGRESS) == (1, len(err))    # A's ingress
     sender(pods, P.POD_A_IP)
     err = P.POD_A_UNREACHABLE_ABOUT_POD_C_FLOW_TO_POD_B
     assert run(from_container, err).retval == abi.CTX_ACT_DROP
-    assert metric(pods, abi.DROP_POLICY)[0] == 2
+    assert metric(pods, abi.DROP_POLICY) == (1, len(err))                       # A's egress
 
 
 def test_established_flow_is_rechecked_after_a_deny_is_added(pods, from_container):
@@ -348,7 +351,8 @@ def test_cached_verdict_is_per_peer_identity(pods, from_container, revision):
     sender(pods, P.POD_A_IP)            # both of A's rows, as the agent writes them
     res = run(from_container, P.POD_A_TO_POD_B_ACK)
     assert res.retval == abi.CTX_ACT_DROP
-    assert metric(pods, abi.DROP_POLICY) == (1, len(P.POD_A_TO_POD_B_ACK))
+    assert metric(pods, abi.DROP_POLICY, abi.METRIC_INGRESS) == \
+        (1, len(P.POD_A_TO_POD_B_ACK))          # B's ingress
 
 
 # ---- fragments ----

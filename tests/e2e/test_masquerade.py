@@ -1,5 +1,6 @@
 """Masquerade end to end on its own labs: ip-masq-agent exclusions, 2,000 concurrent connections
-from three pods sharing source ports, port exhaustion and recovery with a tiny range, a
+from three pods sharing source ports, port exhaustion (the drop seen in `datapath observe`) and
+recovery with a tiny range, a
 ClusterIP whose backend is outside the cluster, and every checksum of translated TCP, UDP, ICMP
 echo and ICMP error packets checked on the wire."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ from agent.topology import TOPOLOGIES
 from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
+from .test_observe import _observe_drop
 from .traffic import UDP_ECHO
 
 EXT = "203.0.113.10"
@@ -177,10 +179,23 @@ def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, t
             wait_for(lambda: sum(e["direction"] == "OUT" for e in
                                  lab.client().get("/v1/bpf/nat")) >= 4, what="4 mappings")
             drops = _nat_drops(lab)
-            fifth = lab.run("curl-pod", "curl", "-s", "-m", "2", f"http://{EXT}:7300/",
-                            check=False)
-            assert fifth.returncode != 0
+            fifth = []
+
+            def send():
+                fifth.append(lab.run("curl-pod", "curl", "-s", "-m", "2",
+                                     f"http://{EXT}:7300/", check=False))
+
+            # the drop as a user sees it: `datapath observe --verdict DROPPED`, followed
+            flow = _observe_drop(lab, send, lambda fl: fl["IP"]["destination"] == EXT,
+                                 "--ip", EXT, "--port", "7300")
+            assert fifth[0].returncode != 0
             assert _nat_drops(lab) > drops
+            assert flow["drop_reason_desc"] == "NO_MAPPING_FOR_NAT_MASQUERADE", flow
+            assert flow["source"]["pod_name"] == "curl-pod" and flow["IP"]["source"] == \
+                lab.pod_ip("curl-pod")
+            assert flow["l4"]["TCP"]["destination_port"] == 7300 and \
+                flow["l4"]["TCP"]["flags"] == {"SYN": True}
+            assert flow["node_name"] == "k8s-ctr" and flow["traffic_direction"] == "EGRESS"
             holder.communicate(timeout=30)       # closes its 4 connections: FIN, 10 s, GC
             wait_for(lambda: lab.py("curl-pod", MANY_CLIENTS, EXT, "7300", "51000", "1",
                                     check=False).returncode == 0, timeout=60, interval=2,

@@ -886,6 +886,16 @@ def test_cnp_across_nodes_by_vni_or_ipcache(cluster):
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "datapath-dashboard.json"
+PROM_POLICY = """apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: prom-policy, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: webpod}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: curl}}}]
+    ports: [{port: 80, protocol: TCP}]
+"""
 SEED_QUERIES = ("cilium_bpf_map_ops_total", "cilium_datapath_packets_total",
                 "cilium_policy_regeneration_time_stats_seconds", "cilium_endpoint_state_count")
 
@@ -893,7 +903,8 @@ SEED_QUERIES = ("cilium_bpf_map_ops_total", "cilium_datapath_packets_total",
 def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
     """`datapath lab up --prometheus` as a user runs it, on the running lab: a real Prometheus
     scrapes all three agents; the forward, drop and service series move with traffic and a new
-    service; the seed's four queries and every dashboard query return data."""
+    service; the seed's four queries and every dashboard query return data (a policy the
+    webpods enforce gives the policy verdict panel its data)."""
     from agent import promlab
     dp = _bin("datapath")
     name = native.lab.name
@@ -932,16 +943,28 @@ def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
         path.unlink()
     for expr in SEED_QUERIES:
         assert wait_for(lambda: q(expr), timeout=30, what=f"data for {expr}")
-    # every query of the shipped dashboard parses and returns data (promtool, as a user checks)
-    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
-    assert len(exprs) >= 10
-    for expr in exprs:
-        def answered(expr=expr):
-            out = netns.run(rec["netns"], "promtool", "query", "instant", rec["url"], expr,
-                            check=False)
-            assert out.returncode == 0, f"{expr}: {out.stderr}"
-            return out.stdout.strip()
-        wait_for(answered, timeout=30, what=f"data for the dashboard's {expr}")
+    # a policy the webpods enforce (curl-pod still allowed): policy verdicts for the dashboard
+    policy = native.manifests / "prom-policy.yaml"
+    policy.write_text(PROM_POLICY)
+    try:
+        def verdicts():
+            native.run("curl-pod", "curl", "-s", "-m", "5", f"http://{vip}/", check=False)
+            return total("hubble_policy_verdicts_total") > 0
+        wait_for(verdicts, timeout=60, interval=2, what="policy verdicts in Prometheus")
+        # every query of the shipped dashboard parses and returns data (promtool, as a user
+        # checks)
+        exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"]
+                 for t in p["targets"]]
+        assert len(exprs) >= 10
+        for expr in exprs:
+            def answered(expr=expr):
+                out = netns.run(rec["netns"], "promtool", "query", "instant", rec["url"],
+                                expr, check=False)
+                assert out.returncode == 0, f"{expr}: {out.stderr}"
+                return out.stdout.strip()
+            wait_for(answered, timeout=30, what=f"data for the dashboard's {expr}")
+    finally:
+        policy.unlink()
 
 
 def test_agent_health_cluster_health_and_api_metrics(native):

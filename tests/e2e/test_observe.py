@@ -36,6 +36,11 @@ spec:
   podSelector: {matchLabels: {app: webpod}}
   policyTypes: [Ingress]
 """
+# the same, then curl-pod allowed to port 80: an L3-L4 allow
+ALLOW_CURL_TO_WEBPOD_80 = DENY_WEBPOD_INGRESS + """  ingress:
+  - from: [{podSelector: {matchLabels: {app: curl}}}]
+    ports: [{port: 80, protocol: TCP}]
+"""
 # one TCP SYN from a source address the pod does not own (IP_HDRINCL: the kernel sends it as is)
 RAW_SYN = """
 import socket, struct, sys
@@ -199,8 +204,9 @@ def test_policy_deny_is_observed_dropped_then_removed(lab):
     assert flow["drop_reason_desc"] == "POLICY_DENIED"
     assert flow["source"]["pod_name"] == "curl-pod" and flow["destination"]["pod_name"] == \
         "webpod-1"
-    # the direction is the entry point's (from-container: EGRESS) where Cilium would say INGRESS
-    # for the destination's ingress policy: left to the datapath side (dir of the drop notify)
+    # webpod-1's ingress policy denied it: an ingress drop (the drop and the policy verdict),
+    # although curl-pod's from-container program carried it out, as Cilium reports it
+    assert flow["traffic_direction"] == "INGRESS"
     assert flow["l4"]["TCP"]["destination_port"] == 80
     labels = flow["destination"]["labels"]
     assert "k8s:app=webpod" in labels, labels
@@ -232,3 +238,68 @@ def test_observe_compact_and_monitor_drop_line(lab):
     # metrics moved
     assert lab.metric("hubble_drop_total", reason="INVALID_SOURCE_IP", protocol="TCP") >= 1
     assert lab.metric("hubble_flows_processed_total", type="Drop", verdict="DROPPED") >= 1
+
+
+def _observe(lab, *args: str) -> str:
+    sock = lab.lab.resolve("k8s-ctr")[1]
+    out = subprocess.run([*_bin("datapath"), "--socket", sock, "observe", *args],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_policy_verdicts_are_observed_denied_then_allowed(lab):
+    """webpod-1 denies all ingress, then allows curl-pod to port 80: `observe --type
+    policy-verdict` shows the denied SYN (match none) and then the allowed connection (match
+    L3-L4), both INGRESS on webpod-1; `monitor --type policy-verdict` prints Cilium's line, and
+    hubble_policy_verdicts_total counts both."""
+    path = lab.manifests / "observe-verdicts.yaml"
+    web1 = lab.pod_ip("webpod-1")
+    ep = {e["pod"]: e for e in lab.client().get("/v1/endpoint")}
+    mon = Follower(lab, "monitor", "--type", "policy-verdict", "--related-to",
+                   str(ep["webpod-1"]["id"]), "--timeout", "60")
+    try:
+        mon.ready()
+        _write_atomic(path, DENY_WEBPOD_INGRESS.replace("observe-deny", "observe-verdicts"))
+        wait_for(lambda: "Hostname" not in curl(lab, "curl-pod", web1).stdout, timeout=20,
+                 what="the deny to apply")
+        _, denied_line = mon.wait(lambda ln: "action deny" in ln and f"{web1}:80" in ln)
+        _write_atomic(path, ALLOW_CURL_TO_WEBPOD_80.replace("observe-deny", "observe-verdicts"))
+        wait_for(lambda: "Hostname: webpod-1" in curl(lab, "curl-pod", web1).stdout,
+                 timeout=20, what="the allow to apply")
+        _, allowed_line = mon.wait(lambda ln: "action allow" in ln and f"{web1}:80" in ln)
+    finally:
+        mon.stop()
+        path.unlink(missing_ok=True)
+    wait_for(lambda: "Hostname: webpod-1" in curl(lab, "curl-pod", web1).stdout, timeout=20,
+             what="webpod-1 reachable with no policy")
+    print(denied_line, allowed_line, sep="\n")
+    ident = ep["curl-pod"]["identity"]
+    assert denied_line.startswith("Policy verdict log: flow 0x") and \
+        f"local EP ID {ep['webpod-1']['id']}, remote ID {ident}, proto 6, ingress, " \
+        "action deny, auth: disabled, match none, " in denied_line
+    assert f"remote ID {ident}, proto 6, ingress, action allow, auth: disabled, " \
+        "match L3-L4, " in allowed_line and allowed_line.endswith(f"{web1}:80 tcp SYN")
+    flows = [json.loads(ln)["flow"] for ln in _observe(
+        lab, "--type", "policy-verdict", "--to-pod", "default/webpod-1", "--port", "80",
+        "-o", "json", "--last", "200").splitlines()]
+    denied = [f for f in flows if f["verdict"] == "DROPPED"]
+    allowed = [f for f in flows if f["verdict"] == "FORWARDED"]
+    assert denied and allowed, flows
+    for f in denied + allowed:
+        assert f["event_type"]["type"] == 5 and f["traffic_direction"] == "INGRESS"
+        assert f["source"]["pod_name"] == "curl-pod" and f["source"]["identity"] == ident
+        assert f["destination"]["pod_name"] == "webpod-1"
+        assert f["l4"]["TCP"]["destination_port"] == 80 and f["l4"]["TCP"]["flags"] == \
+            {"SYN": True}
+    assert denied[-1]["drop_reason_desc"] == "POLICY_DENIED" and \
+        "policy_match_type" not in denied[-1]
+    assert allowed[-1]["policy_match_type"] == 2 and allowed[-1]["is_reply"] is False
+    compact = _observe(lab, "--type", "policy-verdict", "--to-pod", "default/webpod-1",
+                       "--last", "200")
+    assert "policy-verdict:none INGRESS DENIED (TCP Flags: SYN)" in compact, compact
+    assert "policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)" in compact, compact
+    assert lab.metric("hubble_policy_verdicts_total", direction="ingress", match="none",
+                      action="dropped") >= 1
+    assert lab.metric("hubble_policy_verdicts_total", direction="ingress", match="l3-l4",
+                      action="forwarded") >= 1

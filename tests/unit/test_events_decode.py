@@ -1,6 +1,6 @@
-"""datapath/events.py without a kernel: drop records built with abi.DropNotify and trace records
-built with abi.TraceNotify decode to every field (Cilium's observation point and reason names),
-the captured bytes summarise (Ethernet, IPv4 TCP / UDP / ICMP, IPv6, ARP, a VLAN tag, a
+"""datapath/events.py without a kernel: drop records built with abi.DropNotify, trace records
+built with abi.TraceNotify and policy verdicts built with abi.PolicyVerdictNotify decode to every
+field (Cilium's observation point, reason and match names), the captured bytes summarise (Ethernet, IPv4 TCP / UDP / ICMP, IPv6, ARP, a VLAN tag, a
 later fragment, bytes cut short), and records of another type or too short decode to None.
 (The ring buffer reader runs against a real ring in tests/bpf/test_events.py.)"""
 from __future__ import annotations
@@ -116,7 +116,6 @@ def test_len_cap_bounds_the_data_and_truncated_records():
 
 def test_unknown_types_are_none():
     assert events.decode(record(b"", type=0)) is None
-    assert events.decode(record(b"", type=5)) is None      # a policy verdict, later
     assert events.decode(bytes([2]) * 200) is None
 
 
@@ -200,3 +199,21 @@ def test_monitor_defines():
         monitor_defines("loud")
     with pytest.raises(ValueError):
         monitor_defines("medium", 0)
+
+
+def test_decode_policy_verdict_record():
+    """A record built by hand decodes field by field; a short one is refused."""
+    n = abi.PolicyVerdictNotify(type=abi.CILIUM_NOTIFY_POLICY_VERDICT, source=7, len_orig=54,
+                                len_cap=4, version=1, remote_label=1234, verdict=-181,
+                                dst_port=443, proto=6, hook=abi.EVENT_HOOK_TO_CONTAINER,
+                                flags=abi.POLICY_VERDICT_DIR_INGRESS |
+                                (abi.POLICY_MATCH_L4_ONLY << abi.POLICY_VERDICT_MATCH_SHIFT),
+                                ktime_ns=5)
+    raw = bytes(n)[:abi.PolicyVerdictNotify.data.offset] + b"abcd"
+    ev = events.decode(raw)
+    assert isinstance(ev, events.PolicyVerdictEvent)
+    assert (ev.source, ev.remote_identity, ev.verdict, ev.dst_port, ev.proto) == \
+        (7, 1234, -181, 443, 6)
+    assert (ev.direction, ev.match_name, ev.hook, ev.data, ev.allowed) == \
+        ("ingress", "L4-Only", "to-container", b"abcd", False)
+    assert events.decode(raw[:20]) is None

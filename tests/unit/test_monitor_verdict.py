@@ -51,8 +51,8 @@ def test_allowed_ingress_verdict_is_a_forwarded_flow_of_the_new_connection():
     assert "interface" not in flow and flow["Summary"] == "TCP Flags: SYN"
     assert metric_labels(rec) == ("PolicyVerdict", "")
     line = fmt.compact(flow)
-    assert line.endswith(f": default/curl-pod:40000 (ID:256) -> default/webpod-1:80 (ID:257) "
-                         f"policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)")
+    assert line.endswith(": default/curl-pod:40000 (ID:256) -> default/webpod-1:80 (ID:257) "
+                         "policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)")
     row = fmt.table([flow])[1]
     assert "   policy-verdict:L3-L4 INGRESS   ALLOWED   TCP Flags: SYN" in row
     assert fmt.monitor_line(rec) == (

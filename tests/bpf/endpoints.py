@@ -29,3 +29,13 @@ def add_endpoint(maps, ip: str, *, ifindex: int, lxc_id: int, mac: str, node_mac
         allow_all(maps, lxc_id)
     maps["cilium_lxc"].update(abi.endpoint_key(ip), info)
     return info
+
+
+def add_pods_a_and_b(maps) -> None:
+    """Pods A (sending, on lo) and B on this node, with no policy entry at all."""
+    from . import packets as P
+    add_endpoint(maps, P.POD_A_IP, ifindex=P.LXC_A_IFINDEX, lxc_id=P.EP_A, mac=P.POD_A_MAC,
+                 node_mac=P.LXC_A_MAC, sec_id=P.ID_A, policy=False)
+    add_endpoint(maps, P.POD_B_IP, ifindex=P.LXC_B_IFINDEX, lxc_id=P.EP_B, mac=P.POD_B_MAC,
+                 node_mac=P.LXC_B_MAC, sec_id=P.ID_B, policy=False)
+    set_sender(maps, P.POD_A_IP, P.LXC_A_IFINDEX)

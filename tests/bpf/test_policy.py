@@ -20,7 +20,7 @@ from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
 from .conftest import mocked_object
-from .endpoints import add_endpoint, allow_all, set_sender
+from .endpoints import add_endpoint, add_pods_a_and_b, allow_all, set_sender
 
 IN, OUT = abi.POLICY_INGRESS, abi.POLICY_EGRESS
 TCP_P, UDP_P, ICMP_P, SCTP_P = 6, 17, 1, 132
@@ -72,11 +72,7 @@ def delivered_to_a(pkt):
 def pods(lxc):
     """Pods A (sending, on lo) and B on this node, with no policy entry at all."""
     m = open_maps(lxc)
-    add_endpoint(m, P.POD_A_IP, ifindex=P.LXC_A_IFINDEX, lxc_id=P.EP_A, mac=P.POD_A_MAC,
-                 node_mac=P.LXC_A_MAC, sec_id=P.ID_A, policy=False)
-    add_endpoint(m, P.POD_B_IP, ifindex=P.LXC_B_IFINDEX, lxc_id=P.EP_B, mac=P.POD_B_MAC,
-                 node_mac=P.LXC_B_MAC, sec_id=P.ID_B, policy=False)
-    sender(m, P.POD_A_IP)
+    add_pods_a_and_b(m)
     return m
 
 

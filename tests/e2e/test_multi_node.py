@@ -23,6 +23,7 @@ from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
 from .netpol import TCP80, PolicyLab, R, mismatches, render, write_atomic
+from .test_observe import ALLOW_CURL_TO_WEBPOD_80
 from .traffic import curl, spoofed_ping, udp_roundtrip
 
 PODS = {"curl-pod": "k8s-ctr", "webpod-1": "k8s-ctr", "webpod-2": "k8s-w1", "webpod-3": "k8s-w2"}
@@ -886,16 +887,6 @@ def test_cnp_across_nodes_by_vni_or_ipcache(cluster):
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "datapath-dashboard.json"
-PROM_POLICY = """apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: prom-policy, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: webpod}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: curl}}}]
-    ports: [{port: 80, protocol: TCP}]
-"""
 SEED_QUERIES = ("cilium_bpf_map_ops_total", "cilium_datapath_packets_total",
                 "cilium_policy_regeneration_time_stats_seconds", "cilium_endpoint_state_count")
 
@@ -945,7 +936,7 @@ def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
         assert wait_for(lambda: q(expr), timeout=30, what=f"data for {expr}")
     # a policy the webpods enforce (curl-pod still allowed): policy verdicts for the dashboard
     policy = native.manifests / "prom-policy.yaml"
-    policy.write_text(PROM_POLICY)
+    policy.write_text(ALLOW_CURL_TO_WEBPOD_80.replace("observe-deny", "prom-policy"))
     try:
         def verdicts():
             native.run("curl-pod", "curl", "-s", "-m", "5", f"http://{vip}/", check=False)

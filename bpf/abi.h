@@ -154,6 +154,7 @@
 #define NAT_DIR_EGRESS          0
 #define NAT_DIR_INGRESS         1
 #define NAT_F_CLOSING           1   /* a FIN or RST was seen: the mapping only ages out now */
+#define NAT_F_SEEN_NON_SYN      2   /* a TCP packet without SYN passed: established lifetime */
 
 /* ---- ipcache key: prefixlen counts the 32 bits before the address (as Cilium's) ---- */
 #define IPCACHE_PREFIX_BASE     32

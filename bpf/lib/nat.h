@@ -16,6 +16,12 @@
  *
  * The same engine SNATs NodePort flows sent on to a backend on another node.
  *
+ * Lifetimes follow Cilium's conntrack (ct_update_timeout's seen_non_syn): a TCP mapping lives
+ * CT_SYN_TIMEOUT (60 s) until a packet without SYN passes it, so a SYN flood's half-open flows
+ * give their ports back after a minute; then CT_CONNECTION_LIFETIME_TCP; CT_CLOSE_TIMEOUT after
+ * a FIN or RST. The first packet without SYN through either entry establishes both (the other
+ * entry is looked up by its tuple), so an idle connection keeps its pair together.
+ *
  * API:
  *   snat_v4_mapping(pkt, cfg, &addr, &port)  the hook-independent mapping (tc and XDP);
  *                               returns 0 or a negative DROP_*
@@ -91,22 +97,58 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct lb4_p
 	return 0;
 }
 
-/* Extend a mapping for this packet: TCP lives CT_CONNECTION_LIFETIME_TCP until a FIN or RST,
- * then only CT_CLOSE_TIMEOUT (the closing mark sticks until a SYN opens a new connection on the
- * tuple, as conntrack's ct_reopen); the rest CT_CONNECTION_LIFETIME_NONTCP. */
-static __always_inline void nat_refresh(struct ipv4_nat_entry *e, const struct lb4_pkt *pkt,
-					__u32 now)
+/* Extend a mapping entry for this packet, as conntrack's ct_refresh_at (Cilium's
+ * ct_update_timeout): TCP lives CT_SYN_TIMEOUT until a packet without SYN passed the entry
+ * (NAT_F_SEEN_NON_SYN), then CT_CONNECTION_LIFETIME_TCP; a FIN or RST leaves it only
+ * CT_CLOSE_TIMEOUT, a mark that sticks until a SYN opens a new connection on the tuple (as
+ * ct_reopen: the new connection starts over as a SYN); the rest CT_CONNECTION_LIFETIME_NONTCP.
+ * Returns 1 when this packet is the entry's first without SYN (the caller then establishes the
+ * mapping's other entry, nat_establish), else 0. Flags are written only when they change, so an
+ * established flow's packets store the lifetime alone. */
+static __always_inline int nat_refresh(struct ipv4_nat_entry *e, const struct lb4_pkt *pkt,
+				       __u32 now)
 {
+	__u16 flags, old;
+	__u32 life;
+
 	if (pkt->proto != IPPROTO_TCP) {
 		e->lifetime = now + CT_CONNECTION_LIFETIME_NONTCP;
-		return;
+		return 0;
 	}
+	flags = old = e->flags;
 	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
-		e->flags |= NAT_F_CLOSING;
-	else if ((pkt->tcp_flags & TCP_FLAG_SYN) && (e->flags & NAT_F_CLOSING))
-		e->flags &= ~NAT_F_CLOSING;     /* SYN or SYN-ACK: a new connection */
-	e->lifetime = now + ((e->flags & NAT_F_CLOSING) ? CT_CLOSE_TIMEOUT :
-			     CT_CONNECTION_LIFETIME_TCP);
+		flags |= NAT_F_CLOSING;
+	else if ((pkt->tcp_flags & TCP_FLAG_SYN) && (flags & NAT_F_CLOSING))
+		flags &= ~(NAT_F_CLOSING | NAT_F_SEEN_NON_SYN);   /* a new connection */
+	if (!(pkt->tcp_flags & TCP_FLAG_SYN))
+		flags |= NAT_F_SEEN_NON_SYN;
+	if (flags & NAT_F_CLOSING)
+		life = CT_CLOSE_TIMEOUT;
+	else if (flags & NAT_F_SEEN_NON_SYN)
+		life = CT_CONNECTION_LIFETIME_TCP;
+	else
+		life = CT_SYN_TIMEOUT;
+	if (flags != old)
+		e->flags = flags;
+	e->lifetime = now + life;
+	return (flags & NAT_F_SEEN_NON_SYN) && !(old & NAT_F_SEEN_NON_SYN) &&
+	       !(flags & NAT_F_CLOSING);
+}
+
+/* The mapping's other entry (tuple) learns that the connection is established: its first
+ * packet without SYN passed the entry the caller refreshed. Without this, an idle connection
+ * whose server sent nothing but its SYN-ACK would lose its reverse entry after CT_SYN_TIMEOUT
+ * while the forward one lives on (and the other way round). Race: a CPU refreshing the other
+ * entry at the same moment may overwrite the flags written here (or this write its FIN mark);
+ * the next packet through that entry sets them again, and the lifetime follows its flags. */
+static __always_inline void nat_establish(struct ipv4_ct_tuple *tuple, __u32 now)
+{
+	struct ipv4_nat_entry *e = cilium_snat_v4_external.lookup(tuple);
+
+	if (!e || (e->flags & (NAT_F_SEEN_NON_SYN | NAT_F_CLOSING)))
+		return;
+	e->flags |= NAT_F_SEEN_NON_SYN;
+	e->lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 }
 
 /* Whether a packet from a local pod to daddr leaves the cluster and must be masqueraded. */
@@ -142,9 +184,18 @@ static __always_inline int snat_v4_mapping(const struct lb4_pkt *p,
 	now = ct_now();
 	fwd = cilium_snat_v4_external.lookup(&otuple);
 	if (fwd) {
-		nat_refresh(fwd, &pkt, now);
 		*to_addr = fwd->to_addr;
 		*to_port = fwd->to_port;
+		if (nat_refresh(fwd, &pkt, now)) {
+			/* established: the reply entry (peer -> node:port) too */
+			rtuple.daddr = *to_addr;
+			rtuple.saddr = pkt.daddr;
+			rtuple.dport = *to_port;
+			rtuple.sport = pkt.dport;
+			rtuple.nexthdr = pkt.proto;
+			rtuple.flags = NAT_DIR_INGRESS;
+			nat_establish(&rtuple, now);
+		}
 		return 0;
 	}
 	/* a new mapping: the reply tuple must be free for the port we pick */
@@ -250,10 +301,11 @@ static __always_inline int snat_v4_ingress_icmp_error(struct __sk_buff *skb,
 
 static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct node_config *cfg)
 {
-	struct ipv4_ct_tuple rtuple = {};
+	struct ipv4_ct_tuple rtuple = {}, otuple = {};
 	struct ipv4_nat_entry *rev;
 	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct lb4_pkt pkt = {};
+	__u32 now;
 	int ret;
 
 	if ((void *)(ip + 1) > ctx_data_end(skb))
@@ -270,7 +322,17 @@ static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct n
 	rev = cilium_snat_v4_external.lookup(&rtuple);
 	if (!rev)
 		return 0;               /* the node's own traffic */
-	nat_refresh(rev, &pkt, ct_now());
+	now = ct_now();
+	if (nat_refresh(rev, &pkt, now)) {
+		/* established: the forward entry (pod -> peer) too */
+		otuple.saddr = rev->to_addr;
+		otuple.daddr = pkt.saddr;
+		otuple.sport = rev->to_port;
+		otuple.dport = pkt.sport;
+		otuple.nexthdr = pkt.proto;
+		otuple.flags = NAT_DIR_EGRESS;
+		nat_establish(&otuple, now);
+	}
 	return nat_rewrite(skb, &pkt, 0, rev->to_addr, rev->to_port);
 }
 

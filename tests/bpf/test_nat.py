@@ -1,7 +1,10 @@
 """BPF_PROG_TEST_RUN cases for masquerade (lib/nat.h) on the native device: SNAT of a new flow,
 reverse SNAT of the reply, ICMP echo, excluded destinations untouched, port collisions and
-exhaustion; every rewritten packet byte for byte with valid checksums."""
+exhaustion, a mapping's TCP lifetimes (SYN, established, closing, reopened); every rewritten
+packet byte for byte with valid checksums."""
 from __future__ import annotations
+
+import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -205,3 +208,106 @@ def test_icmp_error_quoting_no_whole_l4_checksum_leaves_it_alone(host, to_netdev
             / (bytes(IPerror(bytes(fixed)))[:20] + bytes(quoted[20:])))
     testrun.assert_packet(Ether(bytes(want)), res.data)
     assert port != 5354
+
+
+# ---- TCP lifetimes of a mapping (Cilium's ct_update_timeout: seen_non_syn) ----
+
+def left(entry) -> float:
+    """Seconds an entry has left to live."""
+    return entry.lifetime - time.monotonic()
+
+
+def is_syn(entry) -> bool:
+    """A half-open lifetime: 60 s, not established."""
+    return 55 <= left(entry) <= abi.CT_SYN_TIMEOUT + 1 and \
+        not entry.flags & abi.NAT_F_SEEN_NON_SYN
+
+
+def is_established(entry) -> bool:
+    return abi.CT_CONNECTION_LIFETIME_TCP - 10 <= left(entry) <= \
+        abi.CT_CONNECTION_LIFETIME_TCP + 1 and bool(entry.flags & abi.NAT_F_SEEN_NON_SYN)
+
+
+def is_closing(entry) -> bool:
+    return left(entry) <= abi.CT_CLOSE_TIMEOUT + 1 and bool(entry.flags & abi.NAT_F_CLOSING)
+
+
+def nat_pair(m):
+    """The mapping's (egress, ingress) entries: the map holds exactly one mapping."""
+    entries = {k.flags: e for k, e in m["cilium_snat_v4_external"].items()}
+    assert sorted(entries) == [abi.NAT_DIR_EGRESS, abi.NAT_DIR_INGRESS], entries
+    return entries[abi.NAT_DIR_EGRESS], entries[abi.NAT_DIR_INGRESS]
+
+
+def pod_out(flags, sport=40100):
+    return out_pkt(P.POD_A_IP, EXT, TCP(sport=sport, dport=80, flags=flags, seq=1))
+
+
+def peer_in(flags, dport=40100, payload=b""):
+    return in_pkt(EXT, NODE_IP, TCP(sport=80, dport=dport, flags=flags, seq=9, ack=2), payload)
+
+
+def test_a_syn_gives_the_mapping_the_syn_lifetime_until_the_clients_ack(host, to_netdev,
+                                                                        from_netdev):
+    """A half-open flow (a SYN, its SYN-ACK) holds its port 60 s, not 8000 s: a SYN flood gives
+    its ports back after a minute. The client's ACK establishes both entries, the reverse one
+    too, though only the SYN-ACK passed it (an idle connection keeps its pair)."""
+    m = setup(host)
+    assert run(to_netdev, pod_out("S")).retval == abi.CTX_ACT_OK
+    assert all(map(is_syn, nat_pair(m)))
+    assert run(from_netdev, peer_in("SA")).retval == abi.CTX_ACT_REDIRECT
+    assert all(map(is_syn, nat_pair(m)))
+    run(to_netdev, pod_out("S"))                                  # a retransmitted SYN
+    assert all(map(is_syn, nat_pair(m)))
+    assert run(to_netdev, pod_out("A")).retval == abi.CTX_ACT_OK
+    assert all(map(is_established, nat_pair(m)))
+
+
+def test_the_servers_first_non_syn_establishes_both_entries(host, to_netdev, from_netdev):
+    """Either side's first packet without SYN establishes the mapping (Cilium's one entry per
+    flow sees both directions)."""
+    m = setup(host)
+    run(to_netdev, pod_out("S", sport=40110))
+    run(from_netdev, peer_in("SA", dport=40110))
+    assert run(from_netdev, peer_in("PA", dport=40110, payload=b"220 ready")).retval == \
+        abi.CTX_ACT_REDIRECT
+    assert all(map(is_established, nat_pair(m)))
+
+
+def test_fin_closes_the_mapping_and_a_new_syn_starts_over_as_a_syn(host, to_netdev,
+                                                                   from_netdev):
+    m = setup(host)
+    sport = 40120
+    run(to_netdev, pod_out("S", sport))
+    run(from_netdev, peer_in("SA", sport))
+    run(to_netdev, pod_out("A", sport))
+    run(to_netdev, pod_out("FA", sport))
+    fwd, rev = nat_pair(m)
+    assert is_closing(fwd) and is_established(rev)
+    run(from_netdev, peer_in("FA", sport))
+    assert all(map(is_closing, nat_pair(m)))
+    run(to_netdev, pod_out("A", sport))                           # the last ACK: still closing
+    assert all(map(is_closing, nat_pair(m)))
+    # the pod's next connection on the same tuple: a SYN, not an established flow
+    run(to_netdev, pod_out("S", sport))
+    fwd, rev = nat_pair(m)
+    assert is_syn(fwd) and not fwd.flags & abi.NAT_F_CLOSING
+    run(from_netdev, peer_in("SA", sport))
+    assert all(map(is_syn, nat_pair(m)))
+    run(to_netdev, pod_out("A", sport))
+    assert all(map(is_established, nat_pair(m)))
+
+
+def test_a_syn_flood_leaves_no_mapping_beyond_the_syn_lifetime(host, to_netdev):
+    """200 SYNs from 200 ports, no handshake: 400 entries, none with more than 60 s to live;
+    the agent's GC takes them all a minute later, and none before."""
+    from agent import ctgc
+    m = setup(host)
+    for i in range(200):
+        assert run(to_netdev, pod_out("S", sport=41000 + i)).retval == abi.CTX_ACT_OK
+    nat = m["cilium_snat_v4_external"]
+    entries = [e for _, e in nat.items()]
+    assert len(entries) == 400 and all(map(is_syn, entries))
+    now = time.monotonic()
+    assert ctgc.collect_nat({ctgc.NAT_MAP: nat}, now) == (400, 0)
+    assert ctgc.collect_nat({ctgc.NAT_MAP: nat}, now + abi.CT_SYN_TIMEOUT + 2) == (0, 400)

@@ -5,7 +5,9 @@
  * their flows), else a random active slot 1..count. The packet is DNATed to the backend with
  * L3/L4 checksums fixed incrementally, and a reply entry is created so the client's node turns
  * the backend's replies back into the frontend (lb4_rev_nat, run on local delivery); an
- * established flow checks that entry again only with a SYN or once a second. A pod that
+ * established flow checks that entry again only with a SYN or once a second. The reply entry
+ * of a TCP flow has the flow's lifetime: CT_SYN_TIMEOUT until the client's first packet without
+ * SYN establishes it with the service entry (CT_CONNECTION_LIFETIME_TCP). A pod that
  * reaches itself through a service (hairpin) is also SNATed to IPV4_LOOPBACK, so its own stack
  * sees a peer; the reply to IPV4_LOOPBACK is turned back into frontend -> pod. A service with
  * SVC_FLAG_AFFINITY (ClientIP) sends a client's new flows to its last backend while that is
@@ -358,7 +360,7 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	struct ct_entry *ct, *rct, entry = {};
 	struct lb4_pkt pkt = *p;
 	__u32 backend_id = 0, now, lifetime = 0;
-	__u16 rev_nat_index;
+	__u16 rev_nat_index, seen;
 	__u8 rflags;
 	int loopback, ret;
 
@@ -427,6 +429,8 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	 * on this tuple is the old flow's */
 	rct = ct ? ct_lookup(&reply) : NULL;
 	rflags = loopback ? CT_F_LB_LOOPBACK : (internal ? 0 : CT_F_NODEPORT);
+	/* the service entry's state: established once a packet without SYN passed it */
+	seen = (ct ? ct->flags : entry.flags) & CT_F_SEEN_NON_SYN;
 	/* a new entry, or one left by an earlier flow on this tuple through another frontend, or
 	 * one a new connection finds closed */
 	if (!rct || rct->rev_nat_index != rev_nat_index || rct->backend_id != backend_id ||
@@ -439,11 +443,22 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 		rev.flags = rflags;
 		rev.src_sec_id = src_identity;
 		ct_refresh_at(&rev, 0, 0, 0, now, CT_TRACE_SKIP);
-		if (pkt.proto == IPPROTO_TCP)
-			rev.lifetime = now + CT_CONNECTION_LIFETIME_TCP;
+		/* TCP: the flow's lifetime, not the established one for a SYN (a SYN flood's reply
+		 * entries go after CT_SYN_TIMEOUT, as Cilium's) */
+		if (pkt.proto == IPPROTO_TCP) {
+			rev.flags |= seen;
+			rev.lifetime = now + (seen ? CT_CONNECTION_LIFETIME_TCP : CT_SYN_TIMEOUT);
+		}
 		ret = ct_create(&reply, &rev);
 		if (ret < 0)
 			return ret;
+	} else if (seen && !(rct->flags & (CT_F_SEEN_NON_SYN | CT_F_RX_CLOSING |
+					   CT_F_TX_CLOSING))) {
+		/* the client's first packet without SYN establishes the reply entry too: an idle
+		 * connection whose backend sent only its SYN-ACK keeps it (a CPU refreshing it at
+		 * this moment may overwrite these flags; its next reply sets them again) */
+		rct->flags |= CT_F_SEEN_NON_SYN;
+		rct->lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 	}
 	*out = backend;
 	*loopback_out = loopback;

@@ -179,6 +179,39 @@ def test_terminating_backend_finishes_flows_but_gets_no_new_ones(maps, from_cont
     assert Ether(run(from_container, to_vip(sport=45000)).data)[IP].dst == P.POD_C_IP
 
 
+def test_reply_entry_has_the_syn_lifetime_until_the_clients_ack(maps, from_container):
+    """A SYN's service and reply entries live 60 s (a SYN flood holds no conntrack state
+    longer); the backend's SYN-ACK keeps 60 s; the client's ACK establishes both, the reply
+    entry too though only the SYN-ACK passed it (an idle connection keeps its reverse NAT)."""
+    add_service(maps, [(1, P.POD_B_IP, BPORT)])
+
+    def entries():
+        return (ct(maps, "cilium_ct4_global", VIP, P.POD_A_IP, VPORT, 44100, 6,
+                   abi.TUPLE_F_SERVICE),
+                ct(maps, "cilium_ct4_global", P.POD_A_IP, P.POD_B_IP, 44100, BPORT, 6,
+                   abi.TUPLE_F_IN))
+
+    def syn(e):
+        return 55 <= e.lifetime - time.monotonic() <= abi.CT_SYN_TIMEOUT + 1 and \
+            not e.flags & abi.CT_F_SEEN_NON_SYN
+
+    def established(e):
+        return e.lifetime - time.monotonic() > abi.CT_CONNECTION_LIFETIME_TCP - 10 and \
+            bool(e.flags & abi.CT_F_SEEN_NON_SYN)
+
+    run(from_container, to_vip(sport=44100))
+    assert all(map(syn, entries()))
+    sender(maps, P.POD_B_IP)
+    synack = Ether(bytes(Ether(src=P.POD_B_MAC, dst=P.LXC_B_MAC)
+                         / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64)
+                         / TCP(sport=BPORT, dport=44100, flags="SA", seq=5, ack=2)))
+    assert run(from_container, synack).retval == abi.CTX_ACT_REDIRECT
+    assert all(map(syn, entries()))
+    sender(maps, P.POD_A_IP)
+    run(from_container, to_vip(sport=44100, flags="A"))
+    assert all(map(established, entries()))
+
+
 def test_fin_closes_the_entry(maps, from_container):
     add_service(maps, [(1, P.POD_B_IP, BPORT)])
     run(from_container, to_vip(sport=47000))
@@ -266,11 +299,17 @@ def test_conntrack_gc_deletes_only_expired_entries(maps, from_container):
     run(from_container, to_vip(sport=49001, proto="udp"))      # UDP: four more
     now = time.monotonic()
     assert ctgc.collect(maps, now) == {"TCP": (4, 0), "non-TCP": (4, 0)}
-    # past the SYN and non-TCP lifetimes, before the reply's 8000 s: only those go
-    assert ctgc.collect(maps, now + 120) == {"TCP": (1, 3), "non-TCP": (0, 4)}
-    assert ctgc.collect(maps, now + abi.CT_CONNECTION_LIFETIME_TCP + 5) == \
-        {"TCP": (0, 1), "non-TCP": (0, 0)}
+    # past the SYN and non-TCP lifetimes: a SYN's reply entry goes with the rest (a half-open
+    # flow holds nothing longer than 60 s)
+    assert ctgc.collect(maps, now + 120) == {"TCP": (0, 4), "non-TCP": (0, 4)}
     assert len(maps["cilium_ct4_global"]) == 0
+    # an established flow's entries live on until the TCP lifetime
+    run(from_container, to_vip(sport=49002))
+    run(from_container, to_vip(sport=49002, flags="A"))
+    now = time.monotonic()
+    assert ctgc.collect(maps, now + 120) == {"TCP": (4, 0), "non-TCP": (0, 0)}
+    assert ctgc.collect(maps, now + abi.CT_CONNECTION_LIFETIME_TCP + 5) == \
+        {"TCP": (0, 4), "non-TCP": (0, 0)}
 
 
 def test_gc_interval_adapts_like_ciliums():

@@ -4,7 +4,8 @@ device, and for Maglev backend selection (lib/lb.h): a new NodePort flow to a lo
 host), the remote backend's reply (reverse SNAT + reverse DNAT), the local backend's reply
 leaving (reverse DNAT in to-netdev), an established flow, externalTrafficPolicy Local without
 a local backend, a ClusterIP from outside, two-scope frontends, and Maglev picking by the flow
-hash. Packets byte for byte."""
+hash, and a remote backend's flow lifetimes (SYN, established, closing, reopened; a SYN
+flood). Packets byte for byte."""
 from __future__ import annotations
 
 import time
@@ -126,6 +127,94 @@ def test_a_new_connection_on_a_closed_nodeport_tuple_reopens_its_nat_mapping(hos
     for _, e in nat.items():
         assert not e.flags & abi.NAT_F_CLOSING
         assert e.lifetime - time.monotonic() > abi.CT_CLOSE_TIMEOUT + 5
+
+
+def test_nodeport_flow_to_a_remote_backend_holds_its_state_60_s_until_the_clients_ack(
+        host, from_netdev):
+    """ext -> NodePort -> a backend on another node: the SYN gives the service and reply
+    conntrack entries and both NAT entries Cilium's SYN lifetime (60 s), the SYN-ACK keeps it,
+    the client's ACK establishes all four (8000 s), a FIN both ways closes them (10 s), and the
+    client's next connection on the tuple starts over as a SYN."""
+    from .test_nat import is_closing, is_established, is_syn, nat_pair
+    m = setup(host, masquerade=False)
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    sport = 51020
+    closing = abi.CT_F_RX_CLOSING | abi.CT_F_TX_CLOSING
+
+    def cts():
+        ct4 = m["cilium_ct4_global"]
+        ip = abi.ip4_to_be32
+        svc = ct4.get(abi.Ipv4CtTuple(daddr=ip(NODE_IP), saddr=ip(EXT), dport=abi.be16(NODE_PORT),
+                                      sport=abi.be16(sport), nexthdr=6,
+                                      flags=abi.TUPLE_F_SERVICE))
+        rep = ct4.get(abi.Ipv4CtTuple(daddr=ip(EXT), saddr=ip(REMOTE_POD), dport=abi.be16(sport),
+                                      sport=abi.be16(BPORT), nexthdr=6, flags=abi.TUPLE_F_IN))
+        assert rep.flags & abi.CT_F_NODEPORT
+        return svc, rep
+
+    def ct_left(e):
+        return e.lifetime - time.monotonic()
+
+    def ct_syn(e):
+        return 55 <= ct_left(e) <= abi.CT_SYN_TIMEOUT + 1 and \
+            not e.flags & (abi.CT_F_SEEN_NON_SYN | closing)
+
+    def ct_established(e):
+        return ct_left(e) > abi.CT_CONNECTION_LIFETIME_TCP - 10 and \
+            bool(e.flags & abi.CT_F_SEEN_NON_SYN)
+
+    def backend(flags):
+        return in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=nat_port, flags=flags), b"")
+
+    out = Ether(run(from_netdev, to_nodeport(sport=sport)).data)
+    nat_port = out[TCP].sport
+    assert (out[IP].src, out[IP].dst) == (NODE_IP, REMOTE_POD)
+    assert all(map(is_syn, nat_pair(m))) and all(map(ct_syn, cts()))
+    assert run(from_netdev, backend("SA")).retval == abi.CTX_ACT_OK
+    assert all(map(is_syn, nat_pair(m))) and all(map(ct_syn, cts()))
+    run(from_netdev, to_nodeport(sport=sport, flags="A"))
+    assert all(map(is_established, nat_pair(m))) and all(map(ct_established, cts()))
+    run(from_netdev, to_nodeport(sport=sport, flags="FA"))
+    run(from_netdev, backend("FA"))
+    assert all(map(is_closing, nat_pair(m)))
+    assert all(e.flags & closing == closing and ct_left(e) <= abi.CT_CLOSE_TIMEOUT + 1
+               for e in cts())
+    out = Ether(run(from_netdev, to_nodeport(sport=sport)).data)        # a new connection
+    assert (out[IP].src, out[TCP].sport, out[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
+    run(from_netdev, backend("SA"))
+    assert all(map(is_syn, nat_pair(m))) and all(map(ct_syn, cts()))
+
+
+def test_a_syn_flood_to_a_nodeport_holds_no_state_beyond_60_s(host, from_netdev):
+    """256 SYNs from random sources in 203.0.113.0/24 (no handshake) to a NodePort with a
+    remote backend: every conntrack and NAT entry they made has at most CT_SYN_TIMEOUT left, and
+    a real client's connection still gets through and establishes."""
+    import random
+    rnd = random.Random(12)
+    m = setup(host, masquerade=False)
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    for i in range(256):
+        src = f"203.0.113.{i}"
+        syn = in_pkt(src, NODE_IP, TCP(sport=rnd.randrange(1024, 65536), dport=NODE_PORT,
+                                       flags="S", seq=rnd.randrange(1 << 32)))
+        assert run(from_netdev, syn).retval == abi.CTX_ACT_OK
+    now = time.monotonic()
+    ct_left = [e.lifetime - now for _, e in m["cilium_ct4_global"].items()]
+    nat_left = [e.lifetime - now for _, e in m["cilium_snat_v4_external"].items()]
+    assert len(ct_left) == 2 * 256 and len(nat_left) == 2 * 256
+    assert max(ct_left + nat_left) <= abi.CT_SYN_TIMEOUT + 1
+    # a real client during the flood
+    out = Ether(run(from_netdev, to_nodeport(sport=51030)).data)
+    assert (out[IP].src, out[IP].dst) == (NODE_IP, REMOTE_POD)
+    run(from_netdev, in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=out[TCP].sport,
+                                                     flags="SA"), b""))
+    again = Ether(run(from_netdev, to_nodeport(sport=51030, flags="A")).data)
+    assert again[TCP].sport == out[TCP].sport
+    established = [e for _, e in m["cilium_snat_v4_external"].items()
+                   if e.lifetime - time.monotonic() > abi.CT_SYN_TIMEOUT + 1]
+    assert len(established) == 2                      # the real client's mapping alone
 
 
 MOCK_SET_TUNNEL_KEY = """

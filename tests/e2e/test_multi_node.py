@@ -19,7 +19,7 @@ from scapy.all import IP, UDP, VXLAN, bind_layers, rdpcap
 from agent.lab import _alive
 from agent.runtime import _bin
 from agent.topology import TOPOLOGIES
-from datapath import netns
+from datapath import abi, netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
 from .netpol import TCP80, PolicyLab, R, mismatches, render, write_atomic
@@ -1099,3 +1099,88 @@ def test_lab_monitor_shows_one_cross_node_request_in_order(cluster):
     got = syn_points(40601)
     assert in_order(got, [("k8s-ctr", out_point), ("k8s-w1", f"-> endpoint {web2_ep}")]), got
     assert not any(s.startswith("<-") for _, s in got), got      # medium: no from-* points
+
+
+# ext floods a NodePort with SYNs from random 203.0.113.0/24 sources (never ext's own .10 nor the
+# router's .254) and random ports, no handshake: a raw socket, bounded in count and time. Prints
+# "go" when it starts sending, then the sources it used, one a line, then "sent N".
+SYN_FLOOD = """
+import random, socket, sys, time
+from scapy.layers.inet import IP, TCP
+dst, port, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rnd = random.Random(seed)
+hosts = [h for h in range(1, 254) if h != 10]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+print("go", flush=True)
+sent, used, deadline = 0, set(), time.monotonic() + 30
+while sent < n and time.monotonic() < deadline:
+    src = f"203.0.113.{rnd.choice(hosts)}"
+    pkt = IP(src=src, dst=dst, ttl=64) / TCP(sport=rnd.randrange(1024, 65536), dport=port,
+                                             flags="S", seq=rnd.randrange(1 << 32), window=64240)
+    s.sendto(bytes(pkt), (dst, 0))
+    used.add(src)
+    sent += 1
+    if sent % 100 == 0:
+        time.sleep(0.2)             # some 400 a second for 5 s: ext's requests run meanwhile
+for src in sorted(used):
+    print(src)
+print("sent", sent, flush=True)
+"""
+
+
+def test_syn_flood_to_a_nodeport_holds_no_state_beyond_the_syn_lifetime(native):
+    """2,000 SYNs from random 203.0.113.0/24 sources to k8s-ctr's NodePort (backends on all
+    three nodes, so most flows are SNATed to a remote one): no conntrack or NAT entry they made,
+    on any node, has more than CT_SYN_TIMEOUT (60 s) to live, and ext's real requests to the
+    NodePort all succeed during and after the flood."""
+    path = _nodeport_service(native, "web-flood", 30086)
+    flood = None
+    try:
+        _wait_service(native, "web-flood")
+        node_ip = NODE_IPS["k8s-ctr"]
+        assert all("error" not in a for a in ext_ask(native, node_ip, 30086, n=3))
+        flood = subprocess.Popen(netns.cmd(native.ns("ext"), sys.executable, "-c", SYN_FLOOD,
+                                           node_ip, "30086", "2000", "12"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert flood.stdout.readline().strip() == "go"
+        during = ext_ask(native, node_ip, 30086, n=10)
+        out, err = flood.communicate(timeout=60)
+        assert flood.returncode == 0, err
+        lines = out.splitlines()
+        sources, sent = set(lines[:-1]), int(lines[-1].split()[1])
+        after = ext_ask(native, node_ip, 30086, n=10)
+        assert sent == 2000
+        failed = [a for a in during + after if "error" in a]
+        assert not failed, failed
+
+        def flood_src(tuple_text: str) -> bool:
+            return any(part.split(":")[0] in sources for part in tuple_text.split(" -> "))
+
+        # the flows' NAT mappings on k8s-ctr: their node ports towards each backend
+        nat = native.client("k8s-ctr").get("/v1/bpf/nat")
+        flood_nat = [e for e in nat if flood_src(e["tuple"]) or
+                     e["xlate"].split()[-1].split(":")[0] in sources]
+        snat_ports = {(e["tuple"].split(" -> ")[1].split(":")[0], e["xlate"].split(":")[-1])
+                      for e in flood_nat if e["direction"] == "OUT"}
+        ct_seen = []
+        for node in NODE_IPS:
+            for e in native.client(node).get("/v1/bpf/ct"):
+                src, dst = (p.rsplit(":", 1) for p in e["tuple"].split(" -> "))
+                snated = (src[0] == node_ip and (dst[0], src[1]) in snat_ports) or \
+                    (dst[0] == node_ip and (src[0], dst[1]) in snat_ports)
+                if flood_src(e["tuple"]) or (node != "k8s-ctr" and snated):
+                    ct_seen.append((node, e))
+        lifetimes = [e["expires_in"] for e in flood_nat] + [e["expires_in"] for _, e in ct_seen]
+        print(f"\nSYN flood: {sent} SYNs from {len(sources)} sources; NAT entries "
+              f"{len(flood_nat)} ({len(snat_ports)} remote-backend flows), CT entries "
+              f"{len(ct_seen)} on {len({n for n, _ in ct_seen})} nodes; max lifetime left "
+              f"{max(lifetimes)} s; ext requests during {len(during)}, after {len(after)}, "
+              f"failed {len(failed)}")
+        assert len(flood_nat) >= 2 * 500 and len(ct_seen) >= 2000
+        assert max(lifetimes) <= abi.CT_SYN_TIMEOUT, \
+            sorted(((e["expires_in"], e["tuple"]) for e in flood_nat), reverse=True)[:5]
+    finally:
+        if flood and flood.poll() is None:
+            flood.kill()
+            flood.wait(timeout=10)
+        path.unlink()

@@ -165,7 +165,7 @@ static __always_inline void send_drop_notify(struct __sk_buff *skb, __u8 reason,
 	cap = events_cap_len(len);
 	if (cap && bpf_skb_load_bytes(skb, 0, n->data, cap) == 0)
 		n->len_cap = cap;
-	self_id = trace_drop_source();          /* a policy's drop: its endpoint */
+	self_id = trace_drop_source(reason);    /* a policy's drop: its endpoint */
 	if (self_id < 0 && events_hook_is_lxc(hook)) {
 		self = lookup_ifindex_endpoint(skb->ifindex);
 		self_id = self ? self->lxc_id : 0;

@@ -33,7 +33,7 @@ static __always_inline int finish(struct __sk_buff *skb, __u32 len, int ret, __u
 				  __u8 hook)
 {
 	if (ret < 0) {
-		dir = trace_drop_dir(dir);      /* a policy's drop: its endpoint's direction */
+		dir = trace_drop_dir(dir, (__u8)-ret);  /* a policy's drop: its endpoint's */
 		update_metrics(len, dir, (__u8)-ret);
 		send_drop_notify(skb, (__u8)-ret, dir, hook);
 		return CTX_ACT_DROP;

@@ -3,7 +3,8 @@ an enforced direction allows and every packet it denies leave one policy_verdict
 deciding endpoint, the peer's identity, port, protocol, direction, match type, verdict, hook and
 the packet; an established flow, and a direction the endpoint does not enforce, leave none. A
 pod's ingress policy denying a packet from a pod on the same node is that pod's ingress drop
-(counted and reported so), although the sender's program carries it out."""
+(counted and reported so, counted so with the events compiled out too), although the sender's
+program carries it out; another drop right after it is the program's own again."""
 from __future__ import annotations
 
 import time
@@ -15,6 +16,7 @@ from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
 from .conftest import event_ring
+from .test_trace import _clean, lxc_off_obj  # noqa: F401 (a fixture)
 from .endpoints import add_pods_a_and_b
 
 IN, OUT = abi.POLICY_INGRESS, abi.POLICY_EGRESS
@@ -187,3 +189,16 @@ def test_to_container_ingress_verdict(pods, lxc, to_container):
           port=9090, proto=TCP_P, direction="ingress", match=abi.POLICY_MATCH_NONE,
           hook="to-container")
 
+
+def test_events_compiled_out_still_count_the_ingress_deny_as_ingress(lxc_off_obj):
+    from_container = _clean(lxc_off_obj, "cil_from_container")
+    m = open_maps(lxc_off_obj)
+    add_pods_a_and_b(m)
+    rule(m, P.EP_A, 0, OUT, enforced=False)
+    pkt = P.POD_A_TO_POD_B_TCP_SYN
+    assert run(from_container, pkt).retval == abi.CTX_ACT_DROP
+    assert run(from_container, P.SPOOFED_SRC_TO_POD_B).retval == abi.CTX_ACT_DROP
+    counted = metrics_totals(m["cilium_metrics"])
+    assert counted.get((abi.DROP_POLICY, abi.METRIC_INGRESS)) == (1, len(pkt))
+    assert counted.get((abi.DROP_INVALID_SIP, abi.METRIC_EGRESS))[0] == 1
+    assert event_ring(lxc_off_obj).poll(0) == []            # nothing sent

@@ -455,7 +455,7 @@ def runtime_sync(ctx, manifests, node, state_path):
 
 def _register_lab():
     from .connectivity.cli import connectivity
-    from .lab import lab
+    from .lab.cli import lab
     cli.add_command(lab)
     cli.add_command(connectivity)
 

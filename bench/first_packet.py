@@ -6,7 +6,7 @@ each N it builds kube-proxy's iptables-legacy, iptables-nft and nftables ruleset
 netns (a node netns, three backend pods, a client pod) and measures TCP connect() latency.
 
 Our side, the same sandbox shape, programmed the way a user runs datapath: a one-node lab
-(agent/lab.py, examples/topologies/single-node.yaml: node netns k8s-ctr running `datapath agent
+(agent/lab/lab.py, examples/topologies/single-node.yaml: node netns k8s-ctr running `datapath agent
 --config ...`, pods created through the CNI plugin) with a manifests directory holding
     curl-pod                       the client pod
     webpod-1..3                    three backend pods (datapath whoami, HTTP on :80), same node
@@ -249,7 +249,7 @@ def lb_map_max(n: int) -> int:
 def write_manifests(d: Path, n: int, per: int) -> str:
     """Pods (examples/lab, every one on k8s-ctr, without its webpod Service) and N services,
     the target last. Returns the target's VIP."""
-    from agent.lab import EXAMPLES
+    from agent.lab.lab import EXAMPLES
     for f in sorted(EXAMPLES.glob("*.yaml")):
         text = f.read_text()
         if "kind: Service" in text:
@@ -286,10 +286,10 @@ AGENT_WAIT = 900      # s: an agent parsing 20,000 services on a loaded 2-vCPU V
 
 
 def patient_lab(name: str):
-    """agent/lab.py's Lab, waiting up to AGENT_WAIT for the agent's API (its own wait is 180 s,
+    """agent/lab/lab.py's Lab, waiting up to AGENT_WAIT for the agent's API (its own wait is 180 s,
     too short for the largest N here on a loaded machine) before its own check."""
     from agent.api import Client
-    from agent.lab import Lab
+    from agent.lab.lab import Lab
     from datapath.errors import DatapathError
 
     class PatientLab(Lab):
@@ -307,7 +307,7 @@ def patient_lab(name: str):
 
 def measure_datapath(n: int, a, k: int, log) -> dict:
     from agent.api import Client
-    from agent.topology import TOPOLOGIES
+    from agent.lab.topology import TOPOLOGIES
     from datapath import netns
     per, map_max = FILLER_BACKENDS, lb_map_max(n)
     lab = patient_lab(f"fp{os.getpid() % 10000}-{k}")

@@ -32,7 +32,7 @@ if __package__ in (None, ""):          # run as a script: make the repo importab
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.api import Client            # noqa: E402
-from agent.lab import EXAMPLES, Lab     # noqa: E402
+from agent.lab.lab import EXAMPLES, Lab     # noqa: E402
 from datapath import netns              # noqa: E402
 
 SERVICE = "default/webpod"

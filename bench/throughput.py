@@ -2,7 +2,7 @@
 across nodes, in native and tunnel routing: datapath beside the same paths built from plain Linux
 routing with kube-proxy-style iptables rules, in one run, as ratios to the pod-IP limit.
 
-datapath: the lab (agent/lab.py) with the default topology's first two nodes (k8s-ctr and
+datapath: the lab (agent/lab/lab.py) with the default topology's first two nodes (k8s-ctr and
 k8s-w1 on one segment, etcd on k8s-ctr), once per routing mode (`routingMode` chosen as
 `datapath lab up --routing-mode` does). Its manifests: curl-pod (the client) and iperf-1 on
 k8s-ctr, iperf-2 on k8s-w1, each iperf pod running `iperf3 -s` as its command, and two ClusterIP services with one backend each
@@ -123,7 +123,7 @@ def write_manifests(d: Path) -> None:
 
 class DatapathSide:
     def __init__(self, routing: str, tag: str):
-        from agent.lab import Lab
+        from agent.lab.lab import Lab
         self.routing = routing
         self.lab = Lab(f"tp{tag}{routing[0]}")
         self.tmp = tempfile.TemporaryDirectory(prefix="dpbench-tp-")
@@ -211,7 +211,7 @@ class ReferenceSide:
         netns.ip(ns, "link", "set", "lo", "up")
 
     def _xdp_pass(self) -> str:
-        """The lab's pass-everything XDP program, pinned here (see agent/lab.py)."""
+        """The lab's pass-everything XDP program, pinned here (see agent/lab/lab.py)."""
         from bcc.libbcc import lib
         from datapath import build
         if not os.path.exists(self.pin):

@@ -25,7 +25,7 @@ def connectivity():
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def test(lab_name, pattern, keep, deadline, output):
     """Run the connectivity checks; exits 1 when any fails."""
-    from ..lab import Lab
+    from ..lab.lab import Lab
     from .runner import ConnectivityTest
     if pattern:
         try:
@@ -69,7 +69,7 @@ def test(lab_name, pattern, keep, deadline, output):
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def perf(lab_name, duration, keep, output):
     """TCP throughput (iperf3) and request/response latency on the lab's main paths."""
-    from ..lab import Lab
+    from ..lab.lab import Lab
     from .perf import ConnectivityPerf
     if not 0.5 <= duration <= 60:
         raise LabError(f"--duration {duration}: must be between 0.5 and 60 seconds")

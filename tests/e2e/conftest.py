@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.api import Client
-from agent.lab import EXAMPLES, Lab
-from agent.topology import TOPOLOGIES
+from agent.lab.lab import EXAMPLES, Lab
+from agent.lab.topology import TOPOLOGIES
 from datapath import netns
 
 

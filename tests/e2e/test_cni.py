@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from agent.cni import host_ifname
-from agent.lab import _bin
+from agent.runtime import _bin
 from datapath import netns
 
 

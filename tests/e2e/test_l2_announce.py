@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from agent.topology import TOPOLOGIES
+from agent.lab.topology import TOPOLOGIES
 
 from .conftest import built_lab, copy_manifests, wait_for
 

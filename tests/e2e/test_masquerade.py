@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from agent.topology import TOPOLOGIES
+from agent.lab.topology import TOPOLOGIES
 from datapath import netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from scapy.all import IP, UDP, VXLAN, bind_layers, rdpcap
 
-from agent.lab import _alive
+from agent.runtime import _alive
 from agent.runtime import _bin
-from agent.topology import TOPOLOGIES
+from agent.lab.topology import TOPOLOGIES
 from datapath import abi, netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for
@@ -896,7 +896,7 @@ def test_lab_prometheus_scrapes_every_agent_and_its_series_move(native):
     scrapes all three agents; the forward, drop and service series move with traffic and a new
     service; the seed's four queries and every dashboard query return data (a policy the
     webpods enforce gives the policy verdict panel its data)."""
-    from agent import promlab
+    from agent.lab import prometheus as promlab
     dp = _bin("datapath")
     name = native.lab.name
     up = subprocess.run([*dp, "lab", "up", "--name", name, "--prometheus"], capture_output=True,

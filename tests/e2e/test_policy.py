@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from agent.runtime import _bin
-from agent.topology import TOPOLOGIES
+from agent.lab.topology import TOPOLOGIES
 from datapath import netns
 
 from .conftest import built_lab, copy_manifests, promtool_clean, wait_for
@@ -748,7 +748,7 @@ def test_pod_created_under_a_policy_is_enforced_from_its_first_packet(np):
     allowed one would be refused before the server listens, answered after)."""
     import threading
     import time
-    from agent.lab import Lab
+    from agent.lab.lab import Lab
     h, lab = np.h, Lab(np.h.lab.name)
     pol = netpol("deny-fresh", "x", sel(pod="fresh"), types=["Ingress"])
     np.apply(pol)

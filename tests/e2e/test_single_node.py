@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agent.lab import _alive
+from agent.runtime import _alive
 from agent.runtime import _bin
 from datapath import attach, netns
 

@@ -73,7 +73,7 @@ def test_plan_on_one_node_without_hosts_skips_with_a_reason():
 
 
 def test_cli_refuses_a_bad_regex_and_a_lab_that_is_not_up(tmp_path, monkeypatch):
-    monkeypatch.setattr("agent.lab.LAB_ROOT", tmp_path)
+    monkeypatch.setattr("agent.lab.lab.LAB_ROOT", tmp_path)
     r = CliRunner().invoke(cli, ["connectivity", "test", "--name", "nolab", "--test", "("])
     assert r.exit_code != 0 and "not a regular expression" in r.output
     r = CliRunner().invoke(cli, ["connectivity", "test", "--name", "nolab"])

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from datapath import abi
 
 from agent import api
-from agent import lab as labmod
+from agent.lab import lab as labmod
 from agent.cli import cli
 from agent.config import parse_config
 from agent.metrics import AgentMetrics

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from datapath import abi
 
 from agent import api
-from agent import lab as labmod
+from agent.lab import lab as labmod
 from agent.cli import cli
 from agent.metrics import AgentMetrics
 from agent.monitor import MonitorSubsystem

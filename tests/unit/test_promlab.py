@@ -1,4 +1,4 @@
-"""The lab's Prometheus files (agent/promlab.py): the config and the recording rules pass
+"""The lab's Prometheus files (agent/lab/prometheus.py): the config and the recording rules pass
 promtool's own checks, the dashboard's queries parse, and a missing tool is one clear error.
 promtool comes with scripts/setup.sh (Debian's prometheus): these tests need it, never skip."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent import promlab
+from agent.lab import prometheus as promlab
 from datapath.errors import LabError
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana" / \

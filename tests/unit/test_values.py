@@ -1,12 +1,12 @@
-"""Helm-style lab values (agent/values.py) and their validation by `lab up` before anything is
-built (agent/lab.py), without root: a refused value leaves no lab behind."""
+"""Helm-style lab values (agent/lab/values.py) and their validation by `lab up` before anything is
+built (agent/lab/lab.py), without root: a refused value leaves no lab behind."""
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-import agent.lab as lab_mod
-from agent.values import check_lab_owned, flatten, load_values, merge, parse_set
+import agent.lab.lab as lab_mod
+from agent.lab.values import check_lab_owned, flatten, load_values, merge, parse_set
 from datapath.errors import ConfigError
 
 

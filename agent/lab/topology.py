@@ -18,7 +18,7 @@ import yaml
 
 from datapath.errors import LabError
 
-TOPOLOGIES = Path(__file__).resolve().parent.parent / "examples" / "topologies"
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "examples" / "topologies"
 DEFAULT_TOPOLOGY = TOPOLOGIES / "default.yaml"
 
 

@@ -3,7 +3,7 @@
 give the seed notes' four queries data.
 
 Owns: the server's config, rules and data (all under the lab's directory), its process, and the
-recording rules. agent/lab.py starts it on `up --prometheus` (and rewrites its targets on later
+recording rules. agent/lab/lab.py starts it on `up --prometheus` (and rewrites its targets on later
 ups: a SIGHUP reloads them) and stops it on `down`.
 
 The seed notes watch four series. Two are served under Cilium's names as they are
@@ -35,7 +35,7 @@ import yaml
 from datapath import netns
 from datapath.errors import LabError
 
-from .runtime import _alive, _kill, _pid, proc_ref, wait_http_ok
+from ..runtime import _alive, _kill, _pid, proc_ref, wait_http_ok
 
 PORT = 9090
 JOB = "datapath-agent"

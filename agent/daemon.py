@@ -26,7 +26,8 @@ from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
 from datapath.loader import NodeDatapath, lb_map_defines, monitor_defines
 
-from . import api, ctgc, inspect, l2announce, netdev, services
+from . import api, ctgc, inspect, netdev
+from .lb import l2announce, services
 from .cluster import ClusterSync
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint, next_endpoint_id

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from datapath import abi
 
-from . import gcpause, l2announce, netdev, services
+from . import gcpause, netdev
+from .lb import l2announce, services
 from .identity import RESERVED
 from .reconcile import TUNNEL_DEVICE, DatapathState
 from .reconciler import Reconciler, Section

@@ -3,7 +3,7 @@ maps, to apply one endpoint change at N services, and to run a reconcile that ch
 
 It runs the agent's own code path, phase by phase:
     parse   agent.manifests.load_manifests over YAML written to a temp directory
-    plan    agent.services.build (the whole service world, as the daemon rebuilds it each time)
+    plan    agent.lb.services.build (the whole service world, as the daemon rebuilds it each time)
     read    agent.reconcile.read_actual (what the pinned maps hold now)
     diff    agent.reconcile.plan (desired vs actual -> ordered ops)
     apply   agent.reconcile.apply against datapath.loader.NodeDatapath's maps
@@ -29,7 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):          # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import services                                    # noqa: E402
+from agent.lb import services                                    # noqa: E402
 from agent.manifests import load_manifests                    # noqa: E402
 from agent.reconcile import DatapathState, apply, plan, read_actual   # noqa: E402
 from datapath.loader import NodeDatapath                      # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from agent import maglev
+from agent.lb import maglev
 from datapath import abi, testrun
 from datapath.maps import metrics_totals
 

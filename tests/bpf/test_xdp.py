@@ -145,7 +145,7 @@ def test_everything_else_passes_untouched(xdp, xdp_entry, pkt):
 
 
 def test_maglev_in_xdp_picks_what_tc_picks(xdp, xdp_entry):
-    from agent import maglev
+    from agent.lb import maglev
     m = setup(xdp, masquerade=False)
     backends = [(1, P.POD_A_IP, BPORT), (2, P.POD_B_IP, BPORT)]
     frontend(m, backends, algo=abi.LB_ALGORITHM_MAGLEV)

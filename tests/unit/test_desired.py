@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from agent import services
+from agent.lb import services
 from agent.config import parse_config
 from agent.desired import DesiredBuilder, NodeFacts
 from agent.identity import RESERVED

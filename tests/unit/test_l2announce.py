@@ -1,4 +1,4 @@
-"""Unit tests for agent/l2announce.py: which services and addresses a node may announce, and the
+"""Unit tests for agent/lb/l2announce.py: which services and addresses a node may announce, and the
 per-service leader election through the kvstore (an in-memory etcd with leases)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from agent.l2announce import L2Announcer, matching_devices, node_labels, select
+from agent.lb.l2announce import L2Announcer, matching_devices, node_labels, select
 from agent.manifests import L2Policy, load_manifests
 from datapath.errors import KVStoreError
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from agent import maglev
+from agent.lb import maglev
 
 
 

@@ -1,4 +1,4 @@
-"""agent/services.py ServicePlanner: after any sequence of changes, the incremental planner holds
+"""agent/lb/services.py ServicePlanner: after any sequence of changes, the incremental planner holds
 exactly what a full build gives (same ids, byte for byte), and it rebuilds only the services a
 change touches."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from agent import services
+from agent.lb import services
 from agent.manifests import ManifestStore
 
 CIDR = "10.96.0.0/16"

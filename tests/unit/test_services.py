@@ -1,9 +1,9 @@
-"""agent/services.py: Services + pod addresses -> LB map contents (pure)."""
+"""agent/lb/services.py: Services + pod addresses -> LB map contents (pure)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent import services
+from agent.lb import services
 from agent.manifests import load_manifests
 from datapath import abi
 

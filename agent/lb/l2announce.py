@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 from datapath.errors import KVStoreError
 
 from . import services
-from .kvstore import L2_PREFIX, EtcdClient
+from ..kvstore import L2_PREFIX, EtcdClient
 
 log = logging.getLogger("datapath.l2announce")
 

@@ -19,7 +19,7 @@ frontends only this node's backends (a node without one has count 0: the datapat
 "Service backend not found"); internalTrafficPolicy Local does the same for pods' traffic.
 When the two sets differ a frontend carries both: scope EXT (from outside) and scope INT (from
 pods on this node), flagged SVC_FLAG2_TWO_SCOPES, as Cilium does. With loadBalancer.algorithm
-maglev each frontend also gets a lookup table (agent/maglev.py) replaced whole in one write.
+maglev each frontend also gets a lookup table (agent/lb/maglev.py) replaced whole in one write.
 
 API:
     IdTable(table)                          persistent ids: service(key) / backend(key), prune()

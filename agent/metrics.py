@@ -246,8 +246,11 @@ class HubbleMetrics:
         verdict = flow.get("verdict", "VERDICT_UNKNOWN")
         self.flows.labels(type_name, subtype, verdict).inc()
         if type_name == "PolicyVerdict":
-            # Hubble's policy handler; the packet is counted in drops and flags by its drop
-            # or trace event (Hubble counts a denied packet's verdict as a second drop)
+            # Hubble's policy handler (which leaves out the host: it may reach any local
+            # endpoint); the packet is counted in drops and flags by its drop or trace event
+            # (Hubble counts a denied packet's verdict as a second drop)
+            if (flow.get("source") or {}).get("identity") == abi.IDENTITY_HOST:
+                return
             match = abi.POLICY_MATCH_NAMES.get(int(flow.get("policy_match_type", 0)),
                                                "unknown").lower()
             self.policy_verdicts.labels(flow.get("traffic_direction", "").lower(), match,

@@ -377,11 +377,12 @@ def decode_policy_verdict(record: bytes) -> PolicyVerdictEvent | None:
         bytes(record[:_VERDICT_SIZE]).ljust(_VERDICT_SIZE, b"\0"))
     cap = min(n.len_cap, abi.TRACE_PAYLOAD_LEN, len(record) - _VERDICT_HDR)
     match = (n.flags & abi.POLICY_VERDICT_MATCH_MASK) >> abi.POLICY_VERDICT_MATCH_SHIFT
-    egress = n.flags & abi.POLICY_VERDICT_DIR_MASK == abi.POLICY_VERDICT_DIR_EGRESS
+    # Cilium's IsTrafficIngress: ingress only when the bits say so, egress otherwise
+    ingress = n.flags & abi.POLICY_VERDICT_DIR_MASK == abi.POLICY_VERDICT_DIR_INGRESS
     return PolicyVerdictEvent(
         type=n.type, source=n.source, hash=n.hash, len_orig=n.len_orig,
         remote_identity=n.remote_label, verdict=n.verdict, dst_port=n.dst_port, proto=n.proto,
-        direction="egress" if egress else "ingress", match_type=match,
+        direction="ingress" if ingress else "egress", match_type=match,
         match_name=abi.POLICY_MATCH_NAMES.get(match, "unknown"),
         audited=bool(n.flags & abi.POLICY_VERDICT_F_AUDITED), auth_type=n.auth_type,
         hook=abi.EVENT_HOOK_NAMES.get(n.hook, f"hook {n.hook}"), ktime_ns=n.ktime_ns,

@@ -93,6 +93,8 @@ TRACE_REASON_STATES = {0: "new", 1: "established", 2: "reply", 3: "related", 4: 
 TRACE_REASON_ENUM = {0: "TRACE_REASON_UNKNOWN", 1: "NEW", 2: "ESTABLISHED", 3: "REPLY",
                      4: "RELATED", 5: "REOPENED", 6: "SRV6_ENCAP", 7: "SRV6_DECAP",
                      8: "ENCRYPT_OVERLAY"}
+# Cilium's policy.AuthType strings (a policy verdict's auth_type)
+AUTH_TYPE_NAMES = {0: "disabled", 1: "spire", 2: "test-always-fail"}
 TRAFFIC_DIRECTIONS = {abi.METRIC_INGRESS: "INGRESS", abi.METRIC_EGRESS: "EGRESS"}
 # Cilium's BPF source file numbers (bpf/source_names_to_ids.h), for the monitor line
 BPF_FILE_NAMES = {1: "bpf_host.c", 2: "bpf_lxc.c", 3: "bpf_overlay.c", 4: "bpf_xdp.c"}
@@ -157,7 +159,9 @@ def _policy_verdict_record(ev, rec: dict) -> dict:
                 "remote_identity": remote, "verdict": int(ev.verdict),
                 "dst_port": int(ev.dst_port), "proto": int(ev.proto), "direction": direction,
                 "match_type": int(ev.match_type), "match": ev.match_name,
-                "audited": bool(ev.audited), "auth_type": int(ev.auth_type)})
+                "audited": bool(ev.audited), "auth_type": int(ev.auth_type),
+                "auth": AUTH_TYPE_NAMES.get(int(ev.auth_type),
+                                            f"Unknown-auth-type-{int(ev.auth_type)}")})
     rec["action"] = policy_action(rec)
     if rec["verdict"] < 0:
         rec["reason"] = -rec["verdict"]
@@ -292,8 +296,8 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
     elif trace:
         flow["verdict"] = "FORWARDED"
     elif verdict:
-        flow["verdict"] = "AUDIT" if rec["audited"] else \
-            "REDIRECTED" if rec["verdict"] > 0 else "FORWARDED"
+        flow["verdict"] = "REDIRECTED" if rec["verdict"] > 0 else \
+            "AUDIT" if rec["audited"] else "FORWARDED"
     if p.eth_src:
         flow["ethernet"] = {"source": p.eth_src, "destination": p.eth_dst}
     src_ip = dst_ip = None
@@ -317,8 +321,9 @@ def build_flow(rec: dict, view, node_name: str) -> dict:
     if l4:
         flow["l4"] = l4
     # the sending pod, when a from-container program reported it (a policy verdict names the
-    # endpoint that decided, which may be the receiver)
-    sender = rec["source"] if rec["hook"] == "from-container" and not verdict else 0
+    # endpoint that decided: the sender only for an egress verdict)
+    sender = rec["source"] if rec["hook"] == "from-container" and \
+        (not verdict or rec["direction"] == "EGRESS") else 0
     flow["source"] = _endpoint(src_ip, rec["src_identity"], view, sender)
     flow["destination"] = _endpoint(dst_ip, rec["dst_identity"], view)
     flow["Type"] = "L3_L4"

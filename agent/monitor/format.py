@@ -24,8 +24,9 @@ Monitor records as `cilium monitor` prints them (pkg/monitor/datapath_drop.go, _
         state new, interface lxc0a1b, , identity 256->257, orig-ip 0.0.0.0, to endpoint 123"
         (Cilium prefixes "CPU 01: "; one ring buffer here does not say which CPU), then one
         line a decoded layer
-        (a policy verdict: its line as above)
-    json: DropNotifyVerbose's / TraceNotifyVerbose's fields; a policy verdict's own
+        (a policy verdict: its one line, as Cilium prints it at every verbosity)
+    json: DropNotifyVerbose's / TraceNotifyVerbose's fields; a policy verdict's fields (Cilium
+        prints its text line there too)
 """
 from __future__ import annotations
 
@@ -109,6 +110,8 @@ def flow_verdict(flow: dict) -> str:
             return "ALLOWED"
         if v in ("DROPPED", "ERROR"):
             return "DENIED"
+        if v == "AUDIT":
+            return "AUDITED"
     return v
 
 
@@ -178,7 +181,7 @@ def policy_verdict_line(rec: dict, p: dissect.Packet) -> str:
     """PolicyVerdictNotify.DumpInfo (numeric identities)."""
     return (f"Policy verdict log: flow {rec['hash']:#x} local EP ID {rec['source']}, "
             f"remote ID {rec['remote_identity']}, proto {rec['proto']}, "
-            f"{rec['direction'].lower()}, action {rec['action']}, auth: disabled, "
+            f"{rec['direction'].lower()}, action {rec['action']}, auth: {rec['auth']}, "
             f"match {rec['match']}, {dissect.connection_summary(p)}")
 
 
@@ -206,8 +209,7 @@ def monitor_verbose(rec: dict) -> list[str]:
     (cilium monitor -v)."""
     data = bytes.fromhex(rec["data"])
     if rec["type_id"] == MESSAGE_TYPE_POLICY_VERDICT:
-        lines = [SEPARATOR, policy_verdict_line(rec, dissect.parse(data))]
-        return lines + (dissect.layer_lines(dissect.parse(data)) if data else [])
+        return [policy_verdict_line(rec, dissect.parse(data))]     # as Cilium: no more at -v
     if rec["type_id"] == MESSAGE_TYPE_TRACE:
         head = (f"MARK {rec['hash']:#x} FROM {rec['source']} {rec['obs_point']}: "
                 f"{rec['len_orig']} bytes ({len(data)} captured), state {rec['state']}")

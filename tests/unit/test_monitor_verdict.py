@@ -58,9 +58,7 @@ def test_allowed_ingress_verdict_is_a_forwarded_flow_of_the_new_connection():
     assert fmt.monitor_line(rec) == (
         f"Policy verdict log: flow 0x0 local EP ID 34, remote ID 256, proto 6, ingress, "
         f"action allow, auth: disabled, match L3-L4, {CURL}:40000 -> {WEB1}:80 tcp SYN")
-    verbose = fmt.monitor_verbose(rec)
-    assert verbose[0] == fmt.SEPARATOR and verbose[1] == fmt.monitor_line(rec)
-    assert any("TCP" in x for x in verbose[2:])
+    assert fmt.monitor_verbose(rec) == [fmt.monitor_line(rec)]    # Cilium: one line at -v
     j = json.loads(fmt.monitor_json(rec))
     assert (j["type"], j["action"], j["match"], j["direction"], j["remoteLabel"],
             j["dstPort"]) == ("policy-verdict", "allow", "L3-L4", "ingress", 256, 80)
@@ -85,6 +83,39 @@ def test_denied_egress_verdict_is_a_dropped_flow_with_its_reason():
     assert "action deny, auth: disabled, match none," in fmt.monitor_line(rec)
 
 
+def test_redirect_audit_auth_and_direction_bits_decode_as_cilium_does():
+    redirect, rec = flow_of(verdict_record(packet(), verdict=15001))       # a proxy port
+    assert redirect["verdict"] == "REDIRECTED" and fmt.flow_verdict(redirect) == "ALLOWED"
+    assert rec["action"] == "redirect"
+    raw = bytearray(verdict_record(packet()))
+    raw[abi.PolicyVerdictNotify.flags.offset] |= abi.POLICY_VERDICT_F_AUDITED
+    audited, rec = flow_of(bytes(raw))
+    assert audited["verdict"] == "AUDIT" and fmt.flow_verdict(audited) == "AUDITED"
+    assert rec["action"] == "audit"
+    raw = bytearray(verdict_record(packet()))
+    raw[abi.PolicyVerdictNotify.auth_type.offset] = 1
+    assert "auth: spire," in fmt.monitor_line(flow_of(bytes(raw))[1])
+    raw[abi.PolicyVerdictNotify.auth_type.offset] = 9
+    assert "auth: Unknown-auth-type-9," in fmt.monitor_line(flow_of(bytes(raw))[1])
+    for bits, direction in ((0, "EGRESS"), (1, "INGRESS"), (2, "EGRESS"), (3, "EGRESS")):
+        raw = bytearray(verdict_record(packet()))
+        raw[abi.PolicyVerdictNotify.flags.offset] = \
+            (raw[abi.PolicyVerdictNotify.flags.offset] & ~abi.POLICY_VERDICT_DIR_MASK) | bits
+        assert flow_of(bytes(raw))[0]["traffic_direction"] == direction, bits
+
+
+def test_sender_names_the_source_only_for_an_egress_verdict():
+    """A from-container program's verdict with a source address nobody knows: an ingress
+    verdict names the receiving endpoint, not the sender, so the source stays unnamed; an
+    egress one names the sending pod (the deciding endpoint is the sender)."""
+    pkt = packet(src="172.20.0.99")
+    ing, _ = flow_of(verdict_record(pkt, source=34, hook=abi.EVENT_HOOK_FROM_CONTAINER))
+    assert "pod_name" not in ing["source"]
+    eg, _ = flow_of(verdict_record(pkt, source=12, hook=abi.EVENT_HOOK_FROM_CONTAINER,
+                                   direction=abi.POLICY_VERDICT_DIR_EGRESS))
+    assert eg["source"]["pod_name"] == "curl-pod"
+
+
 def test_type_filter_and_verdict_filter_select_policy_verdicts():
     v_flow, v_rec = flow_of(verdict_record(packet(), verdict=-abi.DROP_POLICY_DENY))
     d_flow, d_rec = flow_of(drop_record(packet()))
@@ -106,7 +137,10 @@ def test_policy_verdicts_metric_counts_once_per_verdict():
                    verdict_record(packet(), verdict=-abi.DROP_POLICY,
                                   match=abi.POLICY_MATCH_NONE),
                    verdict_record(packet(), direction=abi.POLICY_VERDICT_DIR_EGRESS,
-                                  match=abi.POLICY_MATCH_ALL)):
+                                  match=abi.POLICY_MATCH_ALL),
+                   # the host reaching a local endpoint: not counted, as Hubble's handler
+                   verdict_record(packet(src="172.20.0.1"), remote=abi.IDENTITY_HOST,
+                                  match=abi.POLICY_MATCH_L3_ONLY)):
         flow, rec = flow_of(record)
         m.flow(*metric_labels(rec), flow)
     text = generate_latest(registry).decode()
@@ -116,7 +150,8 @@ def test_policy_verdicts_metric_counts_once_per_verdict():
            'match="none"} 1.0' in text
     assert 'hubble_policy_verdicts_total{action="forwarded",direction="egress",' \
            'match="all"} 1.0' in text
+    assert 'match="l3-only"' not in text
     assert 'hubble_flows_processed_total{subtype="",type="PolicyVerdict",' \
-           'verdict="FORWARDED"} 3.0' in text
+           'verdict="FORWARDED"} 4.0' in text
     # the packets themselves are counted by their drop and trace events
     assert "hubble_drop_total{" not in text and "hubble_tcp_flags_total{" not in text

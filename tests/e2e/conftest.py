@@ -1,4 +1,6 @@
-"""A lab per test session, uniquely named, torn down even when tests fail."""
+"""The e2e labs' plumbing: `built_lab` (uniquely named, torn down even when tests fail) and the
+single-node `lab` shared by every module that asks for it (one per session: building one costs
+~40 s), with the collection order that keeps its users together and its tear-down test last."""
 from __future__ import annotations
 
 import contextlib
@@ -123,11 +125,41 @@ def built_lab(name: str, manifests: Path, topology: str, routing_mode: str | Non
         lab.down()
 
 
-@pytest.fixture(scope="module")
-def lab(privileged, tmp_path_factory, request):
-    """The foundation's lab (one per test module): one node, every pod on it, no kvstore."""
+LAB_TEARDOWN = "tears_down_lab"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"{LAB_TEARDOWN}: takes the shared single-node `lab` down (runs after every "
+                   "other test that uses it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules that use the shared `lab` run one after another (where the first of them
+    stood), so the lab lives no longer than they need it, and a test marked tears_down_lab runs
+    after all of them. Whole modules move, so module-scoped fixtures are still built once."""
+    def module(item):
+        return item.nodeid.split("::")[0]
+
+    users = {module(i) for i in items if "lab" in getattr(i, "fixturenames", ())}
+    if not users:
+        return
+    first = next(n for n, i in enumerate(items) if module(i) in users)
+    group = [i for i in items if module(i) in users]
+    group = [i for i in group if not i.get_closest_marker(LAB_TEARDOWN)] + \
+        [i for i in group if i.get_closest_marker(LAB_TEARDOWN)]
+    rest = [i for i in items if module(i) not in users]
+    items[:] = rest[:first] + group + rest[first:]
+
+
+@pytest.fixture(scope="session")
+def lab(privileged, tmp_path_factory):
+    """The foundation's lab: one node, every pod on it, no kvstore. One per session, shared by
+    test_cni, test_observe, test_single_node and test_trace: a test that changes it puts it back
+    as it found it (in a finally), and a test that reads flows or counters filters by its own
+    pods, ports or sequence numbers. test_single_node's test_lab_down_leaves_nothing takes it
+    down, last (pytest_collection_modifyitems); down again here is a no-op then."""
     mdir = copy_manifests(tmp_path_factory.mktemp("manifests"), node="k8s-ctr")
-    tag = abs(hash(request.module.__name__)) % 100
-    with built_lab(f"t{os.getpid() % 10000}{tag}", mdir,
+    with built_lab(f"t{os.getpid() % 10000}s", mdir,
                    str(TOPOLOGIES / "single-node.yaml")) as handle:
         yield handle

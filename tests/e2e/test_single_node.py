@@ -1,6 +1,8 @@
 """End to end on one node: pods talk through our datapath with real sockets, delivery bypasses the
 node's IP stack, manifests drive endpoints, metrics move, restarts keep connections, bad config is
-rejected. Ordered: the last test tears the lab down and checks nothing is left."""
+rejected. The lab is the session's shared single-node `lab` (conftest): every test that changes it
+puts it back. Ordered: the last test tears the lab down and checks nothing is left; it is marked
+tears_down_lab, so it runs after every other module that uses the lab too."""
 from __future__ import annotations
 
 import json
@@ -384,6 +386,7 @@ def test_cleanup_removes_what_we_installed_and_agent_rebuilds(lab):
     assert "Hostname: webpod-1" in curl(lab, "curl-pod", lab.pod_ip("webpod-1")).stdout
 
 
+@pytest.mark.tears_down_lab
 def test_lab_down_leaves_nothing(lab):
     st = lab.lab.load()
     pids = [n["agent_pid"] for n in st["nodes"].values()] + [p["pid"] for p in st["pods"].values()]

@@ -451,29 +451,6 @@ def test_conntrack_and_lb_tables_are_visible_and_gc_runs(native):
     assert adds and float(adds[0].split()[-1]) >= 1
 
 
-def test_lab_down_leaves_nothing(privileged, tmp_path):
-    """A lab of its own (never a shared fixture): three nodes, etcd, Prometheus, router, host,
-    one pod."""
-    mdir = copy_manifests(tmp_path)
-    for f in mdir.glob("webpod-*.yaml"):
-        f.unlink()
-    with built_lab(_name("d"), mdir, str(TOPOLOGIES / "default.yaml"), "tunnel") as lab:
-        st = lab.lab.up(prometheus=True)
-        procs = [n["agent_pid"] for n in st["nodes"].values()] + \
-            [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"], st["prometheus"]["pid"]]
-        assert all(_alive(p) for p in procs)
-        names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
-                 + list(st["others"].values())] + [lab.lab.segment_ns]
-        etcd_data = st["etcd"]["data"]
-        assert os.path.exists(etcd_data)
-        lab.lab.down()
-        assert not any(_alive(p) for p in procs)
-        assert not set(names) & set(netns.list_names())
-        assert not os.path.exists(etcd_data) and not lab.lab.dir.exists()
-        assert str(lab.lab.bpffs) not in open("/proc/mounts").read()
-        assert lab.lab.down() == ["nothing to remove"]
-
-
 UDP_ASK = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
@@ -1184,3 +1161,24 @@ def test_syn_flood_to_a_nodeport_holds_no_state_beyond_the_syn_lifetime(native):
             flood.kill()
             flood.wait(timeout=10)
         path.unlink()
+
+
+def test_lab_down_leaves_nothing(tunnel):
+    """Last in this file, on purpose: it takes the module's tunnel lab down (no lab is built for
+    it), after every other test that uses it. Three nodes, etcd, Prometheus (started here),
+    router, host, the pods and whatever the tests before left behind: nothing may remain."""
+    lab = tunnel
+    st = lab.lab.up(prometheus=True)
+    procs = [n["agent_pid"] for n in st["nodes"].values()] + \
+        [p["pid"] for p in st["pods"].values()] + [st["etcd"]["pid"], st["prometheus"]["pid"]]
+    assert all(_alive(p) for p in procs)
+    names = [r["netns"] for r in list(st["nodes"].values()) + list(st["pods"].values())
+             + list(st["others"].values())] + [lab.lab.segment_ns]
+    etcd_data = st["etcd"]["data"]
+    assert os.path.exists(etcd_data)
+    lab.lab.down()
+    assert not any(_alive(p) for p in procs)
+    assert not set(names) & set(netns.list_names())
+    assert not os.path.exists(etcd_data) and not lab.lab.dir.exists()
+    assert str(lab.lab.bpffs) not in open("/proc/mounts").read()
+    assert lab.lab.down() == ["nothing to remove"]

@@ -1,6 +1,7 @@
 """The e2e labs' plumbing: `built_lab` (uniquely named, torn down even when tests fail) and the
-single-node `lab` shared by every module that asks for it (one per session: building one costs
-~40 s), with the collection order that keeps its users together and its tear-down test last."""
+labs shared by every module that asks for them, one per session (building one costs ~40 s on one
+node, ~100 s on three): the single-node `lab` (its users run together, its tear-down test last)
+and the three-node `native` lab (down after the last module that uses it)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,9 @@ from agent.api import Client
 from agent.lab.lab import EXAMPLES, Lab
 from agent.lab.topology import TOPOLOGIES
 from datapath import netns
+
+
+NATIVE_LB = {"algorithm": "maglev", "acceleration": "native"}     # the `native` lab's
 
 
 class LabHandle:
@@ -152,6 +156,35 @@ def pytest_collection_modifyitems(config, items):
     items[:] = rest[:first] + group + rest[first:]
 
 
+# A session lab other than `lab` goes down right after the last test of the last module that
+# uses it (a module, not a test: a test may reach it through request.getfixturevalue), so the
+# tests after it do not share the machine with an idle lab.
+_SESSION_LABS = ("native",)
+_up: dict[str, LabHandle] = {}          # fixture name -> its lab, while up
+_down_after: dict[str, str] = {}        # test nodeid -> the fixture whose lab goes down after it
+
+
+def pytest_collection_finish(session):
+    def module(item):
+        return item.nodeid.split("::")[0]
+
+    for name in _SESSION_LABS:
+        mods = {module(i) for i in session.items if name in getattr(i, "fixturenames", ())}
+        last = [i for i in session.items if module(i) in mods]
+        if last:
+            _down_after[last[-1].nodeid] = name
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        name = _down_after.get(item.nodeid)
+        if name in _up:
+            _up.pop(name).lab.down()
+
+
 @pytest.fixture(scope="session")
 def lab(privileged, tmp_path_factory):
     """The foundation's lab: one node, every pod on it, no kvstore. One per session, shared by
@@ -163,3 +196,20 @@ def lab(privileged, tmp_path_factory):
     with built_lab(f"t{os.getpid() % 10000}s", mdir,
                    str(TOPOLOGIES / "single-node.yaml")) as handle:
         yield handle
+
+
+@pytest.fixture(scope="session")
+def native(privileged, tmp_path_factory):
+    """Three nodes and etcd in native routing, the example pods spread over them, Maglev and
+    XDP acceleration: test_multi_node's native lab, which test_policy's model runs on too (with
+    its own pods and the default load-balancer settings while it runs, then taken away
+    again). Down after the last module that uses it (pytest_runtest_teardown)."""
+    mdir = copy_manifests(tmp_path_factory.mktemp("m-native"))
+    # the native lab load-balances with Maglev and in XDP, the tunnel lab at random and in tc
+    with built_lab(f"m{os.getpid() % 10000}n", mdir, str(TOPOLOGIES / "default.yaml"), "native",
+                   {"loadBalancer": NATIVE_LB}) as h:
+        _up["native"] = h
+        try:
+            yield h
+        finally:
+            _up.pop("native", None)

@@ -2,7 +2,9 @@
 in both routing modes, VXLAN carrying the sender's identity, the cross-subnet topology, a node
 agent stopping and coming back, cluster-wide identity allocation under a race, masquerade (on in
 both labs: pods reach the outside with their node's address, pod-to-pod and pod-to-node traffic
-keeps the pod's), and teardown."""
+keeps the pod's), and teardown. The native lab is the session's (conftest `native`: test_policy
+runs on it too); the tunnel lab is this module's, and the last test takes it down.
+Every test that changes a lab puts it back as it found it."""
 from __future__ import annotations
 
 import json
@@ -32,15 +34,6 @@ WEB = ["webpod-1", "webpod-2", "webpod-3"]
 
 def _name(tag: str) -> str:
     return f"m{os.getpid() % 10000}{tag}"
-
-
-@pytest.fixture(scope="module")
-def native(privileged, tmp_path_factory):
-    mdir = copy_manifests(tmp_path_factory.mktemp("m-native"))
-    # the native lab load-balances with Maglev and in XDP, the tunnel lab at random and in tc
-    with built_lab(_name("n"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
-                   {"loadBalancer": {"algorithm": "maglev", "acceleration": "native"}}) as h:
-        yield h
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Identity policy end to end (issue 9) on one three-node lab (native routing, etcd) shared by
-every case: the Kubernetes NetworkPolicy truth-table model (namespaces x, y, z; pods a, b, c;
+"""Identity policy end to end (issue 9) on one three-node lab (native routing, etcd: the session's
+`native` lab of conftest, the model added to it for this module) shared by every case: the Kubernetes NetworkPolicy truth-table model (namespaces x, y, z; pods a, b, c;
 TCP and UDP on 80 and 81; every pair probed from inside the pods), CiliumNetworkPolicy and
 CiliumClusterwideNetworkPolicy cases with the seed lab's pods beside them, stateful behaviour of
 established flows, and what the CLI, the metrics and the error reporting show.
@@ -10,7 +10,6 @@ each case removes what it wrote and waits for full reachability again before the
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,10 +19,9 @@ import pytest
 import yaml
 
 from agent.runtime import _bin
-from agent.lab.topology import TOPOLOGIES
 from datapath import netns
 
-from .conftest import built_lab, copy_manifests, promtool_clean, wait_for
+from .conftest import NATIVE_LB, promtool_clean, wait_for
 from .netpol import (ALL, ECHO_PORT, EXT, EXT2, EXT_SERVER, NODES, PROBE, TCP80, TCP81, UDP80,
                      UDP81, TRACE, PolicyLab, R, ccnp, cnp, expr, file_name, netpol,
                      pod_manifest, sel, sel_of, write_atomic, write_model)
@@ -41,13 +39,25 @@ spec:
 """
 
 
+def _xdp_on_every_node(h, attached: bool) -> bool:
+    return all(("prog/xdp" in h.run(n, "ip", "link", "show", "dev", "eth1").stdout) == attached
+               for n in NODES)
+
+
 @pytest.fixture(scope="module")
-def plab(privileged, tmp_path_factory):
-    mdir = copy_manifests(tmp_path_factory.mktemp("netpol"))     # curl-pod, webpod-1..3, service
-    write_model(mdir)                                            # x, y, z with a, b, c
-    (mdir / "webpod-np.yaml").write_text(NODEPORT)               # ext -> webpod-1, client kept
-    with built_lab(f"np{os.getpid() % 10000}", mdir, str(TOPOLOGIES / "default.yaml"),
-                   "native") as h:
+def plab(native):
+    """The model on the session's native lab (conftest), which test_multi_node uses too: its
+    namespaces, pods and NodePort service written into the lab's manifests and created by
+    `lab up`, with the load balancer at its defaults (random, no XDP) as on a lab of its own;
+    all of it taken away again afterwards, the lab's Maglev and XDP back."""
+    h = native
+    before = set(h.manifests.iterdir())
+    write_model(h.manifests)                                     # x, y, z with a, b, c
+    (h.manifests / "webpod-np.yaml").write_text(NODEPORT)       # ext -> webpod-1, client kept
+    added = set(h.manifests.iterdir()) - before
+    try:
+        h.lab.up(values={"loadBalancer": None})
+        wait_for(lambda: _xdp_on_every_node(h, False), timeout=30, what="XDP detached")
         h.run("ext", "ip", "addr", "add", f"{EXT2}/24", "dev", "eth1")
         srv = subprocess.Popen(netns.cmd(h.ns("ext"), sys.executable, "-c", EXT_SERVER),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -57,6 +67,12 @@ def plab(privileged, tmp_path_factory):
         finally:
             srv.kill()
             srv.wait(timeout=10)
+            h.run("ext", "ip", "addr", "del", f"{EXT2}/24", "dev", "eth1", check=False)
+    finally:
+        for f in added:
+            f.unlink(missing_ok=True)
+        h.lab.up(values={"loadBalancer": NATIVE_LB})            # the model's pods go again
+        wait_for(lambda: _xdp_on_every_node(h, True), timeout=30, what="XDP attached again")
 
 
 def baseline(lab: PolicyLab, what: str) -> None:

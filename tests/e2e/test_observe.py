@@ -68,6 +68,7 @@ class Follower:
         self.p = subprocess.Popen([*_bin("datapath"), "--socket", sock, *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []           # every line wait/poll has read
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
 
@@ -83,8 +84,16 @@ class Follower:
 
     def wait(self, pred, timeout: float = 10):
         """The first line pred accepts, with the time it was read."""
+        got = self.poll(pred, timeout)
+        if got is None:
+            raise AssertionError(f"no matching line within {timeout}s; got {self.seen!r}; "
+                                 f"stderr: {self.stop()}")
+        return got
+
+    def poll(self, pred, timeout: float):
+        """As wait, but None when no line pred accepts came within timeout (the follower keeps
+        running)."""
         deadline = time.time() + timeout
-        seen = []
         while time.time() < deadline:
             try:
                 at, line = self.lines.get(timeout=0.1)
@@ -92,11 +101,10 @@ class Follower:
                 if self.p.poll() is not None and self.lines.empty():
                     break
                 continue
-            seen.append(line)
+            self.seen.append(line)
             if pred(line):
                 return at, line
-        raise AssertionError(f"no matching line within {timeout}s; got {seen!r}; stderr: "
-                             f"{self.stop()}")
+        return None
 
     def stop(self) -> str:
         if self.p.poll() is None:
@@ -123,9 +131,22 @@ def _observe_drop(lab, send, match, *filters: str) -> dict:
     f = Follower(lab, "observe", "--verdict", "DROPPED", "-f", "-o", "json", "--timeout", "30",
                  *filters)
     try:
-        time.sleep(0.5)             # the follower has asked for its starting point
-        send()
-        at, line = f.wait(lambda ln: match(json.loads(ln)["flow"]), timeout=15)
+        # `observe -f` starts from the moment it first asks the agent, which on a busy machine
+        # can be well after a fixed wait: what was sent before that is never printed. So send
+        # again every 2 s until the follower prints it (each send is a drop of its own, the
+        # same packet), for at most 15 s.
+        time.sleep(0.5)
+        deadline = time.time() + 15
+        while True:
+            send()
+            got = f.poll(lambda ln: match(json.loads(ln)["flow"]),
+                         timeout=max(0.1, min(2.0, deadline - time.time())))
+            if got is not None or time.time() >= deadline:
+                break
+        if got is None:
+            raise AssertionError(f"no matching line within 15 s; got {f.seen!r}; stderr: "
+                                 f"{f.stop()}")
+        at, line = got
     finally:
         f.stop()
     flow = json.loads(line)["flow"]

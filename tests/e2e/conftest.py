@@ -138,13 +138,15 @@ def pytest_configure(config):
                    "other test that uses it)")
 
 
+def _module(item) -> str:
+    return item.nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config, items):
     """The modules that use the shared `lab` run one after another (where the first of them
     stood), so the lab lives no longer than they need it, and a test marked tears_down_lab runs
     after all of them. Whole modules move, so module-scoped fixtures are still built once."""
-    def module(item):
-        return item.nodeid.split("::")[0]
-
+    module = _module
     users = {module(i) for i in items if "lab" in getattr(i, "fixturenames", ())}
     if not users:
         return
@@ -165,9 +167,8 @@ _down_after: dict[str, str] = {}        # test nodeid -> the fixture whose lab g
 
 
 def pytest_collection_finish(session):
-    def module(item):
-        return item.nodeid.split("::")[0]
-
+    module = _module
+    _down_after.clear()
     for name in _SESSION_LABS:
         mods = {module(i) for i in session.items if name in getattr(i, "fixturenames", ())}
         last = [i for i in session.items if module(i) in mods]

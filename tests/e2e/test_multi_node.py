@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from scapy.all import IP, UDP, VXLAN, bind_layers, rdpcap
 
-from agent.runtime import _alive
-from agent.runtime import _bin
 from agent.lab.topology import TOPOLOGIES
+from agent.runtime import _alive, _bin
 from datapath import abi, netns
 
 from .conftest import built_lab, copy_manifests, external_service, wait_for

@@ -1,4 +1,5 @@
-"""`datapath lab ...`: the lab's commands (up, down, status, observe, monitor, exec), thin over
+"""`datapath lab ...`: the lab's commands (up, down, status, observe, monitor, exec, and the
+operator's verbs `agent stop|start|restart|kill NODE` and `etcd stop|start`), thin over
 agent/lab/lab.py's Lab."""
 from __future__ import annotations
 
@@ -65,6 +66,47 @@ def down(lab_name):
     """Tear the lab down completely (idempotent)."""
     for line in Lab(lab_name).down():
         click.echo(line)
+
+
+@lab.group("agent")
+def lab_agent():
+    """Stop, start, restart or kill one node's agent (the datapath stays in place)."""
+
+
+def _agent_verb(verb: str, doc: str):
+    @lab_agent.command(verb, help=doc)
+    @name_opt
+    @click.argument("node")
+    def cmd(lab_name, node):
+        click.echo(getattr(Lab(lab_name), f"{verb}_agent")(node))
+    return cmd
+
+
+for _verb, _doc in (
+        ("stop", "SIGTERM NODE's agent and wait until it exits (SIGKILL after 30 s)."),
+        ("start", "Start NODE's agent as `lab up` does and wait until its API answers."),
+        ("restart", "Stop NODE's agent, then start it."),
+        ("kill", "SIGKILL NODE's agent: no shutdown of its own, as a crash.")):
+    _agent_verb(_verb, _doc)
+
+
+@lab.group("etcd")
+def lab_etcd():
+    """Stop or start the lab's etcd (on the topology's etcd node)."""
+
+
+@lab_etcd.command("stop")
+@name_opt
+def etcd_stop(lab_name):
+    """SIGTERM etcd and wait until it exits; the agents keep their last cluster view."""
+    click.echo(Lab(lab_name).stop_etcd())
+
+
+@lab_etcd.command("start")
+@name_opt
+def etcd_start(lab_name):
+    """Start etcd again on its data and wait until it is healthy."""
+    click.echo(Lab(lab_name).start_etcd())
 
 
 @lab.command("status")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from datapath.errors import DatapathError, LabError
 from ..api import Client
 from ..config import RESTART_KEYS, changed_keys, parse_config
 from ..manifests import load_manifests
-from ..runtime import PodRuntime, _alive, _bin, _kill, proc_ref, wait_http_ok
+from ..runtime import PodRuntime, _alive, _bin, _kill, _pid, _reap, proc_ref, wait_http_ok
 from . import prometheus as promlab
 from .topology import Topology, load_topology
 from .values import check_lab_owned, flatten, merge
@@ -248,27 +249,31 @@ class Lab:
 
     def _etcd(self, topo: Topology, have: dict | None) -> dict:
         node = next(n for n in topo.nodes if n.name == topo.etcd)
-        ns = self.node_ns(node.name)
         rec = dict(have or {})
-        url = f"http://{node.ip}:{ETCD_PORT}"
-        rec.update({"node": node.name, "url": url, "log": str(self.dir / "etcd.log"),
+        rec.update({"node": node.name, "netns": self.node_ns(node.name),
+                    "url": f"http://{node.ip}:{ETCD_PORT}", "log": str(self.dir / "etcd.log"),
                     "data": str(self.dir / "etcd")})
+        return self._start_etcd(rec)
+
+    def _start_etcd(self, rec: dict) -> dict:
+        """Start etcd as its record says unless it runs; wait until it is healthy."""
+        ns, url, name = rec.get("netns") or self.node_ns(rec["node"]), rec["url"], rec["node"]
         if not _alive(rec.get("pid")):
             peer = "http://127.0.0.1:2380"
             with open(rec["log"], "ab") as log:
                 p = subprocess.Popen(netns.cmd(
-                    ns, "etcd", "--name", node.name, "--data-dir", rec["data"],
+                    ns, "etcd", "--name", name, "--data-dir", rec["data"],
                     "--listen-client-urls", f"{url},http://127.0.0.1:{ETCD_PORT}",
                     "--advertise-client-urls", url, "--listen-peer-urls", peer,
                     "--initial-advertise-peer-urls", peer,
-                    "--initial-cluster", f"{node.name}={peer}"),
+                    "--initial-cluster", f"{name}={peer}"),
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
             rec["pid"] = proc_ref(p.pid)
         if wait_http_ok(ns, f"{url}/health", rec["pid"]):
             return rec
         _kill(rec["pid"])
-        raise LabError(f"etcd on {node.name} did not become healthy; see {rec['log']}")
+        raise LabError(f"etcd on {name} did not become healthy; see {rec['log']}")
 
     def _config_path(self, node: str) -> Path:
         return self.dir / node / "config.yaml"
@@ -333,10 +338,6 @@ class Lab:
             return True                 # an unreadable old config: start afresh
         return bool(changed_keys(old_cfg, parse_config(new, path)) & RESTART_KEYS)
 
-    def start_agent(self, rec: dict) -> str:
-        """Start a node's agent and wait until its API answers; returns its process ref."""
-        return self._wait_agent(rec, self._spawn_agent(rec))
-
     def _spawn_agent(self, rec: dict) -> subprocess.Popen:
         with open(rec["log"], "ab") as log:
             return subprocess.Popen(netns.cmd(rec["netns"], *_bin("datapath"), "agent",
@@ -358,9 +359,91 @@ class Lab:
         _kill(proc_ref(p.pid))
         raise LabError(f"agent for {rec['netns']} did not answer within 180 s; see {rec['log']}")
 
-    def stop_agent(self, node: str) -> None:
-        """SIGTERM a node's agent and wait for it (the datapath stays, as in production)."""
-        _kill(self.load()["nodes"][node].get("agent_pid"), timeout=30)
+    # ---- operator verbs: one node's agent, the lab's etcd (`datapath lab agent|etcd ...`) ----
+    def _up_state(self) -> dict:
+        st = self.load()
+        if not st["nodes"]:
+            raise LabError(f"lab {self.name} is not up (run `datapath lab up` first)")
+        return st
+
+    def _node_rec(self, st: dict, node: str) -> dict:
+        if node not in st["nodes"]:
+            raise LabError(f"no node {node!r} in lab {self.name} "
+                           f"(nodes: {', '.join(sorted(st['nodes']))})")
+        return st["nodes"][node]
+
+    def start_agent(self, node: str) -> str:
+        """Start a node's agent as `up` does and wait until its API answers; a no-op when it
+        runs. Returns what was done, in one line."""
+        st = self._up_state()
+        rec = self._node_rec(st, node)
+        if _alive(rec.get("agent_pid")):
+            return f"agent on {node} already running (pid {_pid(rec['agent_pid'])})"
+        rec["agent_pid"] = None
+        proc = self._spawn_agent(rec)
+        rec["agent_pid"] = proc_ref(proc.pid)
+        self.save(st)                           # the pid is known before the wait
+        try:
+            self._wait_agent(rec, proc)
+        except LabError:
+            rec["agent_pid"] = None if not _alive(rec["agent_pid"]) else rec["agent_pid"]
+            self.save(st)
+            raise
+        return f"agent on {node} started (pid {proc.pid})"
+
+    def stop_agent(self, node: str, timeout: float = 30) -> str:
+        """SIGTERM a node's agent and wait for it to exit, SIGKILL after `timeout` s (the
+        datapath stays, as in production); a no-op when it is stopped."""
+        return self._signal_agent(node, signal.SIGTERM, timeout)
+
+    def kill_agent(self, node: str) -> str:
+        """SIGKILL a node's agent: no shutdown of its own, as a crash."""
+        return self._signal_agent(node, signal.SIGKILL, 0)
+
+    def restart_agent(self, node: str) -> str:
+        return f"{self.stop_agent(node)}; {self.start_agent(node)}"
+
+    def _signal_agent(self, node: str, sig: int, timeout: float) -> str:
+        st = self._up_state()
+        rec = self._node_rec(st, node)
+        ref = rec.get("agent_pid")
+        if not _alive(ref):
+            if ref:
+                rec["agent_pid"] = None
+                self.save(st)
+            return f"agent on {node} already stopped"
+        how = _stop(ref, sig, timeout)
+        rec["agent_pid"] = None
+        self.save(st)
+        return f"agent on {node} (pid {_pid(ref)}) {how}"
+
+    def _etcd_state(self) -> tuple[dict, dict]:
+        st = self._up_state()
+        if not st.get("etcd"):
+            raise LabError(f"lab {self.name} runs no etcd (its topology names no etcd node; "
+                           "the agents use embedded stores)")
+        return st, st["etcd"]
+
+    def start_etcd(self) -> str:
+        st, rec = self._etcd_state()
+        if _alive(rec.get("pid")):
+            return f"etcd on {rec['node']} already running (pid {_pid(rec['pid'])})"
+        rec["pid"] = None
+        try:
+            self._start_etcd(rec)
+        finally:
+            self.save(st)
+        return f"etcd on {rec['node']} started (pid {_pid(rec['pid'])})"
+
+    def stop_etcd(self, timeout: float = 30) -> str:
+        st, rec = self._etcd_state()
+        ref = rec.get("pid")
+        if not _alive(ref):
+            return f"etcd on {rec['node']} already stopped"
+        how = _stop(ref, signal.SIGTERM, timeout)
+        rec["pid"] = None
+        self.save(st)
+        return f"etcd on {rec['node']} (pid {_pid(ref)}) {how}"
 
     def runtime(self, st: dict, node: str) -> PodRuntime:
         rec = st["nodes"][node]
@@ -452,3 +535,31 @@ class Lab:
             return rec["netns"], st["nodes"][rec["node"]]["socket"]
         raise LabError(f"no node or pod {target!r} in lab {self.name} "
                        f"(nodes: {', '.join(sorted(st['nodes'])) or 'none'})")
+
+
+def _stop(ref: str, sig: int, timeout: float) -> str:
+    """Signal a process's group (it was started in a session of its own) and wait, bounded, until
+    it is gone; SIGTERM escalates to SIGKILL after `timeout` s. Returns what happened."""
+    pid = _pid(ref)
+    t0 = time.monotonic()
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        os.kill(pid, sig)
+    deadline = t0 + (timeout if sig == signal.SIGTERM else 5)
+    while time.monotonic() < deadline and _alive(ref):
+        time.sleep(0.05)
+    how = ("stopped" if sig == signal.SIGTERM else "killed") + \
+        f" in {time.monotonic() - t0:.1f} s"
+    if _alive(ref):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        while time.monotonic() < deadline + 5 and _alive(ref):
+            time.sleep(0.05)
+        how = f"did not exit within {timeout:g} s of SIGTERM: killed"
+    _reap(pid)
+    if _alive(ref):
+        raise LabError(f"process {pid} is still alive after SIGKILL")
+    return how

@@ -124,7 +124,8 @@ def lab_status(lab_name, output):
                    f"{n['agent']:<9}{n['metrics']}")
     for o in s["others"]:
         click.echo(f"{o['name']:<12}{o['netns']:<20}({o['role']})")
-    click.echo(f"\nrouting: {s['routingMode']}   etcd: {s['etcd'] or 'none (embedded stores)'}")
+    etcd = f"{s['etcd']} ({s['etcdProcess']})" if s["etcd"] else "none (embedded stores)"
+    click.echo(f"\nrouting: {s['routingMode']}   etcd: {etcd}")
     click.echo(f"manifests: {s['manifests']}")
     if s["prometheus"]:
         click.echo(f"prometheus: {s['prometheus']}")

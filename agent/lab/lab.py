@@ -504,6 +504,8 @@ class Lab:
         out = {"name": self.name, "manifests": st.get("manifests"),
                "topology": st.get("topology"), "routingMode": st.get("routingMode"),
                "etcd": (st["etcd"]["url"] if st.get("etcd") else None),
+               "etcdProcess": (("running" if _alive(st["etcd"].get("pid")) else "stopped")
+                               if st.get("etcd") else None),
                "prometheus": (st["prometheus"]["url"] if st.get("prometheus") else None),
                "values": dict(flatten(st.get("values", st.get("agentConfig") or {}))),
                "nodes": [], "pods": [],

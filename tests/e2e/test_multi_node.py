@@ -1160,13 +1160,14 @@ def test_syn_flood_to_a_nodeport_holds_no_state_beyond_the_syn_lifetime(native):
 
 # A bounded client loop of new connections: one HTTP/1.0 request per connection, `rate` a second,
 # to each of the hosts in turn, until `stopfile` exists or `limit` s have passed. Prints one JSON
-# line: requests, ok, failed (with when, where, and the error), resets among them.
+# line: requests, ok, failed (with when, where, and the error), resets among them, and the
+# requests that took 0.9 s or more (a lost SYN or segment retransmitted: lost, then recovered).
 CLIENT_LOOP = """
 import json, os, socket, sys, time
 hosts, port, rate, limit, stopfile = sys.argv[1].split(","), int(sys.argv[2]), \\
     float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 t0 = time.monotonic()
-n, ok, resets, failed = 0, 0, 0, []
+n, ok, resets, failed, slow = 0, 0, 0, [], []
 while time.monotonic() - t0 < limit and not os.path.exists(stopfile):
     host = hosts[n % len(hosts)]
     n += 1
@@ -1180,6 +1181,9 @@ while time.monotonic() - t0 < limit and not os.path.exists(stopfile):
         if not data.startswith(b"HTTP/1.") or b" 200 " not in data.split(b"\\r\\n", 1)[0]:
             raise OSError(f"bad answer {data[:40]!r}")
         ok += 1
+        if time.monotonic() - start >= 0.9:
+            slow.append({"at": round(start - t0, 2), "host": host, "sport": s.getsockname()[1],
+                         "took": round(time.monotonic() - start, 2)})
     except OSError as e:
         resets += isinstance(e, ConnectionResetError)
         failed.append({"at": round(start - t0, 2), "host": host, "sport": s.getsockname()[1],
@@ -1187,7 +1191,7 @@ while time.monotonic() - t0 < limit and not os.path.exists(stopfile):
     finally:
         s.close()
     time.sleep(max(0.0, n / rate - (time.monotonic() - t0)))
-print(json.dumps({"requests": n, "ok": ok, "failed": failed, "resets": resets,
+print(json.dumps({"requests": n, "ok": ok, "failed": failed, "resets": resets, "slow": slow,
                   "seconds": round(time.monotonic() - t0, 1)}), flush=True)
 """
 
@@ -1204,7 +1208,8 @@ def _agents_running(lab) -> dict[str, str]:
 def test_agent_restart_on_every_node_under_load(native, tmp_path):
     """Issue #12, scenario 1, bounded: new connections at ~20/s from curl-pod to the webpod
     ClusterIP and from ext to a NodePort (each node's IP in turn; backends on three nodes) while
-    `datapath lab agent restart` runs on each node, one after another, twice over (some 30 s).
+    `datapath lab agent restart` runs on each node, one after another, in 2 to 4 rounds (some
+    30 s).
     The verbs work (new pids, APIs answer, status says running) and every request is counted
     and printed."""
     path = _nodeport_service(native, "web-restart", 30087)
@@ -1224,12 +1229,15 @@ def test_agent_restart_on_every_node_under_load(native, tmp_path):
         time.sleep(3)
         before = {n: r["agent_pid"] for n, r in native.lab.load()["nodes"].items()}
         restarts = []
-        for node in [*NODE_IPS, *NODE_IPS]:
-            start = time.monotonic()
-            r = _lab_cli(native, "agent", "restart", node)
-            assert r.returncode == 0, r.stderr
-            restarts.append((node, round(start - t0, 1), round(time.monotonic() - t0, 1),
-                             r.stdout.strip()))
+        for round_ in range(4):            # every node in turn, rounds until some 30 s are done
+            if round_ >= 2 and time.monotonic() - t0 > 30:
+                break
+            for node in NODE_IPS:
+                start = time.monotonic()
+                r = _lab_cli(native, "agent", "restart", node)
+                assert r.returncode == 0, r.stderr
+                restarts.append((node, round(start - t0, 1), round(time.monotonic() - t0, 1),
+                                 r.stdout.strip()))
         time.sleep(3)
         stop.touch()
         results = {}
@@ -1243,10 +1251,11 @@ def test_agent_restart_on_every_node_under_load(native, tmp_path):
             print("  ", *row)
         for what, res in results.items():
             print(f"{what}: {res['requests']} requests in {res['seconds']} s, {res['ok']} ok, "
-                  f"{len(res['failed'])} failed, {res['resets']} reset")
-            for f in res["failed"]:
-                print("   failed:", f)
-        if any(res["failed"] for res in results.values()):
+                  f"{len(res['failed'])} failed, {res['resets']} reset, {len(res['slow'])} "
+                  "took 0.9 s or more")
+            for f in res["failed"] + res["slow"]:
+                print("   ", f)
+        if any(res["failed"] or res["slow"] for res in results.values()):
             drops = _lab_cli(native, "observe", "--verdict", "DROPPED", "--last", "50", timeout=60)
             print("lab observe --verdict DROPPED --last 50:\n" + drops.stdout + drops.stderr)
         # the verbs did what they say
@@ -1321,7 +1330,7 @@ def test_etcd_stop_keeps_forwarding_status_reports_kvstore_failing_start_recover
         r = _lab_cli(native, "etcd", "stop")
         assert r.returncode == 0 and "etcd on k8s-ctr" in r.stdout, r.stdout + r.stderr
         assert native.lab.load()["etcd"]["pid"] is None
-        assert "etcd: none" not in _lab_cli(native, "status").stdout
+        assert f"{native.lab.load()['etcd']['url']} (stopped)" in _lab_cli(native, "status").stdout
         seen = set()
         for _ in range(6):
             http = curl(native, "curl-pod", vip).stdout

@@ -95,6 +95,7 @@ def test_etcd_stop_then_start_of_a_running_etcd(fake):
     r = run("etcd", "stop", "--name", "tverbs")
     assert r.exit_code == 0 and "stopped in" in r.output and not _alive(ref)
     assert fake.load()["etcd"]["pid"] is None
+    assert fake.status()["etcdProcess"] == "stopped"
     r = run("etcd", "stop", "--name", "tverbs")
     assert r.output.strip() == "etcd on k8s-ctr already stopped"
 

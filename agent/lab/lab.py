@@ -379,14 +379,13 @@ class Lab:
         rec = self._node_rec(st, node)
         if _alive(rec.get("agent_pid")):
             return f"agent on {node} already running (pid {_pid(rec['agent_pid'])})"
-        rec["agent_pid"] = None
         proc = self._spawn_agent(rec)
         rec["agent_pid"] = proc_ref(proc.pid)
         self.save(st)                           # the pid is known before the wait
         try:
             self._wait_agent(rec, proc)
-        except LabError:
-            rec["agent_pid"] = None if not _alive(rec["agent_pid"]) else rec["agent_pid"]
+        except LabError:                        # it exited or was killed: not running
+            rec["agent_pid"] = None
             self.save(st)
             raise
         return f"agent on {node} started (pid {proc.pid})"

@@ -193,7 +193,8 @@ def _restart(cfg: Path, sock: Path, idle: float, log) -> dict:
 def _start_over(agent) -> None:
     """Between cold runs: the managed maps emptied (arrays zeroed) behind the agent, and the
     agent's reconciler, desired-state builder and service ids as a fresh agent has them."""
-    from agent import desired, reconciler, services
+    from agent import desired, reconciler
+    from agent.lb import services
     from datapath.loader import MANAGED_MAPS
     for name in MANAGED_MAPS:
         tm = agent.dp.maps.get(name)

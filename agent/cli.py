@@ -393,24 +393,12 @@ def observe(ctx, follow, last, output, timeout, **kw):
 
 
 @cli.command()
-@click.option("-t", "--type", "types", multiple=True,
-              type=click.Choice(["drop", "trace", "policy-verdict"]),
-              help="Only these event types.")
-@click.option("--related-to", multiple=True, type=int, metavar="ENDPOINT",
-              help="Only events from or to this endpoint id.")
-@click.option("-v", "--verbose", is_flag=True, help="Decoded packet headers.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-@click.option("--timeout", type=click.FloatRange(0), default=0,
-              help="Stop after this many seconds (0: until interrupted).")
+@observe_mod.monitor_options("Only events from or to this endpoint id.")
 @click.pass_context
 def monitor(ctx, types, related_to, verbose, output, timeout):
     """Datapath events as they happen, as `cilium monitor` (Ctrl-C to quit)."""
     client = _client(ctx)
-    filters = {}
-    if types:
-        filters["type"] = list(types)
-    if related_to:
-        filters["related-to"] = [str(i) for i in related_to]
+    filters = observe_mod.monitor_filters(types, related_to)
     # the banner once the agent has answered (said where "now" is)
     observe_mod.monitor(client.get, filters, output, verbose, timeout,
                         on_ready=lambda: click.echo("Press Ctrl-C to quit", err=True))

@@ -15,7 +15,7 @@ from datapath.errors import LabError
 
 from ..api import Client
 from ..monitor.observe import filter_options as observe_filter_options, filters_of
-from ..monitor.observe import lab_monitor as monitor_records
+from ..monitor.observe import lab_monitor as monitor_records, monitor_filters, monitor_options
 from ..monitor.observe import observe as observe_flows
 from .lab import Lab
 from .values import load_values, merge, parse_set, show_value
@@ -136,44 +136,32 @@ def lab_status(lab_name, output):
         click.echo(f"{p['name']:<24}{p['node']:<12}{p['ip'] or '-':<16}{p['process']}")
 
 
+def _node_sources(lab_name: str) -> dict:
+    """Every node's API getter, by node name."""
+    st = Lab(lab_name).load()
+    if not st["nodes"]:
+        raise LabError(f"lab {lab_name} has no nodes (run `datapath lab up` first)")
+    return {name: Client(rec["socket"], timeout=10).get
+            for name, rec in sorted(st["nodes"].items())}
+
+
 @lab.command("observe")
 @name_opt
 @observe_filter_options
 def lab_observe(lab_name, follow, last, output, timeout, **kw):
     """Every node's flows merged by time, as `hubble observe` through Hubble Relay."""
-    st = Lab(lab_name).load()
-    if not st["nodes"]:
-        raise LabError(f"lab {lab_name} has no nodes (run `datapath lab up` first)")
-    sources = {name: Client(rec["socket"], timeout=10).get
-               for name, rec in sorted(st["nodes"].items())}
-    observe_flows(sources, filters_of(kw), output, follow, last, timeout, node_column=True)
+    observe_flows(_node_sources(lab_name), filters_of(kw), output, follow, last, timeout,
+                  node_column=True)
 
 
 @lab.command("monitor")
 @name_opt
-@click.option("-t", "--type", "types", multiple=True,
-              type=click.Choice(["drop", "trace", "policy-verdict"]),
-              help="Only these event types.")
-@click.option("--related-to", multiple=True, type=int, metavar="ENDPOINT",
-              help="Only events from or to this endpoint id (on any node: ids are per node).")
-@click.option("-v", "--verbose", is_flag=True, help="Decoded packet headers.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-@click.option("--timeout", type=click.FloatRange(0), default=0,
-              help="Stop after this many seconds (0: until interrupted).")
+@monitor_options("Only events from or to this endpoint id (on any node: ids are per node).")
 def lab_monitor(lab_name, types, related_to, verbose, output, timeout):
     """Every node's datapath events as they happen, as `cilium monitor`, merged in the order
     they happened (the nodes share one clock), each line prefixed with its node."""
-    st = Lab(lab_name).load()
-    if not st["nodes"]:
-        raise LabError(f"lab {lab_name} has no nodes (run `datapath lab up` first)")
-    sources = {name: Client(rec["socket"], timeout=10).get
-               for name, rec in sorted(st["nodes"].items())}
-    filters = {}
-    if types:
-        filters["type"] = list(types)
-    if related_to:
-        filters["related-to"] = [str(i) for i in related_to]
-    monitor_records(sources, filters, output, verbose, timeout,
+    monitor_records(_node_sources(lab_name), monitor_filters(types, related_to), output,
+                    verbose, timeout,
                     on_ready=lambda: click.echo("Press Ctrl-C to quit", err=True))
 
 

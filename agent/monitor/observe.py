@@ -71,6 +71,37 @@ def filter_options(fn):
     return fn
 
 
+def monitor_options(related_help: str):
+    """`monitor`'s options (-t/--type, --related-to, -v, -o, --timeout), for the node's command
+    and the lab's."""
+    def apply(fn):
+        opts = [
+            click.option("-t", "--type", "types", multiple=True,
+                         type=click.Choice(["drop", "trace", "policy-verdict"]),
+                         help="Only these event types."),
+            click.option("--related-to", multiple=True, type=int, metavar="ENDPOINT",
+                         help=related_help),
+            click.option("-v", "--verbose", is_flag=True, help="Decoded packet headers."),
+            click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text"),
+            click.option("--timeout", type=click.FloatRange(0), default=0,
+                         help="Stop after this many seconds (0: until interrupted)."),
+        ]
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+    return apply
+
+
+def monitor_filters(types, related_to) -> dict[str, list[str]]:
+    """`monitor`'s options -> the API's query parameters."""
+    out: dict[str, list[str]] = {}
+    if types:
+        out["type"] = list(types)
+    if related_to:
+        out["related-to"] = [str(i) for i in related_to]
+    return out
+
+
 def filters_of(kw: dict) -> dict[str, list[str]]:
     """The command's keyword arguments -> the API's query parameters."""
     out: dict[str, list[str]] = {}

@@ -95,6 +95,7 @@ def status(ctx, output):
             ("Identities", f"{s['identities'].get('cluster_local', 0)} cluster-local, "
                            f"{s['identities'].get('reserved', 0)} reserved"),
             ("Policy", _policy_line(s.get("policy") or {})),
+            ("Services", _services_line(s.get("services") or {})),
             ("Datapath", ", ".join(f"{k} (tag {v})" for k, v in s["datapath"]["programs"].items())
                          + f"; maps pinned in {s['datapath']['pinDir']}"),
             ("Config", "OK" if not cfg["lastError"] else f"Error: {cfg['lastError']}"),
@@ -106,6 +107,18 @@ def status(ctx, output):
             click.echo(f"{k + ':':<24}{v}")
 
     _out(st, output, render)
+
+
+def _services_line(sv: dict) -> str:
+    """'12 programmed, refused 1 (ns/big: cilium_lb4_backends_v3 full)'."""
+    if not sv:
+        return "unknown"
+    line = f"{sv.get('programmed', 0)} programmed, refused {len(sv.get('refused', []))}"
+    if sv.get("refused"):
+        line += " (" + ", ".join(f"{r['service']}: {r['mapFull']} full"
+                                 for r in sv["refused"][:5]) + \
+            (", ..." if len(sv["refused"]) > 5 else "") + ")"
+    return line
 
 
 def _health_line(h: dict) -> str:

@@ -310,6 +310,8 @@ class Agent:
             else:
                 res = self.rec.flush(self.dp, on_error)
             self.metrics.reconciled(full, res)
+            if self.builder.settled([op for op, _ in res.failed]):
+                self.trigger("service maps have room")   # a refused service may fit now
             if "cilium_policy_v2" in res.by_target() or not self.policy.revision(self.dp):
                 self.policy.bump_revision(self.dp)     # after the writes: re-decide flows
             self._last_sync = time.monotonic()
@@ -579,6 +581,7 @@ class Agent:
                 "endpoints": self.endpoint_state_counts(),
                 "identities": self.identity_counts(),
                 "policy": self.policy.status(),
+                "services": self.service_status(),
                 "hubble": self.monitor.status(),
                 "clusterHealth": self.health.status(),
                 "datapath": {"pinDir": cfg.pin_dir(),
@@ -590,6 +593,13 @@ class Agent:
                                if cfg.prometheusEnabled else None),
                 "apiSocket": cfg.apiSocket,
             }
+
+    def service_status(self) -> dict:
+        """Programmed and refused services (maps full), and each service map's room."""
+        adm = self.builder.admission
+        return {"programmed": len(adm.admitted),
+                "refused": [{"service": k, "mapFull": m} for k, m in sorted(adm.refused.items())],
+                "maps": {m: {"used": adm.used(m), "max": n} for m, n in adm.capacity.items()}}
 
     # ---- lifecycle ----
     def run(self) -> None:
@@ -607,6 +617,9 @@ class Agent:
             for ep in self.endpoints.values():
                 self._resolve_identity(ep)
                 ep.state = "restoring"
+            for m in services.SERVICE_MAPS:      # a previous agent's entries take room
+                if m in self.dp.maps:
+                    self.builder.admission.occupied(m, self.dp.read_map(m))
             self.reconcile("startup: adopt what the datapath holds", full=True)
             self.builder.planner.prune_ids()     # ids of services gone while the agent was away
         # the manifests, the desired state and the indexes live as long as the agent: keep

@@ -9,7 +9,9 @@ Sections, and what rebuilds each:
     ("policy",)      cilium_policy_v2 and the CIDR identities' ipcache rows: every build (the
                      policy engine caches per endpoint, so an unchanged policy costs little)
     ("cluster",)     the ipcache rows of remote endpoints: when the cluster view changes
-    ("svc", key)     one service's LB entries: when services.ServicePlanner says it changed
+    ("svc", key)     one service's LB entries: when services.ServicePlanner says it changed and
+                     admission.Admission finds room for it in the service maps (a service
+                     that does not fit is refused whole: no section; logged once a change)
 Facts about the node's devices (addresses, MACs, subnets) are read with `ip` only when
 `refresh_facts` runs (at start and on the agent's slow tick), never per reconcile. Sections
 share no key: a policy's CIDR row for an address an endpoint, a remote pod or the node owns is
@@ -21,22 +23,32 @@ API:
     DesiredBuilder(agent)
         .build(rec, delta)       set every section that may have changed on `rec`
         .refresh_facts()
-        .listing                 `service list` rows
+        .listing                 `service list` rows (the programmed services)
+        .refused                 {service key: the full map} (services not programmed)
+        .settled(failed) -> bool after a flush: True when room appeared for a refused service
 """
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 
 from datapath import abi
 
 from . import gcpause, netdev
-from .lb import l2announce, services
+from .lb import admission, l2announce, services
 from .identity import RESERVED
 from .reconcile import TUNNEL_DEVICE, DatapathState
 from .reconciler import Reconciler, Section
 
 VXLAN_DEVICE = TUNNEL_DEVICE
+log_svc = logging.getLogger("datapath.service")     # cilium_errors_warnings_total subsystem
+
+
+def service_map_capacity(dp) -> dict[str, int]:
+    """{service map: max entries} of the maps the node's datapath holds."""
+    maps = getattr(dp, "maps", None) or {}
+    return {m: maps[m].max_entries for m in services.SERVICE_MAPS if m in maps}
 
 
 @dataclass
@@ -72,13 +84,28 @@ class DesiredBuilder:
         self.agent = agent
         self.facts = NodeFacts()
         self.planner = services.ServicePlanner(agent.lb_ids, agent.cfg.serviceCIDR)
+        self.admission = admission.Admission(service_map_capacity(agent.dp))
         self._cluster_key = None                    # the cluster view's generation last built
         self._cluster_rows: dict[bytes, bytes] = {}
         self._pod_memo: tuple | None = None         # (key, pod_ips, pod_identity)
 
     @property
     def listing(self) -> list[dict]:
-        return self.planner.listing()
+        got = self.admission.admitted
+        return [row for key in sorted(got) for row in got[key].listing]
+
+    @property
+    def refused(self) -> dict[str, str]:
+        return dict(self.admission.refused)
+
+    def settled(self, failed=()) -> bool:
+        """After a flush (`failed`: its failed ops): the service maps' deleted keys are gone;
+        True when that made room for a refused service (sync again)."""
+        still: dict[str, set[bytes]] = {}
+        for op in failed:
+            if op.kind == "map_delete" and op.target in services.SERVICE_MAPS:
+                still.setdefault(op.target, set()).add(op.key)
+        return self.admission.settled(still)
 
     def refresh_facts(self) -> None:
         self.facts = NodeFacts.read(self.agent.cfg)
@@ -155,15 +182,24 @@ class DesiredBuilder:
     def _services(self, rec: Reconciler, pod_ips: dict, delta) -> None:
         a, cfg = self.agent, self.agent.cfg
         if self.planner.cidr != cfg.serviceCIDR:   # every ClusterIP moves: start over
-            for key in self.planner.built:
+            for key in self.admission.admitted:
                 rec.set_section(("svc", key), None)
             self.planner = services.ServicePlanner(a.lb_ids, cfg.serviceCIDR)
+            fresh = admission.Admission(self.admission.capacity)
+            for m, keys in self.admission.lingering.items():
+                fresh.occupied(m, keys)
+            for m, refs in self.admission._refs.items():
+                fresh.occupied(m, refs)             # deleted only by the next flush
+            self.admission = fresh
         view = services.NodeView(
             node_ip=a.node_ip if a.node_ip != "127.0.0.1" else None,
             local_ips=frozenset(ep.ip for ep in a.endpoints.values() if ep.identity),
             node_name=cfg.nodeName, node_port_range=cfg.nodePortRange,
             algorithm=cfg.lbAlgorithm, maglev_size=cfg.maglevTableSize)
-        changed = self.planner.update(a.manifests, pod_ips, view, delta)
+        planned = self.planner.update(a.manifests, pod_ips, view, delta)
+        refused_before = dict(self.admission.refused)
+        changed = self.admission.update(planned)
+        self._log_refusals(refused_before)
         counts = {"add": 0, "delete": 0, "update": 0}
         set_section = rec.set_section
         for key, (old, built) in changed.items():
@@ -181,6 +217,20 @@ class DesiredBuilder:
         for what, n in counts.items():
             if n:
                 a.metrics.services_events.labels(what).inc(n)
+
+    def _log_refusals(self, before: dict[str, str]) -> None:
+        """One line a change: a service refused (or refused for another map), a refused
+        service programmed or gone."""
+        now, got = self.admission.refused, self.admission
+        for key in sorted(now):
+            if before.get(key) != now[key]:
+                m = now[key]
+                log_svc.error("service %s refused: map %s is full (%d of %d entries used); "
+                              "none of its entries is written", key, m, got.used(m),
+                              got.capacity[m])
+        for key in sorted(before.keys() - now.keys()):
+            if key in got.admitted:
+                log_svc.info("service %s programmed: the service maps have room now", key)
 
     def _node_section(self) -> Section:
         a, cfg, f = self.agent, self.agent.cfg, self.facts

@@ -609,19 +609,7 @@ class Agent:
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         if self.cfg.routingMode == "tunnel":
             netdev.ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
-        with self.lock:
-            self.builder.refresh_facts()
-            for ep in self.endpoints.values():
-                ep.state = "restoring"
-            self._drop_vanished()
-            for ep in self.endpoints.values():
-                self._resolve_identity(ep)
-                ep.state = "restoring"
-            for m in services.SERVICE_MAPS:      # a previous agent's entries take room
-                if m in self.dp.maps:
-                    self.builder.admission.occupied(m, self.dp.read_map(m))
-            self.reconcile("startup: adopt what the datapath holds", full=True)
-            self.builder.planner.prune_ids()     # ids of services gone while the agent was away
+        self.start_sync()
         # the manifests, the desired state and the indexes live as long as the agent: keep
         # them out of the collector's full passes (0.35 s each at 10k services)
         gc.freeze()
@@ -639,6 +627,26 @@ class Agent:
                  len(self.endpoints), self.cfg.apiSocket)
         self._loop()
         self.shutdown()
+
+    def start_sync(self) -> int:
+        """The first sync: endpoints restored, then a full reconcile that adopts what the
+        datapath holds. Returns how many operations failed."""
+        with self.lock:
+            self.builder.refresh_facts()
+            for ep in self.endpoints.values():
+                ep.state = "restoring"
+            self._drop_vanished()
+            for ep in self.endpoints.values():
+                self._resolve_identity(ep)
+                ep.state = "restoring"
+            for m in services.SERVICE_MAPS:      # a previous agent's entries take room
+                if m in self.dp.maps:            # (keys only: Maglev values are 64 KiB each)
+                    self.builder.admission.occupied(m, self.dp.read_map(m) if m !=
+                                                    "cilium_lb4_maglev" else
+                                                    self.dp.maps[m].table.keys())
+            failed = self.reconcile("startup: adopt what the datapath holds", full=True)
+            self.builder.planner.prune_ids()     # ids of services gone while the agent was away
+            return failed
 
     def _reread_all(self) -> None:
         self._reread = True

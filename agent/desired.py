@@ -79,6 +79,18 @@ def merge_deltas(a, b):
     return a.merged(b)
 
 
+class _Tags(dict):
+    """program name -> its tag, looked up in the datapath on first use."""
+
+    def __init__(self, dp):
+        super().__init__()
+        self.dp = dp
+
+    def __missing__(self, name: str) -> str:
+        tag = self[name] = self.dp.program(name)[1]
+        return tag
+
+
 class DesiredBuilder:
     def __init__(self, agent):
         self.agent = agent
@@ -283,9 +295,7 @@ class DesiredBuilder:
 
     def _links(self, live) -> tuple[dict, dict, dict]:
         a, cfg = self.agent, self.agent.cfg
-        tags = {name: a.dp.program(name)[1] for name in
-                ("from-container", "to-container", "from-netdev", "to-netdev",
-                 "to-netdev-nomasq", "from-overlay", "xdp")}
+        tags = _Tags(a.dp)          # (looked up when a link needs one)
         tc, xdp = {}, {}
         for ep in live:
             tc[(ep.host_ifname, "ingress")] = ("from-container", tags["from-container"])

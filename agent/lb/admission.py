@@ -26,6 +26,9 @@ API:
 """
 from __future__ import annotations
 
+import itertools
+from collections import _count_elements      # (Counter.update's C loop, on a plain dict)
+
 from .services import SERVICE_MAPS
 
 
@@ -51,20 +54,39 @@ class Admission:
         self.lingering[m].update(k for k in keys if k not in refs)
 
     def _full_map(self, b) -> str | None:
-        """The first map (SERVICE_MAPS order) that cannot take b's new keys, or None."""
-        for m in SERVICE_MAPS:
-            entries = b.maps.get(m)
-            if not entries or m not in self.capacity:
+        """The first map that cannot take b's new keys, or None."""
+        cap = self.capacity
+        for m, entries in b.maps.items():          # (a build's maps come in SERVICE_MAPS order)
+            c = cap.get(m)
+            if c is None:
                 continue
             refs, linger = self._refs[m], self.lingering[m]
-            new = sum(1 for k in entries if k not in refs and k not in linger)
-            if self.used(m) + new > self.capacity[m]:
+            used = len(refs) + len(linger)
+            if used + len(entries) <= c:            # fits even with no key shared
+                continue
+            if used + sum(1 for k in entries if k not in refs and k not in linger) > c:
                 return m
         return None
+
+    def _all_fit(self, keys) -> bool:
+        """Whether these waiting services fit all together even if they shared no key."""
+        waiting = self._waiting
+        for m, c in self.capacity.items():
+            n = self.used(m)
+            for key in keys:
+                n += len(waiting[key].maps.get(m, ()))
+            if n > c:
+                return False
+        return True
 
     def _add(self, b) -> None:
         for m, entries in b.maps.items():
             refs, linger = self._refs[m], self.lingering[m]
+            if refs.keys().isdisjoint(entries):     # (most services: no key shared)
+                refs.update(dict.fromkeys(entries, 1))
+                if linger:
+                    linger.difference_update(entries)
+                continue
             for k in entries:
                 n = refs.get(k)
                 if n is None:
@@ -111,6 +133,20 @@ class Admission:
             rest = {k for k in changed if k in self._waiting} - set(first)
         order += sorted(rest)
         self._room = False
+        if len(order) > 1 and self._all_fit(order):   # (a cold start: no check a service)
+            waiting, admitted, refused = self._waiting, self.admitted, self.refused
+            builds = [waiting.pop(key) for key in order]
+            for m in SERVICE_MAPS:
+                refs, linger = self._refs[m], self.lingering[m]
+                got = [b.maps[m] for b in builds if m in b.maps]
+                _count_elements(refs, itertools.chain.from_iterable(got))
+                if linger:
+                    linger.difference_update(*got)
+            for key, b in zip(order, builds):
+                admitted[key] = b
+                refused.pop(key, None)
+                before.setdefault(key, None)
+            order = []
         for key in order:
             b = self._waiting[key]
             full = self._full_map(b)

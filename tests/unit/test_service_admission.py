@@ -197,3 +197,18 @@ def test_random_changes_never_half_program_or_overfill(tmp_path):
         m = w.adm.refused[key]
         have = w.maps().get(m, {})
         assert len(have) + len(b.maps[m].keys() - have.keys()) > cap[m]
+
+
+def test_all_at_once_counts_as_one_by_one(tmp_path):
+    # a cold start admits everything in one step when all fits; the room it counts (shared
+    # backends once) is what admitting the services one at a time counts
+    pods = {f"p{i}": f"a{i % 4}" for i in range(12)}
+    svcs = {f"s{i}": f"a{i % 4}" for i in range(8)}
+    cap = {SVC_MAP: BIG, BE_MAP: BIG, RN_MAP: BIG}
+    w = World(tmp_path, pods, svcs, cap)
+    assert len(w.adm.admitted) == 8
+    one = Admission(cap)
+    for key, b in sorted(w.planner.built.items()):
+        one.update({key: (None, b)})
+    assert one._refs == w.adm._refs
+    assert {m: w.adm.used(m) for m in cap} == {m: len(e) for m, e in w.maps().items()}

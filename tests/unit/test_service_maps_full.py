@@ -178,6 +178,7 @@ def test_service_maps_full_refuse_whole_and_program_when_room(privileged, tmp_pa
     print(f"agent init (compile) {out['agent_init_seconds']:.1f} s, "
           f"whole test {time.perf_counter() - t:.1f} s")
     print(out["status_line"])
+    print("\n".join(out["log"]))
     assert out["status_line"].split(None, 1)[1] == \
         "4 programmed, refused 1 (full/d: cilium_lb4_backends_v3 full)"
     assert out["status_json"]["refused"] == [{"service": "full/d",

@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -179,21 +180,101 @@ class Config:
         return str(net.network_address + 1)
 
 
+_DESCRIBE_CHARS = 256     # a longer string is quoted cut short, with its length (a DNS name: 253)
+
+
 def describe(v: object) -> str:
-    """How a bad YAML value is quoted in an error reason (config and manifests)."""
+    """How a bad YAML value is quoted in an error reason (config and manifests); a huge number
+    or a long string is cut short (an error line stays readable, and Python's int-to-str limit
+    is never hit)."""
     if v is None:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        return str(v) if v.bit_length() <= 256 else f"an integer of {v.bit_length()} bits"
+    if isinstance(v, float):
         return str(v)
     if isinstance(v, str):
+        if len(v) > _DESCRIBE_CHARS:
+            return f"{v[:_DESCRIBE_CHARS]!r}... ({len(v)} characters)"
         return repr(v)
     if isinstance(v, dict):
         return "a mapping"
     if isinstance(v, list):
         return "a list"
     return type(v).__name__
+
+
+def key_text(k: object) -> str:
+    """A mapping key as a field path shows it (a non-string key as describe() quotes it)."""
+    return k if isinstance(k, str) else describe(k)
+
+
+# What a YAML text may hold before it is built into Python objects (config, values and
+# manifests): PyYAML's libyaml composer recurses in C and overflows the stack on deep nesting
+# (a segfault, not an exception), Python's own copies, compares and pickles recurse too; an
+# alias repeated inside aliases expands exponentially for anything that walks the result, and
+# one inside its own anchor makes a cycle (Kubernetes' YAML decoder rejects both: "excessive
+# aliasing", "anchor value contains itself"); and Python refuses to
+# read an integer of more than 4300 digits (ValueError).
+MAX_YAML_DEPTH = 100               # nesting levels (a Kubernetes object needs about 10)
+MAX_YAML_EXPANSION = 100_000       # nodes a document may reach through aliases, and ...
+MAX_YAML_ALIAS_RATIO = 10          # ... at most this many times the nodes it has
+_INT_DIGITS = re.compile(r"^[-+]?[0-9_]+$")
+_EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def yaml_problem(text: str) -> tuple[str, str] | None:
+    """(where, reason) when the YAML text is nested too deep, expands too far through aliases
+    or holds an integer too long to read; None otherwise (and for a syntax error: the loader
+    words that). Walks the parser's events only (libyaml's parser does not recurse)."""
+    depth = nodes = expanded = 0
+    sizes: dict[str, int] = {}            # anchor -> the nodes its value expands to
+    open_: list[tuple[str | None, int]] = []   # anchor and expanded count of each open node
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+
+    def at(ev) -> str:
+        m = ev.start_mark
+        return f"line {m.line + 1}, column {m.column + 1}" if m else "<document>"
+    try:
+        for ev in yaml.parse(text, Loader=_EVENT_LOADER):
+            cls = type(ev)
+            if cls is yaml.DocumentStartEvent:
+                nodes = expanded = 0
+                sizes.clear()
+            elif cls in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+                depth += 1
+                nodes += 1
+                expanded += 1
+                if depth > MAX_YAML_DEPTH:
+                    return at(ev), f"nested deeper than {MAX_YAML_DEPTH} levels"
+                open_.append((ev.anchor, expanded - 1))
+            elif cls in (yaml.MappingEndEvent, yaml.SequenceEndEvent):
+                depth -= 1
+                anchor, start = open_.pop()
+                if anchor is not None:
+                    sizes[anchor] = expanded - start
+            elif cls is yaml.ScalarEvent:
+                nodes += 1
+                expanded += 1
+                if ev.anchor is not None:
+                    sizes[ev.anchor] = 1
+                if limit and len(ev.value) > limit and ev.implicit[0] and \
+                        _INT_DIGITS.match(ev.value):
+                    return at(ev), (f"an integer of {len(ev.value)} digits is too long "
+                                    f"(at most {limit})")
+            elif cls is yaml.AliasEvent:
+                if any(a == ev.anchor for a, _ in open_):   # a cycle: go-yaml's words
+                    return at(ev), f"anchor {ev.anchor!r} value contains itself"
+                nodes += 1
+                expanded += sizes.get(ev.anchor, 1)
+                if expanded > MAX_YAML_EXPANSION and expanded > MAX_YAML_ALIAS_RATIO * nodes:
+                    return at(ev), (f"excessive aliasing: the document expands to more than "
+                                   f"{expanded} nodes from {nodes}")
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 class _Reader:
@@ -261,7 +342,7 @@ class _Reader:
 def _check_keys(data: dict, schema: dict[str, Any], r: _Reader, prefix: str = "") -> None:
     """Reject unknown keys and sections that are not mappings, in document order."""
     for k, v in data.items():
-        dotted = f"{prefix}{k}"
+        dotted = f"{prefix}{key_text(k)}"
         if k not in schema:
             reason = "unknown key"
             if isinstance(k, str):
@@ -338,7 +419,7 @@ def _names(r: _Reader, key: str) -> tuple[str, ...]:
 def _port_range(r: _Reader, key: str, default: str = "32768-65535",
                 lowest: int = 1024) -> tuple[int, int]:
     v = r.get(key, default)
-    m = re.match(r"^(\d+)\s*[-,]\s*(\d+)$", str(v)) if isinstance(v, str) else None
+    m = re.match(r"^(\d{1,9})\s*[-,]\s*(\d{1,9})$", v) if isinstance(v, str) else None
     lo, hi = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
     if not m or not lowest <= lo <= hi <= 65535:
         r.fail(key, f"expected a port range like {default} within {lowest}-65535, "
@@ -368,7 +449,7 @@ def _seconds(r: _Reader, key: str, default: int) -> int:
     """Whole seconds, as an integer or as Helm writes durations ("15s", "1m")."""
     v = r.get(key, default)
     if isinstance(v, str):
-        m = re.match(r"^(\d+)(s|m)$", v.strip())
+        m = re.match(r"^(\d{1,9})(s|m)$", v.strip())
         v = int(m.group(1)) * (60 if m.group(2) == "m" else 1) if m else v
     if type(v) is not int or not 1 <= v <= 3600:
         r.fail(key, f"expected seconds from 1 to 3600 (an integer, or a duration like "
@@ -450,7 +531,7 @@ def _kvstore(r: _Reader, path: str) -> tuple[str | None, tuple[str, ...]]:
         r.fail("kvstoreOpt", f"expected a mapping, got {describe(opts)}")
     for k in opts:
         if k not in KVSTORE_OPTS:
-            r.fail(f"kvstoreOpt.{k}", f"unknown option; expected one of {', '.join(KVSTORE_OPTS)}")
+            r.fail(f"kvstoreOpt.{key_text(k)}", f"unknown option; expected one of {', '.join(KVSTORE_OPTS)}")
     endpoints: list = []
     if "etcd.endpoints" in opts:
         v = opts["etcd.endpoints"]
@@ -459,8 +540,12 @@ def _kvstore(r: _Reader, path: str) -> tuple[str | None, tuple[str, ...]]:
         cfg_file = os.path.join(os.path.dirname(path), str(opts["etcd.config"]))
         try:
             with open(cfg_file, encoding="utf-8") as f:
-                endpoints = (yaml.safe_load(f) or {}).get("endpoints") or []
-        except (OSError, yaml.YAMLError, AttributeError) as e:
+                text = f.read()
+            problem = yaml_problem(text)
+            if problem:
+                raise ValueError(f"{problem[0]}: {problem[1]}")
+            endpoints = (yaml.safe_load(text) or {}).get("endpoints") or []
+        except (OSError, yaml.YAMLError, AttributeError, ValueError, RecursionError) as e:
             r.fail("kvstoreOpt.etcd.config", f"cannot read endpoints from {cfg_file}: {e}")
     if not isinstance(endpoints, list) or not all(
             isinstance(e, str) and re.match(r"^https?://[^/\s]+$", e) for e in endpoints):
@@ -587,8 +672,13 @@ def load_config(path: str) -> Config:
         raise ConfigError(apath, "<file>", "not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(apath, "<file>", (e.strerror or str(e)).lower()) from None
+    problem = yaml_problem(text)
+    if problem:
+        raise ConfigError(apath, "<yaml>", f"{problem[0]}: {problem[1]}")
     try:
         data = yaml.safe_load(text)
+    except (ValueError, RecursionError) as e:   # e.g. an invalid date (2001-13-45)
+        raise ConfigError(apath, "<yaml>", f"cannot read a value: {e}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

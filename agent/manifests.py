@@ -75,7 +75,7 @@ import yaml
 from datapath.errors import ManifestError
 
 from . import gcpause
-from .config import describe
+from .config import MAX_YAML_DEPTH, describe, key_text, yaml_problem
 
 __all__ = ["ContainerPort", "Container", "Pod", "Namespace", "ServicePort", "Service",
            "SliceEndpoint", "EndpointSlicePort", "EndpointSlice", "IPPoolBlock", "LBIPPool",
@@ -444,20 +444,20 @@ def _labels(o: _Obj, v: object, where: str = "metadata.labels") -> Labels:
         if type(val) is str and (k, val) in _GOOD_LABELS:   # (str keys and values only)
             out[k] = val
             continue
-        path = f"{where}[{k}]"
         if not isinstance(k, str):
             o.fail(where, f"label keys must be strings, got {describe(k)}")
+        path = f"{where}[{k if len(k) <= 317 else k[:200] + '...'}]"    # 317: the longest valid
         prefix, _, name = k.rpartition("/")
         if "/" in k and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-            o.fail(path, f"label key prefix must be a DNS-1123 subdomain, got {prefix!r}")
+            o.fail(path, f"label key prefix must be a DNS-1123 subdomain, got {describe(prefix)}")
         if len(name) > 63 or not _QUALIFIED_NAME.match(name):
             o.fail(path, "label key name must be at most 63 letters, digits, '-', '_' or '.', "
-                         f"starting and ending with a letter or digit, got {name!r}")
+                         f"starting and ending with a letter or digit, got {describe(name)}")
         if not isinstance(val, str):
             o.fail(path, f"label values must be strings (quote it), got {describe(val)}")
         if val and (len(val) > 63 or not _QUALIFIED_NAME.match(val)):
             o.fail(path, "label value must be empty or at most 63 letters, digits, '-', '_' "
-                         f"or '.', starting and ending with a letter or digit, got {val!r}")
+                         f"or '.', starting and ending with a letter or digit, got {describe(val)}")
         out[k] = val
         if type(k) is str and type(val) is str:
             _remember(_GOOD_LABELS, (k, val))
@@ -714,7 +714,7 @@ def _selector(o: _Obj, v: object, path: str) -> Labels | None:
             if m[k] not in (None, []):
                 o.fail(f"{path}.matchExpressions", "not supported (use matchLabels)")
         elif k != "matchLabels":  # a typo here would silently select everything
-            o.fail(f"{path}.{k}", "unknown field (expected matchLabels)")
+            o.fail(f"{path}.{key_text(k)}", "unknown field (expected matchLabels)")
     return _labels(o, m.get("matchLabels"), f"{path}.matchLabels") or None
 
 
@@ -833,11 +833,12 @@ def _tagged(ev) -> object:
         _CONSTRUCTOR, ScalarNode(tag, ev.value, style=ev.style))
 
 
-def _node(ev, get) -> object:
-    """The value that starts with event `ev`; `get` returns the next event."""
+def _node(ev, get, depth: int = 1) -> object:
+    """The value that starts with event `ev` at nesting level `depth`; `get` returns the next
+    event. Nesting past MAX_YAML_DEPTH is left to _parse (which rejects it)."""
     cls = type(ev)
     if cls is MappingStartEvent:
-        if ev.tag not in _MAP_TAGS:
+        if ev.tag not in _MAP_TAGS or depth > MAX_YAML_DEPTH:
             raise _Unusual
         out: dict = {}
         while True:
@@ -868,7 +869,7 @@ def _node(ev, get) -> object:
                             val = _resolve_plain(v.value)
                     out[key] = val
             else:
-                out[key] = _node(v, get)
+                out[key] = _node(v, get, depth + 1)
     if cls is ScalarEvent:
         if ev.tag is not None:
             return _tagged(ev)
@@ -879,15 +880,16 @@ def _node(ev, get) -> object:
                 val = _resolve_plain(ev.value)
         return val
     if cls is SequenceStartEvent:
-        if ev.tag not in _SEQ_TAGS:
+        if ev.tag not in _SEQ_TAGS or depth > MAX_YAML_DEPTH:
             raise _Unusual
         seq: list = []
         append = seq.append
+        depth += 1
         while True:
             e = get()
             if type(e) is SequenceEndEvent:
                 return seq
-            append(_node(e, get))
+            append(_node(e, get, depth))
     raise _Unusual                   # an alias
 
 
@@ -910,14 +912,22 @@ def _fast_load_all(text: str) -> list:
 
 
 def _parse(path: str, text: str) -> list:
-    """The documents of one YAML text; a syntax error is a ManifestError naming its line."""
+    """The documents of one YAML text; a syntax error is a ManifestError naming its line, and
+    so is a text nested too deep, expanding too far through aliases or holding an integer too
+    long to read (config.yaml_problem: checked before the reference loader, whose C composer
+    would overflow the stack)."""
     if _CParser is not None:
         try:
             return _fast_load_all(text)
         except Exception:    # noqa: BLE001 -- the reference loader decides, and words the error
             pass
+    problem = yaml_problem(text)
+    if problem:
+        raise ManifestError(path, "<yaml>", *problem)
     try:
         return list(yaml.load_all(text, Loader=_YAML_LOADER))
+    except (ValueError, RecursionError) as e:   # e.g. an invalid date (2001-13-45)
+        raise ManifestError(path, "<yaml>", "<document>", f"cannot read a value: {e}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<document>"

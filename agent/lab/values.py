@@ -26,6 +26,8 @@ import yaml
 
 from datapath.errors import ConfigError
 
+from ..config import MAX_YAML_DEPTH, key_text, yaml_problem
+
 # keys the lab writes for every node from its topology and layout; `--routing-mode` and
 # `--topology` change what may be changed
 LAB_OWNED: dict[str, str] = {
@@ -48,12 +50,13 @@ _INT = re.compile(r"^[-+]?\d+$")
 
 
 def _scalar(text: str) -> Any:
-    """Helm's --set typing: true/false, null, integers; anything else a string."""
+    """Helm's --set typing: true/false, null, integers that fit in int64 (strvals'
+    strconv.ParseInt); anything else a string."""
     if text in ("true", "false"):
         return text == "true"
     if text == "null":
         return None
-    if _INT.match(text):
+    if _INT.match(text) and len(text) <= 20 and -2**63 <= int(text) < 2**63:
         return int(text)
     return text
 
@@ -102,6 +105,8 @@ def parse_set(text: str) -> dict:
         parts = [_unescape(p) for p in _split(key, ".")]
         if not all(parts):
             raise ConfigError("--set", key or "<empty>", "empty key or key part")
+        if len(parts) > MAX_YAML_DEPTH:
+            raise ConfigError("--set", key[:200], f"more than {MAX_YAML_DEPTH} key parts")
         node: dict = {}
         leaf = node
         for p in parts[:-1]:
@@ -113,10 +118,19 @@ def parse_set(text: str) -> dict:
 
 def load_values(path: str) -> dict:
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ConfigError(path, "<file>", "not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(path, "<file>", f"cannot read: {e.strerror}") from None
+    problem = yaml_problem(text)
+    if problem:
+        raise ConfigError(path, "<yaml>", f"{problem[0]}: {problem[1]}")
+    try:
+        data = yaml.safe_load(text)
+    except (ValueError, RecursionError) as e:   # e.g. an invalid date (2001-13-45)
+        raise ConfigError(path, "<yaml>", f"cannot read a value: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(path, "<file>", f"not YAML: {e}") from None
     if data is None:
@@ -146,9 +160,9 @@ def merge(base: dict, over: dict, keep_none: bool = False) -> dict:
 
 def flatten(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    for k in sorted(values, key=str):
+    for k in sorted(values, key=key_text):
         v = values[k]
-        key = f"{prefix}{str(k).replace('.', chr(92) + '.')}"
+        key = f"{prefix}{key_text(k).replace('.', chr(92) + '.')}"
         if isinstance(v, dict) and v:
             out += flatten(v, key + ".")
         else:

@@ -32,7 +32,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 
-from ..config import describe
+from ..config import describe, key_text
 from ..manifests import _Obj
 from .rules import PROTOCOLS, PortRule, Rule, RuleBlock
 from .selector import (ENTITIES, NAMESPACE_LABELS, OPERATORS, POD_NAMESPACE, WILDCARD,
@@ -94,7 +94,7 @@ class _Ctx(_Obj):
         if not isinstance(v, dict):
             self.fail(path, f"expected a mapping, got {describe(v)}")
         for k in v:
-            sub = f"{path}.{k}" if path else str(k)
+            sub = f"{path}.{key_text(k)}" if path else key_text(k)
             if unsupported and k in unsupported:
                 self.fail(sub, f"not supported ({unsupported[k]})")
             if k not in known:
@@ -172,10 +172,10 @@ def _k8s_key(c: _Ctx, raw: object, path: str) -> str:
     k = _key_string(c, raw, path)
     prefix, slash, name = k.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        c.fail(path, f"label key prefix must be a DNS-1123 subdomain, got {prefix!r}")
+        c.fail(path, f"label key prefix must be a DNS-1123 subdomain, got {describe(prefix)}")
     if len(name) > 63 or not _QUALIFIED_NAME.match(name):
         c.fail(path, "label key name must be at most 63 letters, digits, '-', '_' or '.', "
-                     f"starting and ending with a letter or digit, got {name!r}")
+                     f"starting and ending with a letter or digit, got {describe(name)}")
     return k
 
 
@@ -192,7 +192,7 @@ def _cilium_key(c: _Ctx, k: object, path: str) -> str:
     try:
         key = normalize_key(_key_string(c, k, path))
     except ValueError as e:
-        c.fail(path, f"{e}, got {k!r}")
+        c.fail(path, f"{e}, got {describe(k)}")
     _k8s_key(c, key.partition(":")[2], path)
     return key
 
@@ -202,7 +202,7 @@ def _label_value(c: _Ctx, v: object, path: str) -> str:
         c.fail(path, f"label values must be strings (quote it), got {describe(v)}")
     if v and (len(v) > 63 or not _QUALIFIED_NAME.match(v)):
         c.fail(path, "label value must be empty or at most 63 letters, digits, '-', '_' or '.', "
-                     f"starting and ending with a letter or digit, got {v!r}")
+                     f"starting and ending with a letter or digit, got {describe(v)}")
     return v
 
 
@@ -214,7 +214,7 @@ def _selector(c: _Ctx, v: object, path: str, key_of: KeyOf) -> LabelSelector:
         c.fail(f"{path}.matchLabels", f"expected a mapping, got {describe(labels)}")
     reqs = []
     for k, val in (labels or {}).items():
-        p = f"{path}.matchLabels[{k}]"
+        p = f"{path}.matchLabels[{key_text(k)}]"
         reqs.append(Requirement(key_of(c, k, p), "In", (_label_value(c, val, p),)))
     for i, e in enumerate(c.seq(m.get("matchExpressions"), f"{path}.matchExpressions")):
         p = f"{path}.matchExpressions[{i}]"
@@ -456,7 +456,9 @@ def _cilium_port(c: _Ctx, v: object, path: str) -> PortRule:
         if end is not None:
             c.fail(f"{path}.endPort", "may not be specified with a named port")
         return PortRule(proto, name=name)
-    port = 0 if raw is None or raw == "" else int(raw) if isinstance(raw, str) else raw
+    # (a digit string too long for a port stays a string, and fails below, never int()'s limit)
+    port = 0 if raw is None or raw == "" else \
+        int(raw) if isinstance(raw, str) and len(raw) <= 9 else raw
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         c.fail(f"{path}.port", "expected a port number from 0 (every port) to 65535 or a port "
                                f"name, got {describe(raw)}")

@@ -216,8 +216,8 @@ def key_text(k: object) -> str:
 # (a segfault, not an exception), Python's own copies, compares and pickles recurse too; an
 # alias repeated inside aliases expands exponentially for anything that walks the result, and
 # one inside its own anchor makes a cycle (Kubernetes' YAML decoder rejects both: "excessive
-# aliasing", "anchor value contains itself"); and Python refuses to
-# read an integer of more than 4300 digits (ValueError).
+# aliasing", "anchor value contains itself"); and Python refuses to read an integer of more than
+# 4300 digits (ValueError). yaml_problem finds each before the loader runs.
 MAX_YAML_DEPTH = 100               # nesting levels (a Kubernetes object needs about 10)
 MAX_YAML_EXPANSION = 100_000       # nodes a document may reach through aliases, and ...
 MAX_YAML_ALIAS_RATIO = 10          # ... at most this many times the nodes it has
@@ -531,7 +531,8 @@ def _kvstore(r: _Reader, path: str) -> tuple[str | None, tuple[str, ...]]:
         r.fail("kvstoreOpt", f"expected a mapping, got {describe(opts)}")
     for k in opts:
         if k not in KVSTORE_OPTS:
-            r.fail(f"kvstoreOpt.{key_text(k)}", f"unknown option; expected one of {', '.join(KVSTORE_OPTS)}")
+            r.fail(f"kvstoreOpt.{key_text(k)}",
+                   f"unknown option; expected one of {', '.join(KVSTORE_OPTS)}")
     endpoints: list = []
     if "etcd.endpoints" in opts:
         v = opts["etcd.endpoints"]

@@ -102,6 +102,7 @@
 /* ---- reasons: 0 is forwarded; drops are Cilium's numbers (>= 130). Datapath functions return
  * them negated (-DROP_*); only the entry point turns them into a verdict and counts them. ---- */
 #define REASON_FORWARDED        0
+#define DROP_INVALID_SMAC       130
 #define DROP_INVALID_SIP        132
 #define DROP_POLICY             133
 #define DROP_INVALID            134

@@ -1,8 +1,10 @@
 /* bpf_lxc.c - programs on the host side of a pod's veth (lxc...).
  *
- * cil_from_container (tc ingress): everything the pod sends. ARP for its gateway is answered
- * here; IPv4 must carry the endpoint's own source address; a service frontend is translated to
- * one of its backends (lib/lb.h); the pod's egress policy is checked on the destination's
+ * cil_from_container (tc ingress): everything the pod sends. Anti-spoofing first: ARP and
+ * IPv4 must carry the endpoint's own source MAC (DROP_INVALID_SMAC), IPv4 its own source address
+ * (DROP_INVALID_SIP) and ARP its own sender MAC and IP (lib/arp.h). ARP for its gateway is
+ * answered here; a service frontend is translated to one of its backends (lib/lb.h); the pod's
+ * egress policy is checked on the destination's
  * identity and port (lib/policy.h: the local endpoint's, else the ipcache's, world without one;
  * not for a hairpin, the pod reaching itself through a service); then a destination that is a
  * local endpoint is delivered straight into that pod's netns, through its ingress policy; a pod
@@ -120,6 +122,8 @@ static __always_inline int handle_from_container(struct __sk_buff *skb)
 	self = lookup_ifindex_endpoint(skb->ifindex);
 	if (!self)
 		return -DROP_UNKNOWN_SENDER;
+	if (!eth_src_is(skb, self->mac))
+		return -DROP_INVALID_SMAC;
 	if (proto == ETH_P_ARP)
 		return arp_respond(skb, self);
 	return handle_ipv4_from_lxc(skb, self);

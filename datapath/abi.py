@@ -105,6 +105,7 @@ def metrics_slot(index: int) -> tuple[int, int]:
 
 # ---- reasons (Cilium's numbers; the strings are pkg/monitor/api/drop.go's) ----
 REASON_FORWARDED = 0
+DROP_INVALID_SMAC = 130
 DROP_INVALID_SIP = 132
 DROP_POLICY = 133
 DROP_INVALID = 134
@@ -184,7 +185,7 @@ REASON_STRINGS: dict[int, str] = {
     7: "LB, sock cgroup: Reverse entry update failed", 8: "LB, sock cgroup: Reverse entry stale",
     9: "Fragmented packet", 10: "Fragmented packet entry update failed",
     11: "Missed tail call to custom program",
-    132: "Invalid source ip", 133: "Policy denied", 134: "Invalid packet",
+    130: "Invalid source mac", 132: "Invalid source ip", 133: "Policy denied", 134: "Invalid packet",
     135: "CT: Truncated or invalid header", 136: "Fragmentation needed",
     137: "CT: Unknown L4 protocol", 139: "Unsupported L3 protocol", 140: "Missed tail call",
     141: "Error writing to packet", 142: "Unknown L4 protocol", 143: "Unknown ICMPv4 code",

@@ -2,7 +2,11 @@
  * the host side of a pod's veth (a request from the pod for any address but its own, its
  * gateway in practice, is answered with the lxc MAC, so the pod needs no neighbour entry on the
  * node and the node's stack never sees the request) and the L2 announcement responder in XDP
- * (lib/l2_responder.h). The helpers work on packet pointers, so tc and XDP share them.
+ * (lib/l2_responder.h). The helpers work on packet pointers, so tc and XDP share them. Also the
+ * pod's ARP anti-spoofing: ARP from a pod must speak for that pod, so no pod can claim another's
+ * address (a gratuitous ARP) or teach the node a MAC that is not its own. Cilium has no ARP
+ * reason of its own: a wrong sender MAC is its DROP_INVALID_SMAC, a wrong sender IP its
+ * DROP_INVALID_SIP, as for IPv4.
  *
  * API:
  *   arp_parse_request(data, data_end, mac, &req)
@@ -12,13 +16,21 @@
  *   arp_make_reply(data, &req, mac)
  *                          turn that request, in place, into the reply "req.tip is-at mac" to
  *                          its sender (call only after arp_parse_request returned 1)
- *   arp_respond(skb, ep)   the pod responder: CTX_ACT_REDIRECT (reply sent back to the pod),
- *                          CTX_ACT_OK (not a request we answer) or -DROP_INVALID (truncated)
+ *   arp_check_sender(data, data_end, ep)
+ *                          0 when an ARP from the pod's veth speaks for endpoint ep: sender MAC
+ *                          ep->mac (else -DROP_INVALID_SMAC), sender IP ep->ip4 or the 0.0.0.0
+ *                          of a duplicate-address probe (else -DROP_INVALID_SIP). ARP whose
+ *                          addresses are not 6 and 4 bytes long is not checked (an Ethernet
+ *                          device's kernel drops it). -DROP_INVALID: truncated.
+ *   arp_respond(skb, ep)   the pod's ARP: its sender checked (arp_check_sender), then
+ *                          CTX_ACT_REDIRECT (reply sent back to the pod), CTX_ACT_OK (not a
+ *                          request we answer: to the node's stack) or a negative DROP_*
  */
 #ifndef DP_LIB_ARP_H
 #define DP_LIB_ARP_H
 
 #include "common.h"
+#include "eth.h"
 
 /* ARP for IPv4 over Ethernet, as it follows struct arphdr on the wire */
 struct arp_eth_ipv4 {
@@ -86,6 +98,23 @@ static __always_inline void arp_make_reply(void *data, const struct arp_request 
 	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 }
 
+static __always_inline int arp_check_sender(void *data, void *data_end,
+					    const struct endpoint_info *ep)
+{
+	struct arphdr *arp = data + ETH_HLEN;
+	struct arp_eth_ipv4 *body = (void *)(arp + 1);
+
+	if ((void *)(body + 1) > data_end)
+		return -DROP_INVALID;
+	if (arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
+		return 0;
+	if (!eth_addr_equal(body->sha, ep->mac))
+		return -DROP_INVALID_SMAC;
+	if (body->sip != ep->ip4 && body->sip != 0)
+		return -DROP_INVALID_SIP;
+	return 0;
+}
+
 static __always_inline int arp_respond(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	struct arp_request req;
@@ -95,6 +124,9 @@ static __always_inline int arp_respond(struct __sk_buff *skb, const struct endpo
 	if (ret < 0)
 		return ret;
 	data = ctx_data(skb);
+	ret = arp_check_sender(data, ctx_data_end(skb), ep);
+	if (ret < 0)
+		return ret;
 	ret = arp_parse_request(data, ctx_data_end(skb), ep->node_mac, &req);
 	if (ret <= 0)
 		return ret;

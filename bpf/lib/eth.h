@@ -3,6 +3,8 @@
  *
  * API:
  *   parse_eth(skb, &proto)           returns 0 (proto = host-order ethertype) or -DROP_INVALID
+ *   eth_addr_equal(a, b)             1 when the two 6-byte MAC addresses are the same
+ *   eth_src_is(skb, mac)             1 when the frame's source MAC is mac (after parse_eth)
  *   parse_ipv4(skb, &ip)             returns 0 with ip pointing at a validated IPv4 header,
  *                                    or -DROP_INVALID (truncated, bad version/ihl/length)
  *   eth_rewrite(skb, smac, dmac)     returns 0 or -DROP_WRITE_ERROR
@@ -25,6 +27,25 @@ static __always_inline int parse_eth(struct __sk_buff *skb, __u16 *proto)
 		return -DROP_INVALID;
 	*proto = bpf_ntohs(eth->h_proto);
 	return 0;
+}
+
+static __always_inline int eth_addr_equal(const __u8 *a, const __u8 *b)
+{
+	int same = 1;
+
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		same &= a[i] == b[i];
+	return same;
+}
+
+static __always_inline int eth_src_is(struct __sk_buff *skb, const __u8 *mac)
+{
+	struct ethhdr *eth = ctx_data(skb);
+
+	if ((void *)(eth + 1) > ctx_data_end(skb))
+		return 0;
+	return eth_addr_equal(eth->h_source, mac);
 }
 
 /* Validates the IPv4 header that follows the Ethernet header. The pointer stays valid until the

@@ -195,3 +195,46 @@ REMOTE_POD_C_TO_POD_B_SYN = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
 NODE_W1_TO_POD_B_SYN = (Ether(src=NODE_W1_MAC, dst=NODE_CTR_MAC)
                         / IP(src=NODE_W1_IP, dst=POD_B_IP, ttl=63, id=47)
                         / TCP(sport=40041, dport=80, flags="S"))
+
+# ---- spoofing from pod A (issue 12): each one is dropped by cil_from_container ----
+SPOOF_OUTSIDE_IP, SPOOF_MAC = "198.51.100.20", "02:de:ad:be:ef:01"
+
+
+def pod_a_udp_from(src_ip: str, src_mac: str = POD_A_MAC, dst_ip: str = OUTSIDE_IP):
+    """A UDP datagram out of pod A's eth0 with the given source IP and MAC."""
+    return Ether(bytes(Ether(src=src_mac, dst=LXC_A_MAC)
+                       / IP(src=src_ip, dst=dst_ip, ttl=64, id=60)
+                       / UDP(sport=40060, dport=53) / b"spoof"))
+
+
+def pod_a_arp(op: str, *, psrc: str, pdst: str, hwsrc: str = POD_A_MAC, eth_src: str = POD_A_MAC,
+              hwtype: int = 1):
+    """An ARP frame out of pod A's eth0, broadcast; hwtype 6 (IEEE 802, which Linux takes on
+    an Ethernet device too) patched in after the Ethernet layout is built."""
+    raw = bytearray(bytes(Ether(src=eth_src, dst="ff:ff:ff:ff:ff:ff")
+                          / ARP(op=op, hwsrc=hwsrc, psrc=psrc, hwdst="00:00:00:00:00:00",
+                                pdst=pdst)))
+    raw[14:16] = hwtype.to_bytes(2, "big")
+    return Ether(bytes(raw))
+
+
+POD_A_AS_POD_B_IP = pod_a_udp_from(POD_B_IP)                       # another pod's IP
+POD_A_AS_NODE_IP = pod_a_udp_from(NODE_CTR_IP)                     # its node's IP
+POD_A_AS_OTHER_NODE_IP = pod_a_udp_from(NODE_W1_IP)                # another node's IP
+POD_A_AS_OUTSIDE_IP = pod_a_udp_from(SPOOF_OUTSIDE_IP)             # an outside address
+POD_A_AS_POD_B_IP_TO_POD_B = pod_a_udp_from(POD_B_IP, dst_ip=POD_B_IP)
+POD_A_WITH_POD_B_MAC = pod_a_udp_from(POD_A_IP, src_mac=POD_B_MAC)   # another pod's MAC
+POD_A_WITH_SPOOF_MAC = pod_a_udp_from(POD_A_IP, src_mac=SPOOF_MAC)
+POD_A_WITH_POD_B_MAC_AND_IP = pod_a_udp_from(POD_B_IP, src_mac=POD_B_MAC)  # both: MAC first
+POD_A_UDP_OUT = pod_a_udp_from(POD_A_IP)                           # the genuine one
+# ARP: claiming pod B's address (gratuitous, request and reply forms), answering as the gateway,
+# asking for the gateway as pod B, or with a sender / Ethernet MAC not pod A's
+GARP_POD_A_CLAIMS_POD_B_IP = pod_a_arp("who-has", psrc=POD_B_IP, pdst=POD_B_IP)
+GARP_REPLY_POD_A_CLAIMS_POD_B_IP = pod_a_arp("is-at", psrc=POD_B_IP, pdst=POD_B_IP)
+GARP_IEEE802_POD_A_CLAIMS_POD_B_IP = pod_a_arp("who-has", psrc=POD_B_IP, pdst=POD_B_IP, hwtype=6)
+ARP_REPLY_POD_A_AS_GATEWAY = pod_a_arp("is-at", psrc=GATEWAY_IP, pdst=GATEWAY_IP)
+ARP_WHO_HAS_GATEWAY_AS_POD_B_IP = pod_a_arp("who-has", psrc=POD_B_IP, pdst=GATEWAY_IP)
+ARP_POD_A_IP_AT_POD_B_MAC = pod_a_arp("is-at", psrc=POD_A_IP, pdst=POD_A_IP, hwsrc=POD_B_MAC)
+ARP_POD_A_IP_AT_SPOOF_MAC = pod_a_arp("who-has", psrc=POD_A_IP, pdst=GATEWAY_IP, hwsrc=SPOOF_MAC)
+ARP_FROM_POD_B_ETH_MAC = pod_a_arp("who-has", psrc=POD_A_IP, pdst=GATEWAY_IP, eth_src=POD_B_MAC)
+GARP_POD_A_OWN_IP = pod_a_arp("who-has", psrc=POD_A_IP, pdst=POD_A_IP)   # genuine: passes

@@ -189,7 +189,7 @@ def pytest_runtest_teardown(item, nextitem):
 @pytest.fixture(scope="session")
 def lab(privileged, tmp_path_factory):
     """The foundation's lab: one node, every pod on it, no kvstore. One per session, shared by
-    test_cni, test_observe, test_single_node and test_trace: a test that changes it puts it back
+    test_cni, test_observe, test_single_node, test_spoof and test_trace: a test that changes it puts it back
     as it found it (in a finally), and a test that reads flows or counters filters by its own
     pods, ports or sequence numbers. test_single_node's test_lab_down_leaves_nothing takes it
     down, last (pytest_collection_modifyitems); down again here is a no-op then."""

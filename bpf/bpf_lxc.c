@@ -4,13 +4,12 @@
  * IPv4 must carry the endpoint's own source MAC (DROP_INVALID_SMAC), IPv4 its own source address
  * (DROP_INVALID_SIP) and ARP its own sender MAC and IP (lib/arp.h). ARP for its gateway is
  * answered here; a service frontend is translated to one of its backends (lib/lb.h); the pod's
- * egress policy is checked on the destination's
- * identity and port (lib/policy.h: the local endpoint's, else the ipcache's, world without one;
- * not for a hairpin, the pod reaching itself through a service); then a destination that is a
- * local endpoint is delivered straight into that pod's netns, through its ingress policy; a pod
- * on another node is sent there (VXLAN in tunnel mode, FIB redirect in native mode), in tunnel
- * mode a NodePort backend's reply first getting its frontend back; anything else continues to
- * the node's stack. One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS
+ * egress policy is checked on the destination's identity and port (lib/policy.h: the local
+ * endpoint's, else the ipcache's, world without one; not for a hairpin, the pod reaching itself
+ * through a service); then a destination that is a local endpoint is delivered straight into
+ * that pod's netns, through its ingress policy; a pod on another node is sent there (VXLAN in
+ * tunnel mode, FIB redirect in native mode), in tunnel mode a NodePort backend's reply first
+ * getting its frontend back; anything else continues to the node's stack. One exit: every verdict is counted in cilium_metrics under METRIC_EGRESS
  * (leaving the pod), a drop also reported in cilium_events (lib/events.h). A TCP/UDP packet is
  * parsed once (lb4_parse) and that view, kept in step with the DNAT, serves load balancing and
  * both ends' policy, with one clock read.

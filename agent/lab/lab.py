@@ -41,6 +41,9 @@ LAB_ROOT = Path(os.environ.get("DATAPATH_LAB_ROOT", "/var/run/datapath/lab"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lab"
 ETCD_PORT = 2379
 METRICS_PORT = 9962               # every agent's prometheus.port (lab-owned)
+# How long a starting agent may take to answer: a cold start compiles four programs (~15 s of
+# CPU each), which takes minutes on a loaded two-CPU machine.
+AGENT_START_SECONDS = 600
 
 
 class Lab:
@@ -346,7 +349,7 @@ class Lab:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _wait_agent(self, rec: dict, p: subprocess.Popen) -> str:
-        deadline = time.time() + 180
+        deadline = time.time() + AGENT_START_SECONDS
         while time.time() < deadline:
             if p.poll() is not None:
                 raise LabError(f"agent for {rec['netns']} exited ({p.returncode}); "
@@ -357,7 +360,8 @@ class Lab:
             except DatapathError:
                 time.sleep(0.2)
         _kill(proc_ref(p.pid))
-        raise LabError(f"agent for {rec['netns']} did not answer within 180 s; see {rec['log']}")
+        raise LabError(f"agent for {rec['netns']} did not answer within "
+                       f"{AGENT_START_SECONDS} s; see {rec['log']}")
 
     # ---- operator verbs: one node's agent, the lab's etcd (`datapath lab agent|etcd ...`) ----
     def _up_state(self) -> dict:

@@ -87,6 +87,28 @@ static __always_inline void *xdp_data_end(const struct xdp_md *ctx)
 	return CTX_PTR(ctx, struct xdp_md, data_end);
 }
 
+/* Atomic updates of a map value shared by CPUs (conntrack and NAT entries): a counter is added
+ * with one locked add, a __u16 flags field set or cleared with one locked OR / AND on the
+ * aligned 64-bit word that holds it (BPF has no 16-bit atomics, and BCC's clang emits 32-bit
+ * OR/AND only for -mcpu=v3), so a flag one CPU sets is never lost to another CPU's update of
+ * the entry. The other fields of that word are untouched (OR with 0, AND with 1s). The fetch
+ * forms return the field's value before the update. Little-endian (bpfel) only. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "DP_ATOMIC_U16_*: the flags word layout assumes a little-endian target"
+#endif
+#define DP_U16_WORD(p, field) \
+	((__u64 *)((void *)(p) + (offsetof(typeof(*(p)), field) & ~7UL)))
+#define DP_U16_SHIFT(p, field) ((offsetof(typeof(*(p)), field) & 7) * 8)
+#define DP_ATOMIC_U16_OR(p, field, bits) \
+	((__u16)(__sync_fetch_and_or(DP_U16_WORD(p, field), \
+				     (__u64)(__u16)(bits) << DP_U16_SHIFT(p, field)) >> \
+		 DP_U16_SHIFT(p, field)))
+#define DP_ATOMIC_U16_CLEAR(p, field, bits) \
+	((__u16)(__sync_fetch_and_and(DP_U16_WORD(p, field), \
+				      ~((__u64)(__u16)(bits) << DP_U16_SHIFT(p, field))) >> \
+		 DP_U16_SHIFT(p, field)))
+#define DP_ATOMIC_ADD(ptr, n) __sync_fetch_and_add(ptr, n)
+
 /* Make sure [data, data + len) is linear and inside the packet.
  * Returns 0, or -DROP_INVALID when the packet is shorter than len. */
 static __always_inline int ctx_pull(struct __sk_buff *skb, __u32 len)

@@ -19,7 +19,10 @@
  *                                 does not belong to (a reply entry made ahead)
  *   ct_refresh_at(entry, tcp_flags, is_tcp, bytes, now, trace)   the same with the clock
  *                                 already read; the lifetime is written only when it changes
- *                                 (once a second on an established flow)
+ *                                 (once a second on an established flow). An entry is shared
+ *                                 by every CPU its flow's packets run on: its packet and byte
+ *                                 counters are locked adds and its flags change by atomic OR /
+ *                                 AND (lib/common.h DP_ATOMIC_*), so none is lost
  *   ct_monitor(entry, tcp_flags, trace, now)   monitor aggregation (Cilium's): at medium and
  *                                 up the packet is traced (lib/trace.h trace_note) when the
  *                                 entry is new, when a flag of MONITOR_AGGREGATION_FLAGS is
@@ -136,22 +139,31 @@ static __always_inline void ct_refresh_at(struct ct_entry *entry, __u8 tcp_flags
 	__u32 life = CT_CONNECTION_LIFETIME_NONTCP;
 
 	if (is_tcp) {
-		if (!(tcp_flags & TCP_FLAG_SYN) && !(entry->flags & CT_F_SEEN_NON_SYN))
-			entry->flags |= CT_F_SEEN_NON_SYN;
+		__u16 flags = entry->flags, set = 0;
+
+		if (!(tcp_flags & TCP_FLAG_SYN))
+			set |= CT_F_SEEN_NON_SYN;
 		if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
-			entry->flags |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
-		if ((entry->flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
+			set |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
+		/* flags are written (atomically) only when they change: an established flow's
+		 * packets read them alone */
+		if ((flags | set) != flags)
+			flags = DP_ATOMIC_U16_OR(entry, flags, set) | set;
+		if ((flags & (CT_F_RX_CLOSING | CT_F_TX_CLOSING)) ==
 		    (CT_F_RX_CLOSING | CT_F_TX_CLOSING))
 			life = CT_CLOSE_TIMEOUT;
-		else if (entry->flags & CT_F_SEEN_NON_SYN)
+		else if (flags & CT_F_SEEN_NON_SYN)
 			life = CT_CONNECTION_LIFETIME_TCP;
 		else
 			life = CT_SYN_TIMEOUT;
 	}
-	if (entry->lifetime != now + life)      /* Cilium's report interval: a second at most */
+	/* one store (Cilium's WRITE_ONCE); a CPU racing a FIN may write the longer lifetime last,
+	 * which its next packet corrects from the flags. Cilium's report interval: a second. */
+	if (entry->lifetime != now + life)
 		entry->lifetime = now + life;
-	entry->packets += 1;
-	entry->bytes += bytes;
+	/* counted by every CPU the flow's packets run on: locked adds lose none */
+	DP_ATOMIC_ADD(&entry->packets, 1);
+	DP_ATOMIC_ADD(&entry->bytes, bytes);
 }
 
 static __always_inline int ct_tcp_reopens(const struct ct_entry *entry, __u8 tcp_flags)
@@ -163,7 +175,7 @@ static __always_inline int ct_tcp_reopens(const struct ct_entry *entry, __u8 tcp
 
 static __always_inline void ct_reopen(struct ct_entry *entry)
 {
-	entry->flags &= ~(CT_F_RX_CLOSING | CT_F_TX_CLOSING | CT_F_SEEN_NON_SYN);
+	DP_ATOMIC_U16_CLEAR(entry, flags, CT_F_RX_CLOSING | CT_F_TX_CLOSING | CT_F_SEEN_NON_SYN);
 	entry->tx_flags_seen = 0;
 	entry->rx_flags_seen = 0;
 }

@@ -455,9 +455,9 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 	} else if (seen && !(rct->flags & (CT_F_SEEN_NON_SYN | CT_F_RX_CLOSING |
 					   CT_F_TX_CLOSING))) {
 		/* the client's first packet without SYN establishes the reply entry too: an idle
-		 * connection whose backend sent only its SYN-ACK keeps it (a CPU refreshing it at
-		 * this moment may overwrite these flags; its next reply sets them again) */
-		rct->flags |= CT_F_SEEN_NON_SYN;
+		 * connection whose backend sent only its SYN-ACK keeps it (the flag is set
+		 * atomically: a CPU refreshing the entry at this moment loses none of its own) */
+		DP_ATOMIC_U16_OR(rct, flags, CT_F_SEEN_NON_SYN);
 		rct->lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 	}
 	*out = backend;

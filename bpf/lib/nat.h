@@ -19,8 +19,9 @@
  * Lifetimes follow Cilium's conntrack (ct_update_timeout's seen_non_syn): a TCP mapping lives
  * CT_SYN_TIMEOUT (60 s) until a packet without SYN passes it, so a SYN flood's half-open flows
  * give their ports back after a minute; then CT_CONNECTION_LIFETIME_TCP; CT_CLOSE_TIMEOUT after
- * a FIN or RST. The first packet without SYN through either entry establishes both (the other
- * entry is looked up by its tuple), so an idle connection keeps its pair together.
+ * a FIN or RST. The first packet without SYN through either entry establishes both, and the
+ * first FIN or RST closes both (the other entry is looked up by its tuple), so a pair lives and
+ * ends together. Entries are shared by CPUs: flags change atomically (nat_refresh).
  *
  * API:
  *   snat_v4_mapping(pkt, cfg, &addr, &port)  the hook-independent mapping (tc and XDP);
@@ -102,13 +103,18 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct lb4_p
  * (NAT_F_SEEN_NON_SYN), then CT_CONNECTION_LIFETIME_TCP; a FIN or RST leaves it only
  * CT_CLOSE_TIMEOUT, a mark that sticks until a SYN opens a new connection on the tuple (as
  * ct_reopen: the new connection starts over as a SYN); the rest CT_CONNECTION_LIFETIME_NONTCP.
- * Returns 1 when this packet is the entry's first without SYN (the caller then establishes the
- * mapping's other entry, nat_establish), else 0. Flags are written only when they change, so an
- * established flow's packets store the lifetime alone. */
+ * Returns what the mapping's other entry must learn (the caller passes it to nat_sync):
+ * NAT_SYNC_ESTABLISH when this packet is the entry's first without SYN, NAT_SYNC_CLOSE when it
+ * is the first FIN or RST, else 0. Flags are written only when they change, so an
+ * established flow's packets store the lifetime alone; they change by atomic OR / AND (lib/
+ * common.h DP_ATOMIC_U16_*), so a mark one CPU sets is never lost to another CPU's, and of CPUs
+ * racing the first packet without SYN (or FIN) exactly one sees it first. */
+#define NAT_SYNC_ESTABLISH 1
+#define NAT_SYNC_CLOSE     2
 static __always_inline int nat_refresh(struct ipv4_nat_entry *e, const struct lb4_pkt *pkt,
 				       __u32 now)
 {
-	__u16 flags, old;
+	__u16 flags, old, set = 0;
 	__u32 life;
 
 	if (pkt->proto != IPPROTO_TCP) {
@@ -116,39 +122,60 @@ static __always_inline int nat_refresh(struct ipv4_nat_entry *e, const struct lb
 		return 0;
 	}
 	flags = old = e->flags;
+	if ((pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST | TCP_FLAG_SYN)) == TCP_FLAG_SYN &&
+	    (flags & NAT_F_CLOSING)) {                  /* a new connection */
+		old = DP_ATOMIC_U16_CLEAR(e, flags, NAT_F_CLOSING | NAT_F_SEEN_NON_SYN);
+		flags = old & ~(NAT_F_CLOSING | NAT_F_SEEN_NON_SYN);
+	}
 	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
-		flags |= NAT_F_CLOSING;
-	else if ((pkt->tcp_flags & TCP_FLAG_SYN) && (flags & NAT_F_CLOSING))
-		flags &= ~(NAT_F_CLOSING | NAT_F_SEEN_NON_SYN);   /* a new connection */
+		set |= NAT_F_CLOSING;
 	if (!(pkt->tcp_flags & TCP_FLAG_SYN))
-		flags |= NAT_F_SEEN_NON_SYN;
+		set |= NAT_F_SEEN_NON_SYN;
+	if ((flags | set) != flags) {
+		old = DP_ATOMIC_U16_OR(e, flags, set);
+		flags = old | set;
+	}
 	if (flags & NAT_F_CLOSING)
 		life = CT_CLOSE_TIMEOUT;
 	else if (flags & NAT_F_SEEN_NON_SYN)
 		life = CT_CONNECTION_LIFETIME_TCP;
 	else
 		life = CT_SYN_TIMEOUT;
-	if (flags != old)
-		e->flags = flags;
 	e->lifetime = now + life;
+	if ((flags & NAT_F_CLOSING) && !(old & NAT_F_CLOSING))
+		return NAT_SYNC_CLOSE;
 	return (flags & NAT_F_SEEN_NON_SYN) && !(old & NAT_F_SEEN_NON_SYN) &&
-	       !(flags & NAT_F_CLOSING);
+	       !(flags & NAT_F_CLOSING) ? NAT_SYNC_ESTABLISH : 0;
 }
 
-/* The mapping's other entry (tuple) learns that the connection is established: its first
- * packet without SYN passed the entry the caller refreshed. Without this, an idle connection
- * whose server sent nothing but its SYN-ACK would lose its reverse entry after CT_SYN_TIMEOUT
- * while the forward one lives on (and the other way round). Race: a CPU refreshing the other
- * entry at the same moment may overwrite the flags written here (or this write its FIN mark);
- * the next packet through that entry sets them again, and the lifetime follows its flags. */
-static __always_inline void nat_establish(struct ipv4_ct_tuple *tuple, __u32 now)
+/* The mapping's other entry (tuple) learns what the packet through the entry the caller
+ * refreshed did to the connection, so the pair lives and ends together (Cilium keeps one
+ * conntrack entry for both directions). NAT_SYNC_ESTABLISH: its first packet without SYN
+ * passed; without this, an idle connection whose server sent nothing but its SYN-ACK would lose
+ * its reverse entry after CT_SYN_TIMEOUT while the forward one lives on (and the other way
+ * round). NAT_SYNC_CLOSE: its first FIN or RST passed; without this, a connection reset from
+ * one side (an RST is not answered) would hold its port through the other entry for
+ * CT_CONNECTION_LIFETIME_TCP. Flags are set atomically, so a CPU refreshing the other entry at
+ * the same moment keeps its own marks; the lifetime is not moved when that CPU's mark got
+ * there first. */
+static __always_inline void nat_sync(struct ipv4_ct_tuple *tuple, __u32 now, int sync)
 {
 	struct ipv4_nat_entry *e = cilium_snat_v4_external.lookup(tuple);
+	__u16 old;
 
-	if (!e || (e->flags & (NAT_F_SEEN_NON_SYN | NAT_F_CLOSING)))
+	if (!e || (e->flags & NAT_F_CLOSING))
 		return;
-	e->flags |= NAT_F_SEEN_NON_SYN;
-	e->lifetime = now + CT_CONNECTION_LIFETIME_TCP;
+	if (sync == NAT_SYNC_CLOSE) {
+		old = DP_ATOMIC_U16_OR(e, flags, NAT_F_CLOSING);
+		if (!(old & NAT_F_CLOSING))
+			e->lifetime = now + CT_CLOSE_TIMEOUT;
+		return;
+	}
+	if (e->flags & NAT_F_SEEN_NON_SYN)
+		return;
+	old = DP_ATOMIC_U16_OR(e, flags, NAT_F_SEEN_NON_SYN);
+	if (!(old & (NAT_F_SEEN_NON_SYN | NAT_F_CLOSING)))
+		e->lifetime = now + CT_CONNECTION_LIFETIME_TCP;
 }
 
 /* Whether a packet from a local pod to daddr leaves the cluster and must be masqueraded. */
@@ -178,7 +205,7 @@ static __always_inline int snat_v4_mapping(const struct lb4_pkt *p,
 	struct ipv4_nat_entry *fwd, ostate = {}, rstate = {};
 	struct lb4_pkt pkt = *p;
 	__u32 now, port;
-	int i;
+	int i, sync;
 
 	lb4_tuple(&otuple, &pkt, NAT_DIR_EGRESS);
 	now = ct_now();
@@ -186,15 +213,16 @@ static __always_inline int snat_v4_mapping(const struct lb4_pkt *p,
 	if (fwd) {
 		*to_addr = fwd->to_addr;
 		*to_port = fwd->to_port;
-		if (nat_refresh(fwd, &pkt, now)) {
-			/* established: the reply entry (peer -> node:port) too */
+		sync = nat_refresh(fwd, &pkt, now);
+		if (sync) {
+			/* established or closing: the reply entry (peer -> node:port) too */
 			rtuple.daddr = *to_addr;
 			rtuple.saddr = pkt.daddr;
 			rtuple.dport = *to_port;
 			rtuple.sport = pkt.dport;
 			rtuple.nexthdr = pkt.proto;
 			rtuple.flags = NAT_DIR_INGRESS;
-			nat_establish(&rtuple, now);
+			nat_sync(&rtuple, now, sync);
 		}
 		return 0;
 	}
@@ -323,15 +351,16 @@ static __always_inline int snat_v4_ingress(struct __sk_buff *skb, const struct n
 	if (!rev)
 		return 0;               /* the node's own traffic */
 	now = ct_now();
-	if (nat_refresh(rev, &pkt, now)) {
-		/* established: the forward entry (pod -> peer) too */
+	ret = nat_refresh(rev, &pkt, now);
+	if (ret) {
+		/* established or closing: the forward entry (pod -> peer) too */
 		otuple.saddr = rev->to_addr;
 		otuple.daddr = pkt.saddr;
 		otuple.sport = rev->to_port;
 		otuple.dport = pkt.sport;
 		otuple.nexthdr = pkt.proto;
 		otuple.flags = NAT_DIR_EGRESS;
-		nat_establish(&otuple, now);
+		nat_sync(&otuple, now, ret);
 	}
 	return nat_rewrite(skb, &pkt, 0, rev->to_addr, rev->to_port);
 }

@@ -23,6 +23,12 @@ def mocked_object(source: str, mock: str):
     return build.compile_text(text, name=f"{source} (mocked)")
 
 
+# bpf_host.c built small, for the pressure cases (test_pressure.py: a full conntrack table;
+# test_nat.py, test_nodeport.py: an exhausted port range): one compile serves them all
+PRESSURE_DEFINES = {"CT_MAP_SIZE_TCP": 256, "NODEPORT_PORT_MIN_NAT": 40000,
+                    "NODEPORT_PORT_MAX_NAT": 40001}
+
+
 # maps only some objects hold (the XDP flow cache): cleared where present
 OPTIONAL_MAPS = ("dp_xdp_flow4", "dp_xdp_flow_stats")
 

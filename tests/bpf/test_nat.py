@@ -14,6 +14,7 @@ from datapath import abi, build, testrun
 from datapath.maps import metrics_totals, open_maps
 
 from . import packets as P
+from .conftest import PRESSURE_DEFINES
 from .endpoints import add_endpoint
 
 NODE_IP, EXT = P.NODE_CTR_IP, "192.0.2.7"
@@ -139,9 +140,9 @@ def test_two_pods_with_the_same_port_get_different_node_ports(host, to_netdev):
 
 @pytest.fixture(scope="module")
 def tiny_range(privileged):
-    """bpf_host.c compiled with a two-port NAT range (a -D setting)."""
-    obj = build.compile_program("bpf_host.c", {"NODEPORT_PORT_MIN_NAT": 40000,
-                                               "NODEPORT_PORT_MAX_NAT": 40001})
+    """bpf_host.c compiled with a two-port NAT range, 40000-40001 (-D settings: conftest's
+    PRESSURE_DEFINES, shared with test_pressure.py's full conntrack table)."""
+    obj = build.compile_program("bpf_host.c", PRESSURE_DEFINES)
     return obj, build.load(obj, "cil_to_netdev", "tc")
 
 
@@ -282,8 +283,7 @@ def test_fin_closes_the_mapping_and_a_new_syn_starts_over_as_a_syn(host, to_netd
     run(from_netdev, peer_in("SA", sport))
     run(to_netdev, pod_out("A", sport))
     run(to_netdev, pod_out("FA", sport))
-    fwd, rev = nat_pair(m)
-    assert is_closing(fwd) and is_established(rev)
+    assert all(map(is_closing, nat_pair(m)))      # the pod's FIN closes the pair
     run(from_netdev, peer_in("FA", sport))
     assert all(map(is_closing, nat_pair(m)))
     run(to_netdev, pod_out("A", sport))                           # the last ACK: still closing
@@ -296,6 +296,26 @@ def test_fin_closes_the_mapping_and_a_new_syn_starts_over_as_a_syn(host, to_netd
     assert all(map(is_syn, nat_pair(m)))
     run(to_netdev, pod_out("A", sport))
     assert all(map(is_established, nat_pair(m)))
+
+
+def test_a_reset_through_either_entry_closes_the_pair(host, to_netdev, from_netdev):
+    """An RST is not answered: the peer's RST (through the ingress entry) closes the egress
+    entry too, and the pod's (through the egress entry) the ingress one, so the port comes back
+    after CT_CLOSE_TIMEOUT instead of being held by the other entry for
+    CT_CONNECTION_LIFETIME_TCP."""
+    from agent import ctgc
+    m = setup(host)
+    for sport, reset in ((40140, lambda s: run(from_netdev, peer_in("R", s))),
+                         (40141, lambda s: run(to_netdev, pod_out("R", s)))):
+        nat = m["cilium_snat_v4_external"]
+        nat.clear()
+        run(to_netdev, pod_out("S", sport))
+        run(from_netdev, peer_in("SA", sport))
+        run(to_netdev, pod_out("A", sport))
+        assert all(map(is_established, nat_pair(m)))
+        reset(sport)
+        assert all(map(is_closing, nat_pair(m)))
+        assert ctgc.collect_nat(m, time.monotonic() + abi.CT_CLOSE_TIMEOUT + 2) == (0, 2)
 
 
 def test_a_syn_flood_leaves_no_mapping_beyond_the_syn_lifetime(host, to_netdev):

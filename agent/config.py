@@ -61,6 +61,8 @@ _FIELDS: dict[str, str] = {
     "nodePort.range": "nodePortRange",
     "maglev.tableSize": "maglevTableSize",
     "bpf.lbMapMax": "lbMapMax",
+    "bpf.ctTcpMax": "ctTcpMax",
+    "bpf.ctAnyMax": "ctAnyMax",
     "l2announcements.enabled": "l2Enabled",
     "l2announcements.leaseDuration": "l2LeaseDuration",
     "l2announcements.leaseRenewDeadline": "l2LeaseRenewDeadline",
@@ -79,7 +81,7 @@ RESTART_KEYS: frozenset[str] = frozenset({
     "nodeName", "ipam.podCIDR", "apiSocket", "stateDir", "bpf.root",
     "prometheus.port", "prometheus.enabled", "devices", "cluster.name", "kvstore", "kvstoreOpt",
     "kvstoreLeaseTTL", "routingMode", "tunnelProtocol", "bpf.natPortRange",
-    "maglev.tableSize", "l2announcements.enabled", "bpf.lbMapMax",
+    "maglev.tableSize", "l2announcements.enabled", "bpf.lbMapMax", "bpf.ctTcpMax", "bpf.ctAnyMax",
     # read once at start (the tunnel device's MTU; the L2 announcer's leases)
     "MTU", "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
     "l2announcements.leaseRetryPeriod",
@@ -94,6 +96,9 @@ _MONITOR_AGGREGATION_ALIASES = {"disabled": "none", "max": "maximum"}
 
 # bpf.lbMapMax bounds: Cilium's default is the floor; a service map of 2^24 entries is ~0.8 GiB
 LB_MAP_MAX_MIN, LB_MAP_MAX_MAX = 65536, 1 << 24
+
+# bpf.ctTcpMax / bpf.ctAnyMax bounds: Cilium's LimitTableMin and LimitTableMax
+CT_MAP_MIN, CT_MAP_MAX = 1 << 10, 1 << 24
 
 # Cilium's accepted Maglev table sizes (primes; M should be well above 100 x the backend count)
 MAGLEV_TABLE_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
@@ -155,6 +160,8 @@ class Config:
     nodePortRange: tuple[int, int] = (30000, 32767)    # nodePorts given or allocated
     maglevTableSize: int = 16381                       # Maglev lookup table size (a prime)
     lbMapMax: int = 65536                       # entries of the service and backend maps
+    ctTcpMax: int = 524288                      # entries of cilium_ct4_global (compile-time)
+    ctAnyMax: int = 262144                      # entries of cilium_ct_any4_global (compile-time)
     l2Enabled: bool = False                     # L2 announcements (ARP for LB/external IPs)
     l2LeaseDuration: int = 15                   # seconds a leader's lease lives unrenewed
     l2LeaseRenewDeadline: int = 5               # a leader unable to renew this long steps down
@@ -645,6 +652,8 @@ def parse_config(data: object, path: str) -> Config:
         nodePortRange=_node_port_range(r),
         maglevTableSize=_maglev_table_size(r),
         lbMapMax=r.integer("bpf.lbMapMax", 65536, LB_MAP_MAX_MIN, LB_MAP_MAX_MAX),
+        ctTcpMax=r.integer("bpf.ctTcpMax", 524288, CT_MAP_MIN, CT_MAP_MAX),
+        ctAnyMax=r.integer("bpf.ctAnyMax", 262144, CT_MAP_MIN, CT_MAP_MAX),
         l2Enabled=r.boolean("l2announcements.enabled", False),
         l2LeaseDuration=l2_lease,
         l2LeaseRenewDeadline=l2_renew,

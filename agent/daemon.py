@@ -24,7 +24,7 @@ import ipaddress
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader
-from datapath.loader import NodeDatapath, lb_map_defines, monitor_defines
+from datapath.loader import NodeDatapath, ct_map_defines, lb_map_defines, monitor_defines
 
 from . import api, ctgc, inspect, netdev
 from .lb import l2announce, services
@@ -114,6 +114,7 @@ class Agent:
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
             "LB_MAGLEV_LUT_SIZE": self.cfg.maglevTableSize,
             **lb_map_defines(self.cfg.lbMapMax),
+            **ct_map_defines(self.cfg.ctTcpMax, self.cfg.ctAnyMax),
             **monitor_defines(self.cfg.monitorAggregation, self.cfg.monitorInterval)})
         log.info("programs %s", "adopted from their pins (no compile)" if self.dp.adopted
                  else f"compiled: {self.dp.why_compiled}")

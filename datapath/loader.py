@@ -15,6 +15,7 @@ API:
         with the map pins of another layout it dropped first, also in .dropped_pins),
         .bcc_object(source) (compiles now if adopted)
     lb_map_defines(n)                 the -D sizes for bpf.lbMapMax = n
+    ct_map_defines(tcp, any)          the -D sizes for bpf.ctTcpMax / bpf.ctAnyMax
     monitor_defines(level, interval)  the -D settings of bpf.monitorAggregation (a name as
                                       Cilium's, "none".."maximum", or MONITOR_AGGREGATION_*) and
                                       bpf.monitorInterval (seconds, or a "5s"-style string)
@@ -176,6 +177,18 @@ def lb_map_defines(lb_map_max: int) -> dict[str, int]:
     if lb_map_max == abi.LB_SERVICE_MAP_MAX_ENTRIES:
         return {}
     return {"LB_SERVICE_MAP_MAX_ENTRIES": lb_map_max, "LB_BACKENDS_MAP_MAX_ENTRIES": lb_map_max}
+
+
+def ct_map_defines(tcp_max: int, any_max: int) -> dict[str, int]:
+    """The -D sizes of bpf.ctTcpMax and bpf.ctAnyMax (Cilium's --bpf-ct-global-tcp-max and
+    --bpf-ct-global-any-max): the TCP and non-TCP conntrack maps. Only the sizes that differ from
+    abi.h's defaults, so the build stamp stays the same at the defaults."""
+    out = {}
+    if tcp_max != abi.CT_MAP_SIZE_TCP:
+        out["CT_MAP_SIZE_TCP"] = tcp_max
+    if any_max != abi.CT_MAP_SIZE_ANY:
+        out["CT_MAP_SIZE_ANY"] = any_max
+    return out
 
 
 def monitor_defines(level: str | int = "medium", interval: int | float | str = 5) -> dict[str, int]:

@@ -217,6 +217,63 @@ def test_a_syn_flood_to_a_nodeport_holds_no_state_beyond_60_s(host, from_netdev)
     assert len(established) == 2                      # the real client's mapping alone
 
 
+@pytest.fixture
+def tiny_range_host(privileged):
+    """bpf_host.c with a two-port NAT range, 40000-40001 (conftest's PRESSURE_DEFINES), its
+    from-netdev program, and its maps emptied."""
+    from datapath import build
+    from .conftest import MAPS, PRESSURE_DEFINES
+    obj = build.compile_program("bpf_host.c", PRESSURE_DEFINES)
+    for name in MAPS:
+        obj[name].clear()
+    return obj, build.load(obj, "cil_from_netdev", "tc")
+
+
+def test_nodeport_snat_port_exhaustion_drops_with_ciliums_reason_and_recovers(tiny_range_host):
+    """ext -> NodePort -> a backend on another node with a NAT range of two ports: two client
+    flows take both, the third is dropped with DROP_NAT_NO_MAPPING ("No mapping for NAT
+    masquerade", counted in cilium_metrics under INGRESS) and keeps being dropped while the two
+    flows live; once they end (FIN both ways: CT_CLOSE_TIMEOUT) and conntrack GC deletes their
+    expired mappings, the third flow gets a port."""
+    from agent import ctgc
+    obj, prog = tiny_range_host
+    m = setup(obj, masquerade=False)
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+
+    def nat_drops():
+        return metrics_totals(m["cilium_metrics"]).get(
+            (abi.DROP_NAT_NO_MAPPING, abi.METRIC_INGRESS), (0, 0))[0]
+
+    ports = []
+    for sport in (52000, 52001):
+        res = run(prog, to_nodeport(sport=sport))
+        assert res.retval == abi.CTX_ACT_OK
+        ports.append(Ether(res.data)[TCP].sport)
+    assert sorted(ports) == [40000, 40001]
+    assert run(prog, to_nodeport(sport=52002)).retval == abi.CTX_ACT_DROP
+    assert nat_drops() == 1
+    assert abi.reason_string(abi.DROP_NAT_NO_MAPPING) == "No mapping for NAT masquerade"
+    # the two flows end: the client's ACK and FIN, the backend's FIN back
+    for sport, port in zip((52000, 52001), ports):
+        for flags in ("A", "FA"):
+            assert run(prog, to_nodeport(sport=sport, flags=flags)).retval == abi.CTX_ACT_OK
+        fin = in_pkt(REMOTE_POD, NODE_IP, TCP(sport=BPORT, dport=port, flags="FA"), b"")
+        assert run(prog, fin).retval == abi.CTX_ACT_OK
+    assert run(prog, to_nodeport(sport=52002)).retval == abi.CTX_ACT_DROP   # not expired yet
+    assert nat_drops() == 2
+    nat = m["cilium_snat_v4_external"]
+    assert len(nat) == 4 and all(e.flags & abi.NAT_F_CLOSING for _, e in nat.items())
+    # GC a little after CT_CLOSE_TIMEOUT (its clock given, not waited for)
+    later = time.monotonic() + abi.CT_CLOSE_TIMEOUT + 2
+    assert ctgc.collect_nat(m, later) == (0, 4)
+    ctgc.collect(m, later)
+    res = run(prog, to_nodeport(sport=52002))
+    assert res.retval == abi.CTX_ACT_OK
+    assert Ether(res.data)[TCP].sport in (40000, 40001)
+    assert nat_drops() == 2
+
+
 MOCK_SET_TUNNEL_KEY = """
 /* test mock: the tunnel key set for the packet comes back in skb->cb[1] (VNI) and cb[2] (the
  * remote node, host order) */

@@ -405,7 +405,8 @@ def test_restart_keys() -> None:
                             "prometheus.port", "prometheus.enabled", "devices", "cluster.name",
                             "kvstore", "kvstoreOpt", "kvstoreLeaseTTL", "routingMode",
                             "tunnelProtocol", "bpf.natPortRange", "maglev.tableSize",
-                            "l2announcements.enabled", "bpf.lbMapMax", "MTU",
+                            "l2announcements.enabled", "bpf.lbMapMax", "bpf.ctTcpMax",
+                            "bpf.ctAnyMax", "MTU",
                             "l2announcements.leaseDuration", "l2announcements.leaseRenewDeadline",
                             "l2announcements.leaseRetryPeriod", "bpf.monitorAggregation",
                             "bpf.monitorInterval"}
@@ -499,6 +500,8 @@ def test_service_keys(tmp_path):
     ("maglev: {tableSize: 1000}\n", "maglev.tableSize"),
     ("bpf: {lbMapMax: 1000}\n", "bpf.lbMapMax"),                     # below Cilium's default
     ("bpf: {lbMapMax: '128k'}\n", "bpf.lbMapMax"),
+    ("bpf: {ctTcpMax: 256}\n", "bpf.ctTcpMax"),                      # below Cilium's 1024
+    ("bpf: {ctAnyMax: 33554432}\n", "bpf.ctAnyMax"),                 # above Cilium's 2^24
 ])
 def test_masquerade_key_errors(tmp_path, extra, key):
     p = tmp_path / "m.yaml"
@@ -514,6 +517,16 @@ def test_lb_map_max_sizes_the_service_and_backend_maps(tmp_path):
     c = cfg(tmp_path, bpf={"lbMapMax": 131072})
     assert lb_map_defines(c.lbMapMax) == {"LB_SERVICE_MAP_MAX_ENTRIES": 131072,
                                           "LB_BACKENDS_MAP_MAX_ENTRIES": 131072}
+
+
+def test_ct_max_sizes_the_conntrack_maps(tmp_path):
+    from datapath.loader import ct_map_defines
+    d = cfg(tmp_path)
+    assert (d.ctTcpMax, d.ctAnyMax) == (524288, 262144)
+    assert ct_map_defines(d.ctTcpMax, d.ctAnyMax) == {}
+    c = cfg(tmp_path, bpf={"ctTcpMax": 1024, "ctAnyMax": 2048})
+    assert ct_map_defines(c.ctTcpMax, c.ctAnyMax) == {"CT_MAP_SIZE_TCP": 1024,
+                                                      "CT_MAP_SIZE_ANY": 2048}
 
 
 def test_l2_announcement_defaults_are_ciliums(tmp_path):

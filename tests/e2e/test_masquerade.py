@@ -162,11 +162,13 @@ def test_clusterip_with_an_external_backend(masq):
 
 
 def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, tmp_path):
+    """A NAT range of 4 ports and (issue #12, the same lab) a conntrack table of 1,024 TCP
+    entries, Cilium's smallest bpf.ctTcpMax."""
     mdir = copy_manifests(tmp_path, node="k8s-ctr")
     for f in mdir.glob("webpod-*.yaml"):
         f.unlink()
     with built_lab(_name("x"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
-                   {"bpf": {"natPortRange": "40000-40003"}}) as lab:
+                   {"bpf": {"natPortRange": "40000-40003", "ctTcpMax": 1024}}) as lab:
         p = server(lab, 7300, 120)
         try:
             holder = subprocess.Popen(netns.cmd(lab.ns("curl-pod"), sys.executable, "-c",
@@ -200,8 +202,54 @@ def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, t
             wait_for(lambda: lab.py("curl-pod", MANY_CLIENTS, EXT, "7300", "51000", "1",
                                     check=False).returncode == 0, timeout=60, interval=2,
                      what="a free NAT port after the closed mappings expire")
+            _conntrack_full(lab)
         finally:
             p.kill()
+
+
+def _conntrack_full(lab):
+    """The node's TCP conntrack table (bpf.ctTcpMax: 1024) filled with idle flows (written to
+    its pin from one CPU, lifetime hours ahead, so GC keeps them): the agent's
+    cilium_bpf_map_pressure{map_name="cilium_ct4_global"} reports the fill, near 1, and a new
+    connection from a pod still gets through (the LRU evicts an idle entry; no
+    DROP_CT_CREATE_FAILED)."""
+    from datapath import abi
+    from datapath.maps import open_pinned
+    ct = open_pinned(f"{lab.lab.bpffs}/datapath/k8s-ctr")["cilium_ct4_global"]
+    assert ct.max_entries == 1024
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})        # one CPU's LRU lists: no early eviction
+    try:
+        idle = abi.CtEntry(lifetime=int(time.monotonic()) + 7200, packets=1, bytes=60,
+                           flags=abi.CT_F_SEEN_NON_SYN)
+        for i in range(ct.max_entries - len(ct)):
+            ct.update(abi.Ipv4CtTuple(daddr=abi.ip4_to_be32(f"198.51.100.{i % 250 + 1}"),
+                                      saddr=abi.ip4_to_be32("192.0.2.1"), dport=abi.be16(443),
+                                      sport=abi.be16(20000 + i), nexthdr=6,
+                                      flags=abi.TUPLE_F_POLICY | abi.TUPLE_F_OUT), idle)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    fill = len(ct) / ct.max_entries            # as the test reads the pin
+    full = lab.metric("cilium_bpf_map_pressure", map_name="cilium_ct4_global")
+    fails = lab.metric("cilium_drop_count_total", reason="CT: Map insertion failed")
+    # a new connection from the pod to a server on the node (not masqueraded: no NAT port
+    # needed): its conntrack entry takes an idle one's place
+    node_ip = lab.node()["ip"]
+    p = subprocess.Popen(netns.cmd(lab.ns("k8s-ctr"), sys.executable, "-c", HOLD_SERVER, "7301",
+                                   "30"), stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: ":7301" in lab.run("k8s-ctr", "ss", "-Htln").stdout, what="server")
+        got = lab.py("curl-pod", MANY_CLIENTS, node_ip, "7301", "52000", "1").stdout.split()
+    finally:
+        p.kill()
+    after = lab.metric("cilium_bpf_map_pressure", map_name="cilium_ct4_global")
+    print(f"\nconntrack of 1024 entries: {fill:.3f} full read from the pin, pressure {full:.3f}; "
+          f"{after:.3f} after a new connection")
+    # full as an LRU map gets from one CPU: the other CPU's free list may keep up to 127
+    # entries unused (the kernel evicts before it steals them)
+    assert fill >= 0.85 and abs(full - fill) <= 0.02 and after >= 0.85
+    assert got == [f"{lab.pod_ip('curl-pod')}:52000"]
+    assert lab.metric("cilium_drop_count_total", reason="CT: Map insertion failed") == fails
 
 
 def _nat_drops(lab) -> float:

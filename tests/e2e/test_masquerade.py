@@ -245,9 +245,10 @@ def _conntrack_full(lab):
     after = lab.metric("cilium_bpf_map_pressure", map_name="cilium_ct4_global")
     print(f"\nconntrack of 1024 entries: {fill:.3f} full read from the pin, pressure {full:.3f}; "
           f"{after:.3f} after a new connection")
-    # full as an LRU map gets from one CPU (0.875 seen: the kernel evicts before it takes the
-    # up to 128 free entries another CPU's list holds)
-    assert fill >= 0.85 and abs(full - fill) <= 0.02 and after >= 0.85
+    # full as an LRU map gets from one CPU (0.875 seen on 2 CPUs: the kernel evicts before it
+    # takes the up to 128 free entries each other CPU's list holds)
+    floor = 1 - 128 * (os.cpu_count() - 1) / ct.max_entries - 0.02
+    assert fill >= floor and abs(full - fill) <= 0.02 and after >= floor
     assert got == [f"{lab.pod_ip('curl-pod')}:52000"]
     assert lab.metric("cilium_drop_count_total", reason="CT: Map insertion failed") == fails
 

@@ -22,9 +22,10 @@ log = logging.getLogger("datapath.kvstore")
 
 class ClusterSync:
     def __init__(self, client: EtcdClient, cluster: str, node: str, ttl: int,
-                 on_change: Callable[[dict, dict], None]):
+                 on_change: Callable[[dict, dict], None],
+                 on_error: Callable[[str], None] | None = None):
         self.client, self.cluster, self.node, self.ttl = client, cluster, node, ttl
-        self.on_change = on_change
+        self.on_change, self.on_error = on_change, on_error     # on_error: each failed round
         self.lease: int | None = None
         self._wanted: dict[str, str] = {}
         self._published: dict[str, str] = {}
@@ -89,6 +90,8 @@ class ClusterSync:
                 if self.connected or self.last_error is None:
                     log.warning("kvstore: %s", e)
                 self.connected, self.last_error = False, str(e)
+                if self.on_error:
+                    self.on_error(str(e))
             except Exception:  # a bug in on_change must not stop the sync
                 log.exception("kvstore sync failed")
             stop.wait(interval)

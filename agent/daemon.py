@@ -88,7 +88,9 @@ class Agent:
             client = EtcdClient(self.cfg.kvstoreEndpoints)
             self.identities = EtcdIdentityStore(client)
             self.cluster = ClusterSync(client, self.cfg.clusterName, self.cfg.nodeName,
-                                       self.cfg.kvstoreLeaseTTL, self._on_cluster_change)
+                                       self.cfg.kvstoreLeaseTTL, self._on_cluster_change,
+                                       on_error=lambda err: self.metrics.kvstore_quorum_errors
+                                       .labels(err).inc())
         else:
             self.identities = LocalIdentityStore(self.state["identities"])
         cfg = self.cfg

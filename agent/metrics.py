@@ -67,6 +67,9 @@ class AgentMetrics:
                                        registry=self.registry)
         for action in ("add", "update", "delete"):
             self.services_events.labels(action)
+        # Cilium's: one a failed round with the kvstore (here: the cluster sync's), by error
+        self.kvstore_quorum_errors = Counter("cilium_kvstore_quorum_errors", "Number of quorum "
+                                             "errors", ["error"], registry=self.registry)
         self.ct_gc_runs = Counter("cilium_datapath_conntrack_gc_runs", "Number of times that the "
                                   "conntrack garbage collector process was run",
                                   ["family", "protocol", "status"], registry=self.registry)

@@ -115,3 +115,51 @@ def test_a_node_joining_is_probed_without_waiting_an_interval(scratch_ns):
         t.join(3)
         return h.status()["reachable"]
     assert run_in_netns(scratch_ns, run) == ["a", "b"]
+
+
+def test_failed_kvstore_rounds_count_as_cilium_kvstore_quorum_errors():
+    """A kvstore round that fails (etcd unreachable) reaches on_error, which the agent wires to
+    cilium_kvstore_quorum_errors_total{error}; a round that succeeds does not."""
+    from agent.cluster import ClusterSync
+    from datapath.errors import KVStoreError
+
+    class Etcd:
+        endpoints, up, rounds = ["http://192.0.2.1:2379"], False, 0
+
+        def lease_grant(self, ttl):
+            self.rounds += 1
+            if not self.up:
+                raise KVStoreError("etcd unreachable at http://192.0.2.1:2379: refused")
+            return 7
+
+        def lease_keepalive(self, lease):
+            return 60
+
+        def put(self, *a, **kw):
+            pass
+
+        def get_prefix(self, prefix):
+            return {}
+
+    m, etcd, stop = AgentMetrics(), Etcd(), threading.Event()
+
+    def on_error(err):
+        m.kvstore_quorum_errors.labels(err).inc()
+        if etcd.rounds >= 3:
+            etcd.up = True
+
+    sync = ClusterSync(etcd, "default", "n1", 60, lambda *a: None, on_error=on_error)
+    t = threading.Thread(target=sync.run, args=(stop, 0.01))
+    t.start()
+    try:
+        deadline = time.time() + 10
+        while not sync.connected and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert sync.connected and sync.last_error is None
+    assert m.registry.get_sample_value(
+        "cilium_kvstore_quorum_errors_total",
+        {"error": "etcd unreachable at http://192.0.2.1:2379: refused"}) == 3
+    assert "cilium_kvstore_quorum_errors_total" in generate_latest(m.registry).decode()

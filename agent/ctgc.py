@@ -20,20 +20,31 @@ NAT_MAP = "cilium_snat_v4_external"
 START, MIN, MAX = 300.0, 10.0, 12 * 3600.0
 
 
+def _sweep(m, now: float) -> tuple[int, int]:
+    """Delete m's entries whose lifetime has passed; returns (alive, deleted). The walk reads a
+    snapshot and takes seconds at 10^4-10^5 entries, so an entry is read again just before its
+    delete: one the datapath refreshed meanwhile (a closed flow's tuple reopened by a new SYN,
+    which reuses the entry) stays, instead of being taken from under the new connection."""
+    alive = deleted = 0
+    for key, entry in list(m.items()):
+        if entry.lifetime < now:
+            cur = m.get(key)
+            if cur is None:
+                continue
+            if cur.lifetime < now:
+                deleted += m.delete(key)
+                continue
+        alive += 1
+    return alive, deleted
+
+
 def collect(maps: dict, now: float | None = None) -> dict[str, tuple[int, int]]:
     now = time.monotonic() if now is None else now
     out = {}
     for name, proto in CT_MAPS.items():
         m = maps.get(name)
-        if m is None:
-            continue
-        alive = deleted = 0
-        for key, entry in list(m.items()):
-            if entry.lifetime < now:
-                deleted += m.delete(key)
-            else:
-                alive += 1
-        out[proto] = (alive, deleted)
+        if m is not None:
+            out[proto] = _sweep(m, now)
     return out
 
 
@@ -41,14 +52,7 @@ def collect_nat(maps: dict, now: float | None = None) -> tuple[int, int]:
     """Delete expired masquerade mappings; returns (alive, deleted)."""
     now = time.monotonic() if now is None else now
     m = maps.get(NAT_MAP)
-    alive = deleted = 0
-    if m is not None:
-        for key, entry in list(m.items()):
-            if entry.lifetime < now:
-                deleted += m.delete(key)
-            else:
-                alive += 1
-    return alive, deleted
+    return _sweep(m, now) if m is not None else (0, 0)
 
 
 def next_interval(current: float, ratio: float) -> float:

@@ -29,3 +29,37 @@ def privileged():
         if CI:
             pytest.fail(f"CI=true and this test cannot run: {why}")
         pytest.skip(why)
+
+
+# ---- the bench smoke runs in the background (tests/benchpool.py) ----
+
+def _is_e2e(item) -> bool:
+    return "tests/e2e/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("e2e/")
+
+
+def pytest_collection_finish(session):
+    """Start the collected bench modules' runs now, one at a time, so they overlap the tests
+    before them (heaviest first); none when this session cannot run them (their tests then fail
+    under CI=true or skip, through `privileged`, as before)."""
+    from tests import benchpool
+    jobs = {}
+    for item in session.items:
+        job = getattr(item.module, "BENCH_JOB", None) if hasattr(item, "module") else None
+        if job is not None:
+            jobs.setdefault(item.module.__name__, job)
+    if jobs and _privileged_reason() is None:
+        order = sorted(jobs, key=lambda n: -getattr(jobs[n], "weight", 0))
+        benchpool.start({n: jobs[n] for n in order})
+
+
+def pytest_runtest_setup(item):
+    from tests import benchpool
+    if _is_e2e(item):
+        benchpool.pause()
+    else:
+        benchpool.resume()
+
+
+def pytest_sessionfinish(session):
+    from tests import benchpool
+    benchpool.stop()

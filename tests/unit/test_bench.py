@@ -1,26 +1,48 @@
-"""bench/lb_program.py does not rot: its core, run on 50 services in its own netns and pin dir,
-programs exactly the expected entries and turns one endpoint change into a handful of map ops.
-Correctness only: the bench's timings are never asserted."""
+"""bench/lb_program.py does not rot: run on 50 services in its own netns and pin dir (in the
+background, tests/benchpool.py), it programs exactly the expected entries and turns one endpoint
+change into a handful of map ops. Correctness only: the bench's timings are never asserted."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench import lb_program
 from datapath import netns
+from tests import benchpool
+
+ROOT = Path(__file__).resolve().parents[2]
 
 N, PER = 50, 3
 
 
+def bench_job(tmp):
+    """The bench's CLI at N services (its own netns and pin dir, named after its pid), which
+    leaves no namespace and no pin directory behind (other labs may come and go)."""
+    p = benchpool.popen([sys.executable, str(ROOT / "bench" / "lb_program.py"), "--services",
+                         str(N), "--backends", str(PER), "--json"], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = p.communicate(timeout=900)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr[-3000:]
+    assert not [n for n in netns.list_names() if n.startswith(f"dpbench-{p.pid}-")]
+    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{p.pid}-")]
+    return json.loads(stdout)
+
+
+bench_job.weight = 3
+BENCH_JOB = bench_job
+
+
 @pytest.fixture(scope="module")
 def result(privileged):
-    before = {n for n in netns.list_names() if n.startswith("dpbench-")}
-    r = lb_program.run(N, PER, log=lambda s: None)
-    # the bench leaves no namespace and no pin directory behind (other labs may come and go)
-    assert {n for n in netns.list_names() if n.startswith("dpbench-")} <= before
-    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{os.getpid()}-")]
-    return r
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_cold_programming_fills_the_maps_exactly(result):

@@ -1,7 +1,8 @@
 """bench/control_plane.py does not rot: a --quick run (100 services) programs the maps cold,
 applies endpoint and service changes incrementally with the writes they need and no more,
 restarts the real agent on what it left with no map write, writes its JSON and PNG, and leaves
-no namespace or pin behind. Correctness only: its timings are never asserted."""
+no namespace or pin behind (run in the background, tests/benchpool.py). Correctness only: its
+timings are never asserted."""
 from __future__ import annotations
 
 import json
@@ -13,21 +14,35 @@ from pathlib import Path
 import pytest
 
 from datapath import netns
+from tests import benchpool
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def run(privileged, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cp") / "control_plane.json"
+def bench_job(tmp):
+    out = tmp / "control_plane.json"
     before_ns = {n for n in netns.list_names() if n.startswith("dpbench-")}
     before_pins = {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")}
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "control_plane.py"), "--quick",
-                        "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = benchpool.popen([sys.executable, str(ROOT / "bench" / "control_plane.py"), "--quick",
+                         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True, cwd=ROOT)
+    try:
+        _, stderr = p.communicate(timeout=900)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr[-3000:]
     assert {n for n in netns.list_names() if n.startswith("dpbench-")} <= before_ns
     assert {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")} <= before_pins
     return json.loads(out.read_text()), out
+
+
+bench_job.weight = 4
+BENCH_JOB = bench_job
+
+
+@pytest.fixture(scope="module")
+def run(privileged):
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_incremental_changes_write_only_what_changed(run):

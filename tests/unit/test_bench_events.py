@@ -2,7 +2,8 @@
 before timing, gives the intended verdict and length on every call, never fills the ring (no
 event lost, so no case times the failure path), sends the events each build should (medium: one
 per new flow and per drop, none on an established flow; none: two per packet; compiled out:
-none), writes its JSON and PNG, and leaves no namespace behind. Correctness only: the bench's
+none), writes its JSON and PNG, and leaves no namespace behind (run in the background,
+tests/benchpool.py). Correctness only: the bench's
 timings are never asserted."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from bench import events_packet, packet
 from datapath import netns
+from tests import benchpool
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ["floor tc TC_ACT_OK", "tc pod to pod established [medium]",
@@ -24,12 +26,11 @@ CASES = ["floor tc TC_ACT_OK", "tc pod to pod established [medium]",
          "floor xdp_pass", "xdp nodeport established [medium]", "xdp nodeport established [off]"]
 
 
-@pytest.fixture(scope="module")
-def run(privileged, tmp_path_factory):
-    out = tmp_path_factory.mktemp("events_packet") / "events_packet.json"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "events_packet.py"),
-                             "--quick", "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def bench_job(tmp):
+    out = tmp / "events_packet.json"
+    proc = benchpool.popen([sys.executable, str(ROOT / "bench" / "events_packet.py"),
+                            "--quick", "--out", str(out)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         stdout, stderr = proc.communicate(timeout=900)
     finally:
@@ -42,6 +43,15 @@ def run(privileged, tmp_path_factory):
         assert p.returncode != 0 and "pktbench not found" in p.stderr, p.stderr[-2000:]
         pytest.skip(f"no pktbench reference at {packet.PKTBENCH} (../shared/bench/pktbench)")
     return p, out
+
+
+bench_job.weight = 1
+BENCH_JOB = bench_job
+
+
+@pytest.fixture(scope="module")
+def run(privileged):
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_it_ran_and_wrote_json_and_png(run):

@@ -1,7 +1,8 @@
 """bench/first_packet.py runs: at one small N it runs the kube-proxy reference
 (../shared/bench/kproxy_baseline.py, when present beside the project) and a one-node lab, and
 writes its JSON and two PNGs with every expected series. Nothing about the latencies is
-asserted (timings belong to the bench); the lab and the reference leave no namespace behind."""
+asserted (timings belong to the bench); the lab and the reference leave no namespace behind.
+It runs in the background (tests/benchpool.py)."""
 from __future__ import annotations
 
 import json
@@ -14,20 +15,20 @@ import pytest
 
 from bench import first_packet
 from datapath import netns
+from tests import benchpool
 
 N = 20
 
 
-@pytest.fixture(scope="module")
-def result(privileged, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fp")
+def bench_job(tmp):
+    out = tmp
     ref = first_packet.KPROXY.exists()
     before = set(netns.list_names())
     argv = [sys.executable, str(Path(first_packet.__file__)), "--quick", "--services", str(N),
             "--conns", "20", "--warmup", "2", "--out-dir", str(out)]
     if not ref:                                   # a clone without ../shared/bench
         argv.append("--no-reference")
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = benchpool.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = p.communicate(timeout=400)
     finally:
@@ -40,6 +41,15 @@ def result(privileged, tmp_path_factory):
                 (n.startswith("kpb-") and not os.path.exists(f"/proc/{n.split('-')[1]}"))]
     assert not leftover
     return out, json.loads((out / "first_packet.json").read_text()), ref, stdout
+
+
+bench_job.weight = 6
+BENCH_JOB = bench_job
+
+
+@pytest.fixture(scope="module")
+def result(privileged):
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_writes_json_and_both_charts(result):

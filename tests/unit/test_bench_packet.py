@@ -1,7 +1,7 @@
 """bench/packet.py does not rot: a --quick run (with Katran when it can be built here, else
 --no-katran) checks every case's path before timing, gives the intended verdict and length on
-every call, writes its JSON and PNG, and leaves no namespace or pin behind. Correctness only: the
-bench's timings are never asserted."""
+every call, writes its JSON and PNG, and leaves no namespace or pin behind (run in the background,
+tests/benchpool.py). Correctness only: the bench's timings are never asserted."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ import pytest
 
 from bench import packet
 from datapath import netns
+from tests import benchpool
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = ["floor xdp_pass", "xdp nodeport new flow (remote)", "xdp nodeport established (remote)",
@@ -23,15 +24,19 @@ KATRAN = ["katran SYN to VIP (new flow)", "katran ACK (established, LRU hit)",
           "katran SYN to non-VIP (pass)"]
 
 
-@pytest.fixture(scope="module")
-def run(privileged, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packet") / "packet.json"
+def bench_job(tmp):
+    out = tmp / "packet.json"
     with_katran = packet.katran_missing() is None
     before_ns = {n for n in netns.list_names() if n.startswith("dpbench-")}
     before_pins = {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")}
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "packet.py"), "--quick", "--out",
-                        str(out)] + ([] if with_katran else ["--no-katran"]),
-                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    proc = benchpool.popen([sys.executable, str(ROOT / "bench" / "packet.py"), "--quick",
+                            "--out", str(out)] + ([] if with_katran else ["--no-katran"]),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert {n for n in netns.list_names() if n.startswith("dpbench-")} <= before_ns
     assert {d for d in os.listdir("/sys/fs/bpf") if d.startswith("dpbench-")} <= before_pins
     if not (packet.PKTBENCH / "pbcore.py").is_file():
@@ -40,6 +45,15 @@ def run(privileged, tmp_path_factory):
         assert p.returncode != 0 and "pktbench not found" in p.stderr, p.stderr[-2000:]
         pytest.skip(f"no pktbench reference at {packet.PKTBENCH} (../shared/bench/pktbench)")
     return p, out, with_katran
+
+
+bench_job.weight = 2
+BENCH_JOB = bench_job
+
+
+@pytest.fixture(scope="module")
+def run(privileged):
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_it_ran_and_wrote_json_and_png(run):

@@ -1,24 +1,46 @@
-"""bench/policy_program.py does not rot: on a small cluster in its own netns and pin dir, cold
-programming writes exactly the desired policy rows (plus the CIDR identities' ipcache rows), a
-policy or label change is a diff of a few map ops, and a no-op writes nothing. Correctness only:
-the bench's timings are never asserted."""
+"""bench/policy_program.py does not rot: on a small cluster in its own netns and pin dir (run in
+the background, tests/benchpool.py), cold programming writes exactly the desired policy rows (plus
+the CIDR identities' ipcache rows), a policy or label change is a diff of a few map ops, and a
+no-op writes nothing. Correctness only: the bench's timings are never asserted."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from bench import policy_program
 from datapath import netns
+from tests import benchpool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_job(tmp):
+    """The bench's CLI on 30 endpoints and 20 policies, one run (its own netns and pin dir,
+    named after its pid), which leaves neither behind."""
+    p = benchpool.popen([sys.executable, str(ROOT / "bench" / "policy_program.py"),
+                         "--endpoints", "30", "--policies", "20", "--runs", "1", "--json"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = p.communicate(timeout=900)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr[-3000:]
+    assert not [n for n in netns.list_names() if n.startswith(f"dpbench-{p.pid}-")]
+    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{p.pid}-")]
+    return json.loads(stdout)
+
+
+bench_job.weight = 5
+BENCH_JOB = bench_job
 
 
 @pytest.fixture(scope="module")
 def result(privileged):
-    before = {n for n in netns.list_names() if n.startswith("dpbench-")}
-    r = policy_program.run(30, 20, 1, log=lambda s: None)
-    assert {n for n in netns.list_names() if n.startswith("dpbench-")} <= before
-    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{os.getpid()}-")]
-    return r
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_cold_writes_every_row_once(result):

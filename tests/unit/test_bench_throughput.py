@@ -1,6 +1,7 @@
 """bench/throughput.py runs: one routing mode, 1 s iperf3 runs, the lab and the iptables
 reference side by side; it writes its JSON and PNG with a Gbit/s figure for every system, path
-and target. The numbers are not asserted (timings belong to the bench); nothing is left behind."""
+and target. The numbers are not asserted (timings belong to the bench); nothing is left behind.
+It runs in the background (tests/benchpool.py)."""
 from __future__ import annotations
 
 import json
@@ -13,21 +14,34 @@ import pytest
 
 from bench import throughput
 from datapath import netns
+from tests import benchpool
 
 
-@pytest.fixture(scope="module")
-def result(privileged, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tp")
+def bench_job(tmp):
+    out = tmp
     before = set(netns.list_names())
     pins = set(os.listdir("/sys/fs/bpf"))
-    p = subprocess.run([sys.executable, str(Path(throughput.__file__)), "--quick",
-                        "--routing", "native", "--out-dir", str(out)],
-                       capture_output=True, text=True, timeout=400)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    p = benchpool.popen([sys.executable, str(Path(throughput.__file__)), "--quick",
+                         "--routing", "native", "--out-dir", str(out)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = p.communicate(timeout=400)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stdout[-2000:] + stderr[-3000:]
     assert not [n for n in set(netns.list_names()) - before
                 if n.startswith(("tp", "dpbench-tp"))]
     assert not [d for d in set(os.listdir("/sys/fs/bpf")) - pins if d.startswith("dpbench-tp")]
     return out, json.loads((out / "throughput.json").read_text())
+
+
+bench_job.weight = 7
+BENCH_JOB = bench_job
+
+
+@pytest.fixture(scope="module")
+def result(privileged):
+    return benchpool.result(__name__, BENCH_JOB)
 
 
 def test_writes_json_and_chart(result):

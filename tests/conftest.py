@@ -42,6 +42,8 @@ def pytest_collection_finish(session):
     before them (heaviest first); none when this session cannot run them (their tests then fail
     under CI=true or skip, through `privileged`, as before)."""
     from tests import benchpool
+    if session.config.option.collectonly:
+        return
     jobs = {}
     for item in session.items:
         job = getattr(item.module, "BENCH_JOB", None) if hasattr(item, "module") else None
@@ -49,6 +51,8 @@ def pytest_collection_finish(session):
             jobs.setdefault(item.module.__name__, job)
     if jobs and _privileged_reason() is None:
         order = sorted(jobs, key=lambda n: -getattr(jobs[n], "weight", 0))
+        if _is_e2e(session.items[0]):
+            benchpool.pause()              # nothing beside an e2e test, from the first one
         benchpool.start({n: jobs[n] for n in order})
 
 

@@ -7,8 +7,9 @@ may count the host's iperf3 servers or share its CPU-bound timing windows).
 A bench module declares BENCH_JOB = job(tmp: Path) -> value: the whole bench run and its
 leftover checks, exactly what its module fixture did; the fixture returns `result(module)`, the
 job's value or its exception (an assertion, a pytest.skip) raised again in the test. Jobs start
-their processes through `popen` so a session that ends early (-x, Ctrl-C) stops them with SIGINT
-(the benches clean up in `finally`), then SIGKILL after a grace period.
+their processes through `popen`: niced (the foreground tests keep their CPU), and known to the
+pool, so a session that ends early (-x, Ctrl-C) stops them with SIGINT (the benches clean up in
+`finally`), then SIGKILL after a grace period.
 
 API (tests/conftest.py drives it):
     start(jobs)          {module name: job}, in this order, in a background thread
@@ -27,6 +28,7 @@ import threading
 from pathlib import Path
 
 GRACE = 60          # s a bench gets to clean up after SIGINT
+NICE = 10           # the benches' niceness, above the test session's
 
 
 class _Pool:
@@ -116,7 +118,9 @@ class _Pool:
         return value
 
     def popen(self, argv, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(argv, **kw)
+        # niced: the foreground tests (the critical path) keep their CPU, the bench takes the
+        # rest; its children (a lab's agents) inherit it. nice execs: p.pid is the bench's pid
+        p = subprocess.Popen(["nice", "-n", str(NICE), *argv], **kw)
         with self.cond:
             self.procs.add(p)
         return p

@@ -13,8 +13,9 @@
  *
  * Ports: TCP, UDP and SCTP ports; ICMP echo: the identifier as the source port of a request and
  * as the destination port of a reply (the policy key of any ICMP carries dport 0); other
- * protocols: 0. A datagram's first fragment records its ports in cilium_ipv4_frag_datagrams;
- * later fragments take them from there (none: DROP_FRAG_NOT_FOUND).
+ * protocols: 0. A datagram's first fragment records its ports in cilium_ipv4_frag_datagrams
+ * once policy let it through (a denied one leaves no entry; Cilium records it before the
+ * decision); later fragments take them from there (none: DROP_FRAG_NOT_FOUND).
  *
  * Conntrack (lib/conntrack.h's maps and lifetimes; src_sec_id = the peer's identity) keys a
  * policy-tracked flow in its forward orientation: TUPLE_F_POLICY | TUPLE_F_OUT when the endpoint
@@ -82,7 +83,10 @@ struct policy_pkt {
 	__u32 len;
 	__u8  tcp_flags;
 	__u8  related;                  /* an ICMP error that quotes a header */
-	__u16 pad;
+	__u8  frag_first;               /* a datagram's first fragment: frag_id to record once
+					 * policy let it through */
+	__u8  pad;
+	struct ipv4_frag_id frag_id;
 };
 
 /* How a decision was made, for its verdict event. */
@@ -157,7 +161,7 @@ static __always_inline int policy_parse4(struct __sk_buff *skb, struct policy_pk
 {
 	struct iphdr *ip = ctx_data(skb) + ETH_HLEN;
 	struct ipv4_frag_id frag_id = {};
-	struct ipv4_frag_l4ports frag_ports = {}, *first;
+	struct ipv4_frag_l4ports *first;
 	__be16 ports[2];
 	__u16 frag;
 	__u32 off;
@@ -188,10 +192,12 @@ static __always_inline int policy_parse4(struct __sk_buff *skb, struct policy_pk
 	ret = policy_l4_ports(skb, off, proto, ports);
 	if (ret < 0)
 		return ret;
-	pkt->tuple.sport = frag_ports.sport = ports[0];
-	pkt->tuple.dport = frag_ports.dport = ports[1];
-	if ((frag & IP_MF_FLAG) && policy_has_ports(proto))
-		cilium_ipv4_frag_datagrams.update(&frag_id, &frag_ports);
+	pkt->tuple.sport = ports[0];
+	pkt->tuple.dport = ports[1];
+	if ((frag & IP_MF_FLAG) && policy_has_ports(proto)) {
+		pkt->frag_first = 1;
+		pkt->frag_id = frag_id;
+	}
 	if (proto == IPPROTO_TCP) {
 		__u8 *flags = ctx_data(skb) + off + 13;
 
@@ -351,7 +357,16 @@ static __always_inline int policy_ct4(struct __sk_buff *skb, __u16 ep_id, __u32 
 	if (ret < 0)
 		return ret;
 	ret = policy_ct4_pkt(skb, &pkt, ep_id, peer_id, dir, ct_now());
-	return ret < 0 ? ret : 0;
+	if (ret < 0)
+		return ret;
+	if (pkt.frag_first) {           /* allowed: the later fragments get its ports */
+		struct ipv4_frag_l4ports ports = {
+			.sport = pkt.tuple.sport, .dport = pkt.tuple.dport,
+		};
+
+		cilium_ipv4_frag_datagrams.update(&pkt.frag_id, &ports);
+	}
+	return 0;
 }
 
 /* A packet lb4_parse took (TCP/UDP, not a fragment): its policy view needs no second parse. */

@@ -238,3 +238,14 @@ ARP_POD_A_IP_AT_POD_B_MAC = pod_a_arp("is-at", psrc=POD_A_IP, pdst=POD_A_IP, hws
 ARP_POD_A_IP_AT_SPOOF_MAC = pod_a_arp("who-has", psrc=POD_A_IP, pdst=GATEWAY_IP, hwsrc=SPOOF_MAC)
 ARP_FROM_POD_B_ETH_MAC = pod_a_arp("who-has", psrc=POD_A_IP, pdst=GATEWAY_IP, eth_src=POD_B_MAC)
 GARP_POD_A_OWN_IP = pod_a_arp("who-has", psrc=POD_A_IP, pdst=POD_A_IP)   # genuine: passes
+
+def _host_to_pod_a_fragment():
+    """The first fragment of a 48-byte UDP datagram (udp/9999) the node sends pod A (found by
+    the fuzzer: a denied first fragment must not be recorded)."""
+    whole = IP(src=NODE_CTR_IP, dst=POD_A_IP, ttl=64, id=79) / UDP(sport=50002, dport=9999) \
+        / (b"q" * 40)
+    first = fragment(whole, fragsize=24)[0]
+    return Ether(bytes(Ether(src=LXC_A_MAC, dst=POD_A_MAC) / first))
+
+
+HOST_TO_POD_A_UDP_FRAG_FIRST = _host_to_pod_a_fragment()

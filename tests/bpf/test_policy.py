@@ -380,6 +380,23 @@ def test_later_fragment_is_checked_on_its_first_fragments_port(pods, from_contai
     assert metric(pods, abi.DROP_POLICY)[0] == 1
 
 
+
+def test_a_denied_first_fragment_records_no_ports(pods, to_container):
+    """Found by the fuzzer (tests/bpf/fuzz.py): the first fragment of a datagram that policy
+    denies is dropped without an entry in cilium_ipv4_frag_datagrams (its later fragments are
+    dropped as orphans); an allowed one is recorded."""
+    pods["cilium_ipcache"].update(abi.ipcache_key(f"{P.NODE_CTR_IP}/32"),
+                                  abi.remote_endpoint_info(abi.IDENTITY_HOST))
+    rule(pods, P.EP_A, abi.IDENTITY_HOST, IN, UDP_P, 53)
+    res = run(to_container, P.HOST_TO_POD_A_UDP_FRAG_FIRST)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metric(pods, abi.DROP_POLICY, abi.METRIC_INGRESS)[0] == 1
+    assert len(pods["cilium_ipv4_frag_datagrams"]) == 0
+    rule(pods, P.EP_A, abi.IDENTITY_HOST, IN, UDP_P, 9999)
+    assert run(to_container, P.HOST_TO_POD_A_UDP_FRAG_FIRST).retval == abi.CTX_ACT_OK
+    assert len(pods["cilium_ipv4_frag_datagrams"]) == 1
+
+
 # ---- identities: CIDR, service backends, hairpin ----
 
 def _cidr_ipcache(maps):

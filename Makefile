@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean-lab
+.PHONY: setup demo test fuzz bench clean-lab
 setup:
 	@bash scripts/setup.sh
 
@@ -11,6 +11,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -p no:cacheprovider tests
+
+# Not in make test (which runs 50,000): FUZZ_PACKETS packets through every entry program by
+# BPF_PROG_TEST_RUN, a table of verdicts and drop reasons per program (tests/bpf/fuzz.py,
+# README "Fuzzing"). FUZZ_SEED=N replays a run; without it the seed is random and printed.
+# FUZZ_JOBS programs run at once, each in a process of its own.
+FUZZ_PACKETS ?= 1000000
+FUZZ_JOBS ?= 2
+fuzz: setup
+	$(PY) -m tests.bpf.fuzz --packets $(FUZZ_PACKETS) --jobs $(FUZZ_JOBS) \
+		$(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 # Not a test: timings (README "Bench"). Every bench writes its JSON (and its PNG charts) into
 # bench/results/, which is committed: the README shows them. BENCH_SERVICES=N changes the

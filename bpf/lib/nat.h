@@ -263,14 +263,21 @@ static __always_inline int snat_v4_mapping(const struct lb4_pkt *p,
 	return -DROP_NAT_NO_MAPPING;
 }
 
-/* SNAT one parsed packet to the node's address. Returns 0 or a negative DROP_*. */
+/* SNAT one parsed packet to the node's address. The L4 header must hold what the rewrite
+ * touches (up to the TCP checksum, the whole UDP or ICMP header) before a mapping is made: a
+ * packet cut short is dropped without leaving one (the fuzzer found such packets leaving a
+ * mapping behind their DROP_CSUM_L4). Returns 0 or a negative DROP_*. */
 static __always_inline int snat_v4_translate(struct __sk_buff *skb, const struct lb4_pkt *pkt,
 					     const struct node_config *cfg)
 {
+	__u32 need = pkt->l4_off + (pkt->proto == IPPROTO_TCP ? 18 : 8);
 	__be32 to_addr = 0;
 	__be16 to_port = 0;
-	int ret = snat_v4_mapping(pkt, cfg, &to_addr, &to_port);
+	int ret;
 
+	if (skb->len < need)
+		return -DROP_CT_INVALID_HDR;
+	ret = snat_v4_mapping(pkt, cfg, &to_addr, &to_port);
 	if (ret < 0)
 		return ret;
 	return nat_rewrite(skb, pkt, 1, to_addr, to_port);

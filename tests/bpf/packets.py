@@ -249,3 +249,12 @@ def _host_to_pod_a_fragment():
 
 
 HOST_TO_POD_A_UDP_FRAG_FIRST = _host_to_pod_a_fragment()
+
+
+def udp_to_outside_cut_inside_its_header() -> bytes:
+    """Pod A's datagram to the outside (as to-netdev sees it) cut 6 bytes into its UDP header:
+    the ports are there, the checksum is not (found by the fuzzer: masquerading it left a NAT
+    mapping behind the drop)."""
+    return bytes(Ether(src=NODE_CTR_MAC, dst="02:00:00:00:aa:fe")
+                 / IP(src=POD_A_IP, dst=OUTSIDE_IP, ttl=63, id=30, proto=17)
+                 / bytes(UDP(sport=5353, dport=53))[:6])

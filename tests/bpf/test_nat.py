@@ -331,3 +331,15 @@ def test_a_syn_flood_leaves_no_mapping_beyond_the_syn_lifetime(host, to_netdev):
     now = time.monotonic()
     assert ctgc.collect_nat({ctgc.NAT_MAP: nat}, now) == (400, 0)
     assert ctgc.collect_nat({ctgc.NAT_MAP: nat}, now + abi.CT_SYN_TIMEOUT + 2) == (0, 400)
+
+
+def test_a_packet_cut_inside_its_l4_header_is_dropped_without_a_mapping(host, to_netdev):
+    """Found by the fuzzer (tests/bpf/fuzz.py): a masqueraded packet whose L4 header ends
+    before its checksum is dropped as a truncated header, and no NAT mapping is left behind."""
+    m = setup(host)
+    data = P.udp_to_outside_cut_inside_its_header()
+    res = run(to_netdev, data)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_CT_INVALID_HDR, abi.METRIC_EGRESS)] \
+        == (1, len(data))
+    assert len(m["cilium_snat_v4_external"]) == 0

@@ -370,6 +370,11 @@ static __always_inline int lb4_decide(const struct lb4_pkt *p, __u32 src_identit
 			lb4_forget_service_reply(&pkt);
 		return ret;
 	}
+	/* the L4 header must hold what the DNAT rewrites (up to the TCP checksum, the whole UDP
+	 * header) before any state is made: a packet cut short is dropped without conntrack
+	 * entries (the fuzzer found such packets leaving both behind a DROP_CSUM_L4) */
+	if (pkt.len < pkt.l4_off + (pkt.proto == IPPROTO_TCP ? 18 : 8))
+		return -DROP_CT_INVALID_HDR;
 	rev_nat_index = svc->rev_nat_index;
 	now = ct_now();         /* one clock read for the flow's entries */
 

@@ -258,3 +258,12 @@ def udp_to_outside_cut_inside_its_header() -> bytes:
     return bytes(Ether(src=NODE_CTR_MAC, dst="02:00:00:00:aa:fe")
                  / IP(src=POD_A_IP, dst=OUTSIDE_IP, ttl=63, id=30, proto=17)
                  / bytes(UDP(sport=5353, dport=53))[:6])
+
+
+def udp_to_cluster_ip_cut_inside_its_header() -> bytes:
+    """Pod A's DNS query to the ClusterIP 10.96.0.10:53 with an IP total length of 20 and
+    only the UDP ports in the frame (found by the fuzzer: the service translation made both
+    conntrack entries, then failed on the missing checksum)."""
+    return bytes(Ether(src=POD_A_MAC, dst=LXC_A_MAC)
+                 / IP(src=POD_A_IP, dst="10.96.0.10", ttl=64, id=7, proto=17, len=20)
+                 / bytes(UDP(sport=40001, dport=53))[:4])

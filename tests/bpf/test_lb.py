@@ -406,3 +406,22 @@ def test_direct_flow_on_a_former_service_tuple_drops_the_stale_reply_entry(maps,
                         / IP(src=P.POD_B_IP, dst=P.POD_A_IP, ttl=64)
                         / TCP(sport=BPORT, dport=44000, flags="SA")))
     assert Ether(run(from_container, reply).data)[IP].src == P.POD_B_IP    # not the VIP
+
+
+def test_a_service_packet_cut_inside_its_l4_header_is_dropped_without_conntrack(
+        lxc, from_container):
+    """Found by the fuzzer (tests/bpf/fuzz.py): a datagram to a ClusterIP whose UDP header ends
+    after the ports is dropped as a truncated header before the service makes any entry."""
+    from . import services
+    m = open_maps(lxc)
+    _ep(m, P.POD_A_IP, P.POD_A_MAC, P.LXC_A_MAC, P.LXC_A_IFINDEX, 1000)
+    _ep(m, P.POD_B_IP, P.POD_B_MAC, P.LXC_B_MAC, P.LXC_B_IFINDEX, 1001)
+    sender(m, P.POD_A_IP)
+    services.frontend(m, [(1, P.POD_B_IP, 53)], addr=VIP, port=53, rev_nat=2, proto=17)
+    data = P.udp_to_cluster_ip_cut_inside_its_header()
+    res = run(from_container, data)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_CT_INVALID_HDR, abi.METRIC_EGRESS)] \
+        == (1, len(data))
+    assert len(m["cilium_ct_any4_global"]) == 0 and len(m["cilium_ct4_global"]) == 0
+

@@ -5,14 +5,14 @@ three nodes), costs 0 failed requests and 0 reset connections:
   1. the agent restarted on every node in turn (SIGTERM, then start);
   2. an agent SIGKILLed in the middle of applying a burst of 1,000 services, then started: it
      converges, and every node's LB maps equal a fresh plan of the manifests;
-  3. an upgrade (and its rollback): the programs recompiled with a changed compile-time
-     constant and replaced in place (tc and XDP never absent, the maps kept);
+  3. an upgrade: the programs recompiled with a changed compile-time constant and replaced in
+     place (tc and XDP never absent, the maps kept); the module's last test (no rollback);
   4. etcd stopped for 60 s: forwarding goes on, `status` and the metrics report the kvstore
      failing, the agents resync when it returns and no identity is renumbered;
   5. a backend pod deleted (terminating first, as Kubernetes does): only the connections to it
      end, new connections avoid it.
 Each test prints one `figures:` line (requests, failures, resets, slowest request, time to
-converge). Every test puts the lab back as it found it."""
+converge). Every test but the upgrade puts the lab back as it found it."""
 from __future__ import annotations
 
 import copy
@@ -452,155 +452,6 @@ def test_agent_killed_mid_burst_of_1000_services_converges_to_a_fresh_plan(nativ
         _agents_back(native)
 
 
-# ---- 3. an upgrade: programs recompiled with a changed constant, replaced under traffic ----
-
-# Samples a node's attached programs (bpftool net) every 20 ms until `stopfile` exists: every
-# program id seen on each hook, and each sample where a hook of the first sample was absent.
-HOOKS = r"""
-import json, os, subprocess, sys, time
-stop, t0, first, seen, gaps, n = sys.argv[1], time.monotonic(), None, {}, [], 0
-while not os.path.exists(stop) and time.monotonic() - t0 < 600:
-    out = json.loads(subprocess.run(["bpftool", "-j", "net", "show"], capture_output=True,
-                                    text=True).stdout or "[]")
-    cur = {}
-    for sec in out:
-        for x in sec.get("xdp", []):
-            cur[f"{x['devname']} xdp"] = x.get("id")
-        for t in sec.get("tc", []):
-            cur[f"{t['devname']} {t['kind']}"] = t.get("id")
-    n += 1
-    first = cur if first is None else first
-    for hook, pid in cur.items():
-        if pid not in seen.setdefault(hook, []):
-            seen[hook].append(pid)
-    gaps += [[round(time.monotonic() - t0, 2), h] for h in first if h not in cur]
-    time.sleep(0.02)
-print(json.dumps({"samples": n, "first": first, "seen": seen, "gaps": gaps}))
-"""
-
-
-def _hooks(lab, node) -> dict[str, int]:
-    out = json.loads(lab.run(node, "bpftool", "-j", "net", "show").stdout)
-    cur = {}
-    for sec in out:
-        cur.update({f"{x['devname']} xdp": x["id"] for x in sec.get("xdp", [])})
-        cur.update({f"{t['devname']} {t['kind']}": t["id"] for t in sec.get("tc", [])})
-    return cur
-
-
-def _tag(prog_id: int) -> str:
-    return json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
-                                     capture_output=True, text=True, check=True).stdout)["tag"]
-
-
-def _pinned_progs(lab, node) -> dict[str, str]:
-    """The node's program pins (prog-<build stamp>-<name>) and their tags."""
-    pins, out = f"{lab.lab.bpffs}/datapath/{node}", {}
-    for f in sorted(os.listdir(pins)):
-        if f.startswith("prog-"):
-            fd = bpfsys.obj_get(f"{pins}/{f}")
-            try:
-                out[f] = bpfsys.prog_info(fd).tag
-            finally:
-                os.close(fd)
-    return out
-
-
-def _map_ids(lab, node) -> dict[str, int]:
-    pins = f"{lab.lab.bpffs}/datapath/{node}"
-    out = {}
-    for f in sorted(os.listdir(pins)):
-        if f.startswith(("prog-", "tmp-")) or os.path.isdir(f"{pins}/{f}"):
-            continue
-        fd = bpfsys.obj_get(f"{pins}/{f}")
-        try:
-            out[f] = bpfsys.map_info(fd).id
-        finally:
-            os.close(fd)
-    return out
-
-
-def _lab_up_set(lab, setting: str) -> None:
-    """What `datapath lab up --set setting` does (agent/lab/cli.py), in this process."""
-    lab.lab.up(values=merge({}, parse_set(setting), keep_none=True))
-
-
-def _upgrade(lab, tmp_path, setting: str) -> dict:
-    """`datapath lab up --set setting` (every agent restarted with programs compiled anew)
-    while each node's hooks are sampled; returns the figures of the change."""
-    stop = tmp_path / f"stop-hooks-{setting.replace('=', '-')}"
-    before = {n: _hooks(lab, n) for n in NODE_IPS}
-    built = {n: _pinned_progs(lab, n) for n in NODE_IPS}
-    maps = {n: _map_ids(lab, n) for n in NODE_IPS}
-    ct = lab.pinned_map("cilium_ct4_global", "k8s-ctr")
-    watchers = {n: subprocess.Popen(netns.cmd(lab.ns(n), sys.executable, "-c", HOOKS, str(stop)),
-                                    stdout=subprocess.PIPE, text=True) for n in NODE_IPS}
-    try:
-        t0 = time.monotonic()
-        _lab_up_set(lab, setting)
-        took = time.monotonic() - t0
-        stop.touch()
-        seen = {n: json.loads(p.communicate(timeout=30)[0]) for n, p in watchers.items()}
-    finally:
-        stop.touch()
-        for p in watchers.values():
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-    after = {n: _hooks(lab, n) for n in NODE_IPS}
-    kept_ct = ct.keys() & lab.pinned_map("cilium_ct4_global", "k8s-ctr").keys()
-    replaced = 0
-    for n in NODE_IPS:
-        assert seen[n]["samples"] >= 20 and seen[n]["gaps"] == [], (n, seen[n]["gaps"][:5])
-        assert after[n].keys() == before[n].keys(), n              # the same hooks, all held
-        new = _pinned_progs(lab, n)
-        assert new.keys().isdisjoint(built[n]) and set(new.values()) != set(built[n].values()), n
-        # every hook runs the new build's code: replaced where the code changed (a new id),
-        # left alone where the constant changed nothing (the same tag)
-        assert {_tag(p) for p in after[n].values()} <= set(new.values()), n
-        changed = [h for h in after[n] if after[n][h] != before[n][h]]
-        assert changed, f"{n}: no program replaced"
-        replaced += len(changed)
-        assert _map_ids(lab, n) == maps[n], n                       # the same maps
-    assert kept_ct, "no conntrack entry survived the upgrade"
-    hooks = replaced
-    samples = sum(s["samples"] for s in seen.values())
-    print(f"`lab up --set {setting}`: {took:.1f} s; {hooks} of "
-          f"{sum(len(h) for h in after.values())} hooks on 3 nodes replaced, "
-          f"none absent in {samples} samples; {len(kept_ct)} of {len(ct)} conntrack entries "
-          "kept; every pinned map id the same")
-    return {"took": took, "hooks": hooks, "samples": samples}
-
-
-def test_upgrade_replaces_tc_and_xdp_programs_atomically_and_keeps_the_maps(native, load_np,
-                                                                           tmp_path):
-    """An upgrade as the lab does one: `datapath lab up --set bpf.monitorInterval=7` (a -D
-    constant, MONITOR_INTERVAL) restarts every agent with programs compiled anew, which replace
-    the old ones in place (tc replace on the same prio/handle, one IFLA_XDP request); then the
-    rollback (`=null`), the same way. On every hook of every node the program changes (new id,
-    new tag) and no sample sees a hook empty; the pinned maps keep their ids, conntrack entries
-    survive, and the load loses nothing."""
-    changed = False
-    try:
-        with Load(native, tmp_path) as load:
-            changed = True
-            up = _upgrade(native, tmp_path, "bpf.monitorInterval=7")
-            for n in NODE_IPS:                        # the agents run the new setting
-                assert native.client(n).get("/v1/status")["hubble"]["monitorInterval"] == 7
-            back = _upgrade(native, tmp_path, "bpf.monitorInterval=null")
-            changed = False
-            time.sleep(1)
-            load.stop()
-        load.figures("upgrade and rollback", upgrade=f"{up['took']:.1f}s",
-                     rollback=f"{back['took']:.1f}s", hooks_replaced=up["hooks"] + back["hooks"],
-                     hook_samples=up["samples"] + back["samples"], absent=0)
-        load.assert_clean()
-    finally:
-        if changed:
-            _lab_up_set(native, "bpf.monitorInterval=null")
-        _agents_back(native)
-
-
 # ---- 4. etcd stopped for 60 s ----
 
 ETCD_DOWN = 60
@@ -738,3 +589,145 @@ def test_backend_pod_deleted_under_load_ends_only_its_connections(native, load_n
             wait_for(lambda: all(set(_webpod_backends(native, n).values()) == {"active"} and
                                  len(_webpod_backends(native, n)) == 3 for n in NODE_IPS),
                      timeout=60, what="three active webpod backends on every node again")
+
+
+# ---- 3. an upgrade: programs recompiled with a changed constant, replaced under traffic ----
+
+# Samples a node's attached programs (bpftool net) every 20 ms until `stopfile` exists: every
+# program id seen on each hook, and each sample where a hook of the first sample was absent.
+HOOKS = r"""
+import json, os, subprocess, sys, time
+stop, t0, first, seen, gaps, n = sys.argv[1], time.monotonic(), None, {}, [], 0
+while not os.path.exists(stop) and time.monotonic() - t0 < 600:
+    out = json.loads(subprocess.run(["bpftool", "-j", "net", "show"], capture_output=True,
+                                    text=True).stdout or "[]")
+    cur = {}
+    for sec in out:
+        for x in sec.get("xdp", []):
+            cur[f"{x['devname']} xdp"] = x.get("id")
+        for t in sec.get("tc", []):
+            cur[f"{t['devname']} {t['kind']}"] = t.get("id")
+    n += 1
+    first = cur if first is None else first
+    for hook, pid in cur.items():
+        if pid not in seen.setdefault(hook, []):
+            seen[hook].append(pid)
+    gaps += [[round(time.monotonic() - t0, 2), h] for h in first if h not in cur]
+    time.sleep(0.02)
+print(json.dumps({"samples": n, "first": first, "seen": seen, "gaps": gaps}))
+"""
+
+
+def _hooks(lab, node) -> dict[str, int]:
+    out = json.loads(lab.run(node, "bpftool", "-j", "net", "show").stdout)
+    cur = {}
+    for sec in out:
+        cur.update({f"{x['devname']} xdp": x["id"] for x in sec.get("xdp", [])})
+        cur.update({f"{t['devname']} {t['kind']}": t["id"] for t in sec.get("tc", [])})
+    return cur
+
+
+def _tag(prog_id: int) -> str:
+    return json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                                     capture_output=True, text=True, check=True).stdout)["tag"]
+
+
+def _pinned_progs(lab, node) -> dict[str, str]:
+    """The node's program pins (prog-<build stamp>-<name>) and their tags."""
+    pins, out = f"{lab.lab.bpffs}/datapath/{node}", {}
+    for f in sorted(os.listdir(pins)):
+        if f.startswith("prog-"):
+            fd = bpfsys.obj_get(f"{pins}/{f}")
+            try:
+                out[f] = bpfsys.prog_info(fd).tag
+            finally:
+                os.close(fd)
+    return out
+
+
+def _map_ids(lab, node) -> dict[str, int]:
+    pins = f"{lab.lab.bpffs}/datapath/{node}"
+    out = {}
+    for f in sorted(os.listdir(pins)):
+        if f.startswith(("prog-", "tmp-")) or os.path.isdir(f"{pins}/{f}"):
+            continue
+        fd = bpfsys.obj_get(f"{pins}/{f}")
+        try:
+            out[f] = bpfsys.map_info(fd).id
+        finally:
+            os.close(fd)
+    return out
+
+
+def _lab_up_set(lab, setting: str) -> None:
+    """What `datapath lab up --set setting` does (agent/lab/cli.py), in this process."""
+    lab.lab.up(values=merge({}, parse_set(setting), keep_none=True))
+
+
+def _upgrade(lab, tmp_path, setting: str) -> dict:
+    """`datapath lab up --set setting` (every agent restarted with programs compiled anew)
+    while each node's hooks are sampled; returns the figures of the change."""
+    stop = tmp_path / f"stop-hooks-{setting.replace('=', '-')}"
+    before = {n: _hooks(lab, n) for n in NODE_IPS}
+    built = {n: _pinned_progs(lab, n) for n in NODE_IPS}
+    maps = {n: _map_ids(lab, n) for n in NODE_IPS}
+    ct = lab.pinned_map("cilium_ct4_global", "k8s-ctr")
+    watchers = {n: subprocess.Popen(netns.cmd(lab.ns(n), sys.executable, "-c", HOOKS, str(stop)),
+                                    stdout=subprocess.PIPE, text=True) for n in NODE_IPS}
+    try:
+        t0 = time.monotonic()
+        _lab_up_set(lab, setting)
+        took = time.monotonic() - t0
+        stop.touch()
+        seen = {n: json.loads(p.communicate(timeout=30)[0]) for n, p in watchers.items()}
+    finally:
+        stop.touch()
+        for p in watchers.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+    after = {n: _hooks(lab, n) for n in NODE_IPS}
+    kept_ct = ct.keys() & lab.pinned_map("cilium_ct4_global", "k8s-ctr").keys()
+    replaced = 0
+    for n in NODE_IPS:
+        assert seen[n]["samples"] >= 20 and seen[n]["gaps"] == [], (n, seen[n]["gaps"][:5])
+        assert after[n].keys() == before[n].keys(), n              # the same hooks, all held
+        new = _pinned_progs(lab, n)
+        assert new.keys().isdisjoint(built[n]) and set(new.values()) != set(built[n].values()), n
+        # every hook runs the new build's code: replaced where the code changed (a new id),
+        # left alone where the constant changed nothing (the same tag)
+        assert {_tag(p) for p in after[n].values()} <= set(new.values()), n
+        changed = [h for h in after[n] if after[n][h] != before[n][h]]
+        assert changed, f"{n}: no program replaced"
+        replaced += len(changed)
+        assert _map_ids(lab, n) == maps[n], n                       # the same maps
+    assert kept_ct, "no conntrack entry survived the upgrade"
+    hooks = replaced
+    samples = sum(s["samples"] for s in seen.values())
+    print(f"`lab up --set {setting}`: {took:.1f} s; {hooks} of "
+          f"{sum(len(h) for h in after.values())} hooks on 3 nodes replaced, "
+          f"none absent in {samples} samples; {len(kept_ct)} of {len(ct)} conntrack entries "
+          "kept; every pinned map id the same")
+    return {"took": took, "hooks": hooks, "samples": samples}
+
+
+def test_upgrade_replaces_tc_and_xdp_programs_atomically_and_keeps_the_maps(native, load_np,
+                                                                           tmp_path):
+    """An upgrade as the lab does one: `datapath lab up --set bpf.monitorInterval=7` (a -D
+    constant, MONITOR_INTERVAL) restarts every agent with programs compiled anew, which replace
+    the old ones in place (tc replace on the same prio/handle, one IFLA_XDP request). On every
+    hook of every node the program changes (new id, new tag) and no sample sees a hook empty;
+    the pinned maps keep their ids, conntrack entries survive, and the load loses nothing.
+    No rollback (a second upgrade the same way, some 60-150 s of compiling on three nodes): this
+    is the last test of the last module on the `native` lab (conftest takes it down next), so
+    the setting it leaves behind reaches no other test; the lab is still checked healthy."""
+    with Load(native, tmp_path) as load:
+        up = _upgrade(native, tmp_path, "bpf.monitorInterval=7")
+        for n in NODE_IPS:                        # the agents run the new setting
+            assert native.client(n).get("/v1/status")["hubble"]["monitorInterval"] == 7
+        time.sleep(1)
+        load.stop()
+    load.figures("upgrade", upgrade=f"{up['took']:.1f}s", hooks_replaced=up["hooks"],
+                 hook_samples=up["samples"], absent=0)
+    assert set(_agents_running(native).values()) == {"running"}
+    load.assert_clean()

@@ -106,6 +106,12 @@ class Agent:
         self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
         self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
         self.cluster_gen = 0          # bumped whenever the cluster view is replaced
+        # that saved view's nodes are held while missing from the kvstore after this agent
+        # starts, until they register again or the grace ends (_hold_restored)
+        self._restored = {"nodes": dict(self.remote_nodes),
+                          "endpoints": dict(self.remote_endpoints)} if self.remote_nodes else None
+        self._restored_until: float | None = None
+        self._cluster_raw: tuple[dict, dict] | None = None   # the last view the kvstore gave
         self.node_ip = netdev.node_ip(self.cfg)
         self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
@@ -166,6 +172,7 @@ class Agent:
 
     # ---- cluster (kvstore) ----
     def _on_cluster_change(self, nodes: dict, endpoints: dict) -> None:
+        self._cluster_raw = (nodes, endpoints)
         good_nodes, good_eps = {}, {}
         for name, rec in nodes.items():
             if name == self.cfg.nodeName:
@@ -188,6 +195,7 @@ class Agent:
                                 "pod": str(rec.get("pod", ""))}
             except (KeyError, TypeError, ValueError) as e:
                 log_cl.warning("ignoring malformed endpoint record %s: %s", ip, e)
+        good_nodes, good_eps = self._hold_restored(good_nodes, good_eps)
         self._learn_identities({rec["identity"] for rec in good_eps.values()})
         with self.lock:
             self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
@@ -195,6 +203,36 @@ class Agent:
             self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
             self._unsaved = True
         self.trigger("cluster changed")
+
+    def _hold_restored(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
+        """The kvstore's view, plus the nodes of the view this agent restored from its state
+        file that the kvstore lacks, with their endpoints, until each registers again or
+        2 x kvstoreLeaseTTL have passed since this agent's first sync. An upgrade restarts
+        every agent at once and some compile for minutes: their leases run out, and the first
+        agent back would otherwise drop the others' pods from every service (their flows sent
+        to other backends and reset) and their routes, seconds before they register again."""
+        held = self._restored
+        if not held:
+            return nodes, endpoints
+        now = time.monotonic()
+        if self._restored_until is None:
+            self._restored_until = now + 2 * self.cfg.kvstoreLeaseTTL
+        keep = {n: r for n, r in held["nodes"].items() if n not in nodes}
+        if not keep or now >= self._restored_until:
+            if keep:
+                log_cl.info("nodes of the restored cluster view did not register again "
+                            "within the grace: dropped: %s", ", ".join(sorted(keep)))
+            self._restored = None
+            return nodes, endpoints
+        if keep.keys() != held["nodes"].keys():
+            held["nodes"] = keep
+        else:
+            log_cl.info("holding nodes of the restored cluster view the kvstore lacks, for "
+                        "%.0f s or until they register: %s", self._restored_until - now,
+                        ", ".join(sorted(keep)))
+        eps = {ip: r for ip, r in held["endpoints"].items()
+               if r.get("node") in keep and ip not in endpoints}
+        return {**nodes, **keep}, {**endpoints, **eps}
 
     def _publish(self) -> None:
         """Hand the cluster sync this node's record and its ready endpoints."""
@@ -722,6 +760,9 @@ class Agent:
                     ep.state in ("waiting-for-identity", "not-ready", "regenerating")
                     for ep in self.endpoints.values()):
                 self.trigger("periodic resync")
+        if self._restored and self._restored_until is not None and self._cluster_raw and \
+                time.monotonic() >= self._restored_until:
+            self._on_cluster_change(*self._cluster_raw)      # the grace is over
 
     def conntrack_gc(self, interval: float) -> float:
         """One GC run over the CT maps; returns the next interval."""

@@ -1,0 +1,61 @@
+"""A restarted agent holds the nodes of its saved cluster view that the kvstore lacks (their
+agents restarting too, leases run out) until they register again or the grace ends
+(Agent._hold_restored), so an upgrade of every node does not drop the others' pods from its
+services for the seconds before they come back."""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from agent.daemon import Agent
+
+W1 = {"ip": "192.168.10.101", "podCIDR": "172.20.1.0/24"}
+W2 = {"ip": "192.168.10.102", "podCIDR": "172.20.2.0/24"}
+EP2 = {"identity": 257, "hostIP": W1["ip"], "node": "k8s-w1", "namespace": "default",
+       "pod": "webpod-2"}
+EP3 = {"identity": 257, "hostIP": W2["ip"], "node": "k8s-w2", "namespace": "default",
+       "pod": "webpod-3"}
+
+
+def restarted(ttl: int = 15) -> SimpleNamespace:
+    """An agent just started with a saved view holding k8s-w1 and k8s-w2 and their pods."""
+    return SimpleNamespace(cfg=SimpleNamespace(kvstoreLeaseTTL=ttl), _restored_until=None,
+                           _restored={"nodes": {"k8s-w1": W1, "k8s-w2": W2},
+                                      "endpoints": {"172.20.1.2": EP2, "172.20.2.2": EP3}})
+
+
+def hold(a, nodes, eps):
+    return Agent._hold_restored(a, nodes, eps)
+
+
+def test_nodes_missing_at_the_first_sync_are_held_until_they_register():
+    a = restarted()
+    # first sync: the kvstore has neither worker (both still compiling): both kept
+    assert hold(a, {}, {}) == ({"k8s-w1": W1, "k8s-w2": W2},
+                               {"172.20.1.2": EP2, "172.20.2.2": EP3})
+    assert a._restored_until > time.monotonic() + 29
+    # k8s-w1 registers with a new pod address: its record wins, its old pod is not held
+    new2 = {**EP2, "pod": "webpod-2b"}
+    assert hold(a, {"k8s-w1": W1}, {"172.20.1.9": new2}) == (
+        {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.1.9": new2, "172.20.2.2": EP3})
+    assert set(a._restored["nodes"]) == {"k8s-w2"}
+    # k8s-w2 registers: nothing held any more, the kvstore's view alone from now on
+    assert hold(a, {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3}) == (
+        {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})
+    assert a._restored is None
+    assert hold(a, {"k8s-w1": W1}, {}) == ({"k8s-w1": W1}, {})      # a later loss: dropped
+
+
+def test_a_node_that_does_not_come_back_is_dropped_after_the_grace():
+    a = restarted(ttl=10)
+    assert hold(a, {"k8s-w1": W1}, {"172.20.1.2": EP2})[0] == {"k8s-w1": W1, "k8s-w2": W2}
+    a._restored_until = time.monotonic() - 0.1                       # 2 x TTL passed
+    assert hold(a, {"k8s-w1": W1}, {"172.20.1.2": EP2}) == ({"k8s-w1": W1},
+                                                            {"172.20.1.2": EP2})
+    assert a._restored is None
+
+
+def test_an_agent_without_a_saved_view_takes_the_kvstore_as_it_is():
+    a = SimpleNamespace(cfg=SimpleNamespace(kvstoreLeaseTTL=15), _restored=None,
+                        _restored_until=None)
+    assert hold(a, {"k8s-w1": W1}, {}) == ({"k8s-w1": W1}, {})

@@ -1,7 +1,7 @@
 """This node's view of the cluster through the kvstore.
 
-A background thread keeps a lease alive, publishes this node's entry and its ready endpoints
-under that lease (so they expire when the agent is gone longer than the lease TTL), and polls the
+A background thread keeps a lease alive (refreshed by a thread of its own too, so nothing the
+agent holds delays it), publishes this node's entry and its ready endpoints under that lease (so they expire when the agent is gone longer than the lease TTL), and polls the
 other nodes' entries; a change calls `on_change(nodes, endpoints)`. A kvstore outage leaves the
 datapath as it is and is retried every second.
 """
@@ -96,7 +96,24 @@ class ClusterSync:
                 log.exception("kvstore sync failed")
             stop.wait(interval)
 
+    def keep_lease(self, stop: threading.Event) -> None:
+        """Refresh the lease every TTL/3 on its own: the sync's round waits for on_change,
+        which waits for the agent's lock, and a long apply (1,000 services removed) holding it
+        past the TTL would let the lease run out and every other node drop this one's pods
+        and routes. A lease found expired is left to the next round (a new one, all again)."""
+        while not stop.wait(max(1.0, self.ttl / 3)):
+            lease = self.lease
+            if lease is None:
+                continue
+            try:
+                if self.client.lease_keepalive(lease) > 0:
+                    self._next_keepalive = time.time() + max(1.0, self.ttl / 3)
+            except KVStoreError:
+                pass                    # the round reports the kvstore failing
+
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=self.run, args=(stop,), name="kvstore", daemon=True)
         t.start()
+        threading.Thread(target=self.keep_lease, args=(stop,), name="kvstore-lease",
+                         daemon=True).start()
         return t

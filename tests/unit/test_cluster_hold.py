@@ -59,3 +59,42 @@ def test_an_agent_without_a_saved_view_takes_the_kvstore_as_it_is():
     a = SimpleNamespace(cfg=SimpleNamespace(kvstoreLeaseTTL=15), _restored=None,
                         _restored_until=None)
     assert hold(a, {"k8s-w1": W1}, {}) == ({"k8s-w1": W1}, {})
+
+
+def test_the_lease_is_refreshed_by_its_own_thread_while_a_round_waits_on_the_agent():
+    """ClusterSync.keep_lease refreshes the lease while step() is stuck in on_change (the
+    agent's lock held by a long apply); a failing kvstore does not end it."""
+    import threading
+
+    from agent.cluster import ClusterSync
+    from datapath.errors import KVStoreError
+    calls, entered, release = [], threading.Event(), threading.Event()
+
+    def keepalive(lease):
+        calls.append(lease)
+        if len(calls) == 1:
+            raise KVStoreError("etcd unreachable")
+        return 3
+
+    def on_change(nodes, ips):              # the agent's lock, held elsewhere
+        entered.set()
+        release.wait(10)
+
+    client = SimpleNamespace(lease_keepalive=keepalive, lease_grant=lambda ttl: 7,
+                             put=lambda *a, **k: None, delete=lambda k: None,
+                             get_prefix=lambda p: {})
+    sync = ClusterSync(client, "default", "k8s-ctr", ttl=3, on_change=on_change)
+    stop = threading.Event()
+    round_ = threading.Thread(target=sync.step)
+    round_.start()
+    assert entered.wait(10)                 # the round granted lease 7 and now waits
+    keeper = threading.Thread(target=sync.keep_lease, args=(stop,))
+    keeper.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    release.set()
+    keeper.join(10)
+    round_.join(10)
+    assert calls[:2] == [7, 7] and round_.is_alive() is False

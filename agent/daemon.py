@@ -205,33 +205,36 @@ class Agent:
         self.trigger("cluster changed")
 
     def _hold_restored(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
-        """The kvstore's view, plus the nodes of the view this agent restored from its state
-        file that the kvstore lacks, with their endpoints, until each registers again or
-        2 x kvstoreLeaseTTL have passed since this agent's first sync. An upgrade restarts
+        """The kvstore's view, plus what of the view this agent restored from its state file
+        the kvstore lacks: a node not registered again, and the endpoints of a node that has
+        not published any yet (a node registers before its endpoints are ready), until it has
+        or 2 x kvstoreLeaseTTL have passed since this agent's first sync. An upgrade restarts
         every agent at once and some compile for minutes: their leases run out, and the first
         agent back would otherwise drop the others' pods from every service (their flows sent
-        to other backends and reset) and their routes, seconds before they register again."""
+        to other backends and reset) and their routes, seconds before they come back."""
         held = self._restored
         if not held:
             return nodes, endpoints
         now = time.monotonic()
         if self._restored_until is None:
             self._restored_until = now + 2 * self.cfg.kvstoreLeaseTTL
-        keep = {n: r for n, r in held["nodes"].items() if n not in nodes}
-        if not keep or now >= self._restored_until:
-            if keep:
-                log_cl.info("nodes of the restored cluster view did not register again "
-                            "within the grace: dropped: %s", ", ".join(sorted(keep)))
+        published = {r.get("node") for r in endpoints.values()}
+        pending = {n: r for n, r in held["nodes"].items() if n not in published}
+        if not pending or now >= self._restored_until:
+            if pending:
+                log_cl.info("nodes of the restored cluster view not back within the grace: "
+                            "%s", ", ".join(sorted(pending)))
             self._restored = None
             return nodes, endpoints
-        if keep.keys() != held["nodes"].keys():
-            held["nodes"] = keep
+        if pending.keys() != held["nodes"].keys():
+            held["nodes"] = pending
         else:
-            log_cl.info("holding nodes of the restored cluster view the kvstore lacks, for "
-                        "%.0f s or until they register: %s", self._restored_until - now,
-                        ", ".join(sorted(keep)))
+            log_cl.info("holding what the kvstore lacks of the restored cluster view, for "
+                        "%.0f s or until they are back: %s", self._restored_until - now,
+                        ", ".join(sorted(pending)))
+        keep = {n: r for n, r in pending.items() if n not in nodes}
         eps = {ip: r for ip, r in held["endpoints"].items()
-               if r.get("node") in keep and ip not in endpoints}
+               if r.get("node") in pending and ip not in endpoints}
         return {**nodes, **keep}, {**endpoints, **eps}
 
     def _publish(self) -> None:

@@ -34,12 +34,15 @@ def test_nodes_missing_at_the_first_sync_are_held_until_they_register():
     assert hold(a, {}, {}) == ({"k8s-w1": W1, "k8s-w2": W2},
                                {"172.20.1.2": EP2, "172.20.2.2": EP3})
     assert a._restored_until > time.monotonic() + 29
-    # k8s-w1 registers with a new pod address: its record wins, its old pod is not held
+    # k8s-w1 registers, its endpoints not ready yet: its pods still held
+    assert hold(a, {"k8s-w1": W1}, {}) == ({"k8s-w1": W1, "k8s-w2": W2},
+                                           {"172.20.1.2": EP2, "172.20.2.2": EP3})
+    # k8s-w1 publishes its pod under a new address: its list wins, its old pod is not held
     new2 = {**EP2, "pod": "webpod-2b"}
     assert hold(a, {"k8s-w1": W1}, {"172.20.1.9": new2}) == (
         {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.1.9": new2, "172.20.2.2": EP3})
     assert set(a._restored["nodes"]) == {"k8s-w2"}
-    # k8s-w2 registers: nothing held any more, the kvstore's view alone from now on
+    # k8s-w2 is back with its endpoints: nothing held any more, the kvstore's view alone
     assert hold(a, {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3}) == (
         {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})
     assert a._restored is None
@@ -48,7 +51,8 @@ def test_nodes_missing_at_the_first_sync_are_held_until_they_register():
 
 def test_a_node_that_does_not_come_back_is_dropped_after_the_grace():
     a = restarted(ttl=10)
-    assert hold(a, {"k8s-w1": W1}, {"172.20.1.2": EP2})[0] == {"k8s-w1": W1, "k8s-w2": W2}
+    assert hold(a, {"k8s-w1": W1}, {"172.20.1.2": EP2}) == (
+        {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.1.2": EP2, "172.20.2.2": EP3})
     a._restored_until = time.monotonic() - 0.1                       # 2 x TTL passed
     assert hold(a, {"k8s-w1": W1}, {"172.20.1.2": EP2}) == ({"k8s-w1": W1},
                                                             {"172.20.1.2": EP2})

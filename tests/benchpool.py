@@ -16,6 +16,7 @@ API (tests/conftest.py drives it):
     pause() / resume()   finish the running job and hold the rest / go on
     result(module)       wait for that job (run it here when it was never scheduled)
     popen(argv, **kw)    subprocess.Popen, known to stop()
+    run_json(argv, cwd)  a bench CLI's JSON, its success and no leftover netns/pins checked
     stop()               end the session's jobs, remove their temporary directory
 """
 from __future__ import annotations
@@ -148,3 +149,22 @@ class _Pool:
 POOL = _Pool()
 start, pause, resume, result, popen, stop = (POOL.start, POOL.pause, POOL.resume, POOL.result,
                                              POOL.popen, POOL.stop)
+
+
+def run_json(argv, cwd, timeout: float = 900):
+    """Run a bench's CLI (`--json`) through `popen`; check it succeeded and left no netns and no
+    pin directory named after its pid (dpbench-<pid>-...: other labs may come and go); return
+    its JSON."""
+    import json
+    import os
+
+    from datapath import netns
+    p = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    finally:
+        p.kill()
+    assert p.returncode == 0, stderr[-3000:]
+    assert not [n for n in netns.list_names() if n.startswith(f"dpbench-{p.pid}-")]
+    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{p.pid}-")]
+    return json.loads(stdout)

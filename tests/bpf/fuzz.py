@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from datapath import abi, bpfsys, build, testrun
 from datapath.events import EventRing
 from datapath.maps import open_maps
+from tests.bpf.mocks import MOCK_TUNNEL_KEY
 
 SMALL_MAPS = {"CT_MAP_SIZE_TCP": 1024, "CT_MAP_SIZE_ANY": 1024, "SNAT_MAPPING_IPV4_SIZE": 1024,
               "IPV4_FRAG_DATAGRAMS_MAP_SIZE": 512, "LB_AFFINITY_MAP_MAX_ENTRIES": 512,
@@ -90,20 +91,6 @@ STATE_MAPS = ("cilium_ct4_global", "cilium_ct_any4_global", "cilium_snat_v4_exte
 NAT_MAP = "cilium_snat_v4_external"
 REFUSED = -10000           # a frame BPF_PROG_TEST_RUN itself refuses (kernel_refuses)
 BATCH = 128                # at most 3 entries a packet: the small maps never fill
-
-MOCK_TUNNEL_KEY = """
-/* fuzz mock: the VXLAN VNI of the packet comes in skb->cb[1] (0: no tunnel key) */
-static __always_inline int mock_skb_get_tunnel_key(struct __sk_buff *skb,
-						   struct bpf_tunnel_key *key, __u32 size,
-						   __u64 flags)
-{
-	if (!skb->cb[1])
-		return -22;
-	key->tunnel_id = skb->cb[1];
-	return 0;
-}
-#define bpf_skb_get_tunnel_key mock_skb_get_tunnel_key
-"""
 
 TC_ALLOWED = frozenset({abi.CTX_ACT_OK, abi.CTX_ACT_DROP, abi.CTX_ACT_REDIRECT})
 XDP_ALLOWED = frozenset({abi.XDP_PASS, abi.XDP_DROP, abi.XDP_TX, abi.XDP_REDIRECT})

@@ -21,6 +21,7 @@ from datapath.maps import metrics_totals, open_maps
 from . import packets as P
 from .conftest import mocked_object
 from .endpoints import add_endpoint, add_pods_a_and_b, allow_all, set_sender
+from .mocks import MOCK_TUNNEL_KEY
 
 IN, OUT = abi.POLICY_INGRESS, abi.POLICY_EGRESS
 TCP_P, UDP_P, ICMP_P, SCTP_P = 6, 17, 1, 132
@@ -540,21 +541,6 @@ def test_nodeport_client_identity_comes_from_the_ipcache(host, from_netdev):
                                abi.remote_endpoint_info(P.ID_CIDR_NET))
     assert run(from_netdev, to_nodeport(sport=51101)).retval == abi.CTX_ACT_DROP
     assert metric(m, abi.DROP_POLICY, abi.METRIC_INGRESS)[0] == 1
-
-
-MOCK_TUNNEL_KEY = """
-/* test mock: the VXLAN VNI of the packet comes in skb->cb[1] (0: no tunnel key) */
-static __always_inline int mock_skb_get_tunnel_key(struct __sk_buff *skb,
-						   struct bpf_tunnel_key *key, __u32 size,
-						   __u64 flags)
-{
-	if (!skb->cb[1])
-		return -22;
-	key->tunnel_id = skb->cb[1];
-	return 0;
-}
-#define bpf_skb_get_tunnel_key mock_skb_get_tunnel_key
-"""
 
 
 @pytest.fixture(scope="session")

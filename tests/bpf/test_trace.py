@@ -17,7 +17,7 @@ from . import packets as P
 from .conftest import _clear, event_ring
 from .endpoints import add_endpoint, set_sender
 from .test_from_netdev_overlay import _pod_a_with_remote_c, _run_fib, routed_ns  # noqa: F401
-from .test_policy import MOCK_TUNNEL_KEY
+from .mocks import MOCK_TUNNEL_KEY
 from ..nsfork import run_in_netns
 
 NONE = {"MONITOR_AGGREGATION": abi.MONITOR_AGGREGATION_NONE}

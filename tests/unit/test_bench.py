@@ -3,16 +3,12 @@ background, tests/benchpool.py), it programs exactly the expected entries and tu
 change into a handful of map ops. Correctness only: the bench's timings are never asserted."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from bench import lb_program
-from datapath import netns
 from tests import benchpool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,17 +19,8 @@ N, PER = 50, 3
 def bench_job(tmp):
     """The bench's CLI at N services (its own netns and pin dir, named after its pid), which
     leaves no namespace and no pin directory behind (other labs may come and go)."""
-    p = benchpool.popen([sys.executable, str(ROOT / "bench" / "lb_program.py"), "--services",
-                         str(N), "--backends", str(PER), "--json"], stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        stdout, stderr = p.communicate(timeout=900)
-    finally:
-        p.kill()
-    assert p.returncode == 0, stderr[-3000:]
-    assert not [n for n in netns.list_names() if n.startswith(f"dpbench-{p.pid}-")]
-    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{p.pid}-")]
-    return json.loads(stdout)
+    return benchpool.run_json([sys.executable, str(ROOT / "bench" / "lb_program.py"),
+                               "--services", str(N), "--backends", str(PER), "--json"], cwd=ROOT)
 
 
 bench_job.weight = 3

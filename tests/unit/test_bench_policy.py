@@ -4,15 +4,11 @@ the CIDR identities' ipcache rows), a policy or label change is a diff of a few 
 no-op writes nothing. Correctness only: the bench's timings are never asserted."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from datapath import netns
 from tests import benchpool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,17 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def bench_job(tmp):
     """The bench's CLI on 30 endpoints and 20 policies, one run (its own netns and pin dir,
     named after its pid), which leaves neither behind."""
-    p = benchpool.popen([sys.executable, str(ROOT / "bench" / "policy_program.py"),
-                         "--endpoints", "30", "--policies", "20", "--runs", "1", "--json"],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        stdout, stderr = p.communicate(timeout=900)
-    finally:
-        p.kill()
-    assert p.returncode == 0, stderr[-3000:]
-    assert not [n for n in netns.list_names() if n.startswith(f"dpbench-{p.pid}-")]
-    assert not [d for d in os.listdir("/sys/fs/bpf") if d.startswith(f"dpbench-{p.pid}-")]
-    return json.loads(stdout)
+    return benchpool.run_json([sys.executable, str(ROOT / "bench" / "policy_program.py"),
+                               "--endpoints", "30", "--policies", "20", "--runs", "1", "--json"],
+                              cwd=ROOT)
 
 
 bench_job.weight = 5

@@ -10,7 +10,7 @@ demo: setup
 	@bash scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -p no:cacheprovider tests
+	$(PY) -m pytest -p no:cacheprovider --durations=40 tests
 
 # Not in make test (which runs 50,000): FUZZ_PACKETS packets through every entry program by
 # BPF_PROG_TEST_RUN, a table of verdicts and drop reasons per program (tests/bpf/fuzz.py,

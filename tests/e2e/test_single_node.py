@@ -325,13 +325,15 @@ def test_label_change_moves_endpoint_to_new_identity(lab):
     assert ident["webpod-2"] == ident["webpod-1"]
     try:
         path.write_text(orig.replace("app: webpod", "app: webpod\n    tier: canary"))
+        # The endpoint passes through "regenerating" (as Cilium's does) between taking its new
+        # identity and having its maps written: wait for both, then check the rest.
         new = wait_for(lambda: (i := {e["pod"]: e for e in lab.client().get("/v1/endpoint")})
-                       ["webpod-2"]["identity"] != ident["webpod-2"] and i,
-                       what="webpod-2 to change identity")
+                       ["webpod-2"]["identity"] != ident["webpod-2"]
+                       and i["webpod-2"]["state"] == "ready" and i,
+                       what="webpod-2 to change identity and be ready again")
         assert new["webpod-2"]["identity"] >= 256
         assert "k8s:tier=canary" in new["webpod-2"]["labels"]
         assert new["webpod-1"]["identity"] == ident["webpod-1"]
-        assert new["webpod-2"]["state"] == "ready"
         assert "Hostname: webpod-2" in curl(lab, "curl-pod", lab.pod_ip("webpod-2")).stdout
     finally:
         path.write_text(orig)

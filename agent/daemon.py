@@ -198,11 +198,29 @@ class Agent:
         good_nodes, good_eps = self._hold_restored(good_nodes, good_eps)
         self._learn_identities({rec["identity"] for rec in good_eps.values()})
         with self.lock:
+            self._log_membership(good_nodes, good_eps)
             self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
             self.cluster_gen += 1
             self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
             self._unsaved = True
         self.trigger("cluster changed")
+
+    def _log_membership(self, nodes: dict, endpoints: dict) -> None:
+        """One line for each node that joins or leaves this node's view (its lease granted or
+        run out), with the count of its endpoints that came or went with it, and one for each
+        endpoint a node still present withdrew."""
+        before_n, before_e = self.remote_nodes, self.remote_endpoints
+        for verb, names, eps in (("joined", nodes.keys() - before_n.keys(), endpoints),
+                                 ("left", before_n.keys() - nodes.keys(), before_e)):
+            for name in sorted(names):
+                n = sum(1 for r in eps.values() if r.get("node") == name)
+                log_cl.info("node %s %s the cluster (%s), %d endpoint(s) with it", name, verb,
+                            (nodes if verb == "joined" else before_n)[name]["ip"], n)
+        for ip in sorted(before_e.keys() - endpoints.keys()):
+            r = before_e[ip]
+            if r.get("node") in nodes:
+                log_cl.info("endpoint %s (%s/%s) of node %s withdrawn", ip, r.get("namespace"),
+                            r.get("pod"), r.get("node"))
 
     def _hold_restored(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
         """The kvstore's view, plus what of the view this agent restored from its state file

@@ -97,31 +97,34 @@ def build_table(backends: list[tuple[int, str, int]], m: int = DEFAULT_TABLE_SIZ
         return [EMPTY] * m
     s = seed_murmur(seed)
     n = len(live)
-    offsets, skips = [], []
+    cur, skips = [], []                 # each backend's next preferred slot, and its step
     for _, key, _w in live:
         h1, h2 = murmur3_128(key.encode(), s)
-        offsets.append(h1 % m)
+        cur.append(h1 % m)
         skips.append(h2 % (m - 1) + 1)
+    ids = [b[0] for b in live]
     weights = [w for _, _, w in live]
     weight_sum = sum(weights)
     use_weights = weight_sum // n > 1 and len(set(weights)) > 1
     counter = [w / n for w in weights]
-    nxt = [0] * n
+    taken = bytearray(m)                # (a flag a slot: the walk below is the hot loop)
     table = [EMPTY] * m
-    filled = 0
-    turn = 0
+    filled = turn = 0
     while filled < m:
         i = turn % n
         if use_weights:
             while (turn + 1) * weights[i] < counter[i]:
                 i = (i + 1) % n
             counter[i] += weight_sum
-        while True:
-            slot = (offsets[i] + nxt[i] * skips[i]) % m
-            nxt[i] += 1
-            if table[slot] == EMPTY:
-                table[slot] = live[i][0]
-                filled += 1
-                break
+        slot, step = cur[i], skips[i]   # (offset + j * skip) % m, walked by addition
+        while taken[slot]:
+            slot += step
+            if slot >= m:
+                slot -= m
+        taken[slot] = 1
+        table[slot] = ids[i]
+        slot += step
+        cur[i] = slot - m if slot >= m else slot
+        filled += 1
         turn += 1
     return table

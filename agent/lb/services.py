@@ -501,9 +501,8 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids, users, by_
             if maglev_on:
                 # one table a frontend: its external backend set (the internal scope of a
                 # two-scope service is picked at random: few flows, all from this node)
-                table = maglev.build_table([(b[0], b[1], 1) for b in scopes[0][1]],
-                                           view.maglev_size)
-                mg_map[rn_key] = abi.maglev_lut_bytes(table)
+                mg_map[rn_key] = _maglev_lut(tuple((b[0], b[1]) for b in scopes[0][1]),
+                                             view.maglev_size)
             rn_map[rn_key] = _PACK_RN(a, dp)
             fes.append((sid, fe, kind, addr, fport, pname, listed, scopes[0][1]))
     maps = {}
@@ -516,6 +515,14 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids, users, by_
     if mg_map:
         maps[_MG_MAP] = mg_map
     return _Built(maps, frozenset(late), svc, fes, ports)
+
+
+@functools.lru_cache(maxsize=256)
+def _maglev_lut(backends: tuple[tuple[int, str], ...], size: int) -> bytes:
+    """The Maglev table's map value for a backend set, [(backend id, key)] (a pure function:
+    services with one backend set, or one set seen again, share one table; 256 of 64 KiB at
+    the default size, at most)."""
+    return abi.maglev_lut_bytes(maglev.build_table([(i, k, 1) for i, k in backends], size))
 
 
 class _Built:

@@ -308,7 +308,7 @@ def fresh_plan(lab, node: str) -> tuple[dict[str, dict[bytes, bytes]], dict]:
     pods and the node's config, with the ids the agent holds in its state file; and that id
     table after planning (a fresh plan allocates no id: every one is the agent's)."""
     from agent.config import load_config
-    from agent.lb import maglev, services
+    from agent.lb import services
     from agent.manifests import load_manifests
     cfg = load_config(lab.node(node)["config"])
     st = lab.lab.load()
@@ -321,20 +321,8 @@ def fresh_plan(lab, node: str) -> tuple[dict[str, dict[bytes, bytes]], dict]:
                              node_name=node, node_port_range=cfg.nodePortRange,
                              algorithm=cfg.lbAlgorithm, maglev_size=cfg.maglevTableSize)
     planner = services.ServicePlanner(services.IdTable(table), cfg.serviceCIDR)
-    build_table = maglev.build_table               # a pure function: the burst's 1,000
-    cache: dict = {}                               # services share one backend set
-
-    def cached(backends, *args):
-        key = (tuple(backends), args)
-        if key not in cache:
-            cache[key] = build_table(backends, *args)
-        return cache[key]
-    maglev.build_table = cached
-    try:
-        built = planner.update(load_manifests(cfg.manifests),
-                               {k: r["ip"] for k, r in pods.items()}, view, None)
-    finally:
-        maglev.build_table = build_table
+    built = planner.update(load_manifests(cfg.manifests),    # (the burst's 1,000 services
+                           {k: r["ip"] for k, r in pods.items()}, view, None)   # share a table)
     maps = {m: {} for m in LB_MAPS}
     for _, b in built.values():
         for m, entries in b.maps.items():

@@ -102,3 +102,22 @@ def test_the_lease_is_refreshed_by_its_own_thread_while_a_round_waits_on_the_age
     keeper.join(10)
     round_.join(10)
     assert calls[:2] == [7, 7] and round_.is_alive() is False
+
+
+def test_a_node_joining_or_leaving_and_a_withdrawn_endpoint_are_logged_once(caplog):
+    """The operator's trail of membership: a node's lease run out (with its endpoints), a node
+    back, and an endpoint withdrawn by a node that stays (not ready, or deleted)."""
+    a = SimpleNamespace(remote_nodes={"k8s-w1": W1, "k8s-w2": W2},
+                        remote_endpoints={"172.20.1.2": EP2, "172.20.2.2": EP3})
+    with caplog.at_level("INFO", logger="datapath.kvstore"):
+        Agent._log_membership(a, {"k8s-w1": W1}, {})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["node k8s-w2 left the cluster (192.168.10.102), 1 endpoint(s) with it",
+                     "endpoint 172.20.1.2 (default/webpod-2) of node k8s-w1 withdrawn"]
+    caplog.clear()
+    a.remote_nodes, a.remote_endpoints = {"k8s-w1": W1}, {}
+    with caplog.at_level("INFO", logger="datapath.kvstore"):
+        Agent._log_membership(a, {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})
+        Agent._log_membership(a, {"k8s-w1": W1}, {})            # nothing changed for it
+    assert [r.getMessage() for r in caplog.records] == [
+        "node k8s-w2 joined the cluster (192.168.10.102), 1 endpoint(s) with it"]

@@ -91,3 +91,50 @@ def test_sizes_and_empty_table():
     assert maglev.build_table([], 251) == [maglev.EMPTY] * 251
     assert maglev.seed_murmur() == int.from_bytes(
         __import__("base64").b64decode(maglev.DEFAULT_SEED)[:4], "big")
+
+
+def _textbook(backends, m):
+    """Maglev's population as the paper and Cilium write it (permutation[i][j] = (offset + j *
+    skip) % m, computed each probe), with Cilium's weighted turns: the oracle for the agent's
+    walk by addition."""
+    live = sorted((b for b in backends if b[2] > 0), key=lambda b: b[1])
+    s, n = maglev.seed_murmur(), len(live)
+    perm = [(h1 % m, h2 % (m - 1) + 1) for h1, h2 in
+            (maglev.murmur3_128(k.encode(), s) for _, k, _ in live)]
+    weights = [w for _, _, w in live]
+    wsum = sum(weights)
+    use_w = wsum // n > 1 and len(set(weights)) > 1
+    counter, nxt, table, turn = [w / n for w in weights], [0] * n, [maglev.EMPTY] * m, 0
+    while maglev.EMPTY in table:
+        i = turn % n
+        if use_w:
+            while (turn + 1) * weights[i] < counter[i]:
+                i = (i + 1) % n
+            counter[i] += wsum
+        while table[slot := (perm[i][0] + nxt[i] * perm[i][1]) % m] != maglev.EMPTY:
+            nxt[i] += 1
+        table[slot], nxt[i], turn = live[i][0], nxt[i] + 1, turn + 1
+    return table
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 60])
+def test_table_equals_the_textbook_population(n):
+    rng = random.Random(n)
+    b = [(i + 1, maglev.backend_key(f"10.{i // 200}.{i % 200}.{rng.randrange(256)}", 80), 1)
+         for i in range(n)]
+    weighted = [(i, k, rng.choice([0, 1, 2, 5, 100])) for i, k, _ in b]
+    for m in (251, 1021):
+        assert maglev.build_table(b, m) == _textbook(b, m)
+        if any(w for _, _, w in weighted):
+            assert maglev.build_table(weighted, m) == _textbook(weighted, m)
+
+
+def test_services_with_one_backend_set_share_one_table():
+    """The planner builds a backend set's table once (1,000 services selecting one set of pods:
+    one build, not 1,000)."""
+    from agent.lb import services
+    from datapath import abi
+    bs = tuple((i, k) for i, k, _ in _backends(3))
+    first = services._maglev_lut(bs, 251)
+    assert services._maglev_lut(tuple(list(bs)), 251) is first
+    assert first == abi.maglev_lut_bytes(maglev.build_table([(i, k, 1) for i, k in bs], 251))

@@ -5,7 +5,6 @@ ClusterIP whose backend is outside the cluster, and every checksum of translated
 echo and ICMP error packets checked on the wire."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -161,13 +160,30 @@ def test_clusterip_with_an_external_backend(masq):
         path.unlink()
 
 
+# The default topology with k8s-ctr alone (the embedded store): what the tiny lab needs.
+ONE_NODE = """routingMode: native
+segments: {lan: 192.168.10.0/24, ext: 203.0.113.0/24}
+router:
+  name: k8s-rtr
+  addresses: {lan: 192.168.10.200, ext: 203.0.113.254}
+nodes:
+  - {name: k8s-ctr, segment: lan, ip: 192.168.10.100, podCIDR: 172.20.0.0/24}
+hosts:
+  - {name: ext, segment: ext, ip: 203.0.113.10}
+"""
+
+
 def test_tiny_port_range_exhausts_with_a_counted_drop_and_recovers(privileged, tmp_path):
     """A NAT range of 4 ports and (issue #12, the same lab) a conntrack table of 1,024 TCP
     entries, Cilium's smallest bpf.ctTcpMax."""
-    mdir = copy_manifests(tmp_path, node="k8s-ctr")
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    copy_manifests(mdir, node="k8s-ctr")
     for f in mdir.glob("webpod-*.yaml"):
         f.unlink()
-    with built_lab(_name("x"), mdir, str(TOPOLOGIES / "default.yaml"), "native",
+    topo = tmp_path / "one-node.yaml"          # k8s-ctr, the router and ext: no other compile
+    topo.write_text(ONE_NODE)
+    with built_lab(_name("x"), mdir, str(topo), "native",
                    {"bpf": {"natPortRange": "40000-40003", "ctTcpMax": 1024}}) as lab:
         p = server(lab, 7300, 120)
         try:

@@ -241,22 +241,43 @@ def test_tunnel_pod_mtu_leaves_room_for_vxlan(tunnel):
     assert over.returncode != 0
 
 
+# The seed's cross-subnet case cut to what it needs (examples/topologies/cross-subnet.yaml
+# without k8s-w1 and k8s-w2, which only add compiles): k8s-ctr on the node LAN, k8s-w0 on
+# 192.168.20.0/24 behind the router.
+CROSS_SUBNET = """routingMode: native
+kvstoreLeaseTTL: 10
+etcd: k8s-ctr
+segments: {lan: 192.168.10.0/24, lan2: 192.168.20.0/24, ext: 203.0.113.0/24}
+router:
+  name: k8s-rtr
+  addresses: {lan: 192.168.10.200, lan2: 192.168.20.200, ext: 203.0.113.254}
+nodes:
+  - {name: k8s-ctr, segment: lan, ip: 192.168.10.100, podCIDR: 172.20.0.0/24}
+  - {name: k8s-w0, segment: lan2, ip: 192.168.20.100, podCIDR: 172.20.3.0/24}
+hosts:
+  - {name: ext, segment: ext, ip: 203.0.113.10}
+"""
+
+
 def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
-    mdir = copy_manifests(tmp_path)
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    copy_manifests(mdir, node="k8s-ctr")          # every pod on the LAN side, but webpod-0
     (mdir / "webpod-0.yaml").write_text((mdir / "webpod-2.yaml").read_text()
                                         .replace("webpod-2", "webpod-0")
-                                        .replace("nodeName: k8s-w1", "nodeName: k8s-w0"))
-    topo = str(TOPOLOGIES / "cross-subnet.yaml")
-    with built_lab(_name("x"), mdir, topo, "native") as lab:
-        assert "Hostname: webpod-2" in curl(lab, "curl-pod", lab.pod_ip("webpod-2")).stdout
+                                        .replace("nodeName: k8s-ctr", "nodeName: k8s-w0"))
+    topo = tmp_path / "cross-subnet.yaml"
+    topo.write_text(CROSS_SUBNET)
+    with built_lab(_name("x"), mdir, str(topo), "native") as lab:
         # positive control: webpod-0 itself is fine, its own node reaches it
         assert "Hostname: webpod-0" in curl(lab, "k8s-w0", lab.pod_ip("webpod-0")).stdout
         # no route to k8s-w0's pod CIDR: the router gets the packets and knows no pod network
         assert "172.20.3.0/24" not in lab.run("k8s-ctr", "ip", "route").stdout
+        assert "172.20." not in lab.run("k8s-rtr", "ip", "route").stdout
         assert curl(lab, "curl-pod", lab.pod_ip("webpod-0")).returncode != 0
         assert lab.run("webpod-0", "ping", "-c", "1", "-W", "1", lab.pod_ip("webpod-1"),
                        check=False).returncode != 0
-    with built_lab(_name("y"), mdir, topo, "tunnel") as lab:
+    with built_lab(_name("y"), mdir, str(topo), "tunnel") as lab:
         assert "Hostname: webpod-0" in curl(lab, "curl-pod", lab.pod_ip("webpod-0")).stdout
         assert f"RemoteAddr: {lab.pod_ip('webpod-0')}:" in curl(lab, "webpod-0",
                                                                   lab.pod_ip("webpod-1")).stdout

@@ -1,9 +1,11 @@
 """This node's view of the cluster through the kvstore.
 
 A background thread keeps a lease alive (refreshed by a thread of its own too, so nothing the
-agent holds delays it), publishes this node's entry and its ready endpoints under that lease (so they expire when the agent is gone longer than the lease TTL), and polls the
-other nodes' entries; a change calls `on_change(nodes, endpoints)`. A kvstore outage leaves the
-datapath as it is and is retried every second.
+agent holds delays it), publishes this node's entry and its ready endpoints under that lease (so
+they expire when the agent is gone longer than the lease TTL), and polls the other nodes'
+entries; a change calls `on_change(nodes, endpoints)`. A restarting agent publishes what it
+restored before it compiles or plans (publish_early). A kvstore outage leaves the datapath as it
+is and is retried every second.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class ClusterSync:
         self._next_keepalive = 0.0
         self.last_error: str | None = None
         self.connected = False
+        self._keep_lease: threading.Thread | None = None
 
     def node_key(self, name: str) -> str:
         return f"{NODES_PREFIX}{self.cluster}/{name}"
@@ -49,8 +52,32 @@ class ClusterSync:
         with self._lock:
             self._wanted = wanted
 
+    def publish_early(self, stop: threading.Event) -> None:
+        """At the agent's start, before it compiles and plans: a lease, this node's records as
+        set_local gave them (the endpoints it restored, which forward on the pinned datapath
+        meanwhile), and the lease's refresh thread. An agent that compiles for minutes keeps
+        its place, so no other node drops its pods and routes. A failing kvstore is left to
+        the rounds (logged there)."""
+        try:
+            self._lease_and_publish()
+            log.info("kvstore: this node's records published again under lease %x",
+                     self.lease)
+        except KVStoreError:
+            pass
+        self._start_keep_lease(stop)
+
     def step(self) -> None:
         """One round: lease, publish differences, read the cluster. Raises KVStoreError."""
+        self._lease_and_publish()
+        nodes = {k.rsplit("/", 1)[1]: json.loads(v) for k, v in
+                 self.client.get_prefix(f"{NODES_PREFIX}{self.cluster}/").items()}
+        ips = {k.rsplit("/", 1)[1]: json.loads(v) for k, v in
+               self.client.get_prefix(f"{IP_PREFIX}{self.cluster}/").items()}
+        if (nodes, ips) != self._seen:
+            self._seen = (nodes, ips)
+            self.on_change(nodes, ips)
+
+    def _lease_and_publish(self) -> None:
         now = time.time()
         if self.lease is not None and now >= self._next_keepalive:
             if self.client.lease_keepalive(self.lease) <= 0:
@@ -71,13 +98,6 @@ class ClusterSync:
         for k in set(self._published) - set(wanted):
             self.client.delete(k)
             del self._published[k]
-        nodes = {k.rsplit("/", 1)[1]: json.loads(v) for k, v in
-                 self.client.get_prefix(f"{NODES_PREFIX}{self.cluster}/").items()}
-        ips = {k.rsplit("/", 1)[1]: json.loads(v) for k, v in
-               self.client.get_prefix(f"{IP_PREFIX}{self.cluster}/").items()}
-        if (nodes, ips) != self._seen:
-            self._seen = (nodes, ips)
-            self.on_change(nodes, ips)
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.is_set():
@@ -111,9 +131,14 @@ class ClusterSync:
             except KVStoreError:
                 pass                    # the round reports the kvstore failing
 
+    def _start_keep_lease(self, stop: threading.Event) -> None:
+        if self._keep_lease is None:
+            self._keep_lease = threading.Thread(target=self.keep_lease, args=(stop,),
+                                                name="kvstore-lease", daemon=True)
+            self._keep_lease.start()
+
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=self.run, args=(stop,), name="kvstore", daemon=True)
         t.start()
-        threading.Thread(target=self.keep_lease, args=(stop,), name="kvstore-lease",
-                         daemon=True).start()
+        self._start_keep_lease(stop)
         return t

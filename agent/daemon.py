@@ -117,6 +117,9 @@ class Agent:
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
         self.endpoints: dict[str, Endpoint] = {
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
+        if self.cluster:     # the restored pods forward meanwhile: keep their place at once
+            self._publish(restored=True)
+            self.cluster.publish_early(self.stop_event)
         self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
@@ -255,15 +258,17 @@ class Agent:
                if r.get("node") in pending and ip not in endpoints}
         return {**nodes, **keep}, {**endpoints, **eps}
 
-    def _publish(self) -> None:
-        """Hand the cluster sync this node's record and its ready endpoints."""
+    def _publish(self, restored: bool = False) -> None:
+        """Hand the cluster sync this node's record and its ready endpoints (restored: those
+        the state file had ready whose interface is still there, before the first sync)."""
         if not self.cluster:
             return
         node = {"name": self.cfg.nodeName, "ip": self.node_ip, "podCIDR": self.cfg.podCIDR,
                 "cluster": self.cfg.clusterName}
         eps = {ep.ip: {"ip": ep.ip, "identity": ep.identity, "hostIP": self.node_ip,
                        "node": self.cfg.nodeName, "namespace": ep.namespace, "pod": ep.pod}
-               for ep in self.endpoints.values() if ep.identity and ep.state == "ready"}
+               for ep in self.endpoints.values() if ep.identity and ep.state == "ready"
+               and (not restored or netdev.iface_exists(ep.host_ifname))}
         self.cluster.set_local(node, eps)
 
     # ---- identities ----

@@ -121,3 +121,43 @@ def test_a_node_joining_or_leaving_and_a_withdrawn_endpoint_are_logged_once(capl
         Agent._log_membership(a, {"k8s-w1": W1}, {})            # nothing changed for it
     assert [r.getMessage() for r in caplog.records] == [
         "node k8s-w2 joined the cluster (192.168.10.102), 1 endpoint(s) with it"]
+
+
+def test_a_restarting_agent_publishes_what_it_restored_before_its_first_round():
+    """publish_early: a lease and the restored records at once (before a compile that may take
+    minutes), the lease's refresh thread started once; the first round then writes nothing
+    again, and a kvstore that is down is left to the rounds."""
+    import threading
+
+    from agent.cluster import ClusterSync
+    from datapath.errors import KVStoreError
+    puts, grants = [], []
+    client = SimpleNamespace(lease_keepalive=lambda lease: 10,
+                             lease_grant=lambda ttl: grants.append(ttl) or 41,
+                             put=lambda k, v, lease=None: puts.append((k, lease)),
+                             delete=lambda k: None, get_prefix=lambda p: {})
+    sync = ClusterSync(client, "default", "k8s-w1", ttl=10, on_change=lambda n, e: None)
+    sync.set_local({"name": "k8s-w1", "ip": W1["ip"]}, {"172.20.1.2": EP2})
+    stop = threading.Event()
+    try:
+        sync.publish_early(stop)
+        assert grants == [10] and sorted(puts) == sorted(
+            [(sync.ip_key("172.20.1.2"), 41), (sync.node_key("k8s-w1"), 41)])
+        keeper = sync._keep_lease
+        assert keeper is not None and keeper.is_alive()
+        sync.step()                                     # the first round: nothing new to write
+        sync.start(stop)
+        assert len(puts) == 2 and grants == [10] and sync._keep_lease is keeper
+    finally:
+        stop.set()
+
+    def down(ttl):
+        raise KVStoreError("etcd unreachable")
+    client.lease_grant = down
+    later = ClusterSync(client, "default", "k8s-w2", ttl=10, on_change=lambda n, e: None)
+    stop2 = threading.Event()
+    try:
+        later.publish_early(stop2)                      # no raise: the rounds report it
+        assert later.lease is None and later._keep_lease.is_alive()
+    finally:
+        stop2.set()

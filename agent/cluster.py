@@ -6,9 +6,15 @@ they expire when the agent is gone longer than the lease TTL), and polls the oth
 entries; a change calls `on_change(nodes, endpoints)`. A restarting agent publishes what it
 restored before it compiles or plans (publish_early). A kvstore outage leaves the datapath as it
 is and is retried every second.
+
+ClusterView turns what the kvstore gives into the view the agent programs: records checked
+(a malformed one is logged and ignored), this node's own left out, what of the saved view a
+restarted agent still misses held for a grace, and one log line for each node that joins or
+leaves and each endpoint withdrawn.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -142,3 +148,109 @@ class ClusterSync:
         t.start()
         self._start_keep_lease(stop)
         return t
+
+
+class ClusterView:
+    """The other nodes ({name: {ip, podCIDR}}) and their endpoints ({ip: {identity, hostIP,
+    node, namespace, pod}}) as this node programs them. `saved` is the view the state file
+    kept: a restarted agent starts from it, and holds what of it the kvstore lacks (hold)."""
+
+    def __init__(self, node_name: str, lease_ttl: int, saved: dict):
+        self.node_name, self.lease_ttl = node_name, lease_ttl
+        self.nodes: dict[str, dict] = saved.get("nodes", {})
+        self.endpoints: dict[str, dict] = saved.get("endpoints", {})
+        self.raw: tuple[dict, dict] | None = None       # the last view the kvstore gave
+        self._restored = {"nodes": dict(self.nodes), "endpoints": dict(self.endpoints)} \
+            if self.nodes else None
+        self._restored_until: float | None = None
+
+    def offer(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
+        """The view to program for the kvstore's records: checked, then held (not applied:
+        replace() does that under the agent's lock)."""
+        self.raw = (nodes, endpoints)
+        return self.hold(*self.checked(nodes, endpoints))
+
+    def replace(self, nodes: dict, endpoints: dict) -> None:
+        self.log_membership(nodes, endpoints)
+        self.nodes, self.endpoints = nodes, endpoints
+
+    def grace_over(self) -> bool:
+        """True once, when a hold's grace has passed with nodes still held: offer the last
+        kvstore view again so they go."""
+        return bool(self._restored and self._restored_until is not None and self.raw and
+                    time.monotonic() >= self._restored_until)
+
+    def checked(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
+        good_nodes, good_eps = {}, {}
+        for name, rec in nodes.items():
+            if name == self.node_name:
+                continue
+            try:
+                ipaddress.IPv4Address(rec["ip"])
+                ipaddress.IPv4Network(rec["podCIDR"])
+                good_nodes[name] = {"ip": rec["ip"], "podCIDR": rec["podCIDR"]}
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("ignoring malformed node record %s: %s", name, e)
+        for ip, rec in endpoints.items():
+            if rec.get("node") == self.node_name:
+                continue
+            try:
+                ipaddress.IPv4Address(ip)
+                ipaddress.IPv4Address(rec["hostIP"])
+                good_eps[ip] = {"identity": int(rec["identity"]), "hostIP": rec["hostIP"],
+                                "node": str(rec.get("node", "")),
+                                "namespace": str(rec.get("namespace", "")),
+                                "pod": str(rec.get("pod", ""))}
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("ignoring malformed endpoint record %s: %s", ip, e)
+        return good_nodes, good_eps
+
+    def hold(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
+        """The kvstore's view, plus what of the saved view the kvstore lacks: a node not
+        registered again, and the endpoints of a node that has not published any yet (a node
+        registers before its endpoints are ready), until it has or 2 x the lease TTL have
+        passed since the first offer. An upgrade restarts every agent at once and some compile
+        for minutes: should their leases run out, the first agent back would otherwise drop
+        the others' pods from every service (their flows sent to other backends and reset)
+        and their routes, seconds before they come back."""
+        held = self._restored
+        if not held:
+            return nodes, endpoints
+        now = time.monotonic()
+        if self._restored_until is None:
+            self._restored_until = now + 2 * self.lease_ttl
+        published = {r.get("node") for r in endpoints.values()}
+        pending = {n: r for n, r in held["nodes"].items() if n not in published}
+        if not pending or now >= self._restored_until:
+            if pending:
+                log.info("nodes of the restored cluster view not back within the grace: %s",
+                         ", ".join(sorted(pending)))
+            self._restored = None
+            return nodes, endpoints
+        if pending.keys() != held["nodes"].keys():
+            held["nodes"] = pending
+        else:
+            log.info("holding what the kvstore lacks of the restored cluster view, for %.0f s "
+                     "or until they are back: %s", self._restored_until - now,
+                     ", ".join(sorted(pending)))
+        keep = {n: r for n, r in pending.items() if n not in nodes}
+        eps = {ip: r for ip, r in held["endpoints"].items()
+               if r.get("node") in pending and ip not in endpoints}
+        return {**nodes, **keep}, {**endpoints, **eps}
+
+    def log_membership(self, nodes: dict, endpoints: dict) -> None:
+        """One line for each node that joins or leaves the view (its lease granted or run
+        out), with the count of its endpoints that came or went with it, and one for each
+        endpoint a node still present withdrew."""
+        before_n, before_e = self.nodes, self.endpoints
+        for verb, names, eps in (("joined", nodes.keys() - before_n.keys(), endpoints),
+                                 ("left", before_n.keys() - nodes.keys(), before_e)):
+            for name in sorted(names):
+                n = sum(1 for r in eps.values() if r.get("node") == name)
+                log.info("node %s %s the cluster (%s), %d endpoint(s) with it", name, verb,
+                         (nodes if verb == "joined" else before_n)[name]["ip"], n)
+        for ip in sorted(before_e.keys() - endpoints.keys()):
+            r = before_e[ip]
+            if r.get("node") in nodes:
+                log.info("endpoint %s (%s/%s) of node %s withdrawn", ip, r.get("namespace"),
+                         r.get("pod"), r.get("node"))

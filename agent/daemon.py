@@ -19,7 +19,6 @@ import time
 
 from prometheus_client import start_http_server
 
-import ipaddress
 
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
@@ -28,7 +27,7 @@ from datapath.loader import NodeDatapath, ct_map_defines, lb_map_defines, monito
 
 from . import api, ctgc, inspect, netdev
 from .lb import l2announce, services
-from .cluster import ClusterSync
+from .cluster import ClusterSync, ClusterView
 from .config import RESTART_KEYS, changed_keys, load_config
 from .endpoint import Endpoint, next_endpoint_id
 from .health import NodeHealth
@@ -102,16 +101,9 @@ class Agent:
         self._l2_thread = None
         # the last cluster view, kept in the state file so a restarted agent adopts the routes
         # and ipcache entries it finds instead of deleting them before its first kvstore sync
-        view = self.state.get("cluster") or {}
-        self.remote_nodes: dict[str, dict] = view.get("nodes", {})      # name -> {ip, podCIDR}
-        self.remote_endpoints: dict[str, dict] = view.get("endpoints", {})  # ip -> record
+        self.view = ClusterView(self.cfg.nodeName, self.cfg.kvstoreLeaseTTL,
+                                self.state.get("cluster") or {})
         self.cluster_gen = 0          # bumped whenever the cluster view is replaced
-        # that saved view's nodes are held while missing from the kvstore after this agent
-        # starts, until they register again or the grace ends (_hold_restored)
-        self._restored = {"nodes": dict(self.remote_nodes),
-                          "endpoints": dict(self.remote_endpoints)} if self.remote_nodes else None
-        self._restored_until: float | None = None
-        self._cluster_raw: tuple[dict, dict] | None = None   # the last view the kvstore gave
         self.node_ip = netdev.node_ip(self.cfg)
         self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
@@ -174,89 +166,23 @@ class Agent:
         return self.cfg.mtu - (TUNNEL_OVERHEAD if self.cfg.routingMode == "tunnel" else 0)
 
     # ---- cluster (kvstore) ----
+    @property
+    def remote_nodes(self) -> dict[str, dict]:          # name -> {ip, podCIDR}
+        return self.view.nodes
+
+    @property
+    def remote_endpoints(self) -> dict[str, dict]:      # ip -> record
+        return self.view.endpoints
+
     def _on_cluster_change(self, nodes: dict, endpoints: dict) -> None:
-        self._cluster_raw = (nodes, endpoints)
-        good_nodes, good_eps = {}, {}
-        for name, rec in nodes.items():
-            if name == self.cfg.nodeName:
-                continue
-            try:
-                ipaddress.IPv4Address(rec["ip"])
-                ipaddress.IPv4Network(rec["podCIDR"])
-                good_nodes[name] = {"ip": rec["ip"], "podCIDR": rec["podCIDR"]}
-            except (KeyError, TypeError, ValueError) as e:
-                log_cl.warning("ignoring malformed node record %s: %s", name, e)
-        for ip, rec in endpoints.items():
-            if rec.get("node") == self.cfg.nodeName:
-                continue
-            try:
-                ipaddress.IPv4Address(ip)
-                ipaddress.IPv4Address(rec["hostIP"])
-                good_eps[ip] = {"identity": int(rec["identity"]), "hostIP": rec["hostIP"],
-                                "node": str(rec.get("node", "")),
-                                "namespace": str(rec.get("namespace", "")),
-                                "pod": str(rec.get("pod", ""))}
-            except (KeyError, TypeError, ValueError) as e:
-                log_cl.warning("ignoring malformed endpoint record %s: %s", ip, e)
-        good_nodes, good_eps = self._hold_restored(good_nodes, good_eps)
+        good_nodes, good_eps = self.view.offer(nodes, endpoints)
         self._learn_identities({rec["identity"] for rec in good_eps.values()})
         with self.lock:
-            self._log_membership(good_nodes, good_eps)
-            self.remote_nodes, self.remote_endpoints = good_nodes, good_eps
+            self.view.replace(good_nodes, good_eps)
             self.cluster_gen += 1
             self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
             self._unsaved = True
         self.trigger("cluster changed")
-
-    def _log_membership(self, nodes: dict, endpoints: dict) -> None:
-        """One line for each node that joins or leaves this node's view (its lease granted or
-        run out), with the count of its endpoints that came or went with it, and one for each
-        endpoint a node still present withdrew."""
-        before_n, before_e = self.remote_nodes, self.remote_endpoints
-        for verb, names, eps in (("joined", nodes.keys() - before_n.keys(), endpoints),
-                                 ("left", before_n.keys() - nodes.keys(), before_e)):
-            for name in sorted(names):
-                n = sum(1 for r in eps.values() if r.get("node") == name)
-                log_cl.info("node %s %s the cluster (%s), %d endpoint(s) with it", name, verb,
-                            (nodes if verb == "joined" else before_n)[name]["ip"], n)
-        for ip in sorted(before_e.keys() - endpoints.keys()):
-            r = before_e[ip]
-            if r.get("node") in nodes:
-                log_cl.info("endpoint %s (%s/%s) of node %s withdrawn", ip, r.get("namespace"),
-                            r.get("pod"), r.get("node"))
-
-    def _hold_restored(self, nodes: dict, endpoints: dict) -> tuple[dict, dict]:
-        """The kvstore's view, plus what of the view this agent restored from its state file
-        the kvstore lacks: a node not registered again, and the endpoints of a node that has
-        not published any yet (a node registers before its endpoints are ready), until it has
-        or 2 x kvstoreLeaseTTL have passed since this agent's first sync. An upgrade restarts
-        every agent at once and some compile for minutes: their leases run out, and the first
-        agent back would otherwise drop the others' pods from every service (their flows sent
-        to other backends and reset) and their routes, seconds before they come back."""
-        held = self._restored
-        if not held:
-            return nodes, endpoints
-        now = time.monotonic()
-        if self._restored_until is None:
-            self._restored_until = now + 2 * self.cfg.kvstoreLeaseTTL
-        published = {r.get("node") for r in endpoints.values()}
-        pending = {n: r for n, r in held["nodes"].items() if n not in published}
-        if not pending or now >= self._restored_until:
-            if pending:
-                log_cl.info("nodes of the restored cluster view not back within the grace: "
-                            "%s", ", ".join(sorted(pending)))
-            self._restored = None
-            return nodes, endpoints
-        if pending.keys() != held["nodes"].keys():
-            held["nodes"] = pending
-        else:
-            log_cl.info("holding what the kvstore lacks of the restored cluster view, for "
-                        "%.0f s or until they are back: %s", self._restored_until - now,
-                        ", ".join(sorted(pending)))
-        keep = {n: r for n, r in pending.items() if n not in nodes}
-        eps = {ip: r for ip, r in held["endpoints"].items()
-               if r.get("node") in pending and ip not in endpoints}
-        return {**nodes, **keep}, {**endpoints, **eps}
 
     def _publish(self, restored: bool = False) -> None:
         """Hand the cluster sync this node's record and its ready endpoints (restored: those
@@ -786,9 +712,8 @@ class Agent:
                     ep.state in ("waiting-for-identity", "not-ready", "regenerating")
                     for ep in self.endpoints.values()):
                 self.trigger("periodic resync")
-        if self._restored and self._restored_until is not None and self._cluster_raw and \
-                time.monotonic() >= self._restored_until:
-            self._on_cluster_change(*self._cluster_raw)      # the grace is over
+        if self.view.grace_over():
+            self._on_cluster_change(*self.view.raw)
 
     def conntrack_gc(self, interval: float) -> float:
         """One GC run over the CT maps; returns the next interval."""

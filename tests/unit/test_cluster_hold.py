@@ -1,13 +1,14 @@
 """A restarted agent holds the nodes of its saved cluster view that the kvstore lacks (their
 agents restarting too, leases run out) until they register again or the grace ends
-(Agent._hold_restored), so an upgrade of every node does not drop the others' pods from its
-services for the seconds before they come back."""
+(ClusterView.hold), so an upgrade of every node does not drop the others' pods from its
+services for the seconds before they come back; the view checks records and logs membership;
+the lease is kept by a thread of its own, and taken again at once by a restarting agent."""
 from __future__ import annotations
 
 import time
 from types import SimpleNamespace
 
-from agent.daemon import Agent
+from agent.cluster import ClusterView
 
 W1 = {"ip": "192.168.10.101", "podCIDR": "172.20.1.0/24"}
 W2 = {"ip": "192.168.10.102", "podCIDR": "172.20.2.0/24"}
@@ -17,15 +18,14 @@ EP3 = {"identity": 257, "hostIP": W2["ip"], "node": "k8s-w2", "namespace": "defa
        "pod": "webpod-3"}
 
 
-def restarted(ttl: int = 15) -> SimpleNamespace:
+def restarted(ttl: int = 15) -> ClusterView:
     """An agent just started with a saved view holding k8s-w1 and k8s-w2 and their pods."""
-    return SimpleNamespace(cfg=SimpleNamespace(kvstoreLeaseTTL=ttl), _restored_until=None,
-                           _restored={"nodes": {"k8s-w1": W1, "k8s-w2": W2},
-                                      "endpoints": {"172.20.1.2": EP2, "172.20.2.2": EP3}})
+    return ClusterView("k8s-ctr", ttl, {"nodes": {"k8s-w1": W1, "k8s-w2": W2},
+                                        "endpoints": {"172.20.1.2": EP2, "172.20.2.2": EP3}})
 
 
 def hold(a, nodes, eps):
-    return Agent._hold_restored(a, nodes, eps)
+    return a.hold(nodes, eps)
 
 
 def test_nodes_missing_at_the_first_sync_are_held_until_they_register():
@@ -60,9 +60,30 @@ def test_a_node_that_does_not_come_back_is_dropped_after_the_grace():
 
 
 def test_an_agent_without_a_saved_view_takes_the_kvstore_as_it_is():
-    a = SimpleNamespace(cfg=SimpleNamespace(kvstoreLeaseTTL=15), _restored=None,
-                        _restored_until=None)
+    a = ClusterView("k8s-ctr", 15, {})
     assert hold(a, {"k8s-w1": W1}, {}) == ({"k8s-w1": W1}, {})
+    assert not a.grace_over()
+
+
+def test_records_are_checked_and_this_nodes_own_left_out(caplog):
+    a = ClusterView("k8s-ctr", 15, {})
+    own = {"ip": "192.168.10.100", "podCIDR": "172.20.0.0/24"}
+    with caplog.at_level("WARNING", logger="datapath.kvstore"):
+        got = a.offer({"k8s-ctr": own, "k8s-w1": W1, "bad": {"ip": "x", "podCIDR": "y"}},
+                      {"172.20.1.2": {**EP2, "extra": 1}, "nope": EP3,
+                       "172.20.0.5": {**EP2, "node": "k8s-ctr"}})
+    assert got == ({"k8s-w1": W1}, {"172.20.1.2": EP2})
+    assert len(caplog.records) == 2 and a.raw is not None
+
+
+def test_the_grace_ends_once_with_the_last_kvstore_view_offered_again():
+    a = restarted(ttl=10)
+    a.replace(*a.offer({"k8s-w1": W1}, {"172.20.1.2": EP2}))
+    assert set(a.nodes) == {"k8s-w1", "k8s-w2"} and not a.grace_over()
+    a._restored_until = time.monotonic() - 0.1
+    assert a.grace_over()
+    a.replace(*a.offer(*a.raw))
+    assert set(a.nodes) == {"k8s-w1"} and not a.grace_over()
 
 
 def test_the_lease_is_refreshed_by_its_own_thread_while_a_round_waits_on_the_agent():
@@ -107,18 +128,17 @@ def test_the_lease_is_refreshed_by_its_own_thread_while_a_round_waits_on_the_age
 def test_a_node_joining_or_leaving_and_a_withdrawn_endpoint_are_logged_once(caplog):
     """The operator's trail of membership: a node's lease run out (with its endpoints), a node
     back, and an endpoint withdrawn by a node that stays (not ready, or deleted)."""
-    a = SimpleNamespace(remote_nodes={"k8s-w1": W1, "k8s-w2": W2},
-                        remote_endpoints={"172.20.1.2": EP2, "172.20.2.2": EP3})
+    a = ClusterView("k8s-ctr", 10, {"nodes": {"k8s-w1": W1, "k8s-w2": W2},
+                                    "endpoints": {"172.20.1.2": EP2, "172.20.2.2": EP3}})
     with caplog.at_level("INFO", logger="datapath.kvstore"):
-        Agent._log_membership(a, {"k8s-w1": W1}, {})
+        a.replace({"k8s-w1": W1}, {})
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["node k8s-w2 left the cluster (192.168.10.102), 1 endpoint(s) with it",
                      "endpoint 172.20.1.2 (default/webpod-2) of node k8s-w1 withdrawn"]
     caplog.clear()
-    a.remote_nodes, a.remote_endpoints = {"k8s-w1": W1}, {}
     with caplog.at_level("INFO", logger="datapath.kvstore"):
-        Agent._log_membership(a, {"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})
-        Agent._log_membership(a, {"k8s-w1": W1}, {})            # nothing changed for it
+        a.replace({"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})
+        a.replace({"k8s-w1": W1, "k8s-w2": W2}, {"172.20.2.2": EP3})    # nothing changed
     assert [r.getMessage() for r in caplog.records] == [
         "node k8s-w2 joined the cluster (192.168.10.102), 1 endpoint(s) with it"]
 

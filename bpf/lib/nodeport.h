@@ -56,6 +56,8 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 		return ipv4_local_delivery(skb, ep, ipcache_identity4(ip->saddr));
 	if (daddr == cfg->node_ip)
 		return CTX_ACT_OK;      /* a host-network backend on this node: its stack */
+	if (ip->ttl <= 1)               /* it could not be forwarded: it takes no NAT port */
+		return -DROP_TTL_EXCEEDED;
 	ret = snat_v4_nodeport(skb, cfg);
 	if (ret < 0)
 		return ret;

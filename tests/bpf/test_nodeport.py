@@ -103,6 +103,24 @@ def test_remote_backend_gets_the_flow_snated_to_the_node_and_the_reply_goes_back
     assert (again[IP].src, again[TCP].sport, again[IP].dst) == (NODE_IP, nat_port, REMOTE_POD)
 
 
+def test_a_nodeport_packet_that_cannot_be_forwarded_takes_no_nat_port(host, from_netdev):
+    """TTL 1 to a remote backend: dropped with Cilium's reason before the SNAT, so it holds
+    no mapping (found by the fuzzer: the mapping was made, then the TTL check dropped it)."""
+    m = setup(host, masquerade=False)
+    remote_backend(m)
+    frontend(m, [(1, REMOTE_POD, BPORT)])
+    pkt = rebuilt(to_nodeport(sport=51009), fields=[(IP, "ttl", 1)])
+    res = run(from_netdev, pkt)
+    assert res.retval == abi.CTX_ACT_DROP
+    assert metrics_totals(m["cilium_metrics"])[(abi.DROP_TTL_EXCEEDED,
+                                                abi.METRIC_INGRESS)][0] == 1
+    assert list(m["cilium_snat_v4_external"].items()) == []
+    # the same packet with TTL 2 is forwarded, SNATed
+    res = run(from_netdev, rebuilt(pkt, fields=[(IP, "ttl", 2)]))
+    assert res.retval == abi.CTX_ACT_OK
+    assert len(list(m["cilium_snat_v4_external"].items())) == 2
+
+
 def test_a_new_connection_on_a_closed_nodeport_tuple_reopens_its_nat_mapping(host,
                                                                               from_netdev):
     """A client reusing its port after closing (FIN both ways) through a remote backend: the new

@@ -517,11 +517,11 @@ def _service_entries(svc, vip, lb_ip, nps, index, pod_ips, view, ids, users, by_
     return _Built(maps, frozenset(late), svc, fes, ports)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _maglev_lut(backends: tuple[tuple[int, str], ...], size: int) -> bytes:
     """The Maglev table's map value for a backend set, [(backend id, key)] (a pure function:
-    services with one backend set, or one set seen again, share one table; 256 of 64 KiB at
-    the default size, at most)."""
+    services with one backend set, or one set seen again, share one table; the last 64 sets,
+    4 MiB at the default size, 32 MiB at the largest)."""
     return abi.maglev_lut_bytes(maglev.build_table([(i, k, 1) for i, k in backends], size))
 
 

@@ -56,7 +56,9 @@ static __always_inline int nodeport_lb4(struct __sk_buff *skb, const struct node
 		return ipv4_local_delivery(skb, ep, ipcache_identity4(ip->saddr));
 	if (daddr == cfg->node_ip)
 		return CTX_ACT_OK;      /* a host-network backend on this node: its stack */
-	if (ip->ttl <= 1)               /* it could not be forwarded: it takes no NAT port */
+	/* it could not be forwarded, so it takes no NAT port: dropped here as the forwarding
+	 * below would (Cilium's ipv4_l3 too), also when the FIB would have left it to the stack */
+	if (ip->ttl <= 1)
 		return -DROP_TTL_EXCEEDED;
 	ret = snat_v4_nodeport(skb, cfg);
 	if (ret < 0)

@@ -242,8 +242,8 @@ def test_tunnel_pod_mtu_leaves_room_for_vxlan(tunnel):
 
 
 # The seed's cross-subnet case cut to what it needs (examples/topologies/cross-subnet.yaml
-# without k8s-w1 and k8s-w2, which only add compiles): k8s-ctr on the node LAN, k8s-w0 on
-# 192.168.20.0/24 behind the router.
+# without k8s-w1 and k8s-w2, which only add compiles; tests/unit/test_topologies.py loads the
+# whole file): k8s-ctr on the node LAN, k8s-w0 on 192.168.20.0/24 behind the router.
 CROSS_SUBNET = """routingMode: native
 kvstoreLeaseTTL: 10
 etcd: k8s-ctr
@@ -269,8 +269,10 @@ def test_cross_subnet_native_fails_tunnel_works(privileged, tmp_path):
     topo = tmp_path / "cross-subnet.yaml"
     topo.write_text(CROSS_SUBNET)
     with built_lab(_name("x"), mdir, str(topo), "native") as lab:
-        # positive control: webpod-0 itself is fine, its own node reaches it
+        # positive controls: webpod-0 itself is fine (its own node reaches it), and curl-pod
+        # reaches a pod of its own node
         assert "Hostname: webpod-0" in curl(lab, "k8s-w0", lab.pod_ip("webpod-0")).stdout
+        assert "Hostname: webpod-1" in curl(lab, "curl-pod", lab.pod_ip("webpod-1")).stdout
         # no route to k8s-w0's pod CIDR: the router gets the packets and knows no pod network
         assert "172.20.3.0/24" not in lab.run("k8s-ctr", "ip", "route").stdout
         assert "172.20." not in lab.run("k8s-rtr", "ip", "route").stdout

@@ -43,6 +43,7 @@ class ClusterSync:
         self.last_error: str | None = None
         self.connected = False
         self._keep_lease: threading.Thread | None = None
+        self._lease_stop = threading.Event()
 
     def node_key(self, name: str) -> str:
         return f"{NODES_PREFIX}{self.cluster}/{name}"
@@ -58,7 +59,7 @@ class ClusterSync:
         with self._lock:
             self._wanted = wanted
 
-    def publish_early(self, stop: threading.Event) -> None:
+    def publish_early(self) -> None:
         """At the agent's start, before it compiles and plans: a lease, this node's records as
         set_local gave them (the endpoints it restored, which forward on the pinned datapath
         meanwhile), and the lease's refresh thread. An agent that compiles for minutes keeps
@@ -70,7 +71,7 @@ class ClusterSync:
                      self.lease)
         except KVStoreError:
             pass
-        self._start_keep_lease(stop)
+        self._start_keep_lease()
 
     def step(self) -> None:
         """One round: lease, publish differences, read the cluster. Raises KVStoreError."""
@@ -137,16 +138,22 @@ class ClusterSync:
             except KVStoreError:
                 pass                    # the round reports the kvstore failing
 
-    def _start_keep_lease(self, stop: threading.Event) -> None:
+    def _start_keep_lease(self) -> None:
+        """The lease's refresh runs until stop_lease(), not until the agent's stop event: an
+        agent told to stop keeps its place until its process ends (a restart is seconds)."""
         if self._keep_lease is None:
-            self._keep_lease = threading.Thread(target=self.keep_lease, args=(stop,),
+            self._keep_lease = threading.Thread(target=self.keep_lease,
+                                                args=(self._lease_stop,),
                                                 name="kvstore-lease", daemon=True)
             self._keep_lease.start()
+
+    def stop_lease(self) -> None:
+        self._lease_stop.set()
 
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=self.run, args=(stop,), name="kvstore", daemon=True)
         t.start()
-        self._start_keep_lease(stop)
+        self._start_keep_lease()
         return t
 
 

@@ -8,6 +8,7 @@ SIGTERM stops the agent but leaves programs attached and maps pinned; the next a
 """
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -52,6 +53,7 @@ log_cl = logging.getLogger("datapath.kvstore")
 
 RESYNC_SECONDS = 10.0     # the slow tick: vanished interfaces, pending identities, devices
 WATCH_SECONDS = 1.0       # the longest the main loop sleeps without an event
+STOP_SECONDS = 20.0       # SIGTERM to exit at most (then every stack is logged and it exits)
 SAVE_SECONDS = 1.0        # the state file is written at most this often (endpoint changes: at once)
 VXLAN_DEVICE = TUNNEL_DEVICE
 TUNNEL_OVERHEAD = 50      # outer Ethernet + IPv4 + UDP + VXLAN
@@ -104,6 +106,7 @@ class Agent:
         self.view = ClusterView(self.cfg.nodeName, self.cfg.kvstoreLeaseTTL,
                                 self.state.get("cluster") or {})
         self.cluster_gen = 0          # bumped whenever the cluster view is replaced
+        self._view_lock = threading.RLock()
         self.node_ip = netdev.node_ip(self.cfg)
         self.lb_ids = services.IdTable(self.state.setdefault("lb_ids", {}))
         self.ipam = HostIPAM(self.cfg.podCIDR, self.state["ipam"])
@@ -111,7 +114,7 @@ class Agent:
             cid: Endpoint.from_dict(d) for cid, d in self.state["endpoints"].items()}
         if self.cluster:     # the restored pods forward meanwhile: keep their place at once
             self._publish(restored=True)
-            self.cluster.publish_early(self.stop_event)
+            self.cluster.publish_early()
         self.dp = NodeDatapath(self.cfg.pin_dir(), on_op=self.metrics.map_op, defines={
             "NODEPORT_PORT_MIN_NAT": self.cfg.natPortRange[0],
             "NODEPORT_PORT_MAX_NAT": self.cfg.natPortRange[1],
@@ -175,13 +178,14 @@ class Agent:
         return self.view.endpoints
 
     def _on_cluster_change(self, nodes: dict, endpoints: dict) -> None:
-        good_nodes, good_eps = self.view.offer(nodes, endpoints)
-        self._learn_identities({rec["identity"] for rec in good_eps.values()})
-        with self.lock:
-            self.view.replace(good_nodes, good_eps)
-            self.cluster_gen += 1
-            self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
-            self._unsaved = True
+        with self._view_lock:     # the kvstore's thread and the hold's end: one view at a time
+            good_nodes, good_eps = self.view.offer(nodes, endpoints)
+            self._learn_identities({rec["identity"] for rec in good_eps.values()})
+            with self.lock:
+                self.view.replace(good_nodes, good_eps)
+                self.cluster_gen += 1
+                self.state["cluster"] = {"nodes": good_nodes, "endpoints": good_eps}
+                self._unsaved = True
         self.trigger("cluster changed")
 
     def _publish(self, restored: bool = False) -> None:
@@ -599,6 +603,7 @@ class Agent:
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
         signal.signal(signal.SIGINT, lambda *_: self._stop())
         signal.signal(signal.SIGHUP, lambda *_: self._reread_all())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # stacks to the log on demand
         log.info("starting agent for node %s (pid %d)", self.cfg.nodeName, os.getpid())
         if self.cfg.routingMode == "tunnel":
             netdev.ensure_vxlan(VXLAN_DEVICE, self.pod_mtu)
@@ -646,6 +651,9 @@ class Agent:
         self._wake.set()
 
     def _stop(self) -> None:
+        # an agent that has not ended STOP_SECONDS after SIGTERM (a hang) writes every
+        # thread's stack to its log and exits (faulthandler: no Python code needed to run)
+        faulthandler.dump_traceback_later(STOP_SECONDS, exit=True)
         self.stop_event.set()
         self._wake.set()
 
@@ -712,8 +720,9 @@ class Agent:
                     ep.state in ("waiting-for-identity", "not-ready", "regenerating")
                     for ep in self.endpoints.values()):
                 self.trigger("periodic resync")
-        if self.view.grace_over():
-            self._on_cluster_change(*self.view.raw)
+        with self._view_lock:     # (the kvstore's latest view, not one it is replacing)
+            if self.view.grace_over():
+                self._on_cluster_change(*self.view.raw)
 
     def conntrack_gc(self, interval: float) -> float:
         """One GC run over the CT maps; returns the next interval."""
@@ -759,3 +768,5 @@ class Agent:
             self.save()
             if self.store is not None:
                 self.store.save_cache()
+        if self.cluster:        # the last thing: the lease runs out TTL from here
+            self.cluster.stop_lease()

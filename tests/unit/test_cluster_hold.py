@@ -158,26 +158,46 @@ def test_a_restarting_agent_publishes_what_it_restored_before_its_first_round():
                              delete=lambda k: None, get_prefix=lambda p: {})
     sync = ClusterSync(client, "default", "k8s-w1", ttl=10, on_change=lambda n, e: None)
     sync.set_local({"name": "k8s-w1", "ip": W1["ip"]}, {"172.20.1.2": EP2})
-    stop = threading.Event()
     try:
-        sync.publish_early(stop)
+        sync.publish_early()
         assert grants == [10] and sorted(puts) == sorted(
             [(sync.ip_key("172.20.1.2"), 41), (sync.node_key("k8s-w1"), 41)])
         keeper = sync._keep_lease
         assert keeper is not None and keeper.is_alive()
         sync.step()                                     # the first round: nothing new to write
+        stop = threading.Event()
+        stop.set()                                      # the agent's stop: the lease goes on
         sync.start(stop)
         assert len(puts) == 2 and grants == [10] and sync._keep_lease is keeper
+        time.sleep(0.1)
+        assert keeper.is_alive()
     finally:
-        stop.set()
+        sync.stop_lease()
+    keeper.join(5)
+    assert not keeper.is_alive()
 
     def down(ttl):
         raise KVStoreError("etcd unreachable")
     client.lease_grant = down
     later = ClusterSync(client, "default", "k8s-w2", ttl=10, on_change=lambda n, e: None)
-    stop2 = threading.Event()
     try:
-        later.publish_early(stop2)                      # no raise: the rounds report it
+        later.publish_early()                           # no raise: the rounds report it
         assert later.lease is None and later._keep_lease.is_alive()
     finally:
-        stop2.set()
+        later.stop_lease()
+
+
+def test_sigterm_arms_a_watchdog_that_logs_every_stack_and_exits(monkeypatch):
+    """An agent hung after SIGTERM (seen once in CI: it never logged `stopping`) is not left
+    to the lab's SIGKILL: STOP_SECONDS later faulthandler writes every thread's stack to its
+    log and ends it."""
+    import threading
+
+    from agent import daemon
+    armed = []
+    monkeypatch.setattr(daemon.faulthandler, "dump_traceback_later",
+                        lambda t, exit=False: armed.append((t, exit)))
+    a = SimpleNamespace(stop_event=threading.Event(), _wake=threading.Event())
+    daemon.Agent._stop(a)
+    assert armed == [(daemon.STOP_SECONDS, True)]
+    assert a.stop_event.is_set() and a._wake.is_set()

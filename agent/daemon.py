@@ -20,7 +20,6 @@ import time
 
 from prometheus_client import start_http_server
 
-
 from datapath import abi
 from datapath.errors import APIError, ConfigError, DatapathError
 from datapath import loader

@@ -6,6 +6,7 @@ libbpf version BCC links.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from dataclasses import dataclass
@@ -97,6 +98,19 @@ def run(prog_fd: int, packet, *, ctx: SkBuff | XdpMd | None = None, repeat: int 
         raise TestRunError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)} (errno {err})")
     return RunResult(retval=attr.retval, data=outbuf.raw[: attr.data_size_out], ctx=ctx_out,
                      duration_ns=attr.duration)
+
+
+@contextlib.contextmanager
+def one_cpu(cpu: int | None = None):
+    """The calling thread on one CPU (the lowest it may use, by default) for the block, then
+    back on the CPUs it had: test runs and map writes then meet one CPU's LRU free lists, as
+    the packets of one flow do."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus) if cpu is None else cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def xdp_ctx(ingress_ifindex: int) -> XdpMd:

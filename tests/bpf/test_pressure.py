@@ -132,17 +132,13 @@ def test_a_full_conntrack_table_evicts_idle_flows_and_keeps_the_ones_in_use(smal
     use_active()
     verdicts, fills = {}, []
     t0 = time.monotonic()
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})     # one CPU's LRU free list, as a flow sees it
-    try:
+    with testrun.one_cpu():                     # one CPU's LRU free list, as a flow sees it
         for i in range(NEW_FLOWS):
             res = run(from_netdev, client(10000 + i, "S"))
             verdicts[res.retval] = verdicts.get(res.retval, 0) + 1
             if i % BATCH == BATCH - 1:
                 fills.append(len(ct))
                 use_active()
-    finally:
-        os.sched_setaffinity(0, cpus)
     wall = time.monotonic() - t0
     fill = len(ct) / ct.max_entries
     print(f"\n{NEW_FLOWS} new flows ({3 * NEW_FLOWS} entries) through a {CT_SMALL}-entry CT map "

@@ -229,13 +229,11 @@ def _conntrack_full(lab):
     cilium_bpf_map_pressure{map_name="cilium_ct4_global"} reports the fill, near 1, and a new
     connection from a pod still gets through (the LRU evicts an idle entry; no
     DROP_CT_CREATE_FAILED)."""
-    from datapath import abi
+    from datapath import abi, testrun
     from datapath.maps import open_pinned
     ct = open_pinned(f"{lab.lab.bpffs}/datapath/k8s-ctr")["cilium_ct4_global"]
     assert ct.max_entries == 1024
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})        # one CPU's LRU lists: no early eviction
-    try:
+    with testrun.one_cpu():                     # one CPU's LRU lists: no early eviction
         idle = abi.CtEntry(lifetime=int(time.monotonic()) + 7200, packets=1, bytes=60,
                            flags=abi.CT_F_SEEN_NON_SYN)
         for i in range(ct.max_entries - len(ct)):
@@ -243,8 +241,6 @@ def _conntrack_full(lab):
                                       saddr=abi.ip4_to_be32("192.0.2.1"), dport=abi.be16(443),
                                       sport=abi.be16(20000 + i), nexthdr=6,
                                       flags=abi.TUPLE_F_POLICY | abi.TUPLE_F_OUT), idle)
-    finally:
-        os.sched_setaffinity(0, cpus)
     fill = len(ct) / ct.max_entries            # as the test reads the pin
     full = lab.metric("cilium_bpf_map_pressure", map_name="cilium_ct4_global")
     fails = lab.metric("cilium_drop_count_total", reason="CT: Map insertion failed")

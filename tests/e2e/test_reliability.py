@@ -641,31 +641,29 @@ def _tag(prog_id: int) -> str:
                                      capture_output=True, text=True, check=True).stdout)["tag"]
 
 
-def _pinned_progs(lab, node) -> dict[str, str]:
-    """The node's program pins (prog-<build stamp>-<name>) and their tags."""
+def _pins(lab, node, read, progs: bool) -> dict:
+    """read(fd) of each of the node's program pins (prog-<build stamp>-<name>), or of each of
+    its map pins (progs False)."""
     pins, out = f"{lab.lab.bpffs}/datapath/{node}", {}
     for f in sorted(os.listdir(pins)):
-        if f.startswith("prog-"):
-            fd = bpfsys.obj_get(f"{pins}/{f}")
-            try:
-                out[f] = bpfsys.prog_info(fd).tag
-            finally:
-                os.close(fd)
-    return out
-
-
-def _map_ids(lab, node) -> dict[str, int]:
-    pins = f"{lab.lab.bpffs}/datapath/{node}"
-    out = {}
-    for f in sorted(os.listdir(pins)):
-        if f.startswith(("prog-", "tmp-")) or os.path.isdir(f"{pins}/{f}"):
+        if f.startswith("prog-") != progs or f.startswith("tmp-") or \
+                os.path.isdir(f"{pins}/{f}"):
             continue
         fd = bpfsys.obj_get(f"{pins}/{f}")
         try:
-            out[f] = bpfsys.map_info(fd).id
+            out[f] = read(fd)
         finally:
             os.close(fd)
     return out
+
+
+def _pinned_progs(lab, node) -> dict[str, str]:
+    """The node's program pins and their tags."""
+    return _pins(lab, node, lambda fd: bpfsys.prog_info(fd).tag, progs=True)
+
+
+def _map_ids(lab, node) -> dict[str, int]:
+    return _pins(lab, node, lambda fd: bpfsys.map_info(fd).id, progs=False)
 
 
 def _lab_up_set(lab, setting: str) -> None:
